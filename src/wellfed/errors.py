@@ -1,0 +1,107 @@
+"""The exception and warning hierarchy of wellfed.
+
+Every exception also subclasses the builtin that users already catch (``ValueError``,
+``ImportError``, ``RuntimeError``, ``TimeoutError``), so ``except ValueError`` keeps working.
+Each carries the facts of its message as attributes (``code``, ``attribute``, ``value``, ...);
+tests and tools read those, never the text. Codes are listed in ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadFileError",
+    "ConfigError",
+    "DependencyError",
+    "PerformanceWarning",
+    "StateError",
+    "TargetError",
+    "WellfedError",
+    "WellfedWarning",
+    "WorkerCrashedError",
+    "WorkerError",
+    "WorkerSafetyError",
+    "WorkerStartError",
+    "WorkerTimeoutError",
+]
+
+
+class WellfedError(Exception):
+    """Base class of every error wellfed raises.
+
+    Args:
+        message: The full four-part message (what, attribute and value, why, fix).
+        code: Stable error code such as ``"WF001"``, documented in ``docs/errors.md``; or None.
+        **facts: Facts of the message kept as attributes (``attribute``, ``value``, ``path``...).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, **facts: Any) -> None:
+        if code and not message.rstrip().endswith(f"[{code}]"):
+            message = f"{message.rstrip()} [{code}]"
+        super().__init__(message)
+        self.code = code
+        self.facts = dict(facts)
+        for key, value in facts.items():
+            setattr(self, key, value)
+
+
+class ConfigError(WellfedError, ValueError):
+    """A bad or contradictory option (exit code 2 on the command line)."""
+
+
+class TargetError(ConfigError):
+    """A TARGET that cannot be turned into a dataset: missing module, attribute, empty dataset.
+
+    Attributes:
+        target: The TARGET string as given.
+    """
+
+
+class DependencyError(WellfedError, ImportError):
+    """An optional package is missing; the message names the extra to install."""
+
+
+class StateError(WellfedError, ValueError):
+    """Resume state, or a stored artefact, does not match this loader or job."""
+
+
+class BadFileError(WellfedError, ValueError):
+    """A data file cannot be decoded.
+
+    Attributes:
+        path: The file's path.
+        index: The sample index that reads it, when known.
+    """
+
+
+class WorkerError(WellfedError, RuntimeError):
+    """A DataLoader worker failed."""
+
+
+class WorkerStartError(WorkerError):
+    """A worker died before delivering its first batch."""
+
+
+class WorkerCrashedError(WorkerError):
+    """A worker exited; carries ``pid`` and ``exitcode`` (negative: the signal number)."""
+
+
+class WorkerTimeoutError(WorkerError, TimeoutError):
+    """No batch arrived within ``timeout_s`` seconds."""
+
+
+class WorkerSafetyError(WellfedError, RuntimeError):
+    """The doctor found hazards that would break or corrupt data in workers.
+
+    Attributes:
+        findings: The error-severity findings (``wellfed.Finding``), each with path and fix.
+    """
+
+
+class WellfedWarning(UserWarning):
+    """Base class of wellfed's warnings; filter on it to silence them all."""
+
+
+class PerformanceWarning(WellfedWarning):
+    """Legal but probably slow, and the user can change it."""
