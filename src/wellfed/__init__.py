@@ -1,0 +1,61 @@
+"""wellfed keeps an accelerator fed: it measures and fixes PyTorch input pipelines.
+
+``import wellfed`` is cheap: it imports neither torch nor the command line, and it changes no
+global torch state. Every public name is loaded on first use from the module that owns it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it. Only names listed here are stable API.
+_EXPORTS: dict[str, str] = {
+    # errors
+    "BadFileError": "wellfed.errors",
+    "ConfigError": "wellfed.errors",
+    "DependencyError": "wellfed.errors",
+    "PerformanceWarning": "wellfed.errors",
+    "StateError": "wellfed.errors",
+    "TargetError": "wellfed.errors",
+    "WellfedError": "wellfed.errors",
+    "WellfedWarning": "wellfed.errors",
+    "WorkerCrashedError": "wellfed.errors",
+    "WorkerError": "wellfed.errors",
+    "WorkerSafetyError": "wellfed.errors",
+    "WorkerStartError": "wellfed.errors",
+    "WorkerTimeoutError": "wellfed.errors",
+    # platform
+    "PlatformInfo": "wellfed.platform",
+    "collect_platform_info": "wellfed.platform",
+    # target
+    "LoaderSpec": "wellfed.target",
+    "resolve_target": "wellfed.target",
+    # measure
+    "LoaderConfig": "wellfed.measure",
+    "Trial": "wellfed.measure",
+    "measure": "wellfed.measure",
+    # tune
+    "TuneResult": "wellfed.tune",
+    "tune": "wellfed.tune",
+    # doctor (issue 3)
+    # seeding and loader (issue 4)
+    # shared state (issue 7)
+}
+
+__all__ = sorted(["__version__", *_EXPORTS])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wellfed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

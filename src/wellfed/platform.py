@@ -1,0 +1,233 @@
+"""Facts about this machine that decide how a DataLoader can run here.
+
+Usable CPUs honour the scheduler affinity mask and cgroup v1/v2 CPU quotas (a container
+limited to 2 CPUs on a 64-core host has 2 usable CPUs, whatever ``os.cpu_count()`` says).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform as _stdlib_platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GPUInfo", "PlatformInfo", "collect_platform_info", "usable_cpu_count"]
+
+
+@dataclass(frozen=True)
+class GPUInfo:
+    """One CUDA device.
+
+    Attributes:
+        index: CUDA device index.
+        name: Device name as CUDA reports it.
+        memory_bytes: Total device memory in bytes.
+    """
+
+    index: int
+    name: str
+    memory_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PlatformInfo:
+    """What this machine offers a DataLoader.
+
+    Attributes:
+        os: ``platform.system()``: "Linux", "Darwin" or "Windows".
+        os_release: Kernel or OS release string.
+        machine: CPU architecture, e.g. "x86_64".
+        python_version: e.g. "3.11.7".
+        torch_version: ``torch.__version__``, or None when torch is not importable.
+        numpy_version: ``numpy.__version__``, or None.
+        default_start_method: The start method multiprocessing uses when none is given.
+        start_methods: Start methods available here, default first.
+        cpu_count: ``os.cpu_count()``: logical CPUs of the host.
+        usable_cpus: CPUs this process may use: affinity mask and cgroup quota applied.
+        cpu_quota: cgroup CPU quota in CPUs (may be fractional), or None when unlimited.
+        ram_total_bytes: Physical memory (or the cgroup memory limit when lower), bytes.
+        ram_available_bytes: Memory available to new processes now, bytes.
+        shm_total_bytes: Size of /dev/shm in bytes, or None where there is none.
+        shm_free_bytes: Free space in /dev/shm in bytes, or None.
+        open_files_limit: Soft ``ulimit -n`` (RLIMIT_NOFILE), or None where unknown.
+        open_files_hard_limit: Hard RLIMIT_NOFILE, or None.
+        gpus: CUDA devices, empty without CUDA.
+    """
+
+    os: str
+    os_release: str
+    machine: str
+    python_version: str
+    torch_version: str | None
+    numpy_version: str | None
+    default_start_method: str
+    start_methods: tuple[str, ...]
+    cpu_count: int
+    usable_cpus: int
+    cpu_quota: float | None
+    ram_total_bytes: int
+    ram_available_bytes: int
+    shm_total_bytes: int | None
+    shm_free_bytes: int | None
+    open_files_limit: int | None
+    open_files_hard_limit: int | None
+    gpus: tuple[GPUInfo, ...] = ()
+
+    @property
+    def has_cuda(self) -> bool:
+        """True when at least one CUDA device is present."""
+        return bool(self.gpus)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields (``gpus`` as a list of dicts)."""
+        out = dataclasses.asdict(self)
+        out["start_methods"] = list(self.start_methods)
+        out["gpus"] = [g.to_dict() for g in self.gpus]
+        return out
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPU quota in CPUs from cgroup v2 ``cpu.max`` or v1 ``cfs_quota_us``; None if unlimited."""
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    try:
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                return int(quota) / int(period)
+            return None
+        for base in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"):
+            q, p = Path(base, "cpu.cfs_quota_us"), Path(base, "cpu.cfs_period_us")
+            if q.is_file() and p.is_file():
+                quota_us, period_us = int(q.read_text()), int(p.read_text())
+                if quota_us > 0 and period_us > 0:
+                    return quota_us / period_us
+                return None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _cgroup_memory_limit() -> int | None:
+    """cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes`` in bytes; None if unlimited."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            return None
+        return value if value < 2**60 else None  # v1 reports "unlimited" as a huge number
+    return None
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may run on: the affinity mask, capped by the cgroup quota (>= 1).
+
+    The quota is rounded up: a 1.5-CPU quota lets two workers each run part of the time.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _gpus() -> tuple[GPUInfo, ...]:
+    try:
+        import torch
+    except ImportError:
+        return ()
+    if not torch.cuda.is_available():
+        return ()
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        out.append(GPUInfo(index=i, name=props.name, memory_bytes=int(props.total_memory)))
+    return tuple(out)
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except ImportError:
+        return None
+    return str(getattr(mod, "__version__", None))
+
+
+def collect_platform_info(*, include_gpus: bool = True) -> PlatformInfo:
+    """Collect the facts of this machine that decide how DataLoader workers can run.
+
+    Args:
+        include_gpus: Query CUDA devices. Querying their properties initialises CUDA in this
+            process, after which ``fork`` workers can no longer use CUDA; pass False to avoid it.
+
+    Returns:
+        A frozen PlatformInfo.
+    """
+    import multiprocessing
+
+    import psutil
+
+    default = multiprocessing.get_start_method(allow_none=True)
+    if default is None:
+        default = multiprocessing.get_context().get_start_method()
+    methods = multiprocessing.get_all_start_methods()
+    methods = [default, *[m for m in methods if m != default]]
+
+    vm = psutil.virtual_memory()
+    ram_total = int(vm.total)
+    limit = _cgroup_memory_limit()
+    if limit is not None and limit < ram_total:
+        ram_total = limit
+    ram_available = min(int(vm.available), ram_total)
+
+    shm_total = shm_free = None
+    if Path("/dev/shm").is_dir():
+        usage = shutil.disk_usage("/dev/shm")
+        shm_total, shm_free = int(usage.total), int(usage.free)
+
+    soft = hard = None
+    try:
+        import resource
+
+        s, h = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft = None if s == resource.RLIM_INFINITY else int(s)
+        hard = None if h == resource.RLIM_INFINITY else int(h)
+    except (ImportError, OSError, ValueError):
+        pass
+
+    return PlatformInfo(
+        os=_stdlib_platform.system(),
+        os_release=_stdlib_platform.release(),
+        machine=_stdlib_platform.machine(),
+        python_version=_stdlib_platform.python_version(),
+        torch_version=_version("torch"),
+        numpy_version=_version("numpy"),
+        default_start_method=default,
+        start_methods=tuple(methods),
+        cpu_count=os.cpu_count() or 1,
+        usable_cpus=usable_cpu_count(),
+        cpu_quota=_cgroup_cpu_quota(),
+        ram_total_bytes=ram_total,
+        ram_available_bytes=ram_available,
+        shm_total_bytes=shm_total,
+        shm_free_bytes=shm_free,
+        open_files_limit=soft,
+        open_files_hard_limit=hard,
+        gpus=_gpus() if include_gpus else (),
+    )

@@ -1,0 +1,106 @@
+"""Shared fixtures: --runslow, the gpu marker, and a check that no process outlives a test."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HYMENOPTERA = SHARED / "data" / "hymenoptera_data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    cuda = _cuda_available()
+    skip_gpu = pytest.mark.skip(reason="gpu: no CUDA device here")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _helper_pids() -> set[int]:
+    """Pids of multiprocessing's own long-lived helpers (forkserver, resource tracker)."""
+    pids: set[int] = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        fs_pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        rt_pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+        pids.update(p for p in (fs_pid, rt_pid) if p)
+    except (ImportError, AttributeError):
+        pass
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail the test if child processes or non-daemon threads outlive it."""
+    me = psutil.Process(os.getpid())
+    before = {p.pid for p in me.children(recursive=True)}
+    threads_before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10.0
+    leaked: list[psutil.Process] = []
+    while True:
+        ignore = before | _helper_pids()
+        leaked = [
+            p for p in me.children(recursive=True) if p.pid not in ignore and _alive(p)
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # polling for exit, not synchronising the test
+    for p in leaked:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    for child in multiprocessing.active_children():  # reap what we killed
+        child.join(timeout=1)
+    new_threads = [
+        t for t in threading.enumerate() if t not in threads_before and not t.daemon and t.is_alive()
+    ]
+    assert not leaked, f"processes outlived the test: {[(p.pid, _cmd(p)) for p in leaked]}"
+    assert not new_threads, f"non-daemon threads outlived the test: {new_threads}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmd(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    """The shared real-photo dataset; skips when ../shared is absent (a plain clone)."""
+    if not HYMENOPTERA.is_dir():
+        pytest.skip("../shared/data/hymenoptera_data is absent")
+    return HYMENOPTERA
