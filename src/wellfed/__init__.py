@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     # doctor (issue 3)
     # seeding and loader (issue 4)
     # shared state (issue 7)
+    "SharedState": "wellfed.shared_state",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
