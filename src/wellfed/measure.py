@@ -1,0 +1,393 @@
+"""The one measuring core: run a loader configuration for a bounded time and report what it did.
+
+Every trial runs in a fresh child process (see ``run_isolated``), so worker start-up is
+measured as a user pays it, memory is that configuration's alone, and a crash or a hang ends
+the trial, never the caller. tune, the doctor's live probe, the benchmarks and watch use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from wellfed._isolate import IsolatedResult, run_isolated
+
+if TYPE_CHECKING:
+    from wellfed.target import LoaderSpec
+
+__all__ = ["IsolatedResult", "LoaderConfig", "Trial", "measure", "run_isolated"]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The DataLoader settings a trial measures (the rest come from the LoaderSpec).
+
+    Attributes:
+        num_workers: Worker processes; 0 loads in the main process.
+        batch_size: Samples per batch.
+        pin_memory: Copy batches into page-locked memory (useful only with a CUDA device).
+        persistent_workers: Keep workers alive between epochs (needs num_workers > 0).
+        prefetch_factor: Batches each worker loads ahead; None: PyTorch's default (2), and
+            must be None when num_workers is 0.
+        multiprocessing_context: Start method of the workers ("fork", "spawn",
+            "forkserver"), or None for the platform default.
+    """
+
+    num_workers: int = 0
+    batch_size: int = 1
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    multiprocessing_context: str | None = None
+
+    def __post_init__(self) -> None:
+        from wellfed.errors import ConfigError
+
+        if self.num_workers < 0:
+            raise ConfigError(
+                f"Invalid loader configuration: num_workers={self.num_workers} is negative. "
+                "Use 0 (main process) or more.",
+                code="WF010",
+                attribute="num_workers",
+                value=self.num_workers,
+            )
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"Invalid loader configuration: batch_size={self.batch_size} is below 1. "
+                "Use a batch size of at least 1.",
+                code="WF010",
+                attribute="batch_size",
+                value=self.batch_size,
+            )
+        if self.num_workers == 0 and (self.persistent_workers or self.prefetch_factor is not None):
+            raise ConfigError(
+                "Invalid loader configuration: persistent_workers and prefetch_factor need "
+                "num_workers > 0, as in torch.utils.data.DataLoader. Leave them unset for 0 workers.",
+                code="WF010",
+                attribute="num_workers",
+                value=0,
+            )
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``torch.utils.data.DataLoader`` (unset ones left out)."""
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "pin_memory": self.pin_memory,
+        }
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+            if self.multiprocessing_context is not None:
+                kwargs["multiprocessing_context"] = self.multiprocessing_context
+        return kwargs
+
+    def label(self) -> str:
+        """A short human label, e.g. ``"4 workers, persistent, fork"``."""
+        if self.num_workers == 0:
+            parts = ["main process"]
+        else:
+            parts = [f"{self.num_workers} worker{'s' if self.num_workers != 1 else ''}"]
+            if self.persistent_workers:
+                parts.append("persistent")
+            if self.prefetch_factor is not None:
+                parts.append(f"prefetch {self.prefetch_factor}")
+            if self.multiprocessing_context:
+                parts.append(self.multiprocessing_context)
+        if self.pin_memory:
+            parts.append("pinned")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderConfig:
+        """Build a LoaderConfig from ``to_dict()`` output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measured configuration.
+
+    Attributes:
+        config: The configuration measured.
+        status: "ok", "failed" (error holds the worker's own message) or "timeout".
+        samples_per_s: Median throughput over the measurement windows, samples/s.
+        samples_per_s_spread: Interquartile range of the window throughputs, samples/s
+            (0 with fewer than 4 windows: then the range of the windows).
+        window_samples_per_s: Throughput of each measurement window, samples/s.
+        first_batch_s: Seconds from creating the iterator to the first batch, worker
+            start-up included.
+        wait_s_p50: Median time the consumer was blocked in ``next()`` per batch, s.
+        wait_s_p90: 90th percentile of the same, s.
+        batches: Batches measured (after warm-up).
+        samples: Samples measured (after warm-up).
+        peak_memory_bytes: Peak memory of the trial's main process plus its workers.
+        memory_kind: "pss", "uss" or "rss": what peak_memory_bytes sums.
+        elapsed_s: Wall seconds the trial took, start-up included.
+        error: The failure, with the worker's own message; None when ok.
+        warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
+    """
+
+    config: LoaderConfig
+    status: str
+    samples_per_s: float | None = None
+    samples_per_s_spread: float | None = None
+    window_samples_per_s: tuple[float, ...] = ()
+    first_batch_s: float | None = None
+    wait_s_p50: float | None = None
+    wait_s_p90: float | None = None
+    batches: int = 0
+    samples: int = 0
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """True when the trial measured throughput."""
+        return self.status == "ok" and self.samples_per_s is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (config nested as a dict)."""
+        out = dataclasses.asdict(self)
+        out["config"] = self.config.to_dict()
+        out["window_samples_per_s"] = list(self.window_samples_per_s)
+        out["warnings"] = list(self.warnings)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trial:
+        """Build a Trial from ``to_dict()`` output."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["config"] = LoaderConfig.from_dict(data["config"])
+        kwargs["window_samples_per_s"] = tuple(data.get("window_samples_per_s", ()))
+        kwargs["warnings"] = tuple(data.get("warnings", ()))
+        return cls(**kwargs)
+
+    def merged(self, other: Trial) -> Trial:
+        """Pool this trial's windows with a repeat of the same configuration."""
+        if not other.ok:
+            return self
+        if not self.ok:
+            return other
+        windows = self.window_samples_per_s + other.window_samples_per_s
+        median, spread = summarize_windows(windows)
+        firsts = [t for t in (self.first_batch_s, other.first_batch_s) if t is not None]
+        mems = [m for m in (self.peak_memory_bytes, other.peak_memory_bytes) if m is not None]
+        return dataclasses.replace(
+            self,
+            samples_per_s=median,
+            samples_per_s_spread=spread,
+            window_samples_per_s=windows,
+            first_batch_s=statistics.median(firsts) if firsts else None,
+            batches=self.batches + other.batches,
+            samples=self.samples + other.samples,
+            peak_memory_bytes=max(mems) if mems else None,
+            elapsed_s=self.elapsed_s + other.elapsed_s,
+        )
+
+
+def summarize_windows(windows: tuple[float, ...] | list[float]) -> tuple[float, float]:
+    """Median and spread (interquartile range, or range below 4 windows) of window rates."""
+    values = sorted(windows)
+    median = statistics.median(values)
+    if len(values) >= 4:
+        q = statistics.quantiles(values, n=4, method="inclusive")
+        spread = q[2] - q[0]
+    else:
+        spread = values[-1] - values[0]
+    return median, spread
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * pct / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def batch_length(batch: Any) -> int:
+    """Samples in a collated batch: the length of its first tensor, array or sequence."""
+    if hasattr(batch, "shape") and len(batch.shape) > 0:
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        for value in batch.values():
+            return batch_length(value)
+    if isinstance(batch, (list, tuple)) and batch:
+        first = batch[0]
+        if hasattr(first, "shape") or isinstance(first, (list, tuple, dict)):
+            return batch_length(first)
+        return len(batch)
+    return 1
+
+
+def _run_trial(
+    make_loader: Callable[[LoaderConfig], Any],
+    config: LoaderConfig,
+    warmup_batches: int,
+    measure_s: float,
+    min_batches: int,
+    windows: int,
+) -> dict[str, Any]:
+    """Child-process body: iterate the loader and time every batch (see measure())."""
+    caught: list[str] = []
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        loader = make_loader(config)
+        clock = time.perf_counter
+        start = clock()
+        it = iter(loader)
+        next(it)
+        first_batch_s = clock() - start
+        warm = 0
+        # Warm-up: at least one batch per worker beyond the prefetched queue, so that the
+        # measured span sees steady state rather than batches already waiting.
+        target_warm = max(warmup_batches, config.num_workers)
+        while warm < target_warm:
+            try:
+                next(it)
+            except StopIteration:
+                it = iter(loader)
+                continue
+            warm += 1
+        stamps: list[float] = []
+        sizes: list[int] = []
+        waits: list[float] = []
+        t0 = clock()
+        last = t0
+        deadline = t0 + measure_s
+        min_batches = max(min_batches, 3 * max(3, 2 * config.num_workers))
+        while len(stamps) < min_batches or last < deadline:
+            before = clock()
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)  # next epoch; its start-up cost counts, as in training
+                continue
+            last = clock()
+            waits.append(last - before)
+            stamps.append(last)
+            sizes.append(batch_length(batch))
+            del batch
+            if len(stamps) > 100_000:
+                break
+        del it
+        caught = [f"{r.category.__name__}: {r.message}" for r in records]
+    n = len(stamps)
+    # A window spans at least two rounds of the workers (batches arrive in bursts of about
+    # num_workers), so that a window's rate is not the luck of one burst.
+    per_window = max(3, 2 * config.num_workers)
+    k = max(1, min(windows, n // per_window))
+    edges = [round(i * n / k) for i in range(k + 1)]
+    rates: list[float] = []
+    prev_t = t0
+    for i in range(k):
+        lo, hi = edges[i], edges[i + 1]
+        if hi <= lo:
+            continue
+        span = stamps[hi - 1] - (prev_t if lo == 0 else stamps[lo - 1])
+        rates.append(sum(sizes[lo:hi]) / span if span > 0 else float("inf"))
+        prev_t = stamps[hi - 1]
+    return {
+        "first_batch_s": first_batch_s,
+        "windows": rates,
+        "batches": n,
+        "samples": sum(sizes),
+        "wait_s_p50": _percentile(waits, 50),
+        "wait_s_p90": _percentile(waits, 90),
+        "warnings": sorted(set(caught)),
+    }
+
+
+def measure(
+    spec: LoaderSpec,
+    config: LoaderConfig,
+    *,
+    warmup_batches: int = 2,
+    measure_s: float = 3.0,
+    min_batches: int = 8,
+    windows: int = 6,
+    timeout_s: float = 120.0,
+) -> Trial:
+    """Measure one loader configuration in an isolated child process.
+
+    The child builds the DataLoader (``spec.make_loader(config)``), takes the first batch
+    (first-batch latency, worker start-up included), loads ``warmup_batches`` more (at least
+    one per worker), then loads for ``measure_s`` seconds and at least ``min_batches`` batches,
+    starting new epochs as needed. The measured span is split into ``windows`` equal runs of
+    batches; throughput is their median. Memory (main process plus workers) is sampled all
+    along. The consumer does no work: this is the loader's own rate.
+
+    Args:
+        spec: What to load (dataset and the DataLoader arguments not being tuned).
+        config: The configuration to measure.
+        warmup_batches: Batches after the first one that are not counted.
+        measure_s: Seconds of measured loading (the minimum; a batch in flight completes).
+        min_batches: Batches measured at least, however long they take.
+        windows: Measurement windows for the median and spread.
+        timeout_s: Seconds for the whole trial; past it the trial's processes are killed and
+            the status is "timeout".
+
+    Returns:
+        A Trial; a failure or hang is a Trial with status "failed" or "timeout", not an
+        exception.
+    """
+    result = run_isolated(
+        _run_trial,
+        spec.make_loader,
+        config,
+        warmup_batches,
+        measure_s,
+        min_batches,
+        windows,
+        timeout_s=timeout_s,
+        sample_memory=True,
+    )
+    if result.status != "ok":
+        return Trial(
+            config=config,
+            status=result.status,
+            peak_memory_bytes=result.peak_memory_bytes,
+            memory_kind=result.memory_kind,
+            elapsed_s=result.elapsed_s,
+            error=_short_error(result.error),
+        )
+    data = result.value
+    median, spread = summarize_windows(data["windows"])
+    return Trial(
+        config=config,
+        status="ok",
+        samples_per_s=median,
+        samples_per_s_spread=spread,
+        window_samples_per_s=tuple(data["windows"]),
+        first_batch_s=data["first_batch_s"],
+        wait_s_p50=data["wait_s_p50"],
+        wait_s_p90=data["wait_s_p90"],
+        batches=data["batches"],
+        samples=data["samples"],
+        peak_memory_bytes=result.peak_memory_bytes,
+        memory_kind=result.memory_kind,
+        elapsed_s=result.elapsed_s,
+        warnings=tuple(data["warnings"]),
+    )
+
+
+def _short_error(error: str | None, max_chars: int = 4000) -> str | None:
+    if error is None or len(error) <= max_chars:
+        return error
+    return error[: max_chars // 2] + "\n...\n" + error[-max_chars // 2 :]

@@ -1,0 +1,340 @@
+"""Resolve a TARGET string into a LoaderSpec: the dataset plus the DataLoader settings around it.
+
+A TARGET is ``pkg.module:attr`` or ``path/to/file.py:attr``; ``attr`` may be dotted. It names a
+Dataset, a DataLoader (whose dataset and settings become the starting point), or a
+zero-argument callable returning either. No TARGET means the built-in workload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wellfed.errors import TargetError
+from wellfed.measure import LoaderConfig
+
+__all__ = ["DEFAULT_BATCH_SIZE", "LoaderSpec", "resolve_target", "spec_from_object"]
+
+#: Batch size used for a bare dataset, which carries none. 32 is the default of the most
+#: common training recipes (torchvision's ImageNet reference scripts use 32 per GPU).
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """A dataset and the DataLoader arguments that tuning keeps as they are.
+
+    Attributes:
+        dataset: The map-style or iterable-style dataset.
+        description: One line saying what this is, for reports.
+        source: "builtin", "dataset", "dataloader" or "factory".
+        target: The TARGET string it came from, or None.
+        batch_size: Samples per batch (ignored when batch_sampler is set).
+        batch_size_given: False when batch_size is wellfed's default (a bare dataset).
+        shuffle: Shuffle with a RandomSampler (map-style only, no sampler given).
+        sampler: The loader's own sampler, or None.
+        batch_sampler: A custom batch sampler, or None.
+        collate_fn: The loader's collate function, or None for PyTorch's default.
+        drop_last: Drop the last incomplete batch.
+        worker_init_fn: The loader's worker_init_fn, or None.
+        generator: The loader's torch.Generator for sampling, or None.
+        user_config: The worker settings the loader had (a DataLoader target), or None.
+        samples: len(dataset), or None for an iterable dataset without a length.
+    """
+
+    dataset: Any
+    description: str
+    source: str
+    target: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size_given: bool = False
+    shuffle: bool = False
+    sampler: Any = None
+    batch_sampler: Any = None
+    collate_fn: Any = None
+    drop_last: bool = False
+    worker_init_fn: Any = None
+    generator: Any = None
+    user_config: LoaderConfig | None = None
+    samples: int | None = None
+
+    @property
+    def is_iterable(self) -> bool:
+        """True for an iterable-style dataset (torch IterableDataset or no __getitem__)."""
+        return _is_iterable_dataset(self.dataset)
+
+    def loader_kwargs(self, config: LoaderConfig | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``torch.utils.data.DataLoader``: the spec's plus config's."""
+        config = config or self.user_config or LoaderConfig(batch_size=self.batch_size)
+        kwargs = config.loader_kwargs()
+        if self.batch_sampler is not None:
+            kwargs.pop("batch_size", None)
+            kwargs["batch_sampler"] = self.batch_sampler
+        else:
+            kwargs["drop_last"] = self.drop_last
+            if self.sampler is not None:
+                kwargs["sampler"] = self.sampler
+            elif self.shuffle and not self.is_iterable:
+                kwargs["shuffle"] = True
+        for name in ("collate_fn", "worker_init_fn", "generator"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        return kwargs
+
+    def make_loader(self, config: LoaderConfig | None = None) -> Any:
+        """Build the ``torch.utils.data.DataLoader`` for a configuration."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.dataset, **self.loader_kwargs(config))
+
+    def with_batch_size(self, batch_size: int) -> LoaderSpec:
+        """A copy with another batch size, marked as given by the user."""
+        return dataclasses.replace(self, batch_size=batch_size, batch_size_given=True)
+
+
+def _is_iterable_dataset(dataset: Any) -> bool:
+    from torch.utils.data import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return True
+    return hasattr(dataset, "__iter__") and not hasattr(dataset, "__getitem__")
+
+
+def _looks_like_dataset(obj: Any) -> bool:
+    from torch.utils.data import Dataset
+
+    if isinstance(obj, (str, bytes, dict, type)):
+        return False
+    if isinstance(obj, Dataset):
+        return True
+    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") or _is_iterable_dataset(obj)
+
+
+def _dataset_length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def spec_from_object(obj: Any, *, target: str | None = None, source: str | None = None) -> LoaderSpec:
+    """Build a LoaderSpec from a Dataset or DataLoader object.
+
+    Raises:
+        TargetError: the object is neither a dataset nor a DataLoader, or its length is 0.
+    """
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    where = f"TARGET {target!r}" if target else "the object"
+    if isinstance(obj, DataLoader):
+        dataset = obj.dataset
+        _check_dataset(dataset, target, where)
+        custom_batch_sampler = obj.batch_sampler is not None and type(obj.batch_sampler) is not BatchSampler
+        sampler = obj.sampler
+        shuffle = isinstance(sampler, RandomSampler)
+        keep_sampler = not isinstance(sampler, (RandomSampler, SequentialSampler)) and not _is_iterable_dataset(dataset)
+        ctx = obj.multiprocessing_context
+        ctx_name = ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else ctx
+        batch_size = obj.batch_size or DEFAULT_BATCH_SIZE
+        user = LoaderConfig(
+            num_workers=obj.num_workers,
+            batch_size=batch_size,
+            pin_memory=bool(obj.pin_memory),
+            persistent_workers=bool(obj.persistent_workers) if obj.num_workers > 0 else False,
+            prefetch_factor=obj.prefetch_factor if obj.num_workers > 0 else None,
+            multiprocessing_context=ctx_name if obj.num_workers > 0 else None,
+        )
+        return LoaderSpec(
+            dataset=dataset,
+            description=f"DataLoader over {type(dataset).__name__}" + (f" from {target}" if target else ""),
+            source=source or "dataloader",
+            target=target,
+            batch_size=batch_size,
+            batch_size_given=obj.batch_size is not None,
+            shuffle=shuffle,
+            sampler=sampler if keep_sampler else None,
+            batch_sampler=obj.batch_sampler if custom_batch_sampler else None,
+            collate_fn=obj.collate_fn,
+            drop_last=obj.drop_last,
+            worker_init_fn=obj.worker_init_fn,
+            generator=obj.generator,
+            user_config=user,
+            samples=_dataset_length(dataset),
+        )
+    _check_dataset(obj, target, where)
+    return LoaderSpec(
+        dataset=obj,
+        description=f"{type(obj).__name__}" + (f" from {target}" if target else ""),
+        source=source or "dataset",
+        target=target,
+        samples=_dataset_length(obj),
+    )
+
+
+def _check_dataset(obj: Any, target: str | None, where: str) -> None:
+    if not _looks_like_dataset(obj):
+        raise TargetError(
+            f"Not a dataset: {where} is a {type(obj).__module__}.{type(obj).__qualname__}, "
+            "which has neither __getitem__ and __len__ (map-style) nor __iter__ (iterable-style). "
+            "Point TARGET at a torch.utils.data.Dataset, a DataLoader, or a zero-argument "
+            "function that returns one.",
+            code="WF004",
+            target=target,
+            value=type(obj).__qualname__,
+        )
+    if _dataset_length(obj) == 0:
+        raise TargetError(
+            f"Empty dataset: {where} has len()=0, so no batch can be loaded or measured. "
+            "Check the data path or filter that built it (an ImageFolder over an empty or "
+            "wrong directory is the usual cause).",
+            code="WF005",
+            target=target,
+            value=0,
+        )
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    module, sep, attr = target.rpartition(":")
+    if not sep or not module or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        raise TargetError(
+            f"Bad TARGET: {target!r} is not of the form 'pkg.module:attr' or "
+            "'path/to/file.py:attr'. Name the module or file, a colon, then the dataset, "
+            "DataLoader or zero-argument factory, e.g. 'mypkg.data:train_set'.",
+            code="WF006",
+            target=target,
+            value=target,
+        )
+    return module, attr
+
+
+def _import_file(path_text: str, target: str) -> Any:
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise TargetError(
+            f"TARGET file not found: {path_text!r} (resolved to {path}) does not exist. "
+            "Check the path; it is relative to the current directory.",
+            code="WF007",
+            target=target,
+            value=str(path),
+        )
+    # Import by module name from the file's folder, so that spawn and forkserver workers
+    # (which inherit sys.path) can import the same module and unpickle its classes.
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = path.stem
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() == path:
+        return existing
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TargetError(
+            f"TARGET file cannot be imported: {path} is not a Python module. Name a .py file.",
+            code="WF007",
+            target=target,
+            value=str(path),
+        )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise _import_failed(target, str(path), exc) from exc
+    return module
+
+
+def _import_failed(target: str, module: str, exc: BaseException) -> TargetError:
+    return TargetError(
+        f"Importing the TARGET module failed: {module!r} raised {type(exc).__name__}: {exc}. "
+        "Fix the error in that module (run `python -c 'import ...'` to see its traceback, or "
+        "pass --debug).",
+        code="WF008",
+        target=target,
+        value=module,
+    )
+
+
+def _import_module(name: str, target: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise TargetError(
+                f"TARGET module not found: {name!r} is not importable from this Python "
+                f"({sys.executable}). Install the package, run from its folder, or give a file "
+                "path such as 'path/to/file.py:attr'.",
+                code="WF001",
+                target=target,
+                value=name,
+            ) from None
+        raise _import_failed(target, name, exc) from exc
+    except Exception as exc:
+        raise _import_failed(target, name, exc) from exc
+
+
+def resolve_target(target: str) -> LoaderSpec:
+    """Import a TARGET and build its LoaderSpec.
+
+    Args:
+        target: ``pkg.module:attr`` or ``path/to/file.py:attr`` (attr may be dotted).
+
+    Returns:
+        A LoaderSpec. A DataLoader target keeps its batch size, sampler or shuffle,
+        collate_fn, drop_last, worker_init_fn, start method and worker settings.
+
+    Raises:
+        TargetError: bad syntax (WF006), module not found (WF001), file not found (WF007),
+            import failed (WF008), attribute missing (WF002), factory raised (WF003), not a
+            dataset (WF004), or an empty dataset (WF005).
+    """
+    module_name, attr = _split_target(target)
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        module = _import_file(module_name, target)
+    else:
+        module = _import_module(module_name, target)
+    obj: Any = module
+    walked = []
+    for part in attr.split("."):
+        walked.append(part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            available = sorted(n for n in dir(obj) if not n.startswith("_"))[:12]
+            raise TargetError(
+                f"TARGET attribute not found: {module_name!r} has no attribute "
+                f"{'.'.join(walked)!r}. Names it has: {', '.join(available) or '(none)'}. "
+                "Check the spelling after the colon.",
+                code="WF002",
+                target=target,
+                value=".".join(walked),
+            ) from None
+    source = None
+    from torch.utils.data import DataLoader
+
+    if callable(obj) and not isinstance(obj, DataLoader) and not _is_instance_dataset(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise TargetError(
+                f"TARGET factory raised: calling {target}() with no arguments raised "
+                f"{type(exc).__name__}: {exc}. A factory TARGET must build the dataset or "
+                "DataLoader without arguments; fix the error or point at a function that "
+                "supplies its arguments.",
+                code="WF003",
+                target=target,
+                value=f"{type(exc).__name__}: {exc}",
+            ) from exc
+        source = "factory"
+    return spec_from_object(obj, target=target, source=source)
+
+
+def _is_instance_dataset(obj: Any) -> bool:
+    """True for a dataset instance (not a class or function that builds one)."""
+    return not isinstance(obj, type) and _looks_like_dataset(obj)

@@ -1,0 +1,371 @@
+"""ImageFolder decode-and-augment: the standard image classification training input.
+
+torchvision is optional: when it is installed its transforms are used; otherwise a Pillow
+implementation of the same four steps, written to match torchvision's algorithms.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wellfed.errors import BadFileError, ConfigError, TargetError
+
+if TYPE_CHECKING:
+    from wellfed.target import LoaderSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "PHOTOS_DIR",
+    "ImageFolderDataset",
+    "PillowTrainTransform",
+    "builtin_dataset",
+    "builtin_spec",
+    "train_transform",
+]
+
+#: Per-channel mean and std of ImageNet's training set, RGB, in [0, 1] units.
+#: Source: torchvision's ImageNet reference recipe (references/classification/presets.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: File endings ImageFolder accepts. Source: torchvision.datasets.folder.IMG_EXTENSIONS.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+#: The shipped photos (10 files, 2 classes; licences in photos/README.md).
+PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
+
+#: How often the built-in workload reads each shipped photo per epoch: 10 photos x 32 = 320
+#: samples, 10 batches of 32, enough for several measurement windows per epoch.
+BUILTIN_REPEAT = 32
+
+
+class PillowTrainTransform:
+    """RandomResizedCrop, RandomHorizontalFlip, to float tensor, Normalize, with Pillow.
+
+    The random draws use torch's global RNG, like torchvision, so DataLoader's per-worker
+    seeding (and wellfed's per-sample seeding) covers them.
+
+    Args:
+        size: Output side in pixels; the output is a float32 tensor of shape (3, size, size).
+        scale: Range of the crop's area as a fraction of the image's area.
+        ratio: Range of the crop's aspect ratio (width / height).
+        mean: Per-channel mean subtracted, RGB order, [0, 1] units.
+        std: Per-channel std divided by.
+
+    Source:
+        torchvision.transforms.RandomResizedCrop.get_params (10 attempts, then a central
+        crop), defaults scale=(0.08, 1.0), ratio=(3/4, 4/3), bilinear resampling.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        self.size = size
+        self.scale = scale
+        self.ratio = ratio
+        self.mean = mean
+        self.std = std
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """Draw a crop: (left, top, right, bottom) in pixels, torchvision's algorithm."""
+        import torch
+
+        area = width * height
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
+            aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi).item())
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+                left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+                return left, top, left + w, top + h
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            w, h = width, round(width / min(self.ratio))
+        elif in_ratio > max(self.ratio):
+            w, h = round(height * max(self.ratio)), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+        return left, top, left + w, top + h
+
+    def __call__(self, image: Any) -> Any:
+        """Map a PIL image (any mode) to a normalised float32 tensor (3, size, size)."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        box = self.crop_box(*image.size)
+        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        if torch.rand(1).item() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        array = np.array(image, dtype=np.uint8)  # (H, W, 3), a writable copy
+        tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return tensor.sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        return (
+            f"PillowTrainTransform(size={self.size}, scale={self.scale}, "
+            f"ratio=({self.ratio[0]:.3f}, {self.ratio[1]:.3f}))"
+        )
+
+
+def train_transform(size: int = 224) -> Callable[[Any], Any]:
+    """The standard training transform: torchvision's when installed, else PillowTrainTransform.
+
+    Returns:
+        A callable mapping a PIL image to a float32 tensor (3, size, size).
+    """
+    try:
+        from torchvision import transforms as T
+    except ImportError:
+        return PillowTrainTransform(size)
+    return T.Compose(  # type: ignore[no-any-return]
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class ImageFolderDataset:
+    """Images in ``root/<class>/<file>``, decoded with Pillow; labels are class indices.
+
+    Files whose ending is not in IMG_EXTENSIONS are left out (as torchvision's ImageFolder
+    does) and listed in ``skipped``. Every kept file's header is read at construction
+    (Pillow reads the header only, not the pixels), so a file that is no image at all is
+    caught before any worker starts; a file whose pixels fail to decode is caught when read.
+
+    Args:
+        root: Folder with one sub-folder per class.
+        transform: Callable applied to the PIL image; None returns the PIL image.
+        on_bad_file: "fail" raises BadFileError naming the file; "skip" leaves files whose
+            header does not parse out of the dataset (listed in ``skipped``) and, for a file
+            whose pixels fail to decode later, returns the next good sample instead.
+        repeat: Each file appears this many times per epoch (index i reads file i % n).
+
+    Attributes:
+        classes: Class names, sorted.
+        samples: (path, class index) for each kept file.
+        skipped: (path, reason) for each file left out.
+
+    Raises:
+        TargetError: root is missing or holds no image (WF005, WF007).
+        BadFileError: with on_bad_file="fail", a file's header does not parse (WF020).
+        ConfigError: on_bad_file is neither "fail" nor "skip", or repeat < 1 (WF010).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        on_bad_file: str = "fail",
+        repeat: int = 1,
+    ) -> None:
+        if on_bad_file not in ("fail", "skip"):
+            raise ConfigError(
+                f"Invalid option: on_bad_file={on_bad_file!r} is not one of 'fail', 'skip'. "
+                "Use 'fail' to stop at a broken file or 'skip' to leave it out.",
+                code="WF010",
+                attribute="on_bad_file",
+                value=on_bad_file,
+            )
+        if repeat < 1:
+            raise ConfigError(
+                f"Invalid option: repeat={repeat} is below 1. Use 1 or more.",
+                code="WF010",
+                attribute="repeat",
+                value=repeat,
+            )
+        self.root = str(Path(root))
+        self.transform = transform
+        self.on_bad_file = on_bad_file
+        self.repeat = repeat
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise TargetError(
+                f"Image folder not found: root={self.root!r} is not a directory. "
+                "Pass a folder laid out as root/<class>/<image>, e.g. "
+                "hymenoptera_data/train.",
+                code="WF007",
+                value=self.root,
+            )
+        self.classes = sorted(d.name for d in root_path.iterdir() if d.is_dir())
+        samples: list[tuple[str, int]] = []
+        skipped: list[tuple[str, str]] = []
+        for index, name in enumerate(self.classes):
+            for path in sorted((root_path / name).rglob("*")):
+                if not path.is_file():
+                    continue
+                if path.suffix.lower() not in IMG_EXTENSIONS:
+                    skipped.append((str(path), f"ending {path.suffix!r} is not an image ending ImageFolder reads"))
+                    continue
+                reason = _header_problem(path)
+                if reason is not None:
+                    if on_bad_file == "fail":
+                        raise BadFileError(
+                            f"Unreadable image: {path} {reason}. Remove or replace the file, or "
+                            "pass --on-bad-file skip (on_bad_file='skip') to leave it out.",
+                            code="WF020",
+                            path=str(path),
+                            index=None,
+                        )
+                    skipped.append((str(path), reason))
+                    continue
+                samples.append((str(path), index))
+        if not samples:
+            raise TargetError(
+                f"Empty dataset: root={self.root!r} holds no readable image in class "
+                f"sub-folders ({len(self.classes)} sub-folders, {len(skipped)} files left out). "
+                "Point at a folder laid out as root/<class>/<image>.",
+                code="WF005",
+                value=self.root,
+            )
+        self.samples = samples
+        self.skipped = tuple(skipped)
+        for path, reason in skipped:
+            logger.info("left out %s: %s", path, reason)
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeat
+
+    def _load(self, index: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        path, label = self.samples[index % len(self.samples)]
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+        return image, label
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        """Return (image, label): the transformed image and the class index (int)."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        attempts = len(self.samples) if self.on_bad_file == "skip" else 1
+        for step in range(attempts):
+            try:
+                image, label = self._load(index + step)
+                break
+            except (OSError, SyntaxError, ValueError) as exc:
+                path = self.samples[(index + step) % len(self.samples)][0]
+                if self.on_bad_file == "fail":
+                    raise BadFileError(
+                        f"Unreadable image: sample {index} ({path}) failed to decode: {exc}. "
+                        "Remove or replace the file, or pass --on-bad-file skip "
+                        "(on_bad_file='skip') to read the next good sample instead.",
+                        code="WF020",
+                        path=path,
+                        index=index,
+                    ) from exc
+                logger.debug("sample %d: %s failed to decode (%s); reading the next", index, path, exc)
+        else:
+            raise BadFileError(
+                f"Unreadable images: no file under {self.root} decodes. Check the folder.",
+                code="WF020",
+                path=self.root,
+                index=index,
+            )
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageFolderDataset(root={self.root!r}, files={len(self.samples)}, "
+            f"classes={len(self.classes)}, repeat={self.repeat}, transform={self.transform!r})"
+        )
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why a file's image header does not parse, or None when it does."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"is not a readable image ({type(exc).__name__}: {exc})"
+    if width < 1 or height < 1:
+        return f"has an empty size {width}x{height}"
+    return None
+
+
+def builtin_dataset(
+    data: str | os.PathLike[str] | None = None,
+    *,
+    on_bad_file: str = "fail",
+    size: int = 224,
+) -> ImageFolderDataset:
+    """The built-in workload's dataset: ImageFolder decode + augment.
+
+    Args:
+        data: An ImageFolder directory; None uses the shipped photos, each read
+            BUILTIN_REPEAT times per epoch (10 photos, 320 samples).
+        on_bad_file: "fail" or "skip" (see ImageFolderDataset).
+        size: Crop side in pixels.
+
+    Returns:
+        A map-style dataset of (float32 tensor (3, size, size), int label).
+    """
+    if data is None:
+        return ImageFolderDataset(
+            PHOTOS_DIR, train_transform(size), on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
+        )
+    return ImageFolderDataset(data, train_transform(size), on_bad_file=on_bad_file)
+
+
+def builtin_spec(
+    data: str | os.PathLike[str] | None = None,
+    *,
+    on_bad_file: str = "fail",
+    batch_size: int = 32,
+) -> LoaderSpec:
+    """The built-in workload as a LoaderSpec: shuffled batches of 32 (3, 224, 224) images."""
+    from wellfed.target import LoaderSpec
+
+    dataset = builtin_dataset(data, on_bad_file=on_bad_file)
+    backend = "torchvision" if not isinstance(dataset.transform, PillowTrainTransform) else "Pillow"
+    if data is None:
+        where = f"{len(dataset.samples)} shipped photos x {dataset.repeat}"
+    else:
+        where = f"{len(dataset.samples)} images in {dataset.root}"
+    skipped = f", {len(dataset.skipped)} files left out" if dataset.skipped else ""
+    description = (
+        f"ImageFolder: JPEG decode, RandomResizedCrop(224), flip, normalize ({backend}) "
+        f"over {where}{skipped}"
+    )
+    return LoaderSpec(
+        dataset=dataset,
+        description=description,
+        source="builtin",
+        batch_size=batch_size,
+        batch_size_given=True,
+        shuffle=True,
+        samples=len(dataset),
+    )
