@@ -1,0 +1,227 @@
+"""Module-level datasets for the SharedState tests (spawn and forkserver workers import them).
+
+Two pairs reproduce note 000: a continuous-deformation dataset (``theta`` replaced per task)
+and a drifting-values dataset (``values`` changed per task), each as the note wrote it (state
+in plain attributes) and with ``wellfed.SharedState``. ``TornReadDataset`` carries, per
+sample, the version it read and checksums of every field it used, taken twice (when the
+sample starts and after it has used the fields) so an overwrite during use is caught too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from wellfed.shared_state import SharedState
+
+N_SAMPLES = 8
+IMAGE_SIZE = 8
+
+
+def images(n: int = N_SAMPLES, seed: int = 0) -> torch.Tensor:
+    """(N, 1, H, W) float32 images in [0, 1): N samples, H = W = IMAGE_SIZE pixels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+
+
+def theta_for(task: int) -> torch.Tensor:
+    """The (2, 3) affine matrix of task ``task``: a rotation by 0.3 rad per task plus a shift."""
+    a = torch.tensor(0.3 * task, dtype=torch.float64)
+    c, s = torch.cos(a).item(), torch.sin(a).item()
+    return torch.tensor([[c, -s, 0.05 * task], [s, c, -0.05 * task]], dtype=torch.float32)
+
+
+def values_for(task: int, n: int = N_SAMPLES) -> np.ndarray:
+    """(N,) float32 targets of task ``task``: a ramp that drifts by 1.0 per task."""
+    return (np.arange(n, dtype=np.float32) * 0.5 + task).astype(np.float32)
+
+
+def deform(image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp one (1, H, W) image with a (2, 3) affine matrix (bilinear, zero padding)."""
+    grid = F.affine_grid(theta.unsqueeze(0), [1, *image.shape], align_corners=False)
+    return F.grid_sample(image.unsqueeze(0), grid, align_corners=False)[0]
+
+
+class NaiveDeformationDataset(Dataset[torch.Tensor]):
+    """Note 000's ContinuousDeformationDataset: ``theta`` is a plain attribute (stale in workers)."""
+
+    def __init__(self, n: int = N_SAMPLES) -> None:
+        self.images = images(n)
+        self.theta = theta_for(0)
+
+    def set_theta(self, theta: torch.Tensor) -> None:
+        self.theta = theta  # replaced: a persistent worker never sees it
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return deform(self.images[i], self.theta)
+
+
+class SharedDeformationDataset(Dataset[tuple[torch.Tensor, int]]):
+    """The same dataset with ``theta`` in a SharedState; samples carry the version read."""
+
+    def __init__(self, n: int = N_SAMPLES) -> None:
+        self.images = images(n)
+        self.state = SharedState(theta=theta_for(0))
+
+    def set_theta(self, theta: torch.Tensor) -> None:
+        self.state.update(theta=theta)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        snap = self.state.read()
+        return deform(self.images[i], snap["theta"]), snap.version
+
+
+class NaiveDriftingValuesDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Note 000's DriftingValuesDataset: ``values`` is a plain attribute."""
+
+    def __init__(self, n: int = N_SAMPLES) -> None:
+        self.x = images(n).flatten(1)
+        self.values = torch.from_numpy(values_for(0, n))
+
+    def set_values(self, values: np.ndarray) -> None:
+        self.values = torch.from_numpy(values)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.values[i]
+
+
+class SharedDriftingValuesDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """The same dataset with ``values`` (and the task number) in a SharedState."""
+
+    def __init__(self, n: int = N_SAMPLES) -> None:
+        self.x = images(n).flatten(1)
+        self.state = SharedState(values=values_for(0, n), task=0)
+
+    def set_values(self, values: np.ndarray, task: int) -> None:
+        self.state.update(values=values, task=task)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        snap = self.state.read()
+        return self.x[i], torch.tensor(snap["values"][i]), snap["task"]
+
+
+class HalfUpdatedDataset(Dataset[tuple[float, float]]):
+    """Two tensors as note 000 would update them: ``scale`` edited in place, ``shift`` replaced.
+
+    Under spawn the DataLoader moves both into shared memory, so the in-place edit reaches
+    persistent workers and the replacement does not: they see a mix of two updates.
+    """
+
+    def __init__(self) -> None:
+        self.scale = torch.zeros(1)
+        self.shift = torch.zeros(1)
+
+    def set_task(self, task: int) -> None:
+        self.scale.fill_(float(task))  # in place
+        self.shift = torch.full((1,), float(task))  # replaced
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[float, float]:
+        return float(self.scale.item()), float(self.shift.item())
+
+
+# ----------------------------------------------------------------------- torn-read stress
+
+TORN_K = 1 << 17  # elements per array field: 1 MiB of float64, so copies take real time
+
+
+def torn_fields(version: int, k: int = TORN_K) -> dict[str, Any]:
+    """Field values that belong to ``version``: every field is a function of it."""
+    return {
+        "a": np.full(k, float(version)),
+        "b": torch.arange(k, dtype=torch.int64) + version,
+        "c": version,
+    }
+
+
+def torn_expected(version: int, k: int = TORN_K) -> tuple[float, int, int]:
+    """(sum of a, sum of b, c) for a consistent read of ``version``."""
+    return float(version) * k, k * (k - 1) // 2 + version * k, version
+
+
+class TornReadDataset(Dataset[torch.Tensor]):
+    """Each sample: [version, sum a, sum b, c, sum a again, sum b again, pid] (float64).
+
+    The second pair of checksums is taken after the first, so a writer overwriting the views
+    while the sample is being made shows up as a mismatch too.
+    """
+
+    def __init__(self, state: SharedState, length: int = 1_000_000) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        snap = self.state.read()
+        a, b, c = snap["a"], snap["b"], snap["c"]
+        s_a, s_b = float(a.sum()), int(b.sum())
+        s_a2, s_b2 = float(a.sum()), int(b.sum())
+        return torch.tensor(
+            [snap.version, s_a, s_b, c, s_a2, s_b2, os.getpid()], dtype=torch.float64
+        )
+
+
+class NaiveTornDataset(Dataset[torch.Tensor]):
+    """The same checksums over plain shared tensors that the main process edits in place."""
+
+    def __init__(self, k: int = TORN_K, length: int = 1_000_000) -> None:
+        f = torn_fields(1, k)
+        self.a = torch.from_numpy(f["a"]).share_memory_()
+        self.b = f["b"].share_memory_()
+        self.c = torch.ones((), dtype=torch.int64).share_memory_()
+        self.length = length
+
+    def set_version(self, version: int) -> None:
+        f = torn_fields(version, len(self.a))
+        self.c.fill_(version)
+        self.a.copy_(torch.from_numpy(f["a"]))
+        self.b.copy_(f["b"])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        c = int(self.c.item())
+        s_a, s_b = float(self.a.sum()), int(self.b.sum())
+        s_a2, s_b2 = float(self.a.sum()), int(self.b.sum())
+        return torch.tensor([c, s_a, s_b, c, s_a2, s_b2, os.getpid()], dtype=torch.float64)
+
+
+def worker_pid(_: int) -> int:
+    """A sample that is the pid of the worker that made it."""
+    return os.getpid()
+
+
+class PidDataset(Dataset[tuple[int, int]]):
+    """Samples are (worker pid, state version): lets a test find and kill a worker."""
+
+    def __init__(self, state: SharedState, length: int = 64) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return os.getpid(), self.state.read().version

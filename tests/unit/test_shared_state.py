@@ -1,0 +1,280 @@
+"""Unit tests of wellfed.SharedState: in one process, no workers (see tests/integration)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from multiprocessing.reduction import ForkingPickler
+
+import wellfed
+from wellfed import ConfigError, StateError
+from wellfed.shared_state import SharedState, StateSnapshot
+
+
+@pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    """A private directory for the state's files, so tests never see each other's."""
+    return tmp_path
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("wellfed_"))
+
+
+def test_public_name_and_doctor_marker() -> None:
+    assert wellfed.SharedState is SharedState
+    assert SharedState.__wellfed_shared_state__ is True
+    assert SharedState.__doc__
+
+
+def test_round_trip_of_every_kind(shm: Path) -> None:
+    theta = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    values = np.linspace(0, 1, 5)
+    with SharedState(
+        {"theta": theta}, values=values, epoch=3, lr=0.1, flag=True, half=np.float16(2.5),
+        bf=torch.ones(3, dtype=torch.bfloat16), directory=str(shm),
+    ) as state:
+        snap = state.read()
+        assert isinstance(snap, StateSnapshot)
+        assert snap.version == 1 == state.version
+        assert list(snap) == ["theta", "values", "epoch", "lr", "flag", "half", "bf"]
+        assert torch.equal(snap["theta"], theta) and snap["theta"].dtype == torch.float32
+        assert np.array_equal(snap["values"], values) and snap["values"].dtype == np.float64
+        assert not snap["values"].flags.writeable
+        assert snap["epoch"] == 3 and type(snap["epoch"]) is int
+        assert snap["lr"] == 0.1 and type(snap["lr"]) is float
+        assert snap["flag"] is True
+        assert snap["half"] == np.float16(2.5) and snap["half"].dtype == np.float16
+        assert snap["bf"].dtype == torch.bfloat16
+        assert snap.epoch == 3  # attribute access too
+        assert state["epoch"] == 3
+        assert state.names == ("theta", "values", "epoch", "lr", "flag", "half", "bf")
+
+
+def test_reads_are_zero_copy_and_cached(shm: Path) -> None:
+    with SharedState(theta=torch.zeros(2, 3), values=np.zeros(4), directory=str(shm)) as state:
+        first, second = state.read(), state.read()
+        assert first is second  # fast path: nothing rebuilt while the version is unchanged
+        # Views over the mapping, not copies: the same memory on every read.
+        assert first["theta"].data_ptr() == state.read()["theta"].data_ptr()
+        assert first["values"].base is not None
+
+
+def test_update_replaces_named_fields_and_keeps_others(shm: Path) -> None:
+    with SharedState(theta=torch.zeros(2, 3), values=np.zeros(4), task=0,
+                     directory=str(shm)) as state:
+        assert state.update(theta=torch.ones(2, 3), task=1) == 2
+        snap = state.read()
+        assert snap.version == 2
+        assert torch.equal(snap["theta"], torch.ones(2, 3))
+        assert np.array_equal(snap["values"], np.zeros(4))
+        assert snap["task"] == 1
+        assert state.update({"values": np.arange(4.0)}) == 3
+        assert np.array_equal(state["values"], np.arange(4.0))
+
+
+def test_snapshot_stays_intact_while_pinned(shm: Path) -> None:
+    """A snapshot's views are never overwritten by updates until this thread reads again."""
+    with SharedState(a=np.zeros(1000), b=torch.zeros(1000), directory=str(shm)) as state:
+        held = state.read()
+        for v in range(2, 12):
+            state.update(a=np.full(1000, float(v)), b=torch.full((1000,), float(v)))
+            assert held.version == 1
+            assert not held["a"].any() and not held["b"].any()
+        latest = state.read()
+        assert latest.version == 11 and latest["a"][0] == 11.0
+        copy = latest.copy()
+        state.update(a=np.zeros(1000))
+        state.read()
+        assert copy["a"][0] == 11.0 and copy["a"].flags.writeable
+
+
+def test_storage_stays_bounded(shm: Path) -> None:
+    with SharedState(a=np.zeros(10), directory=str(shm)) as state:
+        for v in range(50):
+            state.update(a=np.full(10, float(v)))
+            state.read()
+        # control file + current slot + the slot this thread pins/the one spare
+        assert len(files(shm)) <= 4
+        assert len(state.segment_paths()) == len(files(shm))
+
+
+def test_new_shape_dtype_kind_and_new_field(shm: Path) -> None:
+    with SharedState(theta=torch.zeros(2, 3), values=np.zeros(4), directory=str(shm)) as state:
+        old = state.read()
+        state.update(theta=torch.ones(3, 3, dtype=torch.float64))
+        snap = state.read()
+        assert snap["theta"].shape == (3, 3) and snap["theta"].dtype == torch.float64
+        assert np.array_equal(snap["values"], np.zeros(4))
+        state.update(values=torch.arange(7), level=2)
+        snap = state.read()
+        assert torch.equal(snap["values"], torch.arange(7))
+        assert snap["level"] == 2 and snap.version == 3
+        assert list(snap) == ["theta", "values", "level"]
+        assert old.version == 1
+        # retired layouts are unlinked once no reader pins them
+        state.update(level=3)
+        state.read()
+        assert len(files(shm)) <= 4
+
+
+def test_handle_reads_like_a_worker(shm: Path) -> None:
+    """Unpickling elsewhere gives a lazy reader handle that maps the files at first read."""
+    with SharedState(theta=torch.zeros(2, 3), directory=str(shm)) as state:
+        handle = SharedState._handle(state._directory, state._prefix, state._owner_pid)
+        assert handle._ctl is None  # nothing opened yet
+        assert handle.read().version == 1
+        state.update(theta=torch.ones(2, 3))
+        snap = handle.read()
+        assert snap.version == 2 and torch.equal(snap["theta"], torch.ones(2, 3))
+        with pytest.raises(StateError) as info:
+            handle.update(theta=torch.zeros(2, 3))
+        assert info.value.code == "WF509"
+        assert "handle" in repr(handle)
+        handle.close()
+
+
+def test_pickle_is_tiny_and_owner_unpickles_to_itself(shm: Path) -> None:
+    with SharedState(big=np.zeros(1_000_000), directory=str(shm)) as state:
+        data = bytes(ForkingPickler.dumps(state))
+        assert len(data) < 300
+        assert pickle.loads(data) is state
+        assert pickle.loads(pickle.dumps(state)) is state
+
+
+def test_close_removes_files_and_later_reads_fail(shm: Path) -> None:
+    state = SharedState(a=np.zeros(3), directory=str(shm))
+    handle = SharedState._handle(state._directory, state._prefix, state._owner_pid)
+    handle.read()
+    state.update(a=np.ones(3))
+    assert files(shm)
+    state.close()
+    state.close()  # idempotent
+    assert files(shm) == []
+    assert state.closed and handle.closed
+    for reader in (state, handle):
+        with pytest.raises(StateError) as info:
+            reader.read()
+        assert info.value.code == "WF503"
+    with pytest.raises(StateError) as info:
+        state.update(a=np.zeros(3))
+    assert info.value.code == "WF503"
+    late = SharedState._handle(state._directory, state._prefix, state._owner_pid)
+    with pytest.raises(StateError) as info:
+        late.read()
+    assert info.value.code == "WF504"
+
+
+def test_garbage_collected_owner_removes_files(shm: Path) -> None:
+    state = SharedState(a=np.zeros(3), directory=str(shm))
+    assert files(shm)
+    del state
+    import gc
+
+    gc.collect()
+    assert files(shm) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ("text", "WF501"),
+        (np.array([object()]), "WF501"),
+        (2**70, "WF501"),
+        ([1.0, 2.0], "WF501"),
+        (torch.zeros(2).to_sparse(), "WF501"),
+    ],
+)
+def test_unsupported_values_fail_with_a_code(shm: Path, value: Any, code: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SharedState(x=value, directory=str(shm))
+    assert info.value.code == code
+    assert info.value.attribute == "x"
+    assert files(shm) == []
+
+
+def test_bad_name_and_duplicate(shm: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        SharedState({"not a name": 1}, directory=str(shm))
+    assert info.value.code == "WF505"
+    with pytest.raises(ConfigError) as info:
+        SharedState({"a": 1}, a=2, directory=str(shm))
+    assert info.value.code == "WF505"
+    with SharedState(a=1, directory=str(shm)) as state:
+        with pytest.raises(ConfigError):
+            state.update(b="text")
+        assert state.version == 1  # a failed update publishes nothing
+        with pytest.raises(KeyError, match="no field 'b'"):
+            state["b"]
+
+
+def test_threads_read_consistent_versions(shm: Path) -> None:
+    with SharedState(a=np.zeros(4096), b=np.zeros(4096), directory=str(shm)) as state:
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                snap = state.read()
+                v = float(snap.version)
+                if not (snap["a"] == v - 1).all() or not (snap["b"] == -(v - 1)).all():
+                    errors.append(f"torn at {snap.version}")
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for v in range(2, 200):  # version v holds v - 1
+            state.update(a=np.full(4096, v - 1.0), b=np.full(4096, -(v - 1.0)))
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == []
+
+
+def test_writer_never_takes_a_pinned_slot(shm: Path) -> None:
+    """The pin is a shared flock: the slot a reader holds is never locked for writing."""
+    with SharedState(a=np.zeros(8), directory=str(shm)) as state:
+        held = state.read()
+        pinned = state._local.r.pinned
+        fd = os.open(pinned.path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            state.update(a=np.ones(8))
+            state.read()  # moves the pin to version 2, releasing version 1's slot
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        assert held.version == 1
+
+
+def test_cleanup_orphans_removes_only_dead_owners(shm: Path) -> None:
+    dead_pid = 2**22 + 12345  # above Linux's pid_max: no such process
+    orphan = [shm / f"wellfed_{dead_pid}_abcd_ctl", shm / f"wellfed_{dead_pid}_abcd_s0"]
+    for p in orphan:
+        p.write_bytes(b"x")
+    unrelated = shm / "not_wellfed_file"
+    unrelated.write_bytes(b"x")
+    with SharedState(a=1, directory=str(shm)) as state:
+        mine = set(state.segment_paths())
+        removed = SharedState.cleanup_orphans(str(shm))
+        assert sorted(removed) == sorted(str(p) for p in orphan)
+        assert mine <= {str(p) for p in shm.iterdir()}
+        assert unrelated.exists()
+        assert state.read()["a"] == 1
+
+
+def test_repr_names_fields(shm: Path) -> None:
+    with SharedState(theta=torch.zeros(2, 3), epoch=0, directory=str(shm)) as state:
+        text = repr(state)
+        assert "theta: torch.float32(2, 3)" in text and "epoch: int" in text
+        assert "version=1" in text
