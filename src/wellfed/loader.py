@@ -1,0 +1,1208 @@
+"""``create_dataloader``: the same batches whatever the worker count, start method or resume point.
+
+How it works (see ``docs/reproducibility.md``):
+
+* The sampler runs in the main process, as in every DataLoader. wellfed wraps it so that each
+  index travels to the worker together with its seed, ``(index, sample_seed(seed, epoch,
+  index))``. The shuffle order comes from a ``torch.Generator`` seeded from (seed, epoch).
+* In the fetch path (main process or worker), a small wrapper seeds Python ``random``, numpy's
+  global RNG and torch's CPU generator from that seed, then calls the user's ``__getitem__``
+  with the plain index (or ``__getitems__`` with plain indices, seeding once per batch). The
+  collate function runs next, seeded from the batch.
+* No worker state is involved, so the batches are a pure function of (seed, epoch, indices):
+  identical for num_workers 0..N, fork/spawn/forkserver, persistent workers or not, and after a
+  resume into a loader with another ``num_workers``.
+
+``loader.dataset`` is the user's dataset: the wrapper is handed to the DataLoader's iterator
+only, never stored on the loader.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import sys
+import warnings
+import weakref
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Sampler, Subset
+from torch.utils.data.dataloader import (
+    _BaseDataLoaderIter,
+    _MultiProcessingDataLoaderIter,
+    _SingleProcessDataLoaderIter,
+)
+
+from wellfed.errors import ConfigError, StateError, WellfedWarning, WorkerSafetyError
+from wellfed.seeding import (
+    _SALT_COLLATE,
+    _SALT_SAMPLER,
+    _SALT_SHUFFLE,
+    _check_seed,
+    _enter_sample,
+    _epoch_key,
+    _fold,
+    _GlobalRngSnapshot,
+    _leave_sample,
+    _mix,
+    _purpose_seed,
+    _sample_seed_from_key,
+)
+
+__all__ = [
+    "LoaderPlan",
+    "ResolvedSetting",
+    "SeededDataLoader",
+    "WorkerSafetyWarning",
+    "create_dataloader",
+    "get_recommended_num_workers",
+    "is_windows",
+    "print_dataloader_config",
+    "recommend_num_workers",
+]
+
+logger = logging.getLogger(__name__)
+
+_STATE_FORMAT = "wellfed.loader/1"
+_ON_UNSAFE = ("raise", "warn", "fallback")
+_AUTO = "auto"
+_MAX_AUTO_WORKERS = 8
+
+
+class WorkerSafetyWarning(WellfedWarning):
+    """``create_dataloader`` found hazards for workers and went on (``on_unsafe="warn"``), fell
+    back to ``num_workers=0`` (``on_unsafe="fallback"``), or kept an explicit risky choice."""
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def is_windows() -> bool:
+    """True on Windows (note 002's helper).
+
+    Windows is not a reason for ``num_workers=0``: its start method is spawn, like macOS, and
+    spawn workers work when the dataset pickles and the script guards its entry point with
+    ``if __name__ == "__main__":``. ``create_dataloader`` keeps workers on Windows unless the
+    doctor finds a hazard; ``wellfed doctor TARGET`` names each one with its fix.
+    """
+    return sys.platform == "win32"
+
+
+def _is_rank_zero() -> bool:
+    """True unless this process is a non-zero rank of a distributed job (torchrun's RANK)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return bool(dist.get_rank() == 0)
+    except (ImportError, RuntimeError):
+        pass
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _local_world_size() -> tuple[int, str]:
+    """Processes sharing this machine's CPUs, and the variable it came from."""
+    for var in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        raw = os.environ.get(var)
+        if not raw:
+            continue
+        digits = ""
+        for ch in raw:  # SLURM may say "4(x2)"
+            if not ch.isdigit():
+                break
+            digits += ch
+        if digits and int(digits) >= 1:
+            return int(digits), var
+    return 1, ""
+
+
+def recommend_num_workers() -> tuple[int, str]:
+    """Worker count from usable CPUs per local rank, with the reason in words.
+
+    Returns:
+        (num_workers, reason). ``usable CPUs // local ranks - 1``, between 0 and 8.
+
+    Source:
+        Heuristic, not a measurement: one CPU per local rank stays with the main process (it
+        collates, pins and runs the training step); the cap of 8 is note 002's
+        ``min(cpu_count, 8)``. ``wellfed tune`` replaces it with a measured value.
+    """
+    from wellfed.platform import usable_cpu_count
+
+    cpus = usable_cpu_count()
+    ranks, var = _local_world_size()
+    per_rank = max(1, cpus // ranks)
+    n = max(0, min(per_rank - 1, _MAX_AUTO_WORKERS))
+    where = f" ({var}={ranks})" if var else ""
+    reason = (
+        f"{cpus} usable CPUs / {ranks} local rank(s){where} = {per_rank} per rank, "
+        f"minus 1 for the main process, capped at {_MAX_AUTO_WORKERS}"
+    )
+    return n, reason
+
+
+def get_recommended_num_workers(dataset: Any = None, *, batch_size: int | None = None) -> int:
+    """Worker count to use here (note 002's helper): a stored tune result, else the CPU rule.
+
+    Unlike note 002's version it does not return 0 on Windows (see ``is_windows``).
+
+    Args:
+        dataset: When given, a ``wellfed tune`` result stored for this dataset is used first.
+        batch_size: Batch size to match the stored result against; None matches any.
+
+    Returns:
+        Number of worker processes, >= 0.
+    """
+    if dataset is not None:
+        stored = _stored_tune_result(dataset, batch_size)
+        if stored is not None:
+            return int(stored[0].recommended.config.num_workers)
+    return recommend_num_workers()[0]
+
+
+def _stored_tune_result(dataset: Any, batch_size: int | None) -> tuple[Any, str] | None:
+    """(TuneResult, its path) stored by ``wellfed tune`` for this dataset, or None."""
+    try:
+        from wellfed.tune import load_stored_result  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return None
+    try:
+        result = load_stored_result(dataset, batch_size=batch_size)
+    except (OSError, ValueError) as exc:  # a corrupt or foreign file must not stop loading
+        logger.debug("stored tune result unreadable: %s", exc)
+        return None
+    if result is None:
+        return None
+    try:
+        result.recommended.config.num_workers  # noqa: B018 - shape check
+    except AttributeError:
+        return None
+    return result, str(getattr(result, "stored_path", "?"))
+
+
+def _index_key(index: Any) -> int:
+    """An int for any index: ints as themselves, others by CRC32 of their repr (not hash(),
+    which differs between processes for str)."""
+    try:
+        return int(index.__index__())
+    except (AttributeError, TypeError):
+        return zlib.crc32(repr(index).encode())
+
+
+# --- the fetch path --------------------------------------------------------------------------
+
+
+def _passthrough(batch: Any) -> Any:
+    """The iterator's collate: the seeded fetch wrapper has already collated."""
+    return batch
+
+
+def _has_batched_fetch(dataset: Any) -> bool:
+    """True when the dataset has its own ``__getitems__`` (Subset's only forwards one)."""
+    if isinstance(dataset, Subset):
+        return _has_batched_fetch(dataset.dataset)
+    return callable(getattr(dataset, "__getitems__", None))
+
+
+class _SeededFetch:
+    """Stands in for the dataset inside the DataLoader's iterator (main process and workers).
+
+    Receives ``(index, sample_seed)`` pairs, seeds the global RNGs, calls the user's dataset
+    with the plain index, then collates (seeded from the batch). In the main process it
+    restores the global RNG state afterwards, so the training loop's randomness does not depend
+    on ``num_workers``. Picklable when the dataset and collate function are.
+    """
+
+    def __init__(self, dataset: Any, collate_fn: Callable[[Any], Any], batched: bool) -> None:
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, pairs: Sequence[tuple[Any, int]]) -> Any:
+        from torch.utils.data import get_worker_info
+
+        snapshot = _GlobalRngSnapshot() if get_worker_info() is None else None
+        try:
+            if self.batched:
+                batch_seed = _fold(p[1] for p in pairs)
+                _enter_sample(batch_seed)
+                samples = self.dataset.__getitems__([p[0] for p in pairs])
+            else:
+                dataset = self.dataset
+                samples = []
+                for index, seed in pairs:
+                    _enter_sample(seed)
+                    samples.append(dataset[index])
+                batch_seed = _fold(p[1] for p in pairs)
+            _enter_sample(_mix(batch_seed ^ _SALT_COLLATE))
+            return self.collate_fn(samples)
+        finally:
+            _leave_sample()
+            if snapshot is not None:
+                snapshot.restore()
+
+    def __getitem__(self, pair: tuple[Any, int]) -> Any:
+        # No automatic batching (batch_size=None): one sample, then the loader's collate_fn
+        # (default_convert unless the user gave one).
+        from torch.utils.data import get_worker_info
+
+        snapshot = _GlobalRngSnapshot() if get_worker_info() is None else None
+        try:
+            index, seed = pair
+            _enter_sample(seed)
+            sample = self.dataset[index]
+            _enter_sample(_mix(seed ^ _SALT_COLLATE))
+            return self.collate_fn(sample)
+        finally:
+            _leave_sample()
+            if snapshot is not None:
+                snapshot.restore()
+
+
+# --- samplers --------------------------------------------------------------------------------
+
+
+class _FixedTorchRng:
+    """Run a block with torch's global CPU generator seeded, then restore it.
+
+    Used once per epoch around the first ``next()`` of a user's sampler: RandomSampler,
+    SubsetRandomSampler and WeightedRandomSampler without a ``generator`` draw their seed from
+    torch's global RNG there, so this makes them a function of (seed, epoch) too.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self.state = torch.default_generator.get_state()
+        torch.default_generator.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.default_generator.set_state(self.state)
+
+
+class _SeededSampler(Sampler[Any]):
+    """Yields ``(index, sample_seed)`` pairs (or lists of them, wrapping a batch sampler).
+
+    Args:
+        seed: The loader's seed.
+        data_source: The user's dataset (its length decides the order when ``base`` is None).
+        shuffle: Permute the indices with a Generator seeded from (seed, epoch).
+        base: The user's sampler or batch sampler; its order is kept, seeds are attached.
+        batches: True when ``base`` is a batch sampler (yields lists of indices).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        data_source: Any,
+        *,
+        shuffle: bool = False,
+        base: Any = None,
+        batches: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.data_source = data_source
+        self.shuffle = shuffle
+        self.base = base
+        self.batches = batches
+        self.epoch = 0
+        self._skip = 0  # items (samples, or batches when wrapping a batch sampler)
+        self._forwarded_epoch: int | None = getattr(base, "epoch", None)
+        self._owner: weakref.ReferenceType[SeededDataLoader] | None = None
+
+    @property
+    def base_sampler(self) -> Any:
+        """The user's sampler or batch sampler, or None when wellfed orders the indices."""
+        return self.base
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch of the next iteration (the same as ``loader.set_epoch``)."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            owner.set_epoch(epoch)
+        else:
+            self.epoch = epoch
+
+    def _resolve_epoch(self, requested: int) -> int:
+        """The epoch to run: the loader's, unless the user set the base sampler's own."""
+        base_epoch = getattr(self.base, "epoch", None)
+        if (
+            isinstance(base_epoch, int)
+            and self._forwarded_epoch is not None
+            and base_epoch != self._forwarded_epoch
+        ):
+            logger.debug("sampler.set_epoch(%d) was called directly; following it", base_epoch)
+            return base_epoch
+        return requested
+
+    def _prepare(self, epoch: int, skip: int) -> None:
+        self.epoch = epoch
+        self._skip = skip
+
+    def __len__(self) -> int:
+        if self.base is not None:
+            return len(self.base)
+        return len(self.data_source)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, skip = self.epoch, self._skip
+        self._skip = 0
+        key = _epoch_key(self.seed, epoch)
+        order: Iterable[Any]
+        if self.base is None:
+            n = len(self.data_source)
+            if self.shuffle:
+                g = torch.Generator()
+                g.manual_seed(_purpose_seed(self.seed, epoch, _SALT_SHUFFLE))
+                order = torch.randperm(n, generator=g).tolist()
+            else:
+                order = range(n)
+        else:
+            if hasattr(self.base, "set_epoch"):
+                self.base.set_epoch(epoch)
+                self._forwarded_epoch = getattr(self.base, "epoch", epoch)
+            with _FixedTorchRng(_purpose_seed(self.seed, epoch, _SALT_SAMPLER) & 0xFFFFFFFF):
+                it = iter(self.base)
+                first = list(itertools.islice(it, 1))
+            order = itertools.chain(first, it)
+        if skip:
+            order = itertools.islice(order, skip, None)
+        if self.batches:
+            return (
+                [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch] for batch in order
+            )
+        return ((i, _sample_seed_from_key(key, _index_key(i))) for i in order)
+
+
+# --- iterators -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    epoch: int
+    start: int  # batches skipped by a resume
+    yielded: int = 0
+    exhausted: bool = False
+
+
+class _SeededIterMixin(_BaseDataLoaderIter):
+    """Hands the seeded fetch wrapper to the fetcher and counts delivered batches."""
+
+    _wf_progress: _Progress | None
+
+    def __init__(self, loader: DataLoader[Any]) -> None:
+        super().__init__(loader)
+        self._wf_progress = None
+        fetch = getattr(loader, "_wf_fetch", None)
+        if fetch is not None:
+            self._dataset = fetch
+            self._collate_fn = _passthrough
+
+    def __next__(self) -> Any:
+        try:
+            data = super().__next__()
+        except StopIteration:
+            if self._wf_progress is not None:
+                self._wf_progress.exhausted = True
+            raise
+        if self._wf_progress is not None:
+            self._wf_progress.yielded += 1
+        return data
+
+
+class _SeededSingleProcessIter(_SingleProcessDataLoaderIter, _SeededIterMixin):
+    pass
+
+
+class _SeededMultiProcessingIter(_MultiProcessingDataLoaderIter, _SeededIterMixin):
+    pass
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+
+class SeededDataLoader(DataLoader[Any]):
+    """A ``torch.utils.data.DataLoader`` whose batches are a pure function of (seed, epoch, index).
+
+    Build it with ``create_dataloader`` (which also resolves "auto" values and checks worker
+    safety); constructing it directly takes DataLoader's arguments plus ``seed``.
+
+    What to load: ``dataset`` (map-style; ``loader.dataset`` is this very object), ``batch_size``,
+    ``shuffle``, ``sampler`` or ``batch_sampler``, ``collate_fn``, ``drop_last``. How to
+    parallelise: ``num_workers``, ``multiprocessing_context``, ``persistent_workers``,
+    ``prefetch_factor``, ``pin_memory``, ``worker_init_fn``, ``timeout``. How to reproduce and
+    resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
+
+    Args:
+        dataset: The user's dataset. With ``seed``, it must be map-style.
+        *args: DataLoader's positional arguments after ``dataset``.
+        seed: Non-negative int. None: a plain DataLoader (no per-sample seeding, no resume).
+        **kwargs: DataLoader's keyword arguments. With ``seed``, ``generator`` must be None
+            (the shuffle order comes from the seed) and ``in_order`` must stay True.
+
+    Attributes:
+        seed: The seed, or None.
+        epoch: The epoch of the latest iteration (-1 before the first).
+        plan: The LoaderPlan ``create_dataloader`` resolved, or None.
+
+    Each ``iter(loader)`` starts the next epoch, from 0. ``set_epoch(e)`` makes the next one
+    ``e``; with a sampler that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the
+    epoch to it on every iteration, and a direct ``sampler.set_epoch(e)`` call by the user is
+    followed. One live iterator per loader at a time (torch's rule for persistent workers too).
+    """
+
+    def __init__(
+        self, dataset: Any, *args: Any, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        if args:  # DataLoader's positional order; normalise into kwargs
+            names = ("batch_size", "shuffle", "sampler", "batch_sampler", "num_workers",
+                     "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn")
+            for name, value in zip(names, args, strict=False):
+                kwargs[name] = value
+        self._wf_fetch: _SeededFetch | None = None
+        self._wf_sampler: _SeededSampler | None = None
+        self._wf_next_epoch = 0
+        self._wf_resume_batches = 0
+        self._wf_progress: _Progress | None = None
+        self.seed: int | None = None
+        self.plan: LoaderPlan | None = None
+        if seed is None:
+            super().__init__(dataset, **kwargs)
+            return
+        self.seed = _check_seed(seed)
+        if isinstance(dataset, IterableDataset):
+            raise ConfigError(
+                f"Cannot seed per sample: dataset={type(dataset).__name__} is an "
+                "IterableDataset, which has no sample indices to derive seeds from. Use a "
+                "map-style dataset (__getitem__ + __len__), or pass seed=None.",
+                code="WF204",
+                attribute="dataset",
+                value=type(dataset).__name__,
+            )
+        if kwargs.get("generator") is not None:
+            raise ConfigError(
+                "Conflicting options: generator=<torch.Generator> and seed="
+                f"{seed} both decide the shuffle order. Pass one of them: with seed, wellfed "
+                "derives the order from (seed, epoch).",
+                code="WF203",
+                attribute="generator",
+                value=kwargs["generator"],
+            )
+        if kwargs.get("in_order", True) is False:
+            raise ConfigError(
+                f"Conflicting options: in_order=False with seed={seed}: batches would arrive in "
+                "the order workers finish them, so the sequence of batches is not reproducible. "
+                "Drop in_order=False, or pass seed=None.",
+                code="WF203",
+                attribute="in_order",
+                value=False,
+            )
+        shuffle = bool(kwargs.pop("shuffle", False) or False)
+        sampler = kwargs.pop("sampler", None)
+        batch_sampler = kwargs.pop("batch_sampler", None)
+        if shuffle and (sampler is not None or batch_sampler is not None):
+            raise ConfigError(
+                "Conflicting options: shuffle=True with a "
+                f"{'sampler' if sampler is not None else 'batch_sampler'}: the sampler decides "
+                "the order. Pass shuffle=False (and shuffle inside the sampler), or drop the "
+                "sampler.",
+                code="WF203",
+                attribute="shuffle",
+                value=True,
+            )
+        if batch_sampler is not None:
+            if sampler is not None:
+                raise ConfigError(
+                    "Conflicting options: sampler and batch_sampler are both set; the batch "
+                    "sampler decides the batches. Pass only one.",
+                    code="WF203",
+                    attribute="sampler",
+                    value=sampler,
+                )
+            wrapped = _SeededSampler(self.seed, dataset, base=batch_sampler, batches=True)
+            kwargs["batch_sampler"] = wrapped
+        else:
+            wrapped = _SeededSampler(self.seed, dataset, shuffle=shuffle, base=sampler)
+            kwargs["sampler"] = wrapped
+        collate_fn = kwargs.get("collate_fn")
+        super().__init__(dataset, **kwargs)
+        wrapped._owner = weakref.ref(self)
+        self._wf_sampler = wrapped
+        if collate_fn is None:
+            collate_fn = self.collate_fn  # default_collate or default_convert, as torch chose
+        self._wf_fetch = _SeededFetch(dataset, collate_fn, _has_batched_fetch(dataset))
+        self._wf_shuffle = shuffle
+
+    # -- epochs ----------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the latest iteration; -1 before the first."""
+        return self._wf_progress.epoch if self._wf_progress is not None else -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(loader)`` run epoch ``epoch`` (then ``epoch + 1``, ...).
+
+        Forwards to the sampler's ``set_epoch`` (``DistributedSampler``: each rank keeps its
+        own shard) when the loader has no seed.
+
+        Raises:
+            ConfigError: ``epoch`` is not a non-negative int (WF203).
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(
+                f"Invalid epoch: epoch={epoch!r} is not a non-negative int. Epochs count from 0.",
+                code="WF203",
+                attribute="epoch",
+                value=epoch,
+            )
+        self._wf_next_epoch = epoch
+        self._wf_resume_batches = 0
+        if self._wf_sampler is None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _get_iterator(self) -> _BaseDataLoaderIter:
+        if self.num_workers == 0:
+            return _SeededSingleProcessIter(self)
+        self.check_worker_number_rationality()
+        return _SeededMultiProcessingIter(self)
+
+    def __iter__(self) -> _BaseDataLoaderIter:
+        epoch = self._wf_next_epoch
+        skip = self._wf_resume_batches
+        if self._wf_sampler is not None:
+            epoch = self._wf_sampler._resolve_epoch(epoch)
+            per_batch = 1
+            if not self._wf_sampler.batches and self.batch_size is not None:
+                per_batch = self.batch_size
+            self._wf_sampler._prepare(epoch, skip * per_batch)
+        self._wf_next_epoch = epoch + 1
+        self._wf_resume_batches = 0
+        it = super().__iter__()
+        progress = _Progress(epoch=epoch, start=skip)
+        it._wf_progress = progress  # type: ignore[attr-defined]
+        self._wf_progress = progress
+        return it
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """Facts a saved state must match to resume with the same batches."""
+        sampler = self._wf_sampler
+        base = sampler.base if sampler is not None else None
+        return {
+            "seed": self.seed,
+            "num_samples": len(self.dataset),
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "shuffle": getattr(self, "_wf_shuffle", False),
+            "sampler": None if base is None else f"{type(base).__module__}.{type(base).__qualname__}",
+            "rank": getattr(base, "rank", None),
+            "num_replicas": getattr(base, "num_replicas", None),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the epoch and the batches already delivered in it.
+
+        Save it with the model checkpoint; ``load_state_dict`` into a loader built the same
+        way (any ``num_workers``, start method or persistence) resumes with the identical
+        remaining batches. Batches prefetched by workers but not yet delivered are not counted.
+
+        Returns:
+            A dict of plain ints, strings and None (JSON- and ``torch.save``-friendly).
+
+        Raises:
+            StateError: The loader has no seed, so its batches cannot be replayed (WF208).
+        """
+        if self.seed is None:
+            raise StateError(
+                "Cannot save a resume state: seed=None, so shuffle order and augmentations "
+                "come from unseeded RNGs and cannot be replayed. Build the loader with "
+                "create_dataloader(..., seed=<int>).",
+                code="WF208",
+                attribute="seed",
+                value=None,
+            )
+        p = self._wf_progress
+        if p is None:
+            epoch, done = self._wf_next_epoch, self._wf_resume_batches
+        elif p.exhausted:
+            epoch, done = p.epoch + 1, 0
+        else:
+            epoch, done = p.epoch, p.start + p.yielded
+            if self._wf_next_epoch != p.epoch + 1:  # set_epoch/load_state_dict since
+                epoch, done = self._wf_next_epoch, self._wf_resume_batches
+        return {
+            "format": _STATE_FORMAT,
+            "epoch": epoch,
+            "batches_done": done,
+            **self._identity(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next ``iter(loader)`` yields the remaining batches of the saved epoch.
+
+        Args:
+            state: A dict from ``state_dict()`` of a loader built with the same dataset
+                length, seed, batch size, drop_last, shuffle, sampler type and rank.
+                ``num_workers``, start method, persistence and prefetching may differ.
+
+        Raises:
+            StateError: The state is not wellfed's, or one of the facts above differs (the
+                message names it, with both values) (WF209).
+        """
+        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
+            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise StateError(
+                f"Cannot resume: state format={got!r} is not {_STATE_FORMAT!r}, so it was not "
+                "saved by a wellfed loader of this version. Pass the dict that "
+                "loader.state_dict() returned.",
+                code="WF209",
+                attribute="format",
+                value=got,
+            )
+        if self.seed is None:
+            raise StateError(
+                "Cannot resume: this loader has seed=None, so it cannot replay the saved "
+                f"batches (saved with seed={state.get('seed')}). Build it with "
+                f"create_dataloader(..., seed={state.get('seed')}).",
+                code="WF208",
+                attribute="seed",
+                value=None,
+            )
+        mine = self._identity()
+        for name, value in mine.items():
+            if state.get(name) != value:
+                raise StateError(
+                    f"Cannot resume: {name}={state.get(name)!r} in the saved state but "
+                    f"{value!r} in this loader, so the remaining batches would differ. Build "
+                    f"the loader with {name}={state.get(name)!r} (num_workers may differ).",
+                    code="WF209",
+                    attribute=name,
+                    value=value,
+                    saved=state.get(name),
+                )
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and done >= 0):
+            raise StateError(
+                f"Cannot resume: epoch={epoch!r}, batches_done={done!r} are not non-negative "
+                "ints. Pass the dict that loader.state_dict() returned, unmodified.",
+                code="WF209",
+                attribute="batches_done",
+                value=done,
+            )
+        try:
+            total = len(self)
+        except TypeError:
+            total = None
+        if total is not None and done > total:
+            raise StateError(
+                f"Cannot resume: batches_done={done} but an epoch of this loader has {total} "
+                "batches. Pass the state saved by a loader over the same data.",
+                code="WF209",
+                attribute="batches_done",
+                value=done,
+            )
+        self._wf_next_epoch = epoch
+        self._wf_resume_batches = done
+        self._wf_progress = None
+
+
+# --- "auto" resolution and the plan ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedSetting:
+    """One DataLoader option as ``create_dataloader`` decided it.
+
+    Attributes:
+        name: Option name, e.g. "num_workers".
+        requested: What the caller passed (often "auto").
+        value: The value the DataLoader got.
+        reason: Why, in words (the INFO log line says the same).
+    """
+
+    name: str
+    requested: Any
+    value: Any
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (values turned into strings where not JSON types)."""
+        return {
+            "name": self.name,
+            "requested": _jsonable(self.requested),
+            "value": _jsonable(self.value),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """Everything ``create_dataloader`` decided, kept on ``loader.plan``.
+
+    Attributes:
+        settings: The resolved options, in resolution order.
+        seed: The loader's seed, or None.
+        start_method: Start method the workers use ("fork", "spawn", "forkserver"); None with
+            ``num_workers=0``.
+        on_unsafe: The policy given.
+        safety_checked: Whether the doctor's static checks ran.
+        findings: Error-severity findings of the doctor (``wellfed.Finding``), possibly empty.
+        action: What happened because of them: "none", "raised", "warned", "fell_back".
+    """
+
+    settings: tuple[ResolvedSetting, ...]
+    seed: int | None
+    start_method: str | None
+    on_unsafe: str
+    safety_checked: bool
+    findings: tuple[Any, ...] = ()
+    action: str = "none"
+
+    def setting(self, name: str) -> ResolvedSetting:
+        """The resolved setting called ``name``.
+
+        Raises:
+            KeyError: No such setting.
+        """
+        for s in self.settings:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return {
+            "settings": [s.to_dict() for s in self.settings],
+            "seed": self.seed,
+            "start_method": self.start_method,
+            "on_unsafe": self.on_unsafe,
+            "safety_checked": self.safety_checked,
+            "findings": [_finding_dict(f) for f in self.findings],
+            "action": self.action,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _finding_dict(f: Any) -> dict[str, Any]:
+    to_dict = getattr(f, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    return {k: _jsonable(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")}
+
+
+def _default_start_method() -> str:
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None:
+        method = multiprocessing.get_context().get_start_method()
+    return str(method)
+
+
+def _check_choice(name: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(
+            f"Invalid option: {name}={value!r} is not {expected}. Pass {expected}.",
+            code="WF202",
+            attribute=name,
+            value=value,
+        )
+
+
+def _resolve_num_workers(
+    num_workers: Any, dataset: Any, batch_size: Any
+) -> tuple[int, str, Any]:
+    """(num_workers, reason, stored TuneResult or None)."""
+    if num_workers != _AUTO:
+        return int(num_workers), "given", None
+    stored = _stored_tune_result(dataset, batch_size if isinstance(batch_size, int) else None)
+    if stored is not None:
+        result, path = stored
+        n = int(result.recommended.config.num_workers)
+        return n, f"stored wellfed tune result for this dataset ({path})", result
+    n, reason = recommend_num_workers()
+    return n, reason, None
+
+
+def _resolve_start_method(context: Any, num_workers: int) -> tuple[Any, str | None, str]:
+    """(value for DataLoader, start method name, reason)."""
+    if num_workers == 0:
+        if context not in (_AUTO, None):
+            raise ConfigError(
+                f"Conflicting options: multiprocessing_context={context!r} with num_workers=0: "
+                "there are no worker processes to start. Drop multiprocessing_context or set "
+                "num_workers >= 1.",
+                code="WF203",
+                attribute="multiprocessing_context",
+                value=context,
+            )
+        return None, None, "no workers" if context == _AUTO else "given"
+    cuda_up = bool(torch.cuda.is_initialized())
+    if context == _AUTO or context is None:
+        default = _default_start_method()
+        if context == _AUTO and cuda_up and default == "fork":
+            available = multiprocessing.get_all_start_methods()
+            method = "forkserver" if "forkserver" in available else "spawn"
+            return (
+                method,
+                method,
+                f"CUDA is initialised in this process and a forked child cannot use it, so "
+                f"not the platform default 'fork'",
+            )
+        return None, default, "platform default" if context == _AUTO else "given (None)"
+    method = context if isinstance(context, str) else context.get_start_method()
+    if method == "fork" and cuda_up and _is_rank_zero():
+        warnings.warn(
+            "Risky start method kept: multiprocessing_context='fork' was given while CUDA is "
+            "initialised in this process; a forked worker that touches CUDA fails with "
+            "'Cannot re-initialize CUDA in forked subprocess'. Keep CUDA out of the dataset, "
+            "or pass multiprocessing_context='forkserver' (or 'spawn'). [WF210]",
+            WorkerSafetyWarning,
+            stacklevel=3,
+        )
+    return context, method, "given"
+
+
+def _safety_check(
+    dataset: Any, loader_kwargs: dict[str, Any], method: str
+) -> tuple[bool, tuple[Any, ...]]:
+    """Run the doctor's static checks; (ran, error findings)."""
+    try:
+        from wellfed.doctor import diagnose
+    except ImportError:
+        logger.debug("wellfed.doctor is not available; worker safety not checked")
+        return False, ()
+    report = diagnose(dataset, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
+    errors = getattr(report, "errors", None)
+    if errors is None:
+        errors = [f for f in report.findings if getattr(f, "severity", "") == "error"]
+    return True, tuple(errors)
+
+
+def _findings_text(findings: Sequence[Any]) -> str:
+    lines = []
+    for f in findings:
+        code = getattr(f, "code", "")
+        lines.append(
+            f"  - {getattr(f, 'path', '?')}: {getattr(f, 'message', '')} "
+            f"Fix: {getattr(f, 'fix', '')}" + (f" [{code}]" if code else "")
+        )
+    return "\n".join(lines)
+
+
+def create_dataloader(
+    dataset: Any,
+    *,
+    batch_size: int | None = 1,
+    shuffle: bool = False,
+    num_workers: int | str = _AUTO,
+    seed: int | None = None,
+    pin_memory: bool | str = _AUTO,
+    persistent_workers: bool | str = _AUTO,
+    prefetch_factor: int | str | None = _AUTO,
+    multiprocessing_context: Any = _AUTO,
+    on_unsafe: str = "raise",
+    **kwargs: Any,
+) -> SeededDataLoader:
+    """Build a DataLoader with reproducible batches and worker settings that fit this machine.
+
+    With ``seed``, every sample's randomness (Python ``random``, numpy's global RNG, torch's
+    global CPU generator, and ``wellfed.sample_rng()`` / ``wellfed.sample_generator()``) is
+    seeded from (seed, epoch, index), and the shuffle order from (seed, epoch). The sequence of
+    batches is then bit-identical for any ``num_workers``, under fork, spawn and forkserver,
+    with or without persistent workers, and after ``load_state_dict`` into a loader with
+    another ``num_workers``. Each ``iter(loader)`` is the next epoch.
+
+    "auto" values are resolved once, here, and each is logged at INFO with its reason (on rank
+    0 only); ``loader.plan`` keeps them. Before workers start, the doctor's static checks run
+    for the chosen start method.
+
+    Args:
+        dataset: Map-style dataset (required with ``seed``); ``loader.dataset`` is this object.
+        batch_size: Samples per batch per process; None disables automatic batching.
+        shuffle: Shuffle each epoch (from (seed, epoch) when seeded, else torch's global RNG).
+        num_workers: Worker processes, or "auto": the ``num_workers`` of a ``wellfed tune``
+            result stored for this dataset (``wellfed.tune.load_stored_result``: where results
+            are stored and how they match a dataset is documented there), otherwise
+            ``recommend_num_workers()`` (usable CPUs per local rank, minus one).
+        seed: Non-negative int; None gives a plain DataLoader (no per-sample seeding, no
+            ``state_dict``).
+        pin_memory: Page-locked batches, or "auto": True when a CUDA device is present.
+        persistent_workers: Keep workers between epochs, or "auto": True when there are
+            workers (a spawn start re-imports the dataset's modules in every worker, each epoch).
+        prefetch_factor: Batches loaded ahead per worker, or "auto": the stored tune result's,
+            else torch's default (2); None with no workers.
+        multiprocessing_context: "fork", "spawn", "forkserver", a context, None (platform
+            default), or "auto": the platform default, except that after CUDA was initialised
+            in this process it is never fork (forkserver, else spawn).
+        on_unsafe: What to do when the doctor finds errors for workers: "raise"
+            (``WorkerSafetyError``), "warn" (``WorkerSafetyWarning``, then go on) or
+            "fallback" (``num_workers=0``, with a ``WorkerSafetyWarning`` naming the findings).
+            Windows keeps its workers unless a finding says otherwise.
+        **kwargs: Other DataLoader arguments (``sampler``, ``batch_sampler``, ``collate_fn``,
+            ``drop_last``, ``timeout``, ``worker_init_fn``, ...), passed on unchanged.
+
+    Returns:
+        A SeededDataLoader (a ``torch.utils.data.DataLoader`` subclass).
+
+    Raises:
+        ConfigError: An invalid option (WF202), a seed that is not a non-negative int (WF201),
+            conflicting options (WF203), or ``seed`` with an IterableDataset (WF204).
+        WorkerSafetyError: ``on_unsafe="raise"`` and the doctor found errors; the message lists
+            each finding's path and fix, ``.findings`` holds them (WF205).
+
+    Example:
+        >>> loader = wellfed.create_dataloader(ds, batch_size=32, shuffle=True, seed=0)
+        >>> for epoch in range(2):
+        ...     for batch in loader:  # epoch 0, then epoch 1
+        ...         ...
+    """
+    _check_choice("on_unsafe", on_unsafe, on_unsafe in _ON_UNSAFE, "'raise', 'warn' or 'fallback'")
+    _check_choice(
+        "num_workers",
+        num_workers,
+        num_workers == _AUTO
+        or (isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0),
+        "'auto' or an int >= 0",
+    )
+    _check_choice(
+        "pin_memory", pin_memory, pin_memory == _AUTO or isinstance(pin_memory, bool),
+        "'auto', True or False",
+    )
+    _check_choice(
+        "persistent_workers",
+        persistent_workers,
+        persistent_workers == _AUTO or isinstance(persistent_workers, bool),
+        "'auto', True or False",
+    )
+    _check_choice(
+        "prefetch_factor",
+        prefetch_factor,
+        prefetch_factor in (_AUTO, None)
+        or (isinstance(prefetch_factor, int) and not isinstance(prefetch_factor, bool)
+            and prefetch_factor >= 1),
+        "'auto', None or an int >= 1",
+    )
+    if seed is not None:
+        _check_seed(seed)
+
+    settings: list[ResolvedSetting] = []
+    n, reason, stored = _resolve_num_workers(num_workers, dataset, batch_size)
+    settings.append(ResolvedSetting("num_workers", num_workers, n, reason))
+
+    context, method, reason = _resolve_start_method(multiprocessing_context, n)
+    settings.append(ResolvedSetting("multiprocessing_context", multiprocessing_context,
+                                    method if n else None, reason))
+
+    # worker safety, before any worker exists
+    findings: tuple[Any, ...] = ()
+    checked = False
+    action = "none"
+    if n > 0 and method is not None:
+        loader_kwargs = {
+            k: v for k, v in kwargs.items()
+            if k in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler")
+            and v is not None
+        }
+        loader_kwargs["num_workers"] = n
+        loader_kwargs["multiprocessing_context"] = method
+        checked, findings = _safety_check(dataset, loader_kwargs, method)
+        if findings:
+            text = _findings_text(findings)
+            head = (
+                f"{len(findings)} hazard(s) would break or corrupt data in workers: "
+                f"num_workers={n}, start method {method!r}"
+            )
+            if on_unsafe == "raise":
+                raise WorkerSafetyError(
+                    f"Worker safety check failed: {head}.\n{text}\nFix each one, or pass "
+                    "on_unsafe='fallback' to load in the main process (num_workers=0), or "
+                    "on_unsafe='warn' to go on anyway.",
+                    code="WF205",
+                    findings=list(findings),
+                    num_workers=n,
+                    start_method=method,
+                )
+            if on_unsafe == "warn":
+                action = "warned"
+                if _is_rank_zero():
+                    warnings.warn(
+                        f"Going on despite worker hazards (on_unsafe='warn'): {head}.\n{text}\n"
+                        "Fix each one, or pass on_unsafe='fallback'. [WF206]",
+                        WorkerSafetyWarning,
+                        stacklevel=2,
+                    )
+            else:
+                action = "fell_back"
+                if _is_rank_zero():
+                    warnings.warn(
+                        f"Loading in the main process (on_unsafe='fallback'): {head}.\n{text}\n"
+                        f"num_workers {n} -> 0. Fix each finding to get the workers back. "
+                        "[WF207]",
+                        WorkerSafetyWarning,
+                        stacklevel=2,
+                    )
+                settings[0] = ResolvedSetting(
+                    "num_workers", num_workers, 0,
+                    f"on_unsafe='fallback': {len(findings)} worker hazard(s) found",
+                )
+                n = 0
+                context, method = None, None
+                settings[1] = ResolvedSetting(
+                    "multiprocessing_context", multiprocessing_context, None, "no workers"
+                )
+                if persistent_workers is True:
+                    persistent_workers = _AUTO
+                if prefetch_factor not in (_AUTO, None):
+                    prefetch_factor = _AUTO
+
+    # pinned memory
+    if pin_memory == _AUTO:
+        cuda = bool(torch.cuda.is_available())
+        pin = cuda
+        reason = "a CUDA device is present" if cuda else "no CUDA device"
+    else:
+        pin, reason = bool(pin_memory), "given"
+    settings.append(ResolvedSetting("pin_memory", pin_memory, pin, reason))
+
+    # persistent workers
+    if persistent_workers == _AUTO:
+        persistent = n > 0
+        reason = (
+            "workers are kept between epochs instead of restarted"
+            if persistent else "no workers"
+        )
+    else:
+        persistent, reason = bool(persistent_workers), "given"
+        if persistent and n == 0:
+            raise ConfigError(
+                "Conflicting options: persistent_workers=True with num_workers=0: there are no "
+                "workers to keep. Drop persistent_workers or set num_workers >= 1.",
+                code="WF203",
+                attribute="persistent_workers",
+                value=True,
+            )
+    settings.append(ResolvedSetting("persistent_workers", persistent_workers, persistent, reason))
+
+    # prefetch
+    prefetch: int | None
+    if prefetch_factor == _AUTO:
+        if n == 0:
+            prefetch, reason = None, "no workers"
+        else:
+            stored_pf = getattr(getattr(getattr(stored, "recommended", None), "config", None),
+                                "prefetch_factor", None)
+            if isinstance(stored_pf, int):
+                prefetch, reason = stored_pf, "stored wellfed tune result"
+            else:
+                prefetch, reason = 2, "torch's default"
+    else:
+        prefetch = prefetch_factor  # type: ignore[assignment]
+        reason = "given"
+        if prefetch is not None and n == 0:
+            raise ConfigError(
+                f"Conflicting options: prefetch_factor={prefetch} with num_workers=0: only "
+                "workers prefetch. Drop prefetch_factor or set num_workers >= 1.",
+                code="WF203",
+                attribute="prefetch_factor",
+                value=prefetch,
+            )
+    settings.append(ResolvedSetting("prefetch_factor", prefetch_factor, prefetch, reason))
+
+    if _is_rank_zero():
+        for s in settings:
+            if s.requested == _AUTO or s.reason.startswith("on_unsafe"):
+                logger.info("%s=%s -> %r (%s)", s.name, s.requested, s.value, s.reason)
+
+    loader_args: dict[str, Any] = dict(kwargs)
+    loader_args.update(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=n,
+        pin_memory=pin,
+        persistent_workers=persistent,
+        prefetch_factor=prefetch,
+    )
+    if n > 0 and context is not None:
+        loader_args["multiprocessing_context"] = context
+    if n == 0 and loader_args.get("timeout"):
+        # torch asserts timeout == 0 without workers; there is nothing to wait for.
+        logger.info("timeout=%s s not used: no workers to wait for", loader_args["timeout"])
+        loader_args["timeout"] = 0
+    loader = SeededDataLoader(dataset, seed=seed, **loader_args)
+    loader.plan = LoaderPlan(
+        settings=tuple(settings),
+        seed=seed,
+        start_method=method if n else None,
+        on_unsafe=on_unsafe,
+        safety_checked=checked,
+        findings=findings,
+        action=action,
+    )
+    return loader
+
+
+def print_dataloader_config(
+    loader: DataLoader[Any] | None = None, *, file: IO[str] | None = None, **settings: Any
+) -> str:
+    """Print and return a DataLoader's configuration (note 002's debugging helper).
+
+    Pass a loader (its resolved ``plan`` is shown when ``create_dataloader`` built it, with
+    the reason for each "auto" value), or note 002's keyword settings
+    (``num_workers=0, batch_size=32, seed=42, shuffle=True``). This is the one wellfed
+    function meant to print.
+
+    Args:
+        loader: A DataLoader, or None to show ``settings`` only.
+        file: Where to print; None prints to ``sys.stdout``.
+        **settings: Extra name=value pairs to show.
+
+    Returns:
+        The text printed (without the trailing newline).
+    """
+    from wellfed.platform import usable_cpu_count
+
+    rows: list[tuple[str, str]] = []
+    if loader is not None:
+        rows.append(("dataset", type(loader.dataset).__name__))
+        plan = getattr(loader, "plan", None)
+        resolved = {s.name: s for s in plan.settings} if plan is not None else {}
+        for name in ("batch_size", "num_workers", "multiprocessing_context", "pin_memory",
+                     "persistent_workers", "prefetch_factor", "drop_last", "timeout"):
+            if name == "multiprocessing_context":
+                ctx = loader.multiprocessing_context
+                value: Any = None if ctx is None else ctx.get_start_method()
+                if value is None and loader.num_workers > 0:
+                    value = f"{_default_start_method()} (platform default)"
+            else:
+                value = getattr(loader, name, None)
+            text = repr(value) if not isinstance(value, str) else value
+            if name in resolved and resolved[name].requested == _AUTO:
+                text += f"  (auto: {resolved[name].reason})"
+            rows.append((name, text))
+        rows.append(("seed", repr(getattr(loader, "seed", None))))
+        if plan is not None and plan.findings:
+            rows.append(("worker hazards", f"{len(plan.findings)} ({plan.action})"))
+    for name, value in settings.items():
+        rows.append((name, repr(value)))
+    rows.append(("platform", f"{sys.platform}, default start method "
+                             f"{_default_start_method()}, {usable_cpu_count()} usable CPUs"))
+    width = max(len(r[0]) for r in rows)
+    text = "DataLoader configuration\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    print(text, file=file if file is not None else sys.stdout)  # noqa: T201 - its purpose
+    return text

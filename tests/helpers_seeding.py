@@ -1,0 +1,106 @@
+"""Picklable datasets for the seeding, loader and repro tests (module level, for spawn)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import wellfed
+
+
+class AugmentDataset(Dataset[dict[str, Any]]):
+    """Augments with Python random, numpy's global RNG, torch's global RNG and the per-sample
+    generators; every field depends on the RNG state when ``__getitem__`` runs."""
+
+    def __init__(self, n: int = 24) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        assert type(index) is int, f"the dataset must get a plain int, got {type(index)}"
+        return {
+            "index": index,
+            "py": random.random(),
+            "np": float(np.random.rand()),
+            "torch": torch.rand(3),
+            "np_gen": float(wellfed.sample_rng().random()),
+            "torch_gen": torch.randint(0, 1000, (2,), generator=wellfed.sample_generator()),
+        }
+
+
+class BatchedAugmentDataset(AugmentDataset):
+    """Like AugmentDataset, with batched fetch (``__getitems__``)."""
+
+    calls = 0
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        assert all(type(i) is int for i in indices)
+        noise = torch.rand(len(indices))
+        return [
+            {"index": i, "noise": noise[k], "py": random.random()} for k, i in enumerate(indices)
+        ]
+
+
+class RngObjectDataset(Dataset[float]):
+    """Holds its own numpy RandomState: its copies in workers drift apart (not reproducible)."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.n = n
+        self.rng = np.random.RandomState(0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> float:
+        return float(self.rng.rand())
+
+
+class LambdaDataset(Dataset[int]):
+    """Holds a lambda: cannot be pickled for spawn or forkserver workers."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+        self.transform = lambda x: x * 2
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return int(self.transform(index))
+
+
+def note002_worker_init_fn(worker_id: int) -> None:
+    """Note 002's style of worker_init_fn, at module level so spawn can pickle it."""
+    info = torch.utils.data.get_worker_info()
+    assert info is not None and info.id == worker_id
+
+
+def digest(obj: Any) -> str:
+    """blake2b of a batch (tensors by dtype, shape and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for x in obj:
+            _feed(h, x)
+    else:
+        h.update(repr(obj).encode())
