@@ -134,7 +134,8 @@ class Trial:
         batches: Batches measured (after warm-up).
         samples: Samples measured (after warm-up).
         peak_memory_bytes: Peak memory of the trial's main process plus its workers.
-        memory_kind: "pss", "uss" or "rss": what peak_memory_bytes sums.
+        memory_kind: "rss+uss" (main process RSS plus workers' private memory) or "rss"
+            (every process's RSS, where the OS gives no USS).
         elapsed_s: Wall seconds the trial took, start-up included.
         error: The failure, with the worker's own message; None when ok.
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.

@@ -1,0 +1,119 @@
+"""Where tune results are kept, and how a dataset finds its own.
+
+Results live in ``$WELLFED_CACHE_DIR/tune/`` (default ``$XDG_CACHE_HOME/wellfed/tune``, else
+``~/.cache/wellfed/tune``), one JSON file per (dataset fingerprint, machine). A dataset's
+fingerprint is its type's qualified name, its length, and its plain attributes (str, int,
+float, bool, paths: ``root``, ``split``, ...), so the same dataset class over the same files
+matches and another folder does not. The machine is its hostname and usable CPU count: a
+recommendation measured on another machine is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform as _stdlib_platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wellfed.tune._search import TuneResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["dataset_fingerprint", "load_stored_result", "save_result", "store_dir"]
+
+
+def store_dir() -> Path:
+    """The folder holding stored tune results (not created until a result is saved)."""
+    base = os.environ.get("WELLFED_CACHE_DIR")
+    if base:
+        return Path(base) / "tune"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg) if xdg else Path.home() / ".cache"
+    return root / "wellfed" / "tune"
+
+
+def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
+    """The facts that identify a dataset across runs (see the module docstring)."""
+    kind = type(dataset)
+    try:
+        length: int | None = len(dataset)
+    except TypeError:
+        length = None
+    plain: dict[str, Any] = {}
+    for name, value in sorted(getattr(dataset, "__dict__", {}).items()):
+        if isinstance(value, (str, int, float, bool)) or isinstance(value, os.PathLike):
+            plain[name] = str(value)[:500]
+    from wellfed.platform import usable_cpu_count
+
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "length": length,
+        "attributes": plain,
+        "host": _stdlib_platform.node(),
+        "usable_cpus": usable_cpu_count(),
+    }
+
+
+def _key(fingerprint: dict[str, Any], batch_size: int | None) -> str:
+    text = json.dumps({**fingerprint, "batch_size": batch_size}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def save_result(dataset: Any, result: TuneResult) -> Path | None:
+    """Store a result for this dataset and batch size; None when the folder is not writable.
+
+    The file is written to a temporary name and renamed, so a reader never sees half of it.
+    """
+    fingerprint = dataset_fingerprint(dataset)
+    batch_size = result.workload.get("batch_size")
+    folder = store_dir()
+    path = folder / f"{_key(fingerprint, batch_size)}.json"
+    data = result.to_dict()
+    data["stored_path"] = str(path)
+    data["fingerprint"] = fingerprint
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("could not store the tune result in %s: %s", folder, exc)
+        return None
+    # Also keep it under the dataset alone (any batch size), for loaders that ask without one.
+    try:
+        alias = folder / f"{_key(fingerprint, None)}.json"
+        tmp = alias.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, alias)
+    except OSError:
+        pass
+    return path
+
+
+def load_stored_result(dataset: Any, *, batch_size: int | None = None) -> TuneResult | None:
+    """The stored tune result for this dataset on this machine, or None.
+
+    Args:
+        dataset: The dataset (matched by ``dataset_fingerprint``).
+        batch_size: Match a result measured at this batch size; None: the latest for the
+            dataset at any batch size.
+
+    Returns:
+        The TuneResult (its ``stored_path`` says which file), or None when none matches or
+        the file cannot be read.
+    """
+    from wellfed.tune._search import TuneResult
+
+    path = store_dir() / f"{_key(dataset_fingerprint(dataset), batch_size)}.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return TuneResult.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring unreadable tune result %s: %s", path, exc)
+        return None
