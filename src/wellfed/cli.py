@@ -1,0 +1,337 @@
+"""The ``wellfed`` command: argparse wiring and rendering only; each command is one library call.
+
+Exit codes: 0 ok; 1 ran and found problems; 2 usage or configuration error; 3 runtime failure.
+Results go to stdout, progress and diagnostics to stderr. torch is imported inside the
+commands, so ``wellfed --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors exit with EXIT_USAGE (argparse's own is 2 too)."""
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} B"
+
+
+def _write_json(data: dict[str, Any], dest: str) -> None:
+    text = json.dumps(data, indent=2, default=str)
+    if dest == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        Path(dest).write_text(text + "\n")
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="show the facts of this machine that decide DataLoader settings")
+    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.set_defaults(handler=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from wellfed.platform import collect_platform_info
+
+    info = collect_platform_info()
+    if args.json:
+        _write_json(info.to_dict(), "-")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="wellfed info", show_header=False, title_justify="left")
+    table.add_column("fact", style="bold")
+    table.add_column("value")
+    quota = f" (cgroup quota {info.cpu_quota:g})" if info.cpu_quota is not None else ""
+    rows = [
+        ("OS", f"{info.os} {info.os_release} ({info.machine})"),
+        ("Python", info.python_version),
+        ("torch", info.torch_version or "not installed"),
+        ("numpy", info.numpy_version or "not installed"),
+        ("start methods", ", ".join(info.start_methods) + f" (default {info.default_start_method})"),
+        ("usable CPUs", f"{info.usable_cpus} of {info.cpu_count}{quota}"),
+        ("RAM", f"{_fmt_bytes(info.ram_available_bytes)} available of {_fmt_bytes(info.ram_total_bytes)}"),
+        (
+            "/dev/shm",
+            f"{_fmt_bytes(info.shm_free_bytes)} free of {_fmt_bytes(info.shm_total_bytes)}"
+            if info.shm_total_bytes is not None
+            else "none",
+        ),
+        ("open files (ulimit -n)", f"{info.open_files_limit} (hard {info.open_files_hard_limit})"),
+        (
+            "GPUs",
+            ", ".join(f"{g.index}: {g.name} ({_fmt_bytes(g.memory_bytes)})" for g in info.gpus)
+            or "none (no CUDA device)",
+        ),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    _console().print(table)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- tune
+
+
+def _add_tune(sub: Any) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="measure DataLoader configurations here and recommend the fastest",
+        description=(
+            "Measure num_workers settings on this machine and data, and recommend a DataLoader "
+            "configuration with the evidence. With no TARGET, measures the built-in workload: "
+            "ImageFolder JPEG decode + augment over real photos shipped with wellfed."
+        ),
+    )
+    p.add_argument("target", nargs="?", help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)")
+    p.add_argument("--data", metavar="DIR", help="run the built-in pipeline over this ImageFolder directory")
+    p.add_argument(
+        "--on-bad-file",
+        choices=("fail", "skip"),
+        default="fail",
+        help="built-in pipeline: stop at an unreadable image (fail) or leave it out (skip)",
+    )
+    p.add_argument("--batch-size", type=int, metavar="N", help="samples per batch (default: the target's, else 32)")
+    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method")
+    p.add_argument("--max-workers", type=int, metavar="N", help="highest num_workers to try")
+    p.add_argument("--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the result as JSON to FILE (or stdout with no FILE or '-')",
+    )
+    p.add_argument("--no-store", action="store_true", help="do not store the result for create_dataloader")
+    p.set_defaults(handler=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from wellfed.errors import ConfigError
+    from wellfed.target import resolve_target
+    from wellfed.tune import DEFAULT_BUDGET_S, tune
+    from wellfed.workloads import builtin_spec
+
+    if args.target and args.data:
+        raise ConfigError(
+            f"Conflicting options: TARGET={args.target!r} and --data={args.data!r} both name "
+            "what to measure. Give a TARGET, or --data for the built-in pipeline, not both.",
+            code="WF011",
+            attribute="data",
+            value=args.data,
+        )
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(
+            f"Invalid option: --batch-size={args.batch_size} is below 1. Use 1 or more.",
+            code="WF010",
+            attribute="batch_size",
+            value=args.batch_size,
+        )
+    err = _console(stderr=True)
+    if args.target:
+        spec = resolve_target(args.target)
+    else:
+        spec = builtin_spec(args.data, on_bad_file=args.on_bad_file)
+        skipped = getattr(spec.dataset, "skipped", ())
+        for path, reason in skipped:
+            err.print(f"[yellow]left out[/] {path}: {reason}")
+    if args.batch_size is not None:
+        spec = spec.with_batch_size(args.batch_size)
+    quiet = args.json == "-"
+    budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S
+    if not quiet:
+        err.print(f"[bold]workload[/]: {spec.description}")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn(f"of ~{budget:.0f}s budget"),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0)
+
+        def progress(fraction: float, message: str) -> None:
+            bar.update(task, completed=fraction, description=message)
+            if not err.is_terminal and not quiet:
+                err.print(f"  {message}")
+
+        result = tune(
+            spec,
+            budget_s=budget,
+            start_method=args.start_method,
+            max_workers=args.max_workers,
+            store=not args.no_store,
+            progress=progress,
+        )
+    if args.json is not None:
+        _write_json(result.to_dict(), args.json)
+    if not quiet:
+        _render_tune(result)
+    if result.findings:
+        return EXIT_FOUND
+    if result.recommended is None:
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _render_tune(result: Any) -> None:
+    from rich.table import Table
+
+    out = _console()
+    base = result.baseline.samples_per_s if result.baseline is not None and result.baseline.ok else None
+    rec = result.recommended
+    table = Table(title=f"wellfed tune: {result.workload['description']}", title_justify="left")
+    table.add_column("configuration")
+    table.add_column("samples/s", justify="right")
+    table.add_column("± (IQR)", justify="right")
+    table.add_column("vs 0 workers", justify="right")
+    table.add_column("first batch s", justify="right")
+    table.add_column(f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory", justify="right")
+    table.add_column("")
+    for t in result.trials:
+        mark = ""
+        if rec is not None and t.config == rec.config:
+            mark = "[bold green]<- recommended[/]"
+        elif result.best is not None and t.config == result.best.config:
+            mark = "fastest"
+        if t.ok:
+            table.add_row(
+                t.config.label(),
+                f"{t.samples_per_s:.0f}",
+                f"{t.samples_per_s_spread:.0f}",
+                f"{t.samples_per_s / base:.2f}x" if base else "-",
+                f"{t.first_batch_s:.2f}",
+                _fmt_bytes(t.peak_memory_bytes),
+                mark,
+            )
+        else:
+            first_line = (t.error or "").strip().splitlines()[0] if t.error else ""
+            table.add_row(t.config.label(), f"[red]{t.status}[/]", "", "", "", _fmt_bytes(t.peak_memory_bytes), first_line[:60])
+    if result.ceiling_samples_per_s is not None:
+        table.add_row(
+            f"[dim]ceiling: 0 workers x {result.platform.usable_cpus} usable CPUs[/]",
+            f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
+            "",
+            f"[dim]{result.platform.usable_cpus:.2f}x[/]",
+            "",
+            "",
+            "",
+        )
+    out.print(table)
+    for t in result.trials:
+        if not t.ok and t.error:
+            out.print(f"[red]{t.config.label()} {t.status}[/]:\n{t.error.strip()}\n")
+    for f in result.findings:
+        out.print(f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n  fix: {f.get('fix')}")
+    out.print(f"[dim]sweep ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
+    if rec is None:
+        out.print("[red]No configuration could be measured[/]; see the errors above.")
+        return
+    out.print(f"\n[bold]Recommended[/] ({rec.reason})\n")
+    out.print(rec.code, markup=False)
+    if result.stored_path:
+        out.print(f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]")
+
+
+# ----------------------------------------------------------------------------- main
+
+#: One entry per subcommand: adds its parser (and sets ``handler``).
+COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``wellfed`` command."""
+    from wellfed import __version__
+
+    parser = _Parser(
+        prog="wellfed",
+        description="Keep an accelerator fed: measure and fix PyTorch DataLoader pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=f"wellfed {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show INFO logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``wellfed`` command; return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from wellfed.errors import BadFileError, ConfigError, WellfedError
+
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BadFileError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FOUND
+    except WellfedError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc}. Run again with --debug for the "
+            "traceback, and report it if it is wellfed's fault.",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
