@@ -79,7 +79,8 @@ class LambdaDataset(Dataset[int]):
 def note002_worker_init_fn(worker_id: int) -> None:
     """Note 002's style of worker_init_fn, at module level so spawn can pickle it."""
     info = torch.utils.data.get_worker_info()
-    assert info is not None and info.id == worker_id
+    assert info is not None
+    assert info.id == worker_id
 
 
 def digest(obj: Any) -> str:

@@ -42,6 +42,21 @@ _EXPORTS: dict[str, str] = {
     "tune": "wellfed.tune",
     # doctor (issue 3)
     # seeding and loader (issue 4)
+    "LoaderPlan": "wellfed.loader",
+    "ReproReport": "wellfed.repro",
+    "ResolvedSetting": "wellfed.loader",
+    "SeedInfo": "wellfed.seeding",
+    "SeededDataLoader": "wellfed.loader",
+    "WorkerSafetyWarning": "wellfed.loader",
+    "create_dataloader": "wellfed.loader",
+    "get_recommended_num_workers": "wellfed.loader",
+    "is_windows": "wellfed.loader",
+    "print_dataloader_config": "wellfed.loader",
+    "sample_generator": "wellfed.seeding",
+    "sample_rng": "wellfed.seeding",
+    "sample_seed": "wellfed.seeding",
+    "set_seed": "wellfed.seeding",
+    "verify_reproducibility": "wellfed.repro",
     # shared state (issue 7)
     "SharedState": "wellfed.shared_state",
 }

@@ -167,21 +167,27 @@ def get_recommended_num_workers(dataset: Any = None, *, batch_size: int | None =
 
 
 def _stored_tune_result(dataset: Any, batch_size: int | None) -> tuple[Any, str] | None:
-    """(TuneResult, its path) stored by ``wellfed tune`` for this dataset, or None."""
+    """(TuneResult, its path) stored by ``wellfed tune`` for this dataset, or None.
+
+    A result measured at this batch size first, else the latest at any batch size.
+    """
     try:
-        from wellfed.tune import load_stored_result  # type: ignore[attr-defined]
+        from wellfed.tune import load_stored_result
     except (ImportError, AttributeError):
         return None
-    try:
-        result = load_stored_result(dataset, batch_size=batch_size)
-    except (OSError, ValueError) as exc:  # a corrupt or foreign file must not stop loading
-        logger.debug("stored tune result unreadable: %s", exc)
-        return None
+    result = None
+    for size in (batch_size, None) if batch_size is not None else (None,):
+        try:
+            result = load_stored_result(dataset, batch_size=size)
+        except (OSError, ValueError) as exc:  # a corrupt or foreign file must not stop loading
+            logger.debug("stored tune result unreadable: %s", exc)
+            return None
+        if result is not None:
+            break
     if result is None:
         return None
-    try:
-        result.recommended.config.num_workers  # noqa: B018 - shape check
-    except AttributeError:
+    recommended: Any = getattr(result, "recommended", None)
+    if not isinstance(getattr(getattr(recommended, "config", None), "num_workers", None), int):
         return None
     return result, str(getattr(result, "stored_path", "?"))
 
@@ -378,8 +384,10 @@ class _SeededSampler(Sampler[Any]):
         if skip:
             order = itertools.islice(order, skip, None)
         if self.batches:
+            batches: Iterable[Iterable[Any]] = order
             return (
-                [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch] for batch in order
+                [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch]
+                for batch in batches
             )
         return ((i, _sample_seed_from_key(key, _index_key(i))) for i in order)
 
@@ -461,12 +469,20 @@ class SeededDataLoader(DataLoader[Any]):
     followed. One live iterator per loader at a time (torch's rule for persistent workers too).
     """
 
-    def __init__(
-        self, dataset: Any, *args: Any, seed: int | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, dataset: Any, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
         if args:  # DataLoader's positional order; normalise into kwargs
-            names = ("batch_size", "shuffle", "sampler", "batch_sampler", "num_workers",
-                     "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn")
+            names = (
+                "batch_size",
+                "shuffle",
+                "sampler",
+                "batch_sampler",
+                "num_workers",
+                "collate_fn",
+                "pin_memory",
+                "drop_last",
+                "timeout",
+                "worker_init_fn",
+            )
             for name, value in zip(names, args, strict=False):
                 kwargs[name] = value
         self._wf_fetch: _SeededFetch | None = None
@@ -602,11 +618,13 @@ class SeededDataLoader(DataLoader[Any]):
         base = sampler.base if sampler is not None else None
         return {
             "seed": self.seed,
-            "num_samples": len(self.dataset),
+            "num_samples": len(self.dataset),  # type: ignore[arg-type]
             "batch_size": self.batch_size,
             "drop_last": self.drop_last,
             "shuffle": getattr(self, "_wf_shuffle", False),
-            "sampler": None if base is None else f"{type(base).__module__}.{type(base).__qualname__}",
+            "sampler": None
+            if base is None
+            else f"{type(base).__module__}.{type(base).__qualname__}",
             "rank": getattr(base, "rank", None),
             "num_replicas": getattr(base, "num_replicas", None),
         }
@@ -804,7 +822,9 @@ def _finding_dict(f: Any) -> dict[str, Any]:
     to_dict = getattr(f, "to_dict", None)
     if callable(to_dict):
         return dict(to_dict())
-    return {k: _jsonable(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")}
+    return {
+        k: _jsonable(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")
+    }
 
 
 def _default_start_method() -> str:
@@ -824,9 +844,7 @@ def _check_choice(name: str, value: Any, ok: bool, expected: str) -> None:
         )
 
 
-def _resolve_num_workers(
-    num_workers: Any, dataset: Any, batch_size: Any
-) -> tuple[int, str, Any]:
+def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tuple[int, str, Any]:
     """(num_workers, reason, stored TuneResult or None)."""
     if num_workers != _AUTO:
         return int(num_workers), "given", None
@@ -852,7 +870,7 @@ def _resolve_start_method(context: Any, num_workers: int) -> tuple[Any, str | No
                 value=context,
             )
         return None, None, "no workers" if context == _AUTO else "given"
-    cuda_up = bool(torch.cuda.is_initialized())
+    cuda_up = bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
     if context == _AUTO or context is None:
         default = _default_start_method()
         if context == _AUTO and cuda_up and default == "fork":
@@ -861,8 +879,8 @@ def _resolve_start_method(context: Any, num_workers: int) -> tuple[Any, str | No
             return (
                 method,
                 method,
-                f"CUDA is initialised in this process and a forked child cannot use it, so "
-                f"not the platform default 'fork'",
+                "CUDA is initialised in this process and a forked child cannot use it, so "
+                "not the platform default 'fork'",
             )
         return None, default, "platform default" if context == _AUTO else "given (None)"
     method = context if isinstance(context, str) else context.get_start_method()
@@ -937,9 +955,11 @@ def create_dataloader(
         batch_size: Samples per batch per process; None disables automatic batching.
         shuffle: Shuffle each epoch (from (seed, epoch) when seeded, else torch's global RNG).
         num_workers: Worker processes, or "auto": the ``num_workers`` of a ``wellfed tune``
-            result stored for this dataset (``wellfed.tune.load_stored_result``: where results
-            are stored and how they match a dataset is documented there), otherwise
-            ``recommend_num_workers()`` (usable CPUs per local rank, minus one).
+            result stored for this dataset, otherwise ``recommend_num_workers()`` (usable CPUs
+            per local rank, minus one). Tune results live in ``$WELLFED_CACHE_DIR/tune/``
+            (default ``~/.cache/wellfed/tune``), one JSON file per dataset fingerprint (type,
+            length, plain attributes such as ``root``) and machine (hostname, usable CPUs),
+            looked up at this ``batch_size`` (``wellfed.tune.load_stored_result``).
         seed: Non-negative int; None gives a plain DataLoader (no per-sample seeding, no
             ``state_dict``).
         pin_memory: Page-locked batches, or "auto": True when a CUDA device is present.
@@ -977,11 +997,15 @@ def create_dataloader(
         "num_workers",
         num_workers,
         num_workers == _AUTO
-        or (isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0),
+        or (
+            isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0
+        ),
         "'auto' or an int >= 0",
     )
     _check_choice(
-        "pin_memory", pin_memory, pin_memory == _AUTO or isinstance(pin_memory, bool),
+        "pin_memory",
+        pin_memory,
+        pin_memory == _AUTO or isinstance(pin_memory, bool),
         "'auto', True or False",
     )
     _check_choice(
@@ -994,8 +1018,11 @@ def create_dataloader(
         "prefetch_factor",
         prefetch_factor,
         prefetch_factor in (_AUTO, None)
-        or (isinstance(prefetch_factor, int) and not isinstance(prefetch_factor, bool)
-            and prefetch_factor >= 1),
+        or (
+            isinstance(prefetch_factor, int)
+            and not isinstance(prefetch_factor, bool)
+            and prefetch_factor >= 1
+        ),
         "'auto', None or an int >= 1",
     )
     if seed is not None:
@@ -1006,8 +1033,11 @@ def create_dataloader(
     settings.append(ResolvedSetting("num_workers", num_workers, n, reason))
 
     context, method, reason = _resolve_start_method(multiprocessing_context, n)
-    settings.append(ResolvedSetting("multiprocessing_context", multiprocessing_context,
-                                    method if n else None, reason))
+    settings.append(
+        ResolvedSetting(
+            "multiprocessing_context", multiprocessing_context, method if n else None, reason
+        )
+    )
 
     # worker safety, before any worker exists
     findings: tuple[Any, ...] = ()
@@ -1015,9 +1045,9 @@ def create_dataloader(
     action = "none"
     if n > 0 and method is not None:
         loader_kwargs = {
-            k: v for k, v in kwargs.items()
-            if k in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler")
-            and v is not None
+            k: v
+            for k, v in kwargs.items()
+            if k in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler") and v is not None
         }
         loader_kwargs["num_workers"] = n
         loader_kwargs["multiprocessing_context"] = method
@@ -1058,7 +1088,9 @@ def create_dataloader(
                         stacklevel=2,
                     )
                 settings[0] = ResolvedSetting(
-                    "num_workers", num_workers, 0,
+                    "num_workers",
+                    num_workers,
+                    0,
                     f"on_unsafe='fallback': {len(findings)} worker hazard(s) found",
                 )
                 n = 0
@@ -1084,8 +1116,7 @@ def create_dataloader(
     if persistent_workers == _AUTO:
         persistent = n > 0
         reason = (
-            "workers are kept between epochs instead of restarted"
-            if persistent else "no workers"
+            "workers are kept between epochs instead of restarted" if persistent else "no workers"
         )
     else:
         persistent, reason = bool(persistent_workers), "given"
@@ -1105,8 +1136,11 @@ def create_dataloader(
         if n == 0:
             prefetch, reason = None, "no workers"
         else:
-            stored_pf = getattr(getattr(getattr(stored, "recommended", None), "config", None),
-                                "prefetch_factor", None)
+            stored_pf = getattr(
+                getattr(getattr(stored, "recommended", None), "config", None),
+                "prefetch_factor",
+                None,
+            )
             if isinstance(stored_pf, int):
                 prefetch, reason = stored_pf, "stored wellfed tune result"
             else:
@@ -1182,8 +1216,16 @@ def print_dataloader_config(
         rows.append(("dataset", type(loader.dataset).__name__))
         plan = getattr(loader, "plan", None)
         resolved = {s.name: s for s in plan.settings} if plan is not None else {}
-        for name in ("batch_size", "num_workers", "multiprocessing_context", "pin_memory",
-                     "persistent_workers", "prefetch_factor", "drop_last", "timeout"):
+        for name in (
+            "batch_size",
+            "num_workers",
+            "multiprocessing_context",
+            "pin_memory",
+            "persistent_workers",
+            "prefetch_factor",
+            "drop_last",
+            "timeout",
+        ):
             if name == "multiprocessing_context":
                 ctx = loader.multiprocessing_context
                 value: Any = None if ctx is None else ctx.get_start_method()
@@ -1200,9 +1242,14 @@ def print_dataloader_config(
             rows.append(("worker hazards", f"{len(plan.findings)} ({plan.action})"))
     for name, value in settings.items():
         rows.append((name, repr(value)))
-    rows.append(("platform", f"{sys.platform}, default start method "
-                             f"{_default_start_method()}, {usable_cpu_count()} usable CPUs"))
+    rows.append(
+        (
+            "platform",
+            f"{sys.platform}, default start method "
+            f"{_default_start_method()}, {usable_cpu_count()} usable CPUs",
+        )
+    )
     width = max(len(r[0]) for r in rows)
     text = "DataLoader configuration\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
-    print(text, file=file if file is not None else sys.stdout)  # noqa: T201 - its purpose
+    print(text, file=file if file is not None else sys.stdout)
     return text

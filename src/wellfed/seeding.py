@@ -181,7 +181,7 @@ def sample_rng() -> np.random.Generator:
         return np.random.default_rng()
     if st.np_rng is None:
         st.np_rng = np.random.Generator(np.random.PCG64(_mix(st.seed ^ _SALT_NUMPY_GEN)))
-    return st.np_rng
+    return st.np_rng  # type: ignore[no-any-return]
 
 
 def sample_generator() -> torch.Generator:
@@ -343,7 +343,7 @@ def set_seed(seed: int, *, deterministic: bool = False, benchmark: bool | None =
     if deterministic:
         if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-            if torch.cuda.is_initialized():
+            if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
                 notes.append(
                     "CUDA was already initialised: CUBLAS_WORKSPACE_CONFIG only takes effect "
                     "for cuBLAS handles created from now on; set it before the first CUDA call."

@@ -1,0 +1,486 @@
+"""``verify_reproducibility``: build a loader several ways and compare every batch's digest.
+
+A loader is reproducible when the sequence of batches depends only on its seed: the same for
+every worker count and start method. This module runs the loader under each configuration,
+hashes each batch (and each sample in it), and, at the first difference, says which batch and
+sample differ and the likely cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wellfed.errors import ConfigError
+
+__all__ = ["ReproMismatch", "ReproReport", "ReproRun", "batch_digest", "verify_reproducibility"]
+
+logger = logging.getLogger(__name__)
+
+_RNG_WORDS = ("rng", "random", "seed", "generator")
+
+
+@dataclass(frozen=True)
+class ReproRun:
+    """One configuration the loader ran under.
+
+    Attributes:
+        num_workers: Worker processes.
+        start_method: "fork", "spawn", "forkserver", or None with no workers.
+        batches: Batches delivered over all epochs.
+        seconds: Wall time to build the loader and run all epochs, s.
+        matches_reference: Every batch equal to the reference run's (the first run).
+        error: The exception text when the run failed, else None.
+    """
+
+    num_workers: int
+    start_method: str | None
+    batches: int
+    seconds: float
+    matches_reference: bool
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``num_workers=2, spawn`` style label."""
+        if self.num_workers == 0:
+            return "num_workers=0"
+        return f"num_workers={self.num_workers}, {self.start_method}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return {
+            "num_workers": self.num_workers,
+            "start_method": self.start_method,
+            "batches": self.batches,
+            "seconds": self.seconds,
+            "matches_reference": self.matches_reference,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class ReproMismatch:
+    """The first place where a run differs from the reference.
+
+    Attributes:
+        run: Label of the differing run (``ReproRun.label``).
+        epoch: Epoch of the first differing batch (from 0).
+        batch: Batch number within that epoch (from 0).
+        sample: Position of the first differing sample within the batch, or None when it cannot
+            be told (different batch structure, or one run had fewer batches).
+        reference_digest: blake2b-128 hex digest of the reference batch, or None if missing.
+        digest: Digest of the differing batch, or None if missing.
+    """
+
+    run: str
+    epoch: int
+    batch: int
+    sample: int | None
+    reference_digest: str | None
+    digest: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return {
+            "run": self.run,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "sample": self.sample,
+            "reference_digest": self.reference_digest,
+            "digest": self.digest,
+        }
+
+
+@dataclass(frozen=True)
+class ReproReport:
+    """Result of ``verify_reproducibility``.
+
+    Attributes:
+        reproducible: True when every run delivered the same batches as the reference run.
+        epochs: Epochs each run iterated.
+        runs: Every run, the reference first.
+        mismatch: The first difference found, or None.
+        likely_cause: One or two sentences naming the most likely cause and its fix, or None.
+        findings: The doctor's findings that concern randomness (``wellfed.Finding``), if any.
+    """
+
+    reproducible: bool
+    epochs: int
+    runs: tuple[ReproRun, ...]
+    mismatch: ReproMismatch | None = None
+    likely_cause: str | None = None
+    findings: tuple[Any, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return {
+            "reproducible": self.reproducible,
+            "epochs": self.epochs,
+            "runs": [r.to_dict() for r in self.runs],
+            "mismatch": None if self.mismatch is None else self.mismatch.to_dict(),
+            "likely_cause": self.likely_cause,
+            "findings": [_finding_dict(f) for f in self.findings],
+        }
+
+
+def _finding_dict(f: Any) -> dict[str, Any]:
+    to_dict = getattr(f, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    return {k: str(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")}
+
+
+# --- digests ---------------------------------------------------------------------------------
+
+
+def _feed(h: Any, obj: Any) -> None:
+    import numpy as np
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"A{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for x in obj:
+            _feed(h, x)
+    else:
+        h.update(repr(obj).encode())
+
+
+def batch_digest(batch: Any) -> str:
+    """blake2b-128 hex digest of a batch: tensors and arrays by dtype, shape and bytes;
+    dicts by sorted key; lists and tuples in order; anything else by ``repr``."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, batch)
+    return h.hexdigest()
+
+
+def _leading(obj: Any) -> int | None:
+    """The batch dimension B of a collated batch, or None when there is no common one."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return int(obj.shape[0]) if obj.ndim >= 1 else None
+    if isinstance(obj, dict):
+        sizes = {_leading(v) for v in obj.values()}
+    elif isinstance(obj, (list, tuple)):
+        # default_collate turns a tuple sample into a list of batched fields
+        sizes = {_leading(v) for v in obj}
+        if None in sizes:  # a plain list of B samples
+            return len(obj)
+    else:
+        return None
+    if len(sizes) == 1:
+        return sizes.pop()
+    return None
+
+
+def _row(obj: Any, i: int) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return obj[i]
+    if isinstance(obj, dict):
+        return {k: _row(v, i) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if any(_leading(v) is None for v in obj):
+            return obj[i]
+        return [_row(v, i) for v in obj]
+    return obj
+
+
+def _sample_digests(batch: Any) -> list[str] | None:
+    b = _leading(batch)
+    if b is None:
+        return None
+    try:
+        return [batch_digest(_row(batch, i)) for i in range(b)]
+    except (IndexError, TypeError, KeyError):
+        return None
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Trace:
+    digests: list[tuple[int, int, str]]  # (epoch, batch, digest)
+    samples: list[list[str] | None]
+
+
+def _run(loader: Any, epochs: int) -> _Trace:
+    trace = _Trace([], [])
+    for epoch in range(epochs):
+        it = iter(loader)
+        try:
+            for b, batch in enumerate(it):
+                trace.digests.append((epoch, b, batch_digest(batch)))
+                trace.samples.append(_sample_digests(batch))
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if callable(shutdown) and not getattr(loader, "persistent_workers", False):
+                shutdown()
+    it_persistent = getattr(loader, "_iterator", None)
+    if it_persistent is not None and callable(getattr(it_persistent, "_shutdown_workers", None)):
+        it_persistent._shutdown_workers()  # persistent workers: stop them now, not at GC
+    return trace
+
+
+def _compare(ref: _Trace, other: _Trace, label: str) -> ReproMismatch | None:
+    for pos in range(max(len(ref.digests), len(other.digests))):
+        a = ref.digests[pos] if pos < len(ref.digests) else None
+        b = other.digests[pos] if pos < len(other.digests) else None
+        if a is not None and b is not None and a[2] == b[2]:
+            continue
+        where = a if a is not None else b
+        assert where is not None
+        sample = None
+        if a is not None and b is not None:
+            sa, sb = ref.samples[pos], other.samples[pos]
+            if sa is not None and sb is not None:
+                for i, (x, y) in enumerate(zip(sa, sb, strict=False)):
+                    if x != y:
+                        sample = i
+                        break
+                else:
+                    if len(sa) != len(sb):
+                        sample = min(len(sa), len(sb))
+        return ReproMismatch(
+            run=label,
+            epoch=where[0],
+            batch=where[1],
+            sample=sample,
+            reference_digest=None if a is None else a[2],
+            digest=None if b is None else b[2],
+        )
+    return None
+
+
+def _rng_findings(loader: Any) -> tuple[Any, ...]:
+    """Doctor findings about RNG objects in the dataset, when the doctor is available."""
+    try:
+        from wellfed.doctor import diagnose
+    except ImportError:
+        return ()
+    try:
+        report = diagnose(getattr(loader, "dataset", loader), live=False)
+    except Exception as exc:  # the diagnosis must not hide the repro result
+        logger.debug("diagnose failed during verify_reproducibility: %r", exc)
+        return ()
+    out = []
+    for f in getattr(report, "findings", ()):
+        text = " ".join(str(getattr(f, k, "")) for k in ("code", "category", "message")).lower()
+        if any(w in text for w in _RNG_WORDS):
+            out.append(f)
+    return tuple(out)
+
+
+def _likely_cause(
+    loader: Any, mismatch: ReproMismatch, ref: ReproRun, other: ReproRun, findings: Sequence[Any]
+) -> str:
+    if findings:
+        f = findings[0]
+        return (
+            f"{getattr(f, 'path', 'the dataset')} holds its own random state "
+            f"({getattr(f, 'message', '')}): each worker gets a copy that advances on its own. "
+            f"{getattr(f, 'fix', '')} Or draw from wellfed.sample_rng() / "
+            "wellfed.sample_generator() inside __getitem__."
+        ).replace("  ", " ")
+    if mismatch.reference_digest is None or mismatch.digest is None:
+        return (
+            f"The runs deliver different numbers of batches ({ref.batches} vs {other.batches}): "
+            "the sampler or dataset length depends on the worker configuration (an "
+            "IterableDataset not sharded per worker duplicates data)."
+        )
+    if getattr(loader, "seed", None) is None:
+        return (
+            "The loader is not seeded per sample: torch seeds each worker from "
+            "base_seed + worker_id, so random augmentations change with num_workers (and a "
+            "shuffle draws from the global RNG). Build it with "
+            "wellfed.create_dataloader(..., seed=<int>)."
+        )
+    if other.num_workers == ref.num_workers and other.start_method == ref.start_method:
+        return (
+            "The same configuration gave different batches twice: the data depends on "
+            "something no seed controls (time, os.urandom, file order from os.listdir, "
+            "str hashes without PYTHONHASHSEED, threads, or non-deterministic kernels)."
+        )
+    return (
+        "The loader is seeded per sample, so the dataset draws randomness that wellfed does not "
+        "seed: an RNG object created in __init__ (random.Random, numpy Generator/RandomState, "
+        "torch.Generator), state kept between calls, or worker-dependent code "
+        "(get_worker_info). Draw from wellfed.sample_rng() / wellfed.sample_generator()."
+    )
+
+
+def verify_reproducibility(
+    make_loader: Callable[..., Any],
+    *,
+    epochs: int = 2,
+    num_workers: int | Sequence[int] = (0, 2),
+    start_methods: str | Sequence[str] | None = None,
+) -> ReproReport:
+    """Check that a loader gives the same batches under several worker configurations.
+
+    ``make_loader(num_workers=n, multiprocessing_context=m)`` is called once per configuration
+    (``m`` is None with ``n == 0``, or to mean the platform default) and must return a fresh
+    loader built the same way each time, e.g.
+    ``lambda **kw: wellfed.create_dataloader(ds, batch_size=32, shuffle=True, seed=0, **kw)``.
+    Every loader runs ``epochs`` epochs; each batch and each sample in it is hashed. The first
+    configuration is the reference. With a single configuration, it runs twice.
+
+    Args:
+        make_loader: Factory taking the keyword arguments ``num_workers`` and
+            ``multiprocessing_context``. It runs in this process (a lambda is fine).
+        epochs: Epochs per configuration, >= 1.
+        num_workers: Worker counts to try; one int is one count.
+        start_methods: Start methods for the counts above 0; None: the platform default only.
+
+    Returns:
+        ReproReport: per-run results, the first mismatch (epoch, batch, sample) and the likely
+        cause (naming a doctor finding about an RNG object when there is one).
+
+    Raises:
+        ConfigError: ``epochs`` < 1, an empty or negative ``num_workers``, or an unknown start
+            method (WF211).
+
+    Example:
+        >>> report = wellfed.verify_reproducibility(
+        ...     lambda **kw: wellfed.create_dataloader(ds, batch_size=8, seed=0, **kw))
+        >>> report.reproducible
+        True
+    """
+    import multiprocessing
+
+    counts = (num_workers,) if isinstance(num_workers, int) else tuple(num_workers)
+    methods: tuple[str | None, ...]
+    if start_methods is None:
+        methods = (None,)
+    elif isinstance(start_methods, str):
+        methods = (start_methods,)
+    else:
+        methods = tuple(start_methods)
+    available = multiprocessing.get_all_start_methods()
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(
+            f"Invalid option: epochs={epochs!r} is not an int >= 1; nothing would be compared. "
+            "Pass epochs=2 (the default) or more.",
+            code="WF211",
+            attribute="epochs",
+            value=epochs,
+        )
+    if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+        raise ConfigError(
+            f"Invalid option: num_workers={num_workers!r} must be one or more ints >= 0. "
+            "Pass e.g. num_workers=(0, 2).",
+            code="WF211",
+            attribute="num_workers",
+            value=num_workers,
+        )
+    bad = [m for m in methods if m is not None and m not in available]
+    if not methods or bad:
+        raise ConfigError(
+            f"Invalid option: start_methods={start_methods!r} includes {bad!r}, not available "
+            f"here (available: {available}). Pass some of {available}, or None.",
+            code="WF211",
+            attribute="start_methods",
+            value=start_methods,
+        )
+    configs: list[tuple[int, str | None]] = []
+    for c in counts:
+        for m in (None,) if c == 0 else methods:
+            if (c, m) not in configs:
+                configs.append((c, m))
+    if len(configs) == 1:
+        configs.append(configs[0])
+
+    runs: list[ReproRun] = []
+    traces: list[_Trace | None] = []
+    loaders: list[Any] = []
+    first_mismatch: tuple[int, ReproMismatch] | None = None
+    for k, (n, m) in enumerate(configs):
+        t0 = time.perf_counter()
+        error = None
+        trace: _Trace | None = None
+        loader = None
+        try:
+            loader = make_loader(num_workers=n, multiprocessing_context=m)
+            trace = _run(loader, epochs)
+        except Exception as exc:  # a failing configuration is a result, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+            logger.debug("repro run num_workers=%d %s failed", n, m, exc_info=True)
+        seconds = time.perf_counter() - t0
+        method = m
+        if n > 0 and method is None:
+            ctx = getattr(loader, "multiprocessing_context", None)
+            method = (
+                ctx.get_start_method()
+                if ctx is not None
+                else (
+                    multiprocessing.get_start_method(allow_none=True)
+                    or multiprocessing.get_context().get_start_method()
+                )
+            )
+        label_run = ReproRun(
+            n, method, 0 if trace is None else len(trace.digests), seconds, True, error
+        )
+        matches = True
+        if k > 0:
+            ref_trace = traces[0]
+            if trace is None or ref_trace is None:
+                matches = trace is None and ref_trace is None
+            else:
+                mm = _compare(ref_trace, trace, label_run.label)
+                matches = mm is None
+                if mm is not None and first_mismatch is None:
+                    first_mismatch = (k, mm)
+        runs.append(
+            ReproRun(
+                label_run.num_workers,
+                label_run.start_method,
+                label_run.batches,
+                round(seconds, 4),
+                matches,
+                error,
+            )
+        )
+        traces.append(trace)
+        loaders.append(loader)
+
+    mismatch = None
+    cause = None
+    findings: tuple[Any, ...] = ()
+    if first_mismatch is not None:
+        k, mismatch = first_mismatch
+        findings = _rng_findings(loaders[k] if loaders[k] is not None else loaders[0])
+        cause = _likely_cause(loaders[k], mismatch, runs[0], runs[k], findings)
+    elif any(r.error for r in runs):
+        failed = next(r for r in runs if r.error)
+        cause = f"The run {failed.label} failed: {failed.error}"
+    reproducible = all(r.matches_reference and r.error is None for r in runs)
+    return ReproReport(
+        reproducible=reproducible,
+        epochs=epochs,
+        runs=tuple(runs),
+        mismatch=mismatch,
+        likely_cause=cause,
+        findings=findings,
+    )
