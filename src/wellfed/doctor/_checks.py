@@ -1,0 +1,1344 @@
+"""The static checks: one function per hazard, each returning findings with path, why and fix.
+
+Every check reads a ``Context`` (the walked object graph, the loader settings, the platform)
+and never runs user code beyond ``__getstate__`` and ``len()``. Together they finish in well
+under 2 s for a dataset of a million items, because large containers are sampled (see
+``_graph.SAMPLE_THRESHOLD``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wellfed.doctor._graph import Node, Walk, is_shared_state, module_of
+from wellfed.doctor._report import CODES, Finding
+from wellfed.doctor._source import analyze_class, is_user_code, seed_calls
+from wellfed.platform import PlatformInfo
+
+__all__ = ["ALL_CHECKS", "COPY_ON_READ_ITEMS", "PICKLED_SLOW_BYTES", "Context", "run_checks"]
+
+logger = logging.getLogger(__name__)
+
+#: A container of at least this many Python objects is reported as copy-on-read memory growth.
+#: Every read of an item writes its reference count, so under fork each worker slowly gets a
+#: private copy of every page it touches; with 10**5 items of ~100 bytes that is >= 10 MB per
+#: worker and grows with the epoch.
+#: Source: pytorch/pytorch#13246 ("DataLoader num_workers > 0 causes CPU memory from parent
+#: process to be replicated in all child processes"), whose reports start at ~10**5 file names.
+COPY_ON_READ_ITEMS = 100_000
+
+#: Pickled size above which start-up under spawn/forkserver is reported as slow. Every worker
+#: unpickles its own copy; at the ~0.5 GB/s pickle.loads managed for a list of str/tuple on
+#: the development machine (2-core x86_64, Python 3.11) 256 MiB costs ~0.5 s per worker, more
+#: than the torch import itself, and num_workers copies of the memory.
+#: Source: measured with ``python -c "import pickle,time; x=[(f'/d/{i}.jpg', i) for i in
+#: range(2_000_000)]; b=pickle.dumps(x); t=time.time(); pickle.loads(b); print(len(b)/(time.time()-t))"``.
+PICKLED_SLOW_BYTES = 256 * 1024**2
+
+#: Fraction of free /dev/shm that batches in flight may use before a warning (error above 1).
+SHM_WARN_FRACTION = 0.5
+
+#: Shared tensors per sample assumed when nothing better is known (file_descriptor strategy).
+FD_MARGIN = 64
+
+_SPAWNISH = ("spawn", "forkserver")
+
+_HANDLE_FIXES = {
+    "open file": "self.path = path; self._fh = None  # in __init__\n"
+    "in __getitem__: if self._fh is None: self._fh = open(self.path, 'rb')",
+    "zip archive": "self.zip_path = path; self._zip = None  # in __init__\n"
+    "in __getitem__: if self._zip is None: self._zip = zipfile.ZipFile(self.zip_path)",
+    "tar archive": "store the archive path; open tarfile.open(path) lazily in __getitem__",
+    "SQLite connection": "self.db_path = path; self._conn = None  # in __init__\n"
+    "in __getitem__: if self._conn is None: self._conn = sqlite3.connect(self.db_path)",
+    "HDF5 file": "self.h5_path = path; self._h5 = None  # in __init__ (read len, then close)\n"
+    "in __getitem__: if self._h5 is None: self._h5 = h5py.File(self.h5_path, 'r')",
+    "LMDB environment": "self.lmdb_path = path; self._env = None  # in __init__\n"
+    "in __getitem__: if self._env is None: self._env = lmdb.open(self.lmdb_path, readonly=True,"
+    " lock=False)",
+    "socket": "store the address; connect lazily in __getitem__ (one connection per worker)",
+    "database connection": "store the connection URL; connect lazily in __getitem__ or in "
+    "worker_init_fn (one connection per worker)",
+    "video handle": "store the video path; open the reader lazily in __getitem__",
+}
+
+
+@dataclass
+class Context:
+    """Everything the checks read.
+
+    Attributes:
+        dataset: The dataset.
+        from_loader: True when a DataLoader was given (paths say ``loader.``).
+        settings: DataLoader settings: num_workers, batch_size, prefetch_factor,
+            persistent_workers, collate_fn, worker_init_fn, sampler, batch_sampler,
+            multiprocessing_context; absent keys are unknown.
+        start_methods: The start methods judged.
+        platform: Facts about this machine.
+        walks: Root path -> its Walk ("dataset", "loader.collate_fn", ...).
+        length: len(dataset), or None.
+    """
+
+    dataset: Any
+    from_loader: bool
+    settings: dict[str, Any]
+    start_methods: tuple[str, ...]
+    platform: PlatformInfo
+    walks: dict[str, Walk] = field(default_factory=dict)
+    length: int | None = None
+
+    @property
+    def num_workers(self) -> int | None:
+        """num_workers as given, or None when no loader settings were given."""
+        nw = self.settings.get("num_workers")
+        return int(nw) if isinstance(nw, int) else None
+
+    def worker_nodes(self) -> Iterable[Node]:
+        """Nodes that reach workers: dataset, collate_fn, worker_init_fn (not the sampler)."""
+        for root, w in self.walks.items():
+            if root != "loader.sampler" and root != "loader.batch_sampler":
+                yield from w.nodes
+
+    def finding(
+        self,
+        code: str,
+        severity: str,
+        path: str,
+        message: str,
+        fix: str,
+        evidence: str,
+        methods: Iterable[str] | None = None,
+    ) -> Finding | None:
+        """Build a finding for the judged start methods it affects; None if it affects none."""
+        wanted = tuple(self.start_methods if methods is None else methods)
+        affected = tuple(m for m in self.start_methods if m in wanted)
+        if not affected:
+            return None
+        category = CODES[code][0]
+        if not message.rstrip().endswith(f"[{code}]"):
+            message = f"{message.rstrip()} [{code}]"
+        return Finding(code, category, severity, path, affected, message, fix, evidence)
+
+
+# --------------------------------------------------------------------------------------------
+# classification helpers
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', t.__name__)}"
+
+
+def handle_kind(obj: Any) -> tuple[str, bool] | None:
+    """(kind, is_open) for an OS handle (file, archive, connection, socket...), else None."""
+    mod = module_of(obj)
+    name = type(obj).__name__
+    if isinstance(obj, io.IOBase):
+        return "open file", not obj.closed
+    if mod == "zipfile" and name == "ZipFile":
+        return "zip archive", getattr(obj, "fp", None) is not None
+    if mod == "tarfile" and name == "TarFile":
+        return "tar archive", not getattr(obj, "closed", False)
+    if mod == "sqlite3" and name == "Connection":
+        try:
+            obj.total_changes  # noqa: B018  # raises ProgrammingError once closed
+        except Exception:
+            return "SQLite connection", False
+        return "SQLite connection", True
+    if mod in ("socket", "ssl") and hasattr(obj, "fileno"):
+        try:
+            return "socket", obj.fileno() != -1
+        except Exception:
+            return "socket", False
+    if mod.startswith("h5py") and name in ("File", "Dataset", "Group"):
+        try:
+            return "HDF5 file", bool(obj)
+        except Exception:
+            return "HDF5 file", True
+    if mod.startswith("lmdb") and name in ("Environment", "Transaction", "Cursor"):
+        return "LMDB environment", True
+    if mod.startswith(("psycopg2", "pymongo", "redis", "pymysql", "MySQLdb")):
+        return "database connection", True
+    if mod.startswith(("av.", "decord")) or (mod.startswith("cv2") and name == "VideoCapture"):
+        return "video handle", True
+    return None
+
+
+def _thread_kind(obj: Any) -> str | None:
+    mod = module_of(obj)
+    fmod = getattr(obj, "__module__", None) if callable(obj) else None
+    if mod.startswith("cv2") or (isinstance(fmod, str) and fmod.startswith("cv2")):
+        return "opencv"
+    if mod.startswith("tokenizers") or (isinstance(fmod, str) and fmod.startswith("tokenizers")):
+        return "tokenizers"
+    if mod == "concurrent.futures.thread" and type(obj).__name__ == "ThreadPoolExecutor":
+        return "thread pool"
+    if mod == "multiprocessing.pool" and type(obj).__name__ in ("ThreadPool", "Pool"):
+        return "thread pool"
+    if isinstance(obj, threading.Thread) and obj.is_alive():
+        return "running thread"
+    return None
+
+
+def _rng_kind(obj: Any) -> str | None:
+    """Name of an RNG object that is copied into workers, or None (global RNGs excluded)."""
+    import random
+
+    if isinstance(obj, random.Random):
+        if isinstance(obj, random.SystemRandom) or obj is getattr(random, "_inst", None):
+            return None
+        return "random.Random"
+    mod = module_of(obj)
+    if mod.startswith("numpy.random"):
+        name = type(obj).__name__
+        if name == "RandomState":
+            np = sys.modules.get("numpy")
+            if np is not None and obj is getattr(np.random.mtrand, "_rand", None):
+                return None
+            return "numpy.random.RandomState"
+        if name == "Generator":
+            return "numpy.random.Generator"
+        if name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+            return f"numpy.random.{name}"
+        return None
+    if mod == "torch._C" and type(obj).__name__ == "Generator":
+        import torch
+
+        if obj is torch.default_generator:
+            return None
+        try:
+            if obj.device.type == "cuda":
+                return "torch.Generator(cuda)"
+        except Exception:
+            pass
+        return "torch.Generator"
+    if mod.startswith("imgaug") and "RNG" in type(obj).__name__:
+        return "imgaug RNG"
+    return None
+
+
+def _cuda_kind(node: Node) -> str | None:
+    obj = node.obj
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(obj, torch.Tensor):
+            return "CUDA tensor" if obj.is_cuda else None
+        if isinstance(obj, torch.device):
+            return "CUDA device" if obj.type == "cuda" else None
+        if isinstance(obj, torch.nn.Module):
+            for t in _first_tensors(obj):
+                if t.is_cuda:
+                    return "CUDA module"
+            return None
+    if isinstance(obj, str):
+        if node.attr and "device" in node.attr.lower() and obj.startswith("cuda"):
+            return "CUDA device string"
+        return None
+    # Tensor-likes from other libraries (cupy, jax, a wrapped tensor): is_cuda / device.type.
+    cls = type(obj)
+    if any("is_cuda" in k.__dict__ for k in cls.__mro__):
+        try:
+            if getattr(obj, "is_cuda", False) is True:
+                return "CUDA tensor"
+        except Exception:
+            return None
+    if any("device" in k.__dict__ for k in cls.__mro__):
+        try:
+            dev = obj.device
+            if getattr(dev, "type", None) == "cuda" or (isinstance(dev, str) and dev.startswith("cuda")):
+                return "CUDA tensor"
+        except Exception:
+            return None
+    return None
+
+
+def _first_tensors(module: Any) -> list[Any]:
+    out = []
+    for t in module.parameters():
+        out.append(t)
+        break
+    for t in module.buffers():
+        out.append(t)
+        break
+    return out
+
+
+def _is_container(obj: Any) -> bool:
+    return isinstance(obj, (list, tuple, dict, set, frozenset)) or type(obj).__name__ == "deque"
+
+
+def _inside(path: str, prefix: str) -> bool:
+    return path != prefix and path.startswith(prefix) and path[len(prefix)] in ".["
+
+
+def _pretty_type(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+# --------------------------------------------------------------------------------------------
+# pickling, judged with the pickler DataLoader workers use
+
+
+def _placeholder() -> None:
+    return None
+
+
+def _reduce_placeholder(obj: Any) -> tuple[Any, tuple[()]]:
+    return (_placeholder, ())
+
+
+class _FakeDupFd:
+    """Stands for a duplicated file descriptor while judging (never sent anywhere)."""
+
+    def detach(self) -> int:
+        return -1
+
+
+class _FakeSpawningPopen:
+    """What multiprocessing's spawning Popen offers while it pickles a Process's arguments.
+
+    DataLoader pickles the dataset while starting a worker, inside that context, so
+    multiprocessing locks, queues and sockets cross; outside it they refuse. Judging inside
+    the same context gives the verdict a real worker start would.
+    """
+
+    def duplicate_for_child(self, fd: int) -> int:
+        return fd
+
+    def DupFd(self, fd: int) -> _FakeDupFd:  # noqa: N802 (multiprocessing's name)
+        return _FakeDupFd()
+
+
+def _judge_pickler_class() -> type:
+    from multiprocessing.reduction import ForkingPickler
+
+    class JudgePickler(ForkingPickler):  # type: ignore[misc, valid-type]
+        """ForkingPickler with tensors and arrays replaced by a placeholder.
+
+        torch registers reducers that move a tensor's storage into shared memory when it is
+        pickled; judging must not do that to the user's tensors (nor copy big arrays).
+        """
+
+        def __init__(self, file: Any) -> None:
+            super().__init__(file, None)
+            table = dict(self.dispatch_table)
+            for t, red in table.items():
+                if getattr(red, "__module__", "") == "torch.multiprocessing.reductions":
+                    table[t] = _reduce_placeholder
+            np = sys.modules.get("numpy")
+            if np is not None:
+                table[np.ndarray] = _reduce_placeholder
+                table[np.memmap] = _reduce_placeholder
+            self.dispatch_table = table
+
+    return JudgePickler
+
+
+_JUDGE: list[type] = []
+
+
+def pickle_error(obj: Any) -> str | None:
+    """Pickle obj as a spawn/forkserver worker start would; the error text, or None if it pickles.
+
+    Tensors and arrays are not serialised (they always pickle); everything else is.
+    """
+    from multiprocessing import context as mp_context
+
+    if not _JUDGE:
+        _JUDGE.append(_judge_pickler_class())
+    buf = io.BytesIO()
+    previous = mp_context.get_spawning_popen()
+    mp_context.set_spawning_popen(_FakeSpawningPopen())
+    try:
+        _JUDGE[0](buf).dump(obj)
+    except RecursionError:
+        return "RecursionError: object graph too deep to pickle"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        mp_context.set_spawning_popen(previous)
+    return None
+
+
+def pickled_size(obj: Any) -> tuple[int, float] | None:
+    """(bytes, seconds) of pickling obj as for a spawn worker (tensors excluded); None on error."""
+    import time
+
+    from multiprocessing import context as mp_context
+
+    if not _JUDGE:
+        _JUDGE.append(_judge_pickler_class())
+    buf = io.BytesIO()
+    previous = mp_context.get_spawning_popen()
+    mp_context.set_spawning_popen(_FakeSpawningPopen())
+    start = time.perf_counter()
+    try:
+        _JUDGE[0](buf).dump(obj)
+    except Exception:
+        return None
+    finally:
+        mp_context.set_spawning_popen(previous)
+    return buf.tell(), time.perf_counter() - start
+
+
+def _direct_pickle_target(node: Node) -> tuple[Any, str] | None:
+    """What to pickle to judge this node on its own, and the path to report a failure at."""
+    obj = node.obj
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, bytearray, range)):
+        return None
+    if is_shared_state(obj) or _is_container(obj):
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
+        return None
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, (np.ndarray, np.generic)):
+        return None
+    if type(obj).__name__ == "partial" and module_of(obj) == "functools":
+        return None
+    if isinstance(obj, types.MethodType):
+        return None  # pickled as getattr(__self__, name): __self__ is judged as a child
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.ModuleType)):
+        return obj, node.path
+    from wellfed.doctor._graph import _is_leaf, _is_opaque_reduce
+
+    if _is_leaf(obj) or _is_opaque_reduce(obj) or not hasattr(obj, "__dict__") and not hasattr(
+        type(obj), "__slots__"
+    ):
+        return obj, node.path
+    # A walked object: its attributes are judged as children; its class must import by name.
+    return type(obj), f"type({node.path})"
+
+
+def _why_unpicklable(obj: Any, error: str) -> str:
+    if isinstance(obj, types.FunctionType):
+        if obj.__name__ == "<lambda>":
+            return "a lambda has no importable name, so pickle cannot send it to a worker"
+        if "<locals>" in obj.__qualname__:
+            return f"function {obj.__qualname__!r} is defined inside another function, so " \
+                "pickle cannot import it by name in a worker"
+    if isinstance(obj, type):
+        if "<locals>" in obj.__qualname__:
+            return f"class {obj.__qualname__!r} is defined inside a function, so pickle cannot " \
+                "import it by name in a worker"
+        if obj.__module__ == "__main__":
+            return f"class {obj.__qualname__!r} claims module __main__ but cannot be found " \
+                "there by name, so a worker cannot import it"
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__!r} is not picklable (store the name and import it instead)"
+    if isinstance(obj, types.GeneratorType):
+        return "a generator's running frame cannot be pickled"
+    hk = handle_kind(obj)
+    if hk is not None:
+        return f"an {hk[0]} is an OS handle that cannot be pickled" if hk[0][0] in "aeiou" \
+            else f"a {hk[0]} is an OS handle that cannot be pickled"
+    return f"{_pretty_type(obj)} cannot be pickled"
+
+
+def _fix_unpicklable(obj: Any, path: str) -> str:
+    if isinstance(obj, types.FunctionType) and obj.__name__ == "<lambda>":
+        return (
+            "Replace the lambda with a module-level function (or functools.partial of one):\n"
+            "def scale(x): return x * 2  # at module level\n"
+            f"{_assign_expr(path)} = scale"
+        )
+    if isinstance(obj, (types.FunctionType, type)) and "<locals>" in obj.__qualname__:
+        return (
+            f"Move {obj.__qualname__.split('.')[-1]!r} to module level; pass what it captured "
+            "as arguments, e.g. functools.partial(module_level_fn, captured_value)"
+        )
+    if isinstance(obj, type) and obj.__module__ == "__main__":
+        return (
+            f"Move class {obj.__qualname__} into an importable module (mypkg/data.py) and "
+            "import it from there; notebooks and `python -c` have no importable __main__"
+        )
+    if isinstance(obj, types.ModuleType):
+        return (
+            f"Store the module's name and import it where used: self.backend = "
+            f"{obj.__name__!r}; importlib.import_module(self.backend) in __getitem__"
+        )
+    hk = handle_kind(obj)
+    if hk is not None:
+        return _HANDLE_FIXES.get(hk[0], "store the path and open the handle lazily in __getitem__")
+    if isinstance(obj, types.GeneratorType):
+        return "Store the iterable's source (a list or a path) and create the generator in " \
+            "__iter__/__getitem__, in the worker"
+    name = type(obj).__name__.lower()
+    if "lock" in name or "condition" in name or "semaphore" in name or "event" in name:
+        return (
+            "Drop the lock when pickling and recreate it in the worker:\n"
+            "def __getstate__(self): s = self.__dict__.copy(); s.pop('lock', None); return s\n"
+            "def __setstate__(self, s): self.__dict__.update(s); self.lock = threading.Lock()"
+        )
+    return (
+        "Keep only plain data (paths, numbers, arrays, tensors) on the dataset and build this "
+        "object in the worker (lazily in __getitem__ or in worker_init_fn), or define "
+        "__getstate__/__setstate__ that drop and rebuild it"
+    )
+
+
+def _assign_expr(path: str) -> str:
+    return path if not path.startswith("type(") else path
+
+
+def check_unpicklable(ctx: Context) -> list[Finding]:
+    """WF101/WF103: every object that cannot be pickled for spawn/forkserver, deepest path.
+
+    The verdict is the DataLoader's own pickler's (``ForkingPickler`` inside a spawning
+    context), applied to each object the walk reaches, so every offending path is reported,
+    not only the first one pickle meets.
+    """
+    if not any(m in ctx.start_methods for m in _SPAWNISH):
+        return []
+    out: list[Finding] = []
+    for root, w in ctx.walks.items():
+        sampler = root in ("loader.sampler", "loader.batch_sampler")
+        failures: list[tuple[str, str, Any, str]] = []  # (inner path, report path, obj, error)
+        for node in w.nodes:
+            if not node.pickled:
+                continue
+            if node.getstate_error is not None:
+                failures.append((node.path, node.path, node.obj, node.getstate_error))
+                continue
+            target = _direct_pickle_target(node)
+            if target is None:
+                continue
+            obj, report_path = target
+            err = pickle_error(obj)
+            if err is not None:
+                failures.append((node.path, report_path, obj, err))
+        if not failures and not w.sampled and not w.truncated and w.nodes:
+            err = pickle_error(w.nodes[0].obj)
+            if err is not None:
+                failures.append((root, root, w.nodes[0].obj, err))
+        inner_paths = [f[0] for f in failures]
+        for inner, report_path, obj, err in failures:
+            if any(_inside(other, inner) for other in inner_paths):
+                continue  # a deeper attribute explains it
+            if sampler:
+                f = ctx.finding(
+                    "WF103",
+                    "warning",
+                    report_path,
+                    f"The sampler cannot be pickled: {report_path} -> {_why_unpicklable(obj, err)}. "
+                    "DataLoader workers never receive the sampler, but anything that pickles the "
+                    "DataLoader (Lightning's ddp_spawn, torch.multiprocessing.spawn) fails.",
+                    _fix_unpicklable(obj, report_path),
+                    f"static: ForkingPickler raised {err.splitlines()[0][:200]}",
+                    _SPAWNISH,
+                )
+            else:
+                f = ctx.finding(
+                    "WF101",
+                    "error",
+                    report_path,
+                    f"Workers cannot start under spawn/forkserver: {report_path} is "
+                    f"{_pretty_type(obj)}; {_why_unpicklable(obj, err)}.",
+                    _fix_unpicklable(obj, report_path),
+                    f"static: ForkingPickler raised {err.splitlines()[0][:200]}",
+                    _SPAWNISH,
+                )
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def check_interactive_main(ctx: Context) -> list[Finding]:
+    """WF102: classes and functions from an interactive ``__main__`` (notebook, REPL).
+
+    They pickle by reference to ``__main__``, which a spawn/forkserver worker cannot import.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None):
+        return []
+    out: list[Finding] = []
+    for node in ctx.worker_nodes():
+        if not node.pickled:
+            continue
+        obj = node.obj
+        target: Any = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        path = node.path if target is obj else f"type({node.path})"
+        if getattr(target, "__module__", None) != "__main__":
+            continue
+        if getattr(main, getattr(target, "__qualname__", ""), None) is not target:
+            continue  # not findable at all: WF101 reports it
+        f = ctx.finding(
+            "WF102",
+            "error",
+            path,
+            f"{target.__qualname__} is defined in an interactive __main__ (a notebook or REPL); "
+            "spawn/forkserver workers import __main__ from a file and cannot find it "
+            "(AttributeError: Can't get attribute).",
+            f"Move {target.__qualname__} into a .py module next to the notebook and import it: "
+            f"from mydata import {target.__qualname__}",
+            "static: its __module__ is '__main__' and __main__ has no __file__",
+            _SPAWNISH,
+        )
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def check_fork_shared_handles(ctx: Context) -> list[Finding]:
+    """WF104: OS handles open now that every forked worker would share (offsets, locks).
+
+    Skipped for objects whose worker code reopens per process (compares ``os.getpid()``).
+    Sockets are shared under spawn too: multiprocessing duplicates their descriptor.
+    """
+    out: list[Finding] = []
+    for node in ctx.worker_nodes():
+        hk = handle_kind(node.obj)
+        if hk is None or not hk[1]:
+            continue
+        kind = hk[0]
+        owner = node.owner
+        if owner is not None and not isinstance(owner, (list, tuple, dict)) and is_user_code(
+            type(owner)
+        ) and analyze_class(type(owner)).pid_guard:
+            continue
+        methods: tuple[str, ...] = ("fork",)
+        if kind == "socket":
+            methods = ("fork", "spawn", "forkserver")
+        elif not node.pickled:
+            methods = ("fork",)
+        f = ctx.finding(
+            "WF104",
+            "error",
+            node.path,
+            f"{node.path} is an {kind} opened before the workers start; every forked worker "
+            "shares the same descriptor (one file offset, one connection), so concurrent reads "
+            "interleave and return wrong bytes or fail at random."
+            if kind[0] in "aeiou"
+            else f"{node.path} is a {kind} opened before the workers start; every forked worker "
+            "shares the same descriptor (one file offset, one connection), so concurrent reads "
+            "interleave and return wrong bytes or fail at random.",
+            "Open it in each worker instead: store the path in __init__ and open lazily.\n"
+            + _HANDLE_FIXES.get(kind, "open lazily in __getitem__"),
+            f"static: {_pretty_type(node.obj)} is open in this process",
+            methods,
+        )
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def check_cuda(ctx: Context) -> list[Finding]:
+    """WF105/WF106: CUDA tensors, modules and devices in the graph; CUDA transfers in code."""
+    out: list[Finding] = []
+    reported: list[str] = []
+    for node in ctx.worker_nodes():
+        if any(_inside(node.path, p) for p in reported):
+            continue
+        kind = _cuda_kind(node)
+        if kind is None:
+            continue
+        reported.append(node.path)
+        methods_pickled = ("fork", "spawn", "forkserver") if node.pickled else ("fork",)
+        fix = (
+            "Keep the dataset on the CPU and move batches in the training loop: "
+            "`for batch in loader: batch = batch.to('cuda', non_blocking=True)` with "
+            "pin_memory=True. For a model that transforms samples, precompute its outputs once "
+            "(wellfed precompute) or run it per batch on the GPU in the main process."
+        )
+        for severity, methods, why in (
+            ("error", ("fork",), "a forked worker cannot re-initialise CUDA "
+             "(RuntimeError: Cannot re-initialize CUDA in forked subprocess)"),
+            ("warning", _SPAWNISH, "each spawn/forkserver worker opens its own CUDA context "
+             "(hundreds of MB of GPU memory per worker) and shares tensors by CUDA IPC"),
+        ):
+            f = ctx.finding(
+                "WF105",
+                severity,
+                node.path,
+                f"{node.path} is a {kind} reachable from the workers; {why}.",
+                fix,
+                f"static: {kind} ({_pretty_type(node.obj)})",
+                [m for m in methods if m in methods_pickled],
+            )
+            if f is not None:
+                out.append(f)
+    for node, cls in _user_classes(ctx):
+        ana = analyze_class(cls)
+        for method, line, snippet in ana.cuda_transfers[:1]:
+            path = f"type({node.path}).{method}" if method in ana.readers else \
+                f"type({node.path}).{method}"
+            for severity, methods, why in (
+                ("error", ("fork",), "a forked worker cannot initialise CUDA once the main "
+                 "process has (RuntimeError: Cannot re-initialize CUDA in forked subprocess)"),
+                ("warning", _SPAWNISH, "each worker opens its own CUDA context (hundreds of MB "
+                 "of GPU memory each) and sends results back by CUDA IPC"),
+            ):
+                f = ctx.finding(
+                    "WF106",
+                    severity,
+                    path,
+                    f"{cls.__qualname__}.{method} moves data to CUDA ({snippet}, line {line}) "
+                    f"inside a worker; {why}.",
+                    "Return CPU tensors from the dataset and move the batch in the training "
+                    "loop: `batch = batch.to('cuda', non_blocking=True)` with pin_memory=True "
+                    f"(delete the {snippet} call in {method}).",
+                    f"static: {snippet} at {_source_file(cls)}:{line}",
+                    methods,
+                )
+                if f is not None:
+                    out.append(f)
+    return out
+
+
+def _source_file(cls: type) -> str:
+    import inspect
+
+    try:
+        return os.path.basename(inspect.getsourcefile(cls) or "?")
+    except TypeError:
+        return "?"
+
+
+def _user_classes(ctx: Context) -> list[tuple[Node, type]]:
+    """Nodes whose class is user code with worker methods (each class once, first path)."""
+    seen: set[type] = set()
+    out: list[tuple[Node, type]] = []
+    for node in ctx.worker_nodes():
+        obj = node.obj
+        if isinstance(obj, (type, types.FunctionType, types.ModuleType)) or _is_container(obj):
+            continue
+        cls = type(obj)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if not any(hasattr(cls, m) for m in ("__getitem__", "__iter__", "__call__")):
+            continue
+        if is_user_code(cls):
+            out.append((node, cls))
+    return out
+
+
+def check_rng(ctx: Context) -> list[Finding]:
+    """WF107: RNG objects held by the dataset, transforms or collate_fn (global RNGs excluded).
+
+    An RNG object is copied with its state into every worker (fork copies memory; spawn
+    pickles the state), so all workers draw the same numbers. Not reported when
+    worker_init_fn or worker code visibly reseeds that attribute.
+    """
+    out: list[Finding] = []
+    wif = ctx.settings.get("worker_init_fn")
+    wif_text = _source_text(wif)
+    for node in ctx.worker_nodes():
+        kind = _rng_kind(node.obj)
+        if kind is None:
+            continue
+        if node.attr and wif_text and node.attr in wif_text:
+            continue  # worker_init_fn replaces or reseeds it per worker
+        owner = node.owner
+        if owner is not None and node.attr and is_user_code(type(owner)):
+            ana = analyze_class(type(owner))
+            if node.attr in ana.mutations:
+                continue  # worker code reassigns it (per-sample or per-worker seeding)
+        methods = ("fork", "spawn", "forkserver") if node.pickled else ("fork",)
+        f = ctx.finding(
+            "WF107",
+            "error",
+            node.path,
+            f"{node.path} is a {kind} object: each worker gets an identical copy with the same "
+            "state, so every worker draws the same random numbers (the same augmentations for "
+            "different samples). PyTorch reseeds only the global random, numpy and torch RNGs "
+            "per worker.",
+            "Use the global RNGs in worker code (random.random(), np.random.rand(), "
+            "torch.rand(); PyTorch reseeds them per worker), or reseed this object per worker:\n"
+            "def worker_init_fn(worker_id):\n"
+            "    info = torch.utils.data.get_worker_info()\n"
+            f"    info.dataset.{node.attr or 'rng'} = np.random.default_rng(info.seed)"
+            "  # or derive from (seed, epoch, index) with wellfed.seeding",
+            f"static: {_pretty_type(node.obj)} at {node.path}",
+            methods,
+        )
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _source_text(func: Any) -> str:
+    import functools
+    import inspect
+
+    while isinstance(func, functools.partial):
+        func = func.func
+    if func is None:
+        return ""
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+
+
+def check_worker_init_seeds(ctx: Context) -> list[Finding]:
+    """WF108: a worker_init_fn that seeds with constants (all workers identical) or with its
+    own arguments only (worker_id: differs by worker, repeats every epoch).
+    """
+    wif = ctx.settings.get("worker_init_fn")
+    if wif is None:
+        return []
+    calls = seed_calls(wif)
+    if not calls:
+        return []
+    worst = min(calls, key=lambda c: {"constant": 0, "arguments": 1, "runtime": 2}[c.depends_on])
+    if worst.depends_on == "runtime":
+        return []
+    fix = (
+        "Derive the seed from the per-worker, per-epoch seed PyTorch gives each worker:\n"
+        "def worker_init_fn(worker_id):\n"
+        "    seed = torch.initial_seed() % 2**32  # base_seed + worker_id, new every epoch\n"
+        "    np.random.seed(seed); random.seed(seed)"
+    )
+    if worst.depends_on == "constant":
+        message = (
+            f"worker_init_fn calls {worst.call}(<constant>) (line {worst.line}): every worker "
+            "starts from the same seed, so all workers draw identical random numbers, every epoch."
+        )
+        severity = "error"
+    else:
+        message = (
+            f"worker_init_fn seeds {worst.call}(...) from its own arguments only (line "
+            f"{worst.line}), e.g. worker_id: the seeds differ between workers but repeat every "
+            "epoch, so each epoch replays the same augmentations."
+        )
+        severity = "warning"
+    f = ctx.finding(
+        "WF108",
+        severity,
+        "loader.worker_init_fn",
+        message,
+        fix,
+        f"static: {worst.call} seeded from {worst.depends_on}",
+    )
+    return [f] if f is not None else []
+
+
+def check_copy_on_read(ctx: Context) -> list[Finding]:
+    """WF109: large containers of Python objects held by the dataset (copy-on-read)."""
+    out: list[Finding] = []
+    reported: list[str] = []
+    np = sys.modules.get("numpy")
+    for node in ctx.worker_nodes():
+        obj = node.obj
+        n = None
+        if _is_container(obj):
+            try:
+                n = len(obj)
+            except Exception:
+                continue
+        elif np is not None and isinstance(obj, np.ndarray) and obj.dtype == object:
+            n = int(obj.size)
+        if n is None or n < COPY_ON_READ_ITEMS:
+            continue
+        if any(_inside(node.path, p) for p in reported):
+            continue
+        reported.append(node.path)
+        f = ctx.finding(
+            "WF109",
+            "warning",
+            node.path,
+            f"{node.path} is a {type(obj).__name__} of {n:,} Python objects. Reading an item "
+            "writes its reference count, so under fork every worker gradually copies the pages "
+            "it reads (copy-on-read: memory grows through the epoch, times num_workers); under "
+            "spawn/forkserver every worker unpickles its own full copy.",
+            "Store it as numpy arrays (no per-item objects): e.g. paths as "
+            "np.array(paths, dtype=np.bytes_) or one np.uint8 buffer plus np.int64 offsets, "
+            "labels as np.array(labels, dtype=np.int64); decode with .decode() in __getitem__.",
+            f"static: len({node.path}) = {n:,} >= {COPY_ON_READ_ITEMS:,}",
+        )
+        if f is not None:
+            out.append(f)
+    return out
+
+
+_SHARED_STATE_FIX = (
+    "Put the changing values in a wellfed.SharedState, which workers read live:\n"
+    "self.state = wellfed.SharedState(theta=theta)  # in __init__\n"
+    "theta = self.state['theta']  # in __getitem__\n"
+    "dataset.state.update(theta=new_theta)  # in the training loop\n"
+    "(or recreate the DataLoader / use persistent_workers=False after each change)"
+)
+
+
+def check_stale_state(ctx: Context) -> list[Finding]:
+    """WF111/WF112: state worker code reads that something else changes, and worker code
+    that mutates the dataset (the change stays in one worker's copy).
+    """
+    out: list[Finding] = []
+    persistent = bool(ctx.settings.get("persistent_workers"))
+    wif_text = _source_text(ctx.settings.get("worker_init_fn"))
+    for node, cls in _user_classes(ctx):
+        ana = analyze_class(cls)
+        obj = node.obj
+        for attr, (method, line) in sorted(ana.changers.items()):
+            value = _safe_getattr(obj, attr)
+            if is_shared_state(value):
+                continue
+            if wif_text and f".{method}(" in wif_text:
+                continue  # worker_init_fn calls it: per-worker setup
+            path = f"{node.path}.{attr}"
+            severity = "error" if persistent else "warning"
+            when = (
+                "with persistent_workers=True the workers keep the copy they received at the "
+                "first epoch, forever"
+                if persistent
+                else "workers keep the copy they received when the epoch started, so a change "
+                "during an epoch is never seen (and with persistent_workers=True, never at all)"
+            )
+            f = ctx.finding(
+                "WF111",
+                severity,
+                path,
+                f"{cls.__qualname__}.{method} (line {line}) changes self.{attr}, which worker "
+                f"code reads; each worker holds its own copy of the dataset, so {when}: "
+                "silently stale data (a pickling test cannot catch it).",
+                _SHARED_STATE_FIX,
+                f"static: {method} assigns self.{attr}; "
+                f"{'/'.join(ana.readers) or 'worker code'} reads it",
+            )
+            if f is not None:
+                out.append(f)
+        for attr, (method, line) in sorted(ana.mutations.items()):
+            if attr in ana.cache_fills:
+                continue
+            path = f"{node.path}.{attr}"
+            f = ctx.finding(
+                "WF112",
+                "warning",
+                path,
+                f"{cls.__qualname__}.{method} assigns self.{attr} (line {line}) in the worker: "
+                "the change stays in that worker's copy; the main process and the other "
+                "workers never see it, so results depend on which worker served the sample.",
+                "Keep worker code free of state changes: compute from the index "
+                "(e.g. rng = np.random.default_rng((seed, epoch, index))), or, for state that "
+                "must be shared, use wellfed.SharedState: self.state.update(...) / "
+                "self.state['key']. Lazy per-worker handles are fine when guarded: "
+                f"if self.{attr} is None: self.{attr} = ...",
+                f"static: unguarded assignment to self.{attr} in {method}",
+            )
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def _safe_getattr(obj: Any, attr: str) -> Any:
+    try:
+        return object.__getattribute__(obj, attr)
+    except Exception:
+        return None
+
+
+def check_worker_caches(ctx: Context) -> list[Finding]:
+    """WF110: caches filled inside worker code (each worker fills its own; unbounded)."""
+    out: list[Finding] = []
+    for node, cls in _user_classes(ctx):
+        ana = analyze_class(cls)
+        for attr, (method, line) in sorted(ana.cache_fills.items()):
+            value = _safe_getattr(node.obj, attr)
+            if is_shared_state(value):
+                continue
+            if value is not None and type(value).__name__ in ("LRUCache", "TTLCache"):
+                continue  # bounded caches (cachetools)
+            f = ctx.finding(
+                "WF110",
+                "warning",
+                f"{node.path}.{attr}",
+                f"{cls.__qualname__}.{method} fills self.{attr} (line {line}) inside the worker: "
+                "every worker builds its own unbounded copy (memory x num_workers, growing all "
+                "epoch), and the main process never sees it.",
+                "Precompute the cached values once before training (wellfed precompute, or an "
+                "np.memmap every worker maps read-only), or bound the cache: "
+                "@functools.lru_cache(maxsize=1024) on a module-level loader function.",
+                f"static: self.{attr}[...] written in {method}",
+            )
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def sample_bytes_estimate(ctx: Context) -> tuple[int, int] | None:
+    """(bytes per sample, tensors per sample) from arrays whose first dimension is len(dataset)."""
+    if ctx.length is None or ctx.length <= 0:
+        return None
+    torch = sys.modules.get("torch")
+    np = sys.modules.get("numpy")
+    total = count = 0
+    w = ctx.walks.get("dataset")
+    for node in w.nodes if w else ():
+        if node.depth > 3:
+            continue
+        obj = node.obj
+        shape = None
+        if torch is not None and isinstance(obj, torch.Tensor) and obj.dim() > 0:
+            shape, nbytes = obj.shape, obj.element_size() * obj.nelement()
+        elif np is not None and isinstance(obj, np.ndarray) and obj.ndim > 0:
+            shape, nbytes = obj.shape, obj.nbytes
+        if shape is not None and int(shape[0]) == ctx.length:
+            total += nbytes // ctx.length
+            count += 1
+    return (total, count) if count else None
+
+
+def check_shared_memory(ctx: Context, measured: tuple[int, int] | None = None,
+                        evidence: str | None = None) -> list[Finding]:
+    """WF113/WF114: bytes in flight against free /dev/shm; shared descriptors vs ``ulimit -n``.
+
+    Args:
+        ctx: The context.
+        measured: (bytes, tensors) per sample measured by the live probe, if any.
+        evidence: How ``measured`` was obtained.
+    """
+    nw = ctx.num_workers
+    if not nw:
+        return []
+    estimate = measured or sample_bytes_estimate(ctx)
+    if estimate is None:
+        return []
+    per_sample, tensors = estimate
+    batch = int(ctx.settings.get("batch_size") or 1)
+    prefetch = int(ctx.settings.get("prefetch_factor") or 2)
+    in_flight = per_sample * batch * prefetch * nw
+    source = evidence or "static: estimated from arrays of length len(dataset)"
+    out: list[Finding] = []
+    free = ctx.platform.shm_free_bytes
+    if free is not None and in_flight > SHM_WARN_FRACTION * free:
+        severity = "error" if in_flight > free else "warning"
+        f = ctx.finding(
+            "WF113",
+            severity,
+            "env.dev_shm",
+            f"Batches in flight need ~{_mb(in_flight)} of /dev/shm (batch {_mb(per_sample * batch)}"
+            f" x prefetch_factor={prefetch} x num_workers={nw}) but only {_mb(free)} is free: "
+            "workers die with 'Bus error' / 'No space left on device' when it runs out.",
+            "Lower prefetch_factor or num_workers or batch_size so batch x prefetch x workers fits, "
+            "or give the container more shared memory: docker run --shm-size=8g (Kubernetes: "
+            "mount an emptyDir with medium: Memory at /dev/shm).",
+            f"{source}; {_mb(per_sample)}/sample; /dev/shm free {_mb(free)}",
+        )
+        if f is not None:
+            out.append(f)
+    limit = ctx.platform.open_files_limit
+    strategy = _sharing_strategy()
+    if limit is not None and strategy == "file_descriptor":
+        fds = tensors * prefetch * nw * (1 if ctx.settings.get("collate_fn") is None else batch)
+        fds += FD_MARGIN
+        if fds > limit // 2:
+            f = ctx.finding(
+                "WF114",
+                "warning",
+                "env.ulimit_nofile",
+                f"Each tensor in flight holds a file descriptor under the 'file_descriptor' "
+                f"sharing strategy: ~{fds} needed against ulimit -n = {limit}; beyond it workers "
+                "fail with 'received 0 items of ancdata' / 'Too many open files'.",
+                "Raise the limit (ulimit -n 65536, or resource.setrlimit(resource.RLIMIT_NOFILE, "
+                "(hard, hard)) at start-up), or call "
+                "torch.multiprocessing.set_sharing_strategy('file_system').",
+                f"{source}; {tensors} tensor(s)/sample; ulimit -n {limit}",
+            )
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def _sharing_strategy() -> str | None:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return str(torch.multiprocessing.get_sharing_strategy())
+    except Exception:
+        return None
+
+
+def _mb(n: float) -> str:
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f}GB"
+    return f"{n / 1024**2:.1f}MB"
+
+
+_THREAD_WHY = {
+    "opencv": (
+        "OpenCV keeps its own thread pool; in forked workers it can deadlock, and in any "
+        "worker it starts one thread per core, oversubscribing the CPUs num_workers times",
+        "In worker_init_fn (or at import): cv2.setNumThreads(0); cv2.ocl.setUseOpenCL(False)",
+    ),
+    "tokenizers": (
+        "Hugging Face tokenizers use a Rust thread pool; after the main process has used it, "
+        "forked workers deadlock or fall back with 'The current process just got forked, after "
+        "parallelism has already been used'",
+        "Set os.environ['TOKENIZERS_PARALLELISM'] = 'false' before the tokenizer is first used "
+        "(or tokenize in the workers only)",
+    ),
+    "thread pool": (
+        "a thread pool's threads do not exist in a forked worker, so work submitted there waits "
+        "forever; spawn cannot pickle it",
+        "Create the pool inside the worker (lazily in __getitem__ or in worker_init_fn), or "
+        "drop it: DataLoader workers already run in parallel",
+    ),
+    "running thread": (
+        "a thread started in the main process does not run in forked workers (only the forking "
+        "thread is copied), and any lock it held at fork time stays locked there",
+        "Start the thread inside each worker (worker_init_fn) or keep it out of the dataset",
+    ),
+}
+
+
+def check_thread_hazards(ctx: Context) -> list[Finding]:
+    """WF115 (objects in the graph) and WF116 (threads running now, before fork)."""
+    out: list[Finding] = []
+    reported: list[str] = []
+    for node in ctx.worker_nodes():
+        kind = _thread_kind(node.obj)
+        if kind is None or any(_inside(node.path, p) for p in reported):
+            continue
+        if kind == "tokenizers" and os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in (
+            "false", "0", "off"
+        ):
+            continue
+        reported.append(node.path)
+        why, fix = _THREAD_WHY[kind]
+        f = ctx.finding(
+            "WF115",
+            "warning",
+            node.path,
+            f"{node.path} is {_pretty_type(node.obj)}: {why}.",
+            fix,
+            f"static: {kind} object in the graph",
+            ("fork",) if kind != "opencv" else ("fork", "spawn", "forkserver"),
+        )
+        if f is not None:
+            out.append(f)
+    if "fork" in ctx.start_methods:
+        others = [t for t in threading.enumerate() if t is not threading.main_thread()
+                  and t.is_alive() and t is not threading.current_thread()]
+        if others:
+            names = ", ".join(sorted(t.name for t in others)[:5])
+            f = ctx.finding(
+                "WF116",
+                "info",
+                "env.threads",
+                f"{len(others)} thread(s) run in this process ({names}); forked workers get "
+                "none of them, and a lock one of them holds at fork time stays locked in the "
+                "worker.",
+                "Create the DataLoader's iterator before starting background threads, or use "
+                "multiprocessing_context='forkserver' or 'spawn'.",
+                f"static: threading.enumerate() lists {len(others) + 1} threads",
+                ("fork",),
+            )
+            if f is not None:
+                out.append(f)
+    return out
+
+
+_SHARD_ATTRS = ("files", "shards", "urls", "paths", "file_list", "filenames", "shard_paths",
+                "shard_files", "tar_files", "parquet_files")
+
+
+def check_iterable_sharding(ctx: Context) -> list[Finding]:
+    """WF117/WF118: an IterableDataset whose ``__iter__`` ignores worker info; too few shards."""
+    ds = ctx.dataset
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(ds, torch.utils.data.IterableDataset):
+        return []
+    nw = ctx.num_workers
+    if nw is not None and nw < 2:
+        return []
+    cls = type(ds)
+    if not is_user_code(cls):
+        return []
+    ana = analyze_class(cls)
+    wif_text = _source_text(ctx.settings.get("worker_init_fn"))
+    sharded = ana.shards or any(s in wif_text for s in ("get_worker_info", "worker_info"))
+    out: list[Finding] = []
+    if not sharded and "__iter__" in ana.readers:
+        f = ctx.finding(
+            "WF117",
+            "error",
+            "type(dataset).__iter__",
+            f"{cls.__qualname__}.__iter__ never asks which worker it runs in "
+            "(torch.utils.data.get_worker_info()), so every worker yields the whole stream: "
+            f"each sample arrives num_workers={nw or 'N'} times per epoch.",
+            "Split the stream per worker in __iter__:\n"
+            "info = torch.utils.data.get_worker_info()\n"
+            "wid, n = (info.id, info.num_workers) if info else (0, 1)\n"
+            "for i, item in enumerate(self.source):\n"
+            "    if i % n == wid: yield item  # or give each worker its own files: "
+            "self.files[wid::n]",
+            "static: no get_worker_info/worker_info in __iter__, its helpers or worker_init_fn",
+        )
+        if f is not None:
+            out.append(f)
+    if sharded and nw:
+        for attr in _SHARD_ATTRS:
+            value = _safe_getattr(ds, attr)
+            if isinstance(value, (list, tuple)) and 0 < len(value) < nw:
+                f = ctx.finding(
+                    "WF118",
+                    "warning",
+                    f"dataset.{attr}",
+                    f"dataset.{attr} has {len(value)} shard(s) for num_workers={nw}: "
+                    f"{nw - len(value)} worker(s) get no shard and idle (or, if shards are "
+                    "split by index, get nothing to read).",
+                    f"Use num_workers <= {len(value)}, or split the data into at least {nw} "
+                    "shards (more shards than workers balances better).",
+                    f"static: len(dataset.{attr}) = {len(value)} < num_workers = {nw}",
+                )
+                if f is not None:
+                    out.append(f)
+                break
+    return out
+
+
+def check_worker_count(ctx: Context) -> list[Finding]:
+    """WF119: more workers than usable CPUs (affinity and cgroup quota)."""
+    nw = ctx.num_workers
+    cpus = ctx.platform.usable_cpus
+    if nw is None or nw <= cpus:
+        return []
+    f = ctx.finding(
+        "WF119",
+        "warning",
+        "loader.num_workers",
+        f"num_workers={nw} exceeds the {cpus} usable CPU(s) of this process (affinity mask and "
+        "cgroup quota): workers time-share the cores, each adding memory and start-up time "
+        "without adding throughput.",
+        f"Use num_workers={max(1, cpus - 1)} (usable CPUs minus one for the training loop), or "
+        "measure: wellfed tune <target>.",
+        f"static: usable CPUs = {cpus} (os.cpu_count() = {ctx.platform.cpu_count})",
+    )
+    return [f] if f is not None else []
+
+
+def check_pickled_size(ctx: Context, measured: tuple[int, float] | None = None) -> list[Finding]:
+    """WF120: a dataset whose pickle is large (each spawn worker unpickles its own copy).
+
+    Statically the size is estimated from the walk (sampled containers scaled up); the live
+    probe measures it.
+    """
+    if not any(m in ctx.start_methods for m in _SPAWNISH):
+        return []
+    w = ctx.walks.get("dataset")
+    if w is None:
+        return []
+    if measured is not None:
+        size, seconds = measured
+        evidence = f"confirmed live: pickled in {seconds:.2f} s to {_mb(size)} (tensors excluded)"
+    else:
+        size = int(sum(_approx_bytes(n) for n in w.nodes if n.pickled))
+        evidence = "static: estimated from the object graph (tensors excluded: they travel " \
+            "through shared memory)"
+    if size < PICKLED_SLOW_BYTES:
+        return []
+    nw = ctx.num_workers or 2
+    f = ctx.finding(
+        "WF120",
+        "warning",
+        "dataset",
+        f"The dataset pickles to ~{_mb(size)}: under spawn/forkserver each of the {nw} workers "
+        "receives and unpickles its own copy at every start (every epoch unless "
+        "persistent_workers=True), costing seconds and num_workers copies of the memory.",
+        "Keep bulk data out of the pickle: store file paths or an np.memmap path and open it "
+        "in the worker, or keep data in torch tensors (they travel through shared memory); "
+        "use persistent_workers=True so workers start once.",
+        evidence,
+        _SPAWNISH,
+    )
+    return [f] if f is not None else []
+
+
+def _approx_bytes(node: Node) -> float:
+    obj = node.obj
+    np = sys.modules.get("numpy")
+    if isinstance(obj, (str, bytes, bytearray)):
+        return node.weight * (len(obj) + 8)
+    if np is not None and isinstance(obj, np.ndarray):
+        return node.weight * obj.nbytes
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return 0.0
+    return node.weight * 8
+
+
+def check_main_guard(ctx: Context) -> list[Finding]:
+    """WF121: a script defines the dataset in ``__main__`` without ``if __name__ == "__main__":``.
+
+    spawn and forkserver workers re-import the main script; without the guard each worker
+    runs the training script again (RuntimeError: An attempt has been made to start a new
+    process before the current process has finished its bootstrapping phase).
+    """
+    if not any(m in ctx.start_methods for m in _SPAWNISH):
+        return []
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if not main_file:
+        return []
+    uses_main = any(
+        getattr(n.obj if isinstance(n.obj, (type, types.FunctionType)) else type(n.obj),
+                "__module__", None) == "__main__"
+        for n in ctx.worker_nodes()
+    )
+    if not uses_main:
+        return []
+    try:
+        with open(main_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return []
+    if "__name__" in text and "__main__" in text:
+        return []
+    f = ctx.finding(
+        "WF121",
+        "error",
+        "env.main_guard",
+        f"The script {os.path.basename(main_file)} defines classes the workers use but has no "
+        "`if __name__ == \"__main__\":` guard: spawn/forkserver workers re-import it and re-run "
+        "the training code, failing with 'An attempt has been made to start a new process "
+        "before the current process has finished its bootstrapping phase'.",
+        "Move the top-level training code into main() and end the script with:\n"
+        "if __name__ == \"__main__\":\n    main()",
+        f"static: no __main__ guard in {main_file}",
+        _SPAWNISH,
+    )
+    return [f] if f is not None else []
+
+
+ALL_CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
+    check_unpicklable,
+    check_interactive_main,
+    check_fork_shared_handles,
+    check_cuda,
+    check_rng,
+    check_worker_init_seeds,
+    check_copy_on_read,
+    check_worker_caches,
+    check_stale_state,
+    check_shared_memory,
+    check_thread_hazards,
+    check_iterable_sharding,
+    check_worker_count,
+    check_pickled_size,
+    check_main_guard,
+)
+
+
+def run_checks(ctx: Context) -> list[Finding]:
+    """Run every static check; a check that crashes is logged and skipped, never fatal."""
+    out: list[Finding] = []
+    for check in ALL_CHECKS:
+        try:
+            out.extend(check(ctx))
+        except Exception as exc:  # a check must never take the diagnosis down
+            if os.environ.get("WELLFED_DOCTOR_STRICT") == "1":
+                raise
+            logger.debug("doctor check %s failed: %r", check.__name__, exc, exc_info=True)
+    return out
+

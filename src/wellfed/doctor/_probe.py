@@ -1,0 +1,263 @@
+"""The live probe: run the target in real DataLoader workers and look at what comes back.
+
+Each start method runs in its own isolated child process (``wellfed.measure.run_isolated``:
+fork of this process where possible, its own process group, the whole tree killed on
+timeout), so a crash, a deadlock or a CUDA error in a worker never reaches the caller and
+no process is left behind.
+
+What one run does, with 2 workers (the fewest that can disagree):
+
+- map-style: fetch index 0 four times, then a few other indices, batch_size=1, with the
+  user's collate_fn and worker_init_fn. Batches 0 and 2 come from worker 0, 1 and 3 from
+  worker 1 (DataLoader hands out batches round-robin), so "worker 0's first sample equals
+  worker 1's first sample" while two main-process calls of ``dataset[0]`` differ means
+  the workers share one RNG state: rng-duplication, confirmed.
+- iterable: read up to ITERABLE_ITEMS items, each tagged with the worker that produced it,
+  and count samples that more than one worker yields: iterable-sharding, confirmed.
+- both: bytes and tensors per sample (for /dev/shm), private memory (USS) of each worker
+  after the first and the last batch, and for spawn/forkserver the pickled size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from wellfed.doctor._report import ProbeRun
+
+__all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
+
+#: Workers per probe run: two is the fewest that can disagree, and it keeps spawn start-up
+#: (~1-2 s per worker, each importing torch) inside the probe's budget.
+PROBE_WORKERS = 2
+
+#: Items read from an iterable dataset (per run, all workers together).
+ITERABLE_ITEMS = 64
+
+#: Extra map-style indices fetched after the four repeats of index 0.
+MAP_EXTRA = 8
+
+
+class TagWorkerIterable(IterableDataset):  # type: ignore[misc]
+    """Yields (worker id, item) for every item of the wrapped iterable dataset."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Any:
+        info = get_worker_info()
+        wid = info.id if info is not None else -1
+        for item in self.dataset:
+            yield wid, item
+
+
+def _digest(obj: Any, h: Any = None) -> str:
+    """A content hash of a sample or batch: tensors, arrays, images, numbers, containers."""
+    top = h is None
+    h = hashlib.sha1() if h is None else h
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                     if t.numel() else b"")
+            return h.hexdigest() if top else ""
+    except Exception:
+        pass
+    if hasattr(obj, "tobytes") and callable(obj.tobytes):
+        try:
+            h.update(obj.tobytes())
+            h.update(str(getattr(obj, "shape", getattr(obj, "size", ""))).encode())
+            return h.hexdigest() if top else ""
+        except Exception:
+            pass
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}{len(obj)}".encode())
+        for x in obj:
+            _digest(x, h)
+    elif isinstance(obj, (str, bytes, int, float, bool, type(None))):
+        h.update(repr(obj).encode())
+    else:
+        h.update(type(obj).__qualname__.encode())
+        h.update(repr(getattr(obj, "__dict__", "")).encode())
+    return h.hexdigest() if top else ""
+
+
+def _payload(obj: Any) -> tuple[int, int]:
+    """(bytes, tensors) of the tensors and arrays in a sample or batch."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        torch = None  # type: ignore[assignment]
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement(), 1
+    if hasattr(obj, "nbytes") and isinstance(getattr(obj, "nbytes", None), int):
+        return int(obj.nbytes), 1
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        total = count = 0
+        for x in obj:
+            b, c = _payload(x)
+            total += b
+            count += c
+        return total, count
+    return 0, 0
+
+
+def _worker_uss(iterator: Any) -> list[int]:
+    import psutil
+
+    out = []
+    for w in getattr(iterator, "_workers", []) or []:
+        try:
+            out.append(int(psutil.Process(w.pid).memory_full_info().uss))
+        except (psutil.Error, AttributeError, ValueError):
+            continue
+    return out
+
+
+def probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeout_s: float,
+              measure_pickle: bool) -> dict[str, Any]:
+    """Run the dataset in PROBE_WORKERS real workers under one start method (in the child).
+
+    Args:
+        dataset: The dataset (inherited by fork, so it need not pickle to get here).
+        settings: collate_fn, worker_init_fn, prefetch_factor, batch_size from the loader.
+        method: The workers' start method.
+        loader_timeout_s: DataLoader ``timeout``: seconds to wait for any one batch.
+        measure_pickle: Also measure the dataset's pickled size and time.
+
+    Returns:
+        A dict: batches, observations (see ProbeRun.observations).
+    """
+    from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+    obs: dict[str, Any] = {}
+    if measure_pickle:
+        from wellfed.doctor._checks import pickled_size
+
+        measured = pickled_size(dataset)
+        if measured is not None:
+            obs["pickled_bytes"], obs["pickle_s"] = measured
+    common: dict[str, Any] = {
+        "num_workers": PROBE_WORKERS,
+        "worker_init_fn": settings.get("worker_init_fn"),
+        "multiprocessing_context": method,
+        "timeout": loader_timeout_s,
+        "prefetch_factor": 2,
+    }
+    batches = 0
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        tagged = TagWorkerIterable(dataset)
+        it = iter(DataLoader(tagged, batch_size=None, **common))
+        by_worker: dict[int, list[str]] = {}
+        try:
+            for wid, item in it:
+                if batches == 0:
+                    obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
+                    obs["worker_uss_first_bytes"] = _worker_uss(it)
+                by_worker.setdefault(int(wid), []).append(_digest(item))
+                batches += 1
+                if batches >= ITERABLE_ITEMS:
+                    break
+            obs["worker_uss_last_bytes"] = _worker_uss(it)
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            del it
+        owners: dict[str, set[int]] = {}
+        for wid, digests in by_worker.items():
+            for d in digests:
+                owners.setdefault(d, set()).add(wid)
+        obs["kind"] = "iterable"
+        obs["items_per_worker"] = {str(k): len(v) for k, v in sorted(by_worker.items())}
+        obs["duplicate_samples"] = sum(1 for ws in owners.values() if len(ws) > 1)
+        obs["distinct_samples"] = len(owners)
+        return {"batches": batches, "observations": obs}
+    n = len(dataset)
+    indices = [0] * 4 + list(range(1, min(n, 1 + MAP_EXTRA)))
+    collate = settings.get("collate_fn") or default_collate
+    it = iter(DataLoader(dataset, batch_size=1, sampler=indices, collate_fn=collate, **common))
+    digests: list[str] = []
+    try:
+        for batch in it:
+            if batches == 0:
+                obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
+                obs["worker_uss_first_bytes"] = _worker_uss(it)
+            digests.append(_digest(batch))
+            batches += 1
+        obs["worker_uss_last_bytes"] = _worker_uss(it)
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
+    obs["kind"] = "map"
+    # Main process, after the workers: is dataset[0] random at all?
+    main_a = _digest(collate([dataset[0]]))
+    main_b = _digest(collate([dataset[0]]))
+    obs["main_random"] = main_a != main_b
+    if len(digests) >= 4:
+        obs["workers_identical"] = digests[0] == digests[1] and digests[2] == digests[3]
+    return {"batches": batches, "observations": obs}
+
+
+def probe_all(dataset: Any, settings: dict[str, Any], methods: tuple[str, ...],
+              timeout_s: float) -> list[ProbeRun]:
+    """Probe each start method in its own isolated child; never raises for worker failures.
+
+    Args:
+        dataset: The dataset.
+        settings: Loader settings (collate_fn, worker_init_fn...).
+        methods: Start methods to run, in order.
+        timeout_s: Total budget in seconds, split evenly between the methods; each run is
+            killed (with its workers) when its share is spent.
+
+    Returns:
+        One ProbeRun per method.
+    """
+    from wellfed.measure import run_isolated
+
+    runs: list[ProbeRun] = []
+    if not methods:
+        return runs
+    share = max(1.0, timeout_s / len(methods))
+    measured_pickle = False
+    for method in methods:
+        measure_pickle = method in ("spawn", "forkserver") and not measured_pickle
+        measured_pickle = measured_pickle or measure_pickle
+        start = time.perf_counter()
+        result = run_isolated(
+            probe_one,
+            dataset,
+            settings,
+            method,
+            max(0.5, share * 0.8),
+            measure_pickle,
+            timeout_s=share,
+        )
+        elapsed = time.perf_counter() - start
+        if result.status == "ok" and isinstance(result.value, dict):
+            runs.append(ProbeRun(method, "ok", elapsed, int(result.value.get("batches", 0)),
+                                 None, dict(result.value.get("observations", {}))))
+        else:
+            runs.append(ProbeRun(method, result.status, elapsed, 0,
+                                 _trim(result.error or "no result"), {}))
+    return runs
+
+
+def _trim(text: str, max_chars: int = 4000) -> str:
+    return text if len(text) <= max_chars else text[:max_chars] + " ..."
