@@ -54,6 +54,12 @@ def _helper_pids() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored tune results go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("WELLFED_CACHE_DIR", str(tmp_path_factory.mktemp("wellfed-cache")))
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail the test if child processes or non-daemon threads outlive it."""
     me = psutil.Process(os.getpid())

@@ -1,3 +1,76 @@
 """Picklable toy datasets for tests that spawn workers (module level, so spawn can import them)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+
+class SquaresDataset(Dataset):
+    """n samples; sample i is a float tensor [i, i*i] and label i."""
+
+    def __init__(self, n: int = 64) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor([float(index), float(index * index)]), index
+
+
+class FailingDataset(SquaresDataset):
+    """Raises a ValueError with a recognisable message at one index."""
+
+    def __init__(self, n: int = 64, fail_at: int = 5) -> None:
+        super().__init__(n)
+        self.fail_at = fail_at
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == self.fail_at:
+            raise ValueError(f"sample {index} is corrupt (test)")
+        return super().__getitem__(index)
+
+
+class KilledWorkerDataset(SquaresDataset):
+    """In a worker process, the worker kills itself with SIGKILL (as the OOM killer would)."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if get_worker_info() is not None and index >= 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)
+
+
+class HangingDataset(SquaresDataset):
+    """Blocks forever at index >= hang_at (in workers only, unless in_main is True)."""
+
+    def __init__(self, n: int = 64, hang_at: int = 4, in_main: bool = False) -> None:
+        super().__init__(n)
+        self.hang_at = hang_at
+        self.in_main = in_main
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index >= self.hang_at and (self.in_main or get_worker_info() is not None):
+            threading.Event().wait()  # never set: a hang, as a stuck network read would be
+        return super().__getitem__(index)
+
+
+# Targets for resolve_target and the CLI (tests.helpers:<name>).
+squares = SquaresDataset(64)
+empty = SquaresDataset(0)
+not_a_dataset = 42
+squares_loader = DataLoader(SquaresDataset(48), batch_size=8, shuffle=True, num_workers=2, drop_last=True)
+
+
+def make_squares() -> SquaresDataset:
+    """A zero-argument factory."""
+    return SquaresDataset(32)
+
+
+def broken_factory() -> SquaresDataset:
+    """A factory that raises, as one whose database is unreachable would."""
+    raise RuntimeError("database unreachable (test)")

@@ -32,7 +32,10 @@ class _Parser(argparse.ArgumentParser):
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # pipes and files: wide enough for the tune table
+        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=120)
+    return console
 
 
 def _fmt_bytes(value: int | None) -> str:
@@ -244,10 +247,10 @@ def _render_tune(result: Any) -> None:
             table.add_row(t.config.label(), f"[red]{t.status}[/]", "", "", "", _fmt_bytes(t.peak_memory_bytes), first_line[:60])
     if result.ceiling_samples_per_s is not None:
         table.add_row(
-            f"[dim]ceiling: 0 workers x {result.platform.usable_cpus} usable CPUs[/]",
+            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs[/]",
             f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
             "",
-            f"[dim]{result.platform.usable_cpus:.2f}x[/]",
+            f"[dim]{result.ceiling_samples_per_s / base:.2f}x[/]" if base else "",
             "",
             "",
             "",

@@ -105,8 +105,9 @@ class TuneResult:
         baseline: The num_workers=0 trial, or None when it was not measured.
         recommended: The recommendation, or None when no configuration could be measured.
         best: The fastest trial.
-        ceiling_samples_per_s: The single-process rate times the usable CPUs: what perfect
-            scaling over the cores would give (storage-bound data can beat it).
+        ceiling_samples_per_s: The best single-process rate (num_workers 0 or 1) times the
+            usable CPUs: what perfect scaling over the cores would give (storage-bound data
+            can beat it).
         tuning_time_s: Wall seconds the whole run took.
         budget_s: The time bound it ran under.
         stopped_because: Why the sweep ended (a fact, e.g. "4 workers gained < 5% over 2").
@@ -411,9 +412,10 @@ def tune(
     ok_trials = [t for t in result_trials if t.ok]
     best = max(ok_trials, key=lambda t: t.samples_per_s or 0.0) if ok_trials else None
     recommended = _recommend(spec, ok_trials, best, baseline, platform, has_cuda, method, stopped, findings)
-    ceiling = None
-    if baseline is not None and baseline.ok and baseline.samples_per_s is not None:
-        ceiling = baseline.samples_per_s * platform.usable_cpus
+    # The ceiling scales the best single loading process (the main process, or one worker,
+    # which runs with one intra-op thread and so escapes thread oversubscription) by the cores.
+    single = [t.samples_per_s for t in ok_trials if t.config.num_workers <= 1 and t.samples_per_s]
+    ceiling = max(single) * platform.usable_cpus if single else None
     workload = {
         "description": spec.description,
         "samples": spec.samples,

@@ -1,0 +1,108 @@
+"""The built-in ImageFolder pipeline over real photos, and its handling of bad files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from wellfed.errors import BadFileError, ConfigError, TargetError
+from wellfed.workloads import PHOTOS_DIR, ImageFolderDataset, PillowTrainTransform, builtin_dataset
+
+
+def test_builtin_dataset_yields_normalised_crops() -> None:
+    ds = builtin_dataset()
+    assert len(ds) == 320
+    assert ds.classes == ["scenes", "textures"]
+    image, label = ds[0]
+    assert image.shape == (3, 224, 224)
+    assert image.dtype == torch.float32
+    assert label in (0, 1)
+    assert -3.0 < float(image.mean()) < 3.0
+
+
+def test_transform_follows_torch_seed() -> None:
+    ds = builtin_dataset()
+    torch.manual_seed(0)
+    a = ds[3][0]
+    torch.manual_seed(0)
+    b = ds[3][0]
+    torch.manual_seed(1)
+    c = ds[3][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_crop_box_stays_inside_the_image() -> None:
+    t = PillowTrainTransform()
+    torch.manual_seed(0)
+    for width, height in [(451, 300), (1411, 1411), (20, 2000)]:
+        left, top, right, bottom = t.crop_box(width, height)
+        assert 0 <= left < right <= width
+        assert 0 <= top < bottom <= height
+
+
+def _copy_photos(dest: Path) -> Path:
+    shutil.copytree(PHOTOS_DIR, dest, ignore=shutil.ignore_patterns("*.md"))
+    return dest
+
+
+def test_non_image_endings_are_left_out(tmp_path: Path) -> None:
+    root = _copy_photos(tmp_path / "photos")
+    (root / "scenes" / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(root)
+    assert len(ds) == 10
+    assert [Path(p).name for p, _ in ds.skipped] == ["notes.txt"]
+
+
+def test_unreadable_header_fails_with_path(tmp_path: Path) -> None:
+    root = _copy_photos(tmp_path / "photos")
+    bad = root / "scenes" / "broken.jpg"
+    bad.write_text("<html>not found</html>")
+    with pytest.raises(BadFileError) as info:
+        ImageFolderDataset(root)
+    assert info.value.path == str(bad)
+    assert info.value.code == "WF020"
+
+
+def test_unreadable_header_skipped_on_request(tmp_path: Path) -> None:
+    root = _copy_photos(tmp_path / "photos")
+    (root / "scenes" / "broken.jpg").write_bytes(b"")
+    ds = ImageFolderDataset(root, on_bad_file="skip")
+    assert len(ds) == 10
+    assert any("broken.jpg" in p for p, _ in ds.skipped)
+
+
+def test_truncated_pixels_fail_at_read_with_index(tmp_path: Path) -> None:
+    root = _copy_photos(tmp_path / "photos")
+    good = (root / "scenes" / "coffee.jpg").read_bytes()
+    (root / "scenes" / "coffee.jpg").write_bytes(good[: len(good) // 3])
+    ds = ImageFolderDataset(root)
+    index = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("coffee.jpg"))
+    with pytest.raises(BadFileError) as info:
+        ds[index]
+    assert info.value.index == index
+    assert info.value.path.endswith("coffee.jpg")
+    skipping = ImageFolderDataset(root, on_bad_file="skip")
+    image, _ = skipping[index]
+    assert image.size[0] > 0
+
+
+def test_missing_and_empty_roots(tmp_path: Path) -> None:
+    with pytest.raises(TargetError):
+        ImageFolderDataset(tmp_path / "nope")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(TargetError) as info:
+        ImageFolderDataset(tmp_path / "empty")
+    assert info.value.code == "WF005"
+    with pytest.raises(ConfigError):
+        ImageFolderDataset(PHOTOS_DIR, on_bad_file="ignore")
+
+
+def test_hymenoptera_gif_is_left_out(hymenoptera: Path) -> None:
+    ds = ImageFolderDataset(hymenoptera / "train")
+    names = [Path(p).name for p, _ in ds.skipped]
+    assert names == ["imageNotFound.gif"]
+    assert any(p.endswith("formica.jpeg") for p, _ in ds.samples)
