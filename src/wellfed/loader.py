@@ -29,7 +29,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler, Subset
@@ -384,7 +384,7 @@ class _SeededSampler(Sampler[Any]):
         if skip:
             order = itertools.islice(order, skip, None)
         if self.batches:
-            batches: Iterable[Iterable[Any]] = order
+            batches = cast("Iterable[Iterable[Any]]", order)
             return (
                 [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch]
                 for batch in batches
