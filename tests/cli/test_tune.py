@@ -1,0 +1,57 @@
+"""wellfed tune, in-process: exit codes, --json, bad targets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wellfed.cli import main
+from wellfed.workloads import PHOTOS_DIR
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ("no_such_module_xyz:data", "WF001"),
+        ("tests.helpers:no_such_attr", "WF002"),
+        ("tests.helpers:broken_factory", "WF003"),
+        ("tests.helpers:not_a_dataset", "WF004"),
+        ("tests.helpers:empty", "WF005"),
+        ("tests.helpers", "WF006"),
+    ],
+)
+def test_bad_target_is_one_paragraph_and_exit_2(target: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", target]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert f"[{code}]" in err
+    assert "Traceback" not in err
+
+
+def test_target_and_data_conflict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", "tests.helpers:squares", "--data", str(PHOTOS_DIR)]) == 2
+    assert "WF011" in capsys.readouterr().err
+
+
+def test_bad_file_reported_with_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cls").mkdir()
+    bad = tmp_path / "cls" / "x.jpg"
+    bad.write_text("not a jpeg")
+    assert main(["tune", "--data", str(tmp_path)]) == 1
+    assert str(bad) in capsys.readouterr().err
+
+
+@pytest.mark.workers
+def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    code = main(
+        ["tune", "tests.helpers:squares", "--batch-size", "8", "--max-workers", "1", "--budget-s", "20", "--json", str(out)]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["recommended"]["config"]["batch_size"] == 8
+    assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
+    text = capsys.readouterr().out
+    assert "Recommended" in text and "DataLoader(" in text
