@@ -177,6 +177,10 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
             settings.update(obj.loader_kwargs())
         except Exception:
             pass
+        if getattr(obj, "user_config", True) is None:
+            # A bare dataset: the worker settings are the defaults, not the user's choice.
+            for name in ("num_workers", "persistent_workers", "prefetch_factor", "pin_memory"):
+                settings.pop(name, None)
     if loader_kwargs:
         from_loader = True
         settings.update(dict(loader_kwargs))

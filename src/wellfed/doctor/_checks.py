@@ -280,6 +280,10 @@ def _inside(path: str, prefix: str) -> bool:
 
 
 def _pretty_type(obj: Any) -> str:
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+        return f"function {getattr(obj, '__qualname__', obj.__name__)!r}"
+    if isinstance(obj, type):
+        return f"class {obj.__module__}.{obj.__qualname__}"
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
@@ -499,6 +503,7 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
     if not any(m in ctx.start_methods for m in _SPAWNISH):
         return []
     out: list[Finding] = []
+    any_failure = False
     for root, w in ctx.walks.items():
         sampler = root in ("loader.sampler", "loader.batch_sampler")
         failures: list[tuple[str, str, Any, str]] = []  # (inner path, report path, obj, error)
@@ -515,7 +520,10 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
             err = pickle_error(obj)
             if err is not None:
                 failures.append((node.path, report_path, obj, err))
-        if not failures and not w.sampled and not w.truncated and w.nodes:
+        any_failure = any_failure or bool(failures)
+        if not failures and not any_failure and not sampler and not w.sampled \
+                and not w.truncated and w.nodes:
+            # Last resort for what the walk cannot see (a custom __reduce__ deep inside).
             err = pickle_error(w.nodes[0].obj)
             if err is not None:
                 failures.append((root, root, w.nodes[0].obj, err))

@@ -142,6 +142,17 @@ def probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeou
     Returns:
         A dict: batches, observations (see ProbeRun.observations).
     """
+    import warnings
+
+    with warnings.catch_warnings():
+        # DataLoader's own hints (e.g. "Got pickle error when attempting to start a worker")
+        # must not print from the library; the error itself is what the probe reports.
+        warnings.simplefilter("ignore")
+        return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle)
+
+
+def _probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeout_s: float,
+               measure_pickle: bool) -> dict[str, Any]:
     from torch.utils.data import DataLoader, IterableDataset, default_collate
 
     obs: dict[str, Any] = {}
