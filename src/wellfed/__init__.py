@@ -41,6 +41,9 @@ _EXPORTS: dict[str, str] = {
     "TuneResult": "wellfed.tune",
     "tune": "wellfed.tune",
     # doctor (issue 3)
+    "DoctorReport": "wellfed.doctor",
+    "Finding": "wellfed.doctor",
+    "diagnose": "wellfed.doctor",
     # seeding and loader (issue 4)
     "LoaderPlan": "wellfed.loader",
     "ReproReport": "wellfed.repro",
