@@ -35,6 +35,19 @@ class AugmentDataset(Dataset[dict[str, Any]]):
         }
 
 
+class GlobalAugmentDataset(Dataset[torch.Tensor]):
+    """Augments with the global RNGs only (what most datasets do)."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index, random.random(), float(np.random.rand()), float(torch.rand(1))])
+
+
 class BatchedAugmentDataset(AugmentDataset):
     """Like AugmentDataset, with batched fetch (``__getitems__``)."""
 

@@ -320,10 +320,205 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return EXIT_FOUND if report.has_errors else EXIT_OK
 
 
+# ----------------------------------------------------------------------------- repro (issue 4)
+
+
+def _add_repro(sub: Any) -> None:
+    p = sub.add_parser(
+        "repro",
+        help="check that a loader gives the same batches for every worker count and start method",
+        description=(
+            "Build the loader for each worker count and start method, hash every batch over "
+            "a few epochs, and report the first batch and sample that differ, with the likely "
+            "cause. By default the loader is wellfed.create_dataloader(..., seed=SEED); with "
+            "--plain it is the target's own torch DataLoader after wellfed.set_seed(SEED). "
+            "With no TARGET, checks the built-in workload."
+        ),
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)",
+    )
+    p.add_argument(
+        "--data", metavar="DIR", help="check the built-in pipeline over this ImageFolder directory"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed (default 0)")
+    p.add_argument(
+        "--plain", action="store_true", help="check a plain torch DataLoader seeded with set_seed"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=2, metavar="N", help="epochs per configuration (default 2)"
+    )
+    p.add_argument(
+        "--num-workers",
+        default="0,2",
+        metavar="N,N",
+        help="worker counts to compare, comma-separated (default 0,2)",
+    )
+    p.add_argument(
+        "--start-method",
+        action="append",
+        choices=("fork", "spawn", "forkserver"),
+        help="start method for counts above 0 (repeat for several; default: the platform's)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="samples per batch (default: the target's, else 32)",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        default=10,
+        metavar="N",
+        help="batches compared per epoch (default 10; 0: all)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the report as JSON to FILE (or stdout with no FILE or '-')",
+    )
+    p.set_defaults(handler=_run_repro)
+
+
+def _run_repro(args: argparse.Namespace) -> int:
+    from wellfed.errors import ConfigError
+    from wellfed.target import resolve_target
+    from wellfed.workloads import builtin_spec
+
+    if args.target and args.data:
+        raise ConfigError(
+            f"Conflicting options: TARGET={args.target!r} and --data={args.data!r} both name "
+            "what to check. Give a TARGET, or --data for the built-in pipeline, not both.",
+            code="WF011",
+            attribute="data",
+            value=args.data,
+        )
+    try:
+        counts = tuple(int(x) for x in args.num_workers.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(
+            f"Invalid option: --num-workers={args.num_workers!r} is not a comma-separated list "
+            "of ints. Pass e.g. --num-workers 0,2.",
+            code="WF211",
+            attribute="num_workers",
+            value=args.num_workers,
+        ) from None
+    spec = resolve_target(args.target) if args.target else builtin_spec(args.data)
+    if args.batch_size is not None:
+        spec = spec.with_batch_size(args.batch_size)
+    make_loader = _repro_factory(spec, seed=args.seed, plain=args.plain)
+    from wellfed.repro import verify_reproducibility
+
+    report = verify_reproducibility(
+        make_loader,
+        epochs=args.epochs,
+        num_workers=counts,
+        start_methods=args.start_method,
+        max_batches=args.max_batches or None,
+    )
+    if args.json is not None:
+        _write_json(report.to_dict(), args.json)
+    if args.json != "-":
+        _render_repro(report, spec.description)
+    return EXIT_OK if report.reproducible else EXIT_FOUND
+
+
+def _repro_factory(spec: Any, *, seed: int, plain: bool) -> Callable[..., Any]:
+    """make_loader for verify_reproducibility from a LoaderSpec (library calls only)."""
+    from wellfed import create_dataloader, set_seed
+    from wellfed.measure import LoaderConfig
+
+    def make(num_workers: int, multiprocessing_context: str | None) -> Any:
+        if plain:
+            set_seed(seed)
+            config = LoaderConfig(
+                num_workers=num_workers,
+                batch_size=spec.batch_size,
+                multiprocessing_context=multiprocessing_context,
+            )
+            return spec.make_loader(config)
+        import warnings
+
+        from wellfed.loader import WorkerSafetyWarning
+
+        kwargs = spec.loader_kwargs()
+        for name in (
+            "generator",
+            "num_workers",
+            "multiprocessing_context",
+            "persistent_workers",
+            "prefetch_factor",
+            "pin_memory",
+            "timeout",
+        ):
+            kwargs.pop(name, None)
+        with warnings.catch_warnings():  # the report names the findings itself
+            warnings.simplefilter("ignore", WorkerSafetyWarning)
+            return create_dataloader(
+                spec.dataset,
+                seed=seed,
+                num_workers=num_workers,
+                multiprocessing_context=multiprocessing_context,
+                persistent_workers=False,
+                timeout=120 if num_workers else 0,
+                on_unsafe="warn",  # run it anyway: the report shows what the hazard does
+                **kwargs,
+            )
+
+    return make
+
+
+def _render_repro(report: Any, description: str) -> None:
+    from rich.table import Table
+
+    out = _console()
+    table = Table(title=f"wellfed repro: {description}", title_justify="left")
+    table.add_column("configuration")
+    table.add_column("batches", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("same batches as the first")
+    for i, run in enumerate(report.runs):
+        if run.error:
+            verdict = f"[red]failed[/]: {run.error.splitlines()[0][:70]}"
+        elif i == 0:
+            verdict = "(reference)"
+        else:
+            verdict = "[green]yes[/]" if run.matches_reference else "[red]no[/]"
+        table.add_row(run.label, str(run.batches), f"{run.seconds:.2f}", verdict)
+    out.print(table)
+    if report.reproducible:
+        out.print(
+            "[bold green]Reproducible[/]: identical batches in every configuration over "
+            f"{report.epochs} epoch(s)."
+        )
+        return
+    m = report.mismatch
+    if m is not None:
+        sample = f", sample {m.sample}" if m.sample is not None else ""
+        out.print(
+            f"[bold red]Not reproducible[/]: {m.run} differs first at epoch {m.epoch}, "
+            f"batch {m.batch}{sample}."
+        )
+    else:
+        out.print("[bold red]Not reproducible[/]: a configuration failed.")
+    if report.likely_cause:
+        out.print(f"likely cause: {report.likely_cause}", markup=False)
+    for f in report.findings:
+        out.print(
+            f"  [{getattr(f, 'code', '')}] {getattr(f, 'path', '')}: fix: {getattr(f, 'fix', '')}",
+            markup=False,
+        )
+
+
 # ----------------------------------------------------------------------------- main
 
 #: One entry per subcommand: adds its parser (and sets ``handler``).
-COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune, _add_doctor]
+COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune, _add_doctor, _add_repro]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,11 @@ __all__ = ["ReproMismatch", "ReproReport", "ReproRun", "batch_digest", "verify_r
 logger = logging.getLogger(__name__)
 
 _RNG_WORDS = ("rng", "random", "seed", "generator")
+_SAMPLE_RNG_HINT = (
+    "With create_dataloader(seed=...), draw from wellfed.sample_rng() / "
+    "wellfed.sample_generator() inside __getitem__ instead: those are seeded per sample, while "
+    "reseeding per worker still changes with num_workers."
+)
 
 
 @dataclass(frozen=True)
@@ -226,18 +231,20 @@ class _Trace:
     samples: list[list[str] | None]
 
 
-def _run(loader: Any, epochs: int) -> _Trace:
+def _run(loader: Any, epochs: int, max_batches: int | None) -> _Trace:
     trace = _Trace([], [])
     for epoch in range(epochs):
         it = iter(loader)
         try:
             for b, batch in enumerate(it):
+                if max_batches is not None and b >= max_batches:
+                    break
                 trace.digests.append((epoch, b, batch_digest(batch)))
                 trace.samples.append(_sample_digests(batch))
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)
             if callable(shutdown) and not getattr(loader, "persistent_workers", False):
-                shutdown()
+                shutdown()  # stops workers of an epoch cut short by max_batches
     it_persistent = getattr(loader, "_iterator", None)
     if it_persistent is not None and callable(getattr(it_persistent, "_shutdown_workers", None)):
         it_persistent._shutdown_workers()  # persistent workers: stop them now, not at GC
@@ -299,11 +306,9 @@ def _likely_cause(
     if findings:
         f = findings[0]
         return (
-            f"{getattr(f, 'path', 'the dataset')} holds its own random state "
-            f"({getattr(f, 'message', '')}): each worker gets a copy that advances on its own. "
-            f"{getattr(f, 'fix', '')} Or draw from wellfed.sample_rng() / "
-            "wellfed.sample_generator() inside __getitem__."
-        ).replace("  ", " ")
+            f"{getattr(f, 'path', 'the dataset')} holds random state that per-sample seeding "
+            f"does not reach: {getattr(f, 'message', '')} {_SAMPLE_RNG_HINT}"
+        )
     if mismatch.reference_digest is None or mismatch.digest is None:
         return (
             f"The runs deliver different numbers of batches ({ref.batches} vs {other.batches}): "
@@ -337,6 +342,7 @@ def verify_reproducibility(
     epochs: int = 2,
     num_workers: int | Sequence[int] = (0, 2),
     start_methods: str | Sequence[str] | None = None,
+    max_batches: int | None = None,
 ) -> ReproReport:
     """Check that a loader gives the same batches under several worker configurations.
 
@@ -353,6 +359,7 @@ def verify_reproducibility(
         epochs: Epochs per configuration, >= 1.
         num_workers: Worker counts to try; one int is one count.
         start_methods: Start methods for the counts above 0; None: the platform default only.
+        max_batches: Compare only the first ``max_batches`` batches of each epoch; None: all.
 
     Returns:
         ReproReport: per-run results, the first mismatch (epoch, batch, sample) and the likely
@@ -395,6 +402,16 @@ def verify_reproducibility(
             attribute="num_workers",
             value=num_workers,
         )
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ConfigError(
+            f"Invalid option: max_batches={max_batches!r} is not an int >= 1 or None. Pass "
+            "e.g. max_batches=10, or None for whole epochs.",
+            code="WF211",
+            attribute="max_batches",
+            value=max_batches,
+        )
     bad = [m for m in methods if m is not None and m not in available]
     if not methods or bad:
         raise ConfigError(
@@ -416,6 +433,7 @@ def verify_reproducibility(
     traces: list[_Trace | None] = []
     loaders: list[Any] = []
     first_mismatch: tuple[int, ReproMismatch] | None = None
+    failed_findings: list[Any] = []
     for k, (n, m) in enumerate(configs):
         t0 = time.perf_counter()
         error = None
@@ -423,9 +441,10 @@ def verify_reproducibility(
         loader = None
         try:
             loader = make_loader(num_workers=n, multiprocessing_context=m)
-            trace = _run(loader, epochs)
+            trace = _run(loader, epochs, max_batches)
         except Exception as exc:  # a failing configuration is a result, not a crash
             error = f"{type(exc).__name__}: {exc}"
+            failed_findings.extend(getattr(exc, "findings", None) or ())
             logger.debug("repro run num_workers=%d %s failed", n, m, exc_info=True)
         seconds = time.perf_counter() - t0
         method = m
@@ -439,24 +458,23 @@ def verify_reproducibility(
                     or multiprocessing.get_context().get_start_method()
                 )
             )
-        label_run = ReproRun(
-            n, method, 0 if trace is None else len(trace.digests), seconds, True, error
-        )
+        batches = 0 if trace is None else len(trace.digests)
+        label = ReproRun(n, method, batches, seconds, True, error).label
         matches = True
         if k > 0:
             ref_trace = traces[0]
             if trace is None or ref_trace is None:
                 matches = trace is None and ref_trace is None
             else:
-                mm = _compare(ref_trace, trace, label_run.label)
+                mm = _compare(ref_trace, trace, label)
                 matches = mm is None
                 if mm is not None and first_mismatch is None:
                     first_mismatch = (k, mm)
         runs.append(
             ReproRun(
-                label_run.num_workers,
-                label_run.start_method,
-                label_run.batches,
+                n,
+                method,
+                batches,
                 round(seconds, 4),
                 matches,
                 error,
@@ -474,7 +492,16 @@ def verify_reproducibility(
         cause = _likely_cause(loaders[k], mismatch, runs[0], runs[k], findings)
     elif any(r.error for r in runs):
         failed = next(r for r in runs if r.error)
-        cause = f"The run {failed.label} failed: {failed.error}"
+        findings = tuple(failed_findings)
+        if findings:
+            f = findings[0]
+            cause = (
+                f"The run {failed.label} was refused before its workers started: "
+                f"{getattr(f, 'path', '?')}: {getattr(f, 'message', '')} "
+                f"Fix: {getattr(f, 'fix', '')} {_SAMPLE_RNG_HINT}"
+            )
+        else:
+            cause = f"The run {failed.label} failed: {failed.error}"
     reproducible = all(r.matches_reference and r.error is None for r in runs)
     return ReproReport(
         reproducible=reproducible,
