@@ -86,7 +86,28 @@ def _cuda_initialized() -> bool:
         return False
 
 
+def _forget_parent_forkserver() -> None:
+    """After fork: drop the parent's forkserver, so this process starts its own.
+
+    multiprocessing keeps the forkserver's pid in a module global; a forked child inherits it,
+    and its first forkserver worker then fails in ``os.waitpid`` with "No child processes".
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+    for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid", "_inherited_fds"):
+        if hasattr(server, name):
+            setattr(server, name, None)
+
+
 def _child_main(conn: Any, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    _forget_parent_forkserver()
     if hasattr(os, "setpgrp"):
         with contextlib.suppress(OSError):
             os.setpgrp()
