@@ -171,7 +171,7 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
         if _is_default_sampler(settings.get("batch_sampler")):
             settings.pop("batch_sampler")
     elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
-        from_loader = True  # a LoaderSpec
+        from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
         dataset = obj.dataset
         try:
             settings.update(obj.loader_kwargs())

@@ -1,0 +1,43 @@
+"""``wellfed doctor`` in-process: exit codes, --json, --static-only, --start-method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wellfed.cli import main
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def test_errors_found_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "tests.doctor_corpus.targets:lambda_dataset", "--static-only"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ERRORS" in out and "dataset.transform.transforms[0].lambd" in out and "fix:" in out
+
+
+@pytest.mark.workers
+def test_clean_loader_exit_0_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "tests.doctor_corpus.targets:clean_loader", "--json",
+                 "--start-method", "fork"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["has_errors"] is False and data["start_methods"] == ["fork"]
+    assert data["probes"][0]["status"] == "ok"
+
+
+def test_json_static_lists_findings(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "tests.doctor_corpus.targets:lambda_dataset", "--static-only",
+                 "--json", "--start-method", "spawn"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    (f,) = data["findings"]
+    assert f["code"] == "WF101" and f["start_methods"] == ["spawn"]
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--start-method", "threads"]) == 2
+    assert main(["doctor", "no_such_module_wellfed:x", "--static-only"]) == 2
+    assert main(["doctor", "tests.doctor_corpus.targets:clean_loader", "--timeout-s", "0"]) == 2

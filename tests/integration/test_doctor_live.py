@@ -1,0 +1,128 @@
+"""The live probe in real DataLoader workers: confirmation, refutation, crashes and hangs.
+
+Most runs use fork (fast); spawn and forkserver run where the start method itself matters.
+The autouse fixture in conftest.py fails any test that leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tests.doctor_corpus import datasets as d
+from wellfed.doctor import diagnose
+from wellfed.platform import collect_platform_info
+
+pytestmark = [pytest.mark.workers, pytest.mark.timeout(120)]
+
+_PLATFORM = collect_platform_info(include_gpus=False)
+
+
+@pytest.fixture(autouse=True)
+def _strict_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WELLFED_DOCTOR_STRICT", "1")
+
+
+def test_rng_object_confirmed_live() -> None:
+    report = diagnose(d.RngAttrDataset(random.Random(0)), start_methods=["fork"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.path, f.severity) == ("WF107", "dataset.rng", "error")
+    assert f.confirmed_live and f.evidence.startswith("confirmed live (fork)")
+    assert report.probes[0].status == "ok"
+
+
+def test_constant_worker_init_seed_confirmed_live() -> None:
+    report = diagnose(d.GlobalNumpyRandomDataset(),
+                      loader_kwargs={"num_workers": 2, "worker_init_fn": d.seed_constant},
+                      start_methods=["fork"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.path) == ("WF108", "loader.worker_init_fn")
+    assert f.confirmed_live
+
+
+def test_unused_rng_is_refuted_live() -> None:
+    # An RNG object sits on the dataset, but __getitem__ draws from the global numpy RNG.
+    ds = d.GlobalNumpyRandomDataset()
+    ds.spare_rng = np.random.default_rng(0)  # type: ignore[attr-defined]
+    report = diagnose(ds, start_methods=["fork"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.severity) == ("WF107", "warning")
+    assert "not reproduced live (fork)" in f.evidence
+
+
+def test_unsharded_iterable_duplicates_counted_live() -> None:
+    report = diagnose(d.UnshardedStream(["a", "bb", "ccc"]), loader_kwargs={"num_workers": 2},
+                      start_methods=["fork"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.path) == ("WF117", "type(dataset).__iter__")
+    assert "3 sample(s) yielded by more than one worker" in f.evidence
+    assert report.probes[0].observations["duplicate_samples"] == 3
+
+
+def test_sharded_iterable_clean_live() -> None:
+    report = diagnose(d.ShardedStream(["a", "bb", "ccc", "dddd"]),
+                      loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=30)
+    assert report.is_clean, report.findings
+    assert report.probes[0].observations["duplicate_samples"] == 0
+
+
+def test_unpicklable_confirmed_live_under_spawn() -> None:
+    ds = d.TransformDataset(transform=d.Compose([d.Lambda(lambda x: x)]))
+    report = diagnose(ds, start_methods=["spawn"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.path) == ("WF101", "dataset.transform.transforms[0].lambd")
+    assert f.evidence.startswith("confirmed live (spawn)")
+    assert report.probes[0].status == "failed"
+
+
+def test_hang_is_killed_and_reported() -> None:
+    report = diagnose(d.SleepyDataset(), start_methods=["fork"], timeout_s=3)
+    (f,) = report.findings
+    assert (f.code, f.path, f.severity) == ("WF122", "type(dataset).__getitem__", "error")
+    assert report.probes[0].status == "timeout"
+
+
+def test_crash_is_reported() -> None:
+    report = diagnose(d.CrashingDataset(), start_methods=["fork"], timeout_s=20)
+    (f,) = report.findings
+    assert f.code == "WF122" and "exited unexpectedly" in f.message
+    assert report.has_errors
+
+
+def test_shm_measured_live() -> None:
+    ds = d.TransformDataset(transform=lambda_free_big)
+    small = dataclasses.replace(_PLATFORM, shm_free_bytes=2 * 1024**2)
+    report = diagnose(ds, loader_kwargs={"num_workers": 2, "batch_size": 16},
+                      start_methods=["fork"], timeout_s=30, platform_info=small)
+    (f,) = report.findings
+    assert (f.code, f.path, f.severity) == ("WF113", "env.dev_shm", "error"), report.probes
+    assert f.confirmed_live
+
+
+def lambda_free_big(x: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(64, 64, 16) + x  # 256 KiB per sample
+
+
+def test_clean_dataset_clean_under_every_start_method() -> None:
+    ds = d.TransformDataset(transform=d.Compose([d.ToFloat(), d.GlobalRandomFlip()]))
+    report = diagnose(ds, loader_kwargs={"num_workers": 2}, timeout_s=90)
+    assert report.is_clean, report.findings
+    assert [p.start_method for p in report.probes] == list(report.start_methods)
+    assert all(p.status == "ok" for p in report.probes), report.probes
+    spawnish = [p for p in report.probes if p.start_method != "fork"]
+    assert any("pickled_bytes" in p.observations for p in spawnish)
+
+
+def test_builtin_workload_is_clean() -> None:
+    workloads = pytest.importorskip("wellfed.workloads")
+    dataset = workloads.builtin_dataset()
+    static = diagnose(dataset, loader_kwargs={"num_workers": 2, "batch_size": 32}, live=False)
+    assert static.is_clean, static.findings
+    live = diagnose(dataset, loader_kwargs={"num_workers": 2, "batch_size": 32},
+                    start_methods=["fork"], timeout_s=60)
+    assert live.is_clean, live.findings
+    assert live.probes[0].status == "ok"
