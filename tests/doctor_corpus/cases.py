@@ -242,7 +242,9 @@ def _set_epoch_persistent(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 def _deformation(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.ContinuousDeformationDataset(d.TransformDataset()), {
-        "num_workers": 2, "persistent_workers": True}
+        "num_workers": 2,
+        "persistent_workers": True,
+    }
 
 
 def _drifting(tmp: Path, closers: list) -> tuple[Any, Any]:
@@ -272,13 +274,14 @@ def _too_many_workers(tmp: Path, closers: list) -> tuple[Any, Any]:
 def _small_shm(tmp: Path, closers: list) -> tuple[Any, Any]:
     images = torch.zeros(16, 3, 224, 224)  # 602 KB per sample
     labels = torch.zeros(16, dtype=torch.long)
-    return TensorDataset(images, labels), {"num_workers": 2, "batch_size": 64,
-                                           "prefetch_factor": 2}
+    return TensorDataset(images, labels), {"num_workers": 2, "batch_size": 64, "prefetch_factor": 2}
 
 
 def _low_ulimit(tmp: Path, closers: list) -> tuple[Any, Any]:
-    return TensorDataset(torch.zeros(16, 8), torch.zeros(16)), {"num_workers": 2,
-                                                                "prefetch_factor": 8}
+    return TensorDataset(torch.zeros(16, 8), torch.zeros(16)), {
+        "num_workers": 2,
+        "prefetch_factor": 8,
+    }
 
 
 def _opencv(tmp: Path, closers: list) -> tuple[Any, Any]:
@@ -306,8 +309,9 @@ def _bound_collate(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 def _sampler_lambda(tmp: Path, closers: list) -> tuple[Any, Any]:
     ds = d.TransformDataset()
-    loader = DataLoader(ds, batch_size=2, sampler=d.KeyedSampler(d.N, key_fn=lambda i: -i),
-                        num_workers=2)
+    loader = DataLoader(
+        ds, batch_size=2, sampler=d.KeyedSampler(d.N, key_fn=lambda i: -i), num_workers=2
+    )
     return loader, None
 
 
@@ -317,128 +321,311 @@ def _loader_lambda_transform(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 
 HAZARDS: tuple[Case, ...] = (
-    Case("lambda_transform", _lambda_transform, (("unpicklable", "dataset.transform"),),
-         "openai/CLIP#151, qfgaohao/pytorch-ssd#19: Can't pickle local object <lambda>"),
-    Case("compose_lambda", _compose_lambda,
-         (("unpicklable", "dataset.transform.transforms[1].lambd"),),
-         "belskikh/kekas#26: transforms.Lambda(lambda ...) inside Compose on Windows"),
-    Case("local_function", _local_function, (("unpicklable", "dataset.transform"),),
-         "taoyang1122/MutualNet#5: Can't pickle local object 'get_cifar.<locals>...'"),
-    Case("local_class", _local_class, (("unpicklable", "type(dataset)"),),
-         "xingyizhou/CenterNet#649: Can't pickle local object 'get_dataset.<locals>.Dataset'"),
-    Case("main_class", _main_class, (("unpicklable", "type(dataset)"),),
-         "sicara/easy-few-shot-learning#51: attribute lookup on __main__ failed (notebook)"),
-    Case("lambda_collate", _lambda_collate, (("unpicklable", "loader.collate_fn"),),
-         "HazyResearch/cartridges#20: DataLoader(collate_fn=lambda ...) breaks on Windows"),
-    Case("closure_worker_init_fn", _closure_worker_init,
-         (("unpicklable", "loader.worker_init_fn"),),
-         "seed note 002: a closure passed as worker_init_fn cannot be pickled under spawn"),
-    Case("partial_of_lambda", _partial_of_lambda, (("unpicklable", "dataset.transform.func"),),
-         "catalyst-team/catalyst#1024: lambda wrapped in the loader factory"),
-    Case("thread_lock", _thread_lock, (("unpicklable", "dataset.lock"),),
-         "TypeError: cannot pickle '_thread.lock' object (thread-safe caches)"),
-    Case("generator_attr", _generator_attr, (("unpicklable", "dataset.stream"),),
-         "TypeError: cannot pickle 'generator' object (a stream stored on the dataset)"),
-    Case("module_attr", _module_attr, (("unpicklable", "dataset.backend"),),
-         "TypeError: cannot pickle 'module' object (a backend module stored on self)"),
-    Case("open_file", _open_file, (("fork-shared-handle", "dataset.fh"),
-                                   ("unpicklable", "dataset.fh")),
-         "pytorch/pytorch#11887: wrong data with num_workers > 1 from a shared handle"),
-    Case("zip_archive", _zip_archive, (("fork-shared-handle", "dataset.zf"),
-                                       ("unpicklable", "dataset.zf")),
-         "zipfile.ZipFile opened in __init__: BadZipFile / CRC errors in workers"),
-    Case("tar_archive", _tar_archive, (("fork-shared-handle", "dataset.tar"),),
-         "webdataset-style tar shard opened before the workers"),
-    Case("sqlite", _sqlite, (("fork-shared-handle", "dataset.conn"),
-                             ("unpicklable", "dataset.conn")),
-         "sqlite3 connection shared across fork ('database disk image is malformed')"),
-    Case("socket", _socket, (("fork-shared-handle", "dataset.client"),),
-         "a client socket (Redis/HTTP) created in __init__ and shared by workers"),
-    Case("h5py", _h5py, (("fork-shared-handle", "dataset.h5"), ("unpicklable", "dataset.h5")),
-         "pytorch/pytorch#11929, #1919, maskrcnn-benchmark#1195: h5py.File in __init__"),
-    Case("lmdb", _lmdb, (("fork-shared-handle", "dataset.env"),),
-         "lmdb.open() in __init__: 'environment already open in this process' in workers"),
-    Case("nested_handle", _nested_handle,
-         (("fork-shared-handle", "dataset.transform.transforms[0].lut_file"),),
-         "a transform deep inside Compose holding an open file"),
-    Case("random_random", _random_random, (("rng-duplication", "dataset.rng"),),
-         "wolny/pytorch-3dunet#32: a seeded RNG object in the dataset"),
-    Case("np_generator_in_compose", _np_generator_in_compose,
-         (("rng-duplication", "dataset.transform.transforms[0].rng"),),
-         "augmentation objects holding np.random.Generator (albumentations >= 1.4)"),
-    Case("np_random_state", _np_random_state, (("rng-duplication", "dataset.rs"),),
-         "OpenPCDet#886: numpy randomness identical between workers"),
-    Case("torch_generator", _torch_generator, (("rng-duplication", "dataset.g"),),
-         "torch.Generator().manual_seed(0) kept on the dataset for augmentation"),
-    Case("rng_in_partial", _rng_in_partial,
-         (("rng-duplication", "dataset.transform.keywords['rng']"),),
-         "functools.partial(noise_fn, rng=np.random.default_rng(seed))"),
-    Case("worker_init_constant_seed", _worker_init_constant,
-         (("rng-duplication", "loader.worker_init_fn"),),
-         "worker_init_fn calling np.random.seed(0): identical workers, every epoch"),
-    Case("worker_init_mmdet_seed", _worker_init_mmdet,
-         (("rng-duplication", "loader.worker_init_fn"),),
-         "CenterNet#233 / mmdet worker_init_fn(worker_id, num_workers, rank, seed): "
-         "seeds repeat every epoch"),
-    Case("cuda_tensor", _fake_cuda_tensor, (("cuda-in-worker", "dataset.mean"),),
-         "seed note 001: CUDA state in the dataset ('Cannot re-initialize CUDA in forked "
-         "subprocess')"),
-    Case("cuda_device", _cuda_device, (("cuda-in-worker", "dataset.device"),),
-         "self.device = torch.device('cuda') used by __getitem__"),
-    Case("cuda_in_getitem", _cuda_in_getitem,
-         (("cuda-in-worker", "type(dataset).__getitem__"),),
-         "x.cuda() inside __getitem__ (pytorch forums: CUDA in forked subprocess)"),
-    Case("cuda_in_transform", _cuda_in_transform,
-         (("cuda-in-worker", "type(dataset.transform).__call__"),),
-         "a GPU transform (x.to('cuda')) applied in the worker"),
-    Case("big_list", _big_list, (("memory-growth", "dataset.samples"),),
-         "pytorch/pytorch#13246: Python lists of paths replicated per worker (copy-on-read)"),
-    Case("big_dict", _big_dict, (("memory-growth", "dataset.labels"),),
-         "pytorch/pytorch#13246: dict annotations grow worker memory"),
-    Case("cache_in_getitem", _cache_in_getitem, (("memory-growth", "dataset.cache"),),
-         "per-worker caches filled in __getitem__ (memory x num_workers)"),
-    Case("set_epoch_persistent", _set_epoch_persistent,
-         (("stale-worker-state", "dataset.epoch"),),
-         "curriculum set_epoch with persistent_workers=True never reaches the workers"),
-    Case("deformation_theta", _deformation, (("stale-worker-state", "dataset.theta"),),
-         "seed note 000: ContinuousDeformationDataset.theta updated by the training loop"),
-    Case("drifting_values", _drifting, (("stale-worker-state", "dataset.values"),),
-         "seed note 000: DriftingValuesDataset.values drifted in place"),
-    Case("pseudo_labels", _pseudo_labels, (("stale-worker-state", "dataset.pseudo_labels"),),
-         "self-training: pseudo-labels replaced between rounds"),
-    Case("getitem_mutates_self", _getitem_mutates, (("stale-worker-state", "dataset.calls"),),
-         "a counter in __getitem__ driving a schedule (each worker counts alone)"),
-    Case("unsharded_iterable", _unsharded_iterable,
-         (("iterable-sharding", "type(dataset).__iter__"),),
-         "espnet/espnet#2081, huggingface/datasets#3423, vahidk/tfrecord#78: duplicates"),
-    Case("fewer_shards_than_workers", _few_shards, (("iterable-sharding", "dataset.files"),),
-         "one shard for several workers: idle workers"),
-    Case("too_many_workers", _too_many_workers, (("worker-config", "loader.num_workers"),),
-         "num_workers=64 on a 2-CPU container (homr#128: 12 x 16 threads)"),
-    Case("small_dev_shm", _small_shm, (("shared-memory", "env.dev_shm"),),
-         "Docker's 64MB /dev/shm: 'DataLoader worker killed by signal: Bus error'",
-         platform={"shm_free_bytes": 64 * 1024**2, "shm_total_bytes": 64 * 1024**2}),
-    Case("low_ulimit", _low_ulimit, (("shared-memory", "env.ulimit_nofile"),),
-         "pytorch/pytorch#11201: 'received 0 items of ancdata' with ulimit -n 256",
-         platform={"open_files_limit": 96}),
-    Case("opencv", _opencv, (("thread-hazard", "dataset.clahe"),),
-         "pytorch/pytorch#1355, #1838: OpenCV deadlocks in forked workers"),
-    Case("tokenizers", _tokenizers, (("thread-hazard", "dataset.tokenizer._tokenizer"),),
-         "huggingface/tokenizers#646: 'The current process just got forked...'"),
-    Case("thread_pool", _thread_pool, (("thread-hazard", "dataset.pool"),
-                                       ("unpicklable", "dataset.pool")),
-         "a ThreadPoolExecutor for I/O created in __init__"),
-    Case("fork_context_lock", _fork_ctx_lock, (("unpicklable", "dataset.lock"),),
-         "multiprocessing.Lock() from the fork context sent to spawn workers",
-         start_methods=("spawn",)),
-    Case("bound_method_collate", _bound_collate,
-         (("unpicklable", "loader.collate_fn.__self__.lock"),),
-         "collate_fn=self.collate on an object holding a lock"),
-    Case("sampler_lambda", _sampler_lambda, (("unpicklable", "loader.sampler.key_fn"),),
-         "Lightning ddp_spawn pickles the DataLoader, sampler included"),
-    Case("loader_lambda_transform", _loader_lambda_transform,
-         (("unpicklable", "dataset.transform.transforms[0].lambd"),),
-         "a DataLoader (not a bare dataset) over a dataset with a Lambda transform"),
+    Case(
+        "lambda_transform",
+        _lambda_transform,
+        (("unpicklable", "dataset.transform"),),
+        "openai/CLIP#151, qfgaohao/pytorch-ssd#19: Can't pickle local object <lambda>",
+    ),
+    Case(
+        "compose_lambda",
+        _compose_lambda,
+        (("unpicklable", "dataset.transform.transforms[1].lambd"),),
+        "belskikh/kekas#26: transforms.Lambda(lambda ...) inside Compose on Windows",
+    ),
+    Case(
+        "local_function",
+        _local_function,
+        (("unpicklable", "dataset.transform"),),
+        "taoyang1122/MutualNet#5: Can't pickle local object 'get_cifar.<locals>...'",
+    ),
+    Case(
+        "local_class",
+        _local_class,
+        (("unpicklable", "type(dataset)"),),
+        "xingyizhou/CenterNet#649: Can't pickle local object 'get_dataset.<locals>.Dataset'",
+    ),
+    Case(
+        "main_class",
+        _main_class,
+        (("unpicklable", "type(dataset)"),),
+        "sicara/easy-few-shot-learning#51: attribute lookup on __main__ failed (notebook)",
+    ),
+    Case(
+        "lambda_collate",
+        _lambda_collate,
+        (("unpicklable", "loader.collate_fn"),),
+        "HazyResearch/cartridges#20: DataLoader(collate_fn=lambda ...) breaks on Windows",
+    ),
+    Case(
+        "closure_worker_init_fn",
+        _closure_worker_init,
+        (("unpicklable", "loader.worker_init_fn"),),
+        "seed note 002: a closure passed as worker_init_fn cannot be pickled under spawn",
+    ),
+    Case(
+        "partial_of_lambda",
+        _partial_of_lambda,
+        (("unpicklable", "dataset.transform.func"),),
+        "catalyst-team/catalyst#1024: lambda wrapped in the loader factory",
+    ),
+    Case(
+        "thread_lock",
+        _thread_lock,
+        (("unpicklable", "dataset.lock"),),
+        "TypeError: cannot pickle '_thread.lock' object (thread-safe caches)",
+    ),
+    Case(
+        "generator_attr",
+        _generator_attr,
+        (("unpicklable", "dataset.stream"),),
+        "TypeError: cannot pickle 'generator' object (a stream stored on the dataset)",
+    ),
+    Case(
+        "module_attr",
+        _module_attr,
+        (("unpicklable", "dataset.backend"),),
+        "TypeError: cannot pickle 'module' object (a backend module stored on self)",
+    ),
+    Case(
+        "open_file",
+        _open_file,
+        (("fork-shared-handle", "dataset.fh"), ("unpicklable", "dataset.fh")),
+        "pytorch/pytorch#11887: wrong data with num_workers > 1 from a shared handle",
+    ),
+    Case(
+        "zip_archive",
+        _zip_archive,
+        (("fork-shared-handle", "dataset.zf"), ("unpicklable", "dataset.zf")),
+        "zipfile.ZipFile opened in __init__: BadZipFile / CRC errors in workers",
+    ),
+    Case(
+        "tar_archive",
+        _tar_archive,
+        (("fork-shared-handle", "dataset.tar"),),
+        "webdataset-style tar shard opened before the workers",
+    ),
+    Case(
+        "sqlite",
+        _sqlite,
+        (("fork-shared-handle", "dataset.conn"), ("unpicklable", "dataset.conn")),
+        "sqlite3 connection shared across fork ('database disk image is malformed')",
+    ),
+    Case(
+        "socket",
+        _socket,
+        (("fork-shared-handle", "dataset.client"),),
+        "a client socket (Redis/HTTP) created in __init__ and shared by workers",
+    ),
+    Case(
+        "h5py",
+        _h5py,
+        (("fork-shared-handle", "dataset.h5"), ("unpicklable", "dataset.h5")),
+        "pytorch/pytorch#11929, #1919, maskrcnn-benchmark#1195: h5py.File in __init__",
+    ),
+    Case(
+        "lmdb",
+        _lmdb,
+        (("fork-shared-handle", "dataset.env"),),
+        "lmdb.open() in __init__: 'environment already open in this process' in workers",
+    ),
+    Case(
+        "nested_handle",
+        _nested_handle,
+        (("fork-shared-handle", "dataset.transform.transforms[0].lut_file"),),
+        "a transform deep inside Compose holding an open file",
+    ),
+    Case(
+        "random_random",
+        _random_random,
+        (("rng-duplication", "dataset.rng"),),
+        "wolny/pytorch-3dunet#32: a seeded RNG object in the dataset",
+    ),
+    Case(
+        "np_generator_in_compose",
+        _np_generator_in_compose,
+        (("rng-duplication", "dataset.transform.transforms[0].rng"),),
+        "augmentation objects holding np.random.Generator (albumentations >= 1.4)",
+    ),
+    Case(
+        "np_random_state",
+        _np_random_state,
+        (("rng-duplication", "dataset.rs"),),
+        "OpenPCDet#886: numpy randomness identical between workers",
+    ),
+    Case(
+        "torch_generator",
+        _torch_generator,
+        (("rng-duplication", "dataset.g"),),
+        "torch.Generator().manual_seed(0) kept on the dataset for augmentation",
+    ),
+    Case(
+        "rng_in_partial",
+        _rng_in_partial,
+        (("rng-duplication", "dataset.transform.keywords['rng']"),),
+        "functools.partial(noise_fn, rng=np.random.default_rng(seed))",
+    ),
+    Case(
+        "worker_init_constant_seed",
+        _worker_init_constant,
+        (("rng-duplication", "loader.worker_init_fn"),),
+        "worker_init_fn calling np.random.seed(0): identical workers, every epoch",
+    ),
+    Case(
+        "worker_init_mmdet_seed",
+        _worker_init_mmdet,
+        (("rng-duplication", "loader.worker_init_fn"),),
+        "CenterNet#233 / mmdet worker_init_fn(worker_id, num_workers, rank, seed): "
+        "seeds repeat every epoch",
+    ),
+    Case(
+        "cuda_tensor",
+        _fake_cuda_tensor,
+        (("cuda-in-worker", "dataset.mean"),),
+        "seed note 001: CUDA state in the dataset ('Cannot re-initialize CUDA in forked "
+        "subprocess')",
+    ),
+    Case(
+        "cuda_device",
+        _cuda_device,
+        (("cuda-in-worker", "dataset.device"),),
+        "self.device = torch.device('cuda') used by __getitem__",
+    ),
+    Case(
+        "cuda_in_getitem",
+        _cuda_in_getitem,
+        (("cuda-in-worker", "type(dataset).__getitem__"),),
+        "x.cuda() inside __getitem__ (pytorch forums: CUDA in forked subprocess)",
+    ),
+    Case(
+        "cuda_in_transform",
+        _cuda_in_transform,
+        (("cuda-in-worker", "type(dataset.transform).__call__"),),
+        "a GPU transform (x.to('cuda')) applied in the worker",
+    ),
+    Case(
+        "big_list",
+        _big_list,
+        (("memory-growth", "dataset.samples"),),
+        "pytorch/pytorch#13246: Python lists of paths replicated per worker (copy-on-read)",
+    ),
+    Case(
+        "big_dict",
+        _big_dict,
+        (("memory-growth", "dataset.labels"),),
+        "pytorch/pytorch#13246: dict annotations grow worker memory",
+    ),
+    Case(
+        "cache_in_getitem",
+        _cache_in_getitem,
+        (("memory-growth", "dataset.cache"),),
+        "per-worker caches filled in __getitem__ (memory x num_workers)",
+    ),
+    Case(
+        "set_epoch_persistent",
+        _set_epoch_persistent,
+        (("stale-worker-state", "dataset.epoch"),),
+        "curriculum set_epoch with persistent_workers=True never reaches the workers",
+    ),
+    Case(
+        "deformation_theta",
+        _deformation,
+        (("stale-worker-state", "dataset.theta"),),
+        "seed note 000: ContinuousDeformationDataset.theta updated by the training loop",
+    ),
+    Case(
+        "drifting_values",
+        _drifting,
+        (("stale-worker-state", "dataset.values"),),
+        "seed note 000: DriftingValuesDataset.values drifted in place",
+    ),
+    Case(
+        "pseudo_labels",
+        _pseudo_labels,
+        (("stale-worker-state", "dataset.pseudo_labels"),),
+        "self-training: pseudo-labels replaced between rounds",
+    ),
+    Case(
+        "getitem_mutates_self",
+        _getitem_mutates,
+        (("stale-worker-state", "dataset.calls"),),
+        "a counter in __getitem__ driving a schedule (each worker counts alone)",
+    ),
+    Case(
+        "unsharded_iterable",
+        _unsharded_iterable,
+        (("iterable-sharding", "type(dataset).__iter__"),),
+        "espnet/espnet#2081, huggingface/datasets#3423, vahidk/tfrecord#78: duplicates",
+    ),
+    Case(
+        "fewer_shards_than_workers",
+        _few_shards,
+        (("iterable-sharding", "dataset.files"),),
+        "one shard for several workers: idle workers",
+    ),
+    Case(
+        "too_many_workers",
+        _too_many_workers,
+        (("worker-config", "loader.num_workers"),),
+        "num_workers=64 on a 2-CPU container (homr#128: 12 x 16 threads)",
+    ),
+    Case(
+        "small_dev_shm",
+        _small_shm,
+        (("shared-memory", "env.dev_shm"),),
+        "Docker's 64MB /dev/shm: 'DataLoader worker killed by signal: Bus error'",
+        platform={"shm_free_bytes": 64 * 1024**2, "shm_total_bytes": 64 * 1024**2},
+    ),
+    Case(
+        "low_ulimit",
+        _low_ulimit,
+        (("shared-memory", "env.ulimit_nofile"),),
+        "pytorch/pytorch#11201: 'received 0 items of ancdata' with ulimit -n 256",
+        platform={"open_files_limit": 96},
+    ),
+    Case(
+        "opencv",
+        _opencv,
+        (("thread-hazard", "dataset.clahe"),),
+        "pytorch/pytorch#1355, #1838: OpenCV deadlocks in forked workers",
+    ),
+    Case(
+        "tokenizers",
+        _tokenizers,
+        (("thread-hazard", "dataset.tokenizer._tokenizer"),),
+        "huggingface/tokenizers#646: 'The current process just got forked...'",
+    ),
+    Case(
+        "thread_pool",
+        _thread_pool,
+        (("thread-hazard", "dataset.pool"), ("unpicklable", "dataset.pool")),
+        "a ThreadPoolExecutor for I/O created in __init__",
+    ),
+    Case(
+        "fork_context_lock",
+        _fork_ctx_lock,
+        (("unpicklable", "dataset.lock"),),
+        "multiprocessing.Lock() from the fork context sent to spawn workers",
+        start_methods=("spawn",),
+    ),
+    Case(
+        "bound_method_collate",
+        _bound_collate,
+        (("unpicklable", "loader.collate_fn.__self__.lock"),),
+        "collate_fn=self.collate on an object holding a lock",
+    ),
+    Case(
+        "sampler_lambda",
+        _sampler_lambda,
+        (("unpicklable", "loader.sampler.key_fn"),),
+        "Lightning ddp_spawn pickles the DataLoader, sampler included",
+    ),
+    Case(
+        "loader_lambda_transform",
+        _loader_lambda_transform,
+        (("unpicklable", "dataset.transform.transforms[0].lambd"),),
+        "a DataLoader (not a bare dataset) over a dataset with a Lambda transform",
+    ),
 )
 
 # ------------------------------------------------------------------------------------------
@@ -460,8 +647,7 @@ def _worker_init_db(tmp: Path, closers: list) -> tuple[Any, Any]:
         conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v INTEGER)")
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, i * i) for i in range(d.N)])
     conn.close()
-    return d.WorkerInitDbDataset(str(db)), {"num_workers": 2,
-                                            "worker_init_fn": d.open_db_in_worker}
+    return d.WorkerInitDbDataset(str(db)), {"num_workers": 2, "worker_init_fn": d.open_db_in_worker}
 
 
 def _getstate_drops(tmp: Path, closers: list) -> tuple[Any, Any]:
@@ -489,8 +675,14 @@ def _sharded_iterable(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 def _tensor_dataset(tmp: Path, closers: list) -> tuple[Any, Any]:
     ds = TensorDataset(torch.randn(16, 3, 8, 8), torch.arange(16))
-    return DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, persistent_workers=True,
-                      generator=torch.Generator().manual_seed(0)), None
+    return DataLoader(
+        ds,
+        batch_size=4,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        generator=torch.Generator().manual_seed(0),
+    ), None
 
 
 def _pil_folder(tmp: Path, closers: list) -> tuple[Any, Any]:
@@ -533,28 +725,48 @@ def _logger_and_module(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 
 def _module_level_collate(tmp: Path, closers: list) -> tuple[Any, Any]:
-    return d.TransformDataset(), {"num_workers": 2, "batch_size": 1,
-                                  "collate_fn": d.collate_first}
+    return d.TransformDataset(), {"num_workers": 2, "batch_size": 1, "collate_fn": d.collate_first}
 
 
 CLEAN: tuple[Case, ...] = (
-    Case("global_rng_augment", _global_rng, (), "pytorch/pytorch#5059 fixed: global RNGs are "
-         "reseeded per worker (torch >= 1.9 seeds numpy too)"),
+    Case(
+        "global_rng_augment",
+        _global_rng,
+        (),
+        "pytorch/pytorch#5059 fixed: global RNGs are "
+        "reseeded per worker (torch >= 1.9 seeds numpy too)",
+    ),
     Case("lazy_file_open", _lazy_file, (), "pytorch/pytorch#11929: open in the first __getitem__"),
     Case("worker_init_opens_db", _worker_init_db, (), "connection opened in worker_init_fn"),
-    Case("getstate_drops_handle", _getstate_drops, (),
-         "__getstate__ drops the handle, reopened per process (os.getpid guard)"),
+    Case(
+        "getstate_drops_handle",
+        _getstate_drops,
+        (),
+        "__getstate__ drops the handle, reopened per process (os.getpid guard)",
+    ),
     Case("memmap_numpy", _memmap, (), "np.load(mmap_mode='r') and np.memmap shared read-only"),
     Case("partial_transforms", _partials, (), "functools.partial of module-level functions"),
     Case("sharded_iterable", _sharded_iterable, (), "IterableDataset split by get_worker_info"),
-    Case("tensor_dataset_loader", _tensor_dataset, (), "TensorDataset in a DataLoader with a "
-         "seeded generator and persistent workers"),
+    Case(
+        "tensor_dataset_loader",
+        _tensor_dataset,
+        (),
+        "TensorDataset in a DataLoader with a seeded generator and persistent workers",
+    ),
     Case("pil_image_folder", _pil_folder, (), "ImageFolder-like decode + augment with Pillow"),
-    Case("numpy_index", _numpy_index, (), "pytorch/pytorch#13246 fix: 200k paths in a numpy "
-         "bytes array"),
+    Case(
+        "numpy_index",
+        _numpy_index,
+        (),
+        "pytorch/pytorch#13246 fix: 200k paths in a numpy bytes array",
+    ),
     Case("shared_state", _shared_state, (), "seed note 000 done right: SharedState"),
-    Case("worker_init_torch_seed", _seeded_worker_init, (),
-         "worker_init_fn seeding from torch.initial_seed() (PyTorch docs' seed_worker)"),
+    Case(
+        "worker_init_torch_seed",
+        _seeded_worker_init,
+        (),
+        "worker_init_fn seeding from torch.initial_seed() (PyTorch docs' seed_worker)",
+    ),
     Case("lazy_worker_rng", _lazy_worker_rng, (), "RNG created lazily per worker from its seed"),
     Case("per_index_seed", _per_index_seed, (), "generator derived from (seed, epoch, index)"),
     Case("logger_and_cpu_module", _logger_and_module, (), "a logging.Logger and a CPU nn.Module"),

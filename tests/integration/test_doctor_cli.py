@@ -15,26 +15,39 @@ def test_errors_found_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["doctor", "tests.doctor_corpus.targets:lambda_dataset", "--static-only"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "ERRORS" in out and "dataset.transform.transforms[0].lambd" in out and "fix:" in out
+    assert "ERRORS" in out
+    assert "dataset.transform.transforms[0].lambd" in out
+    assert "fix:" in out
 
 
 @pytest.mark.workers
 def test_clean_loader_exit_0_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["doctor", "tests.doctor_corpus.targets:clean_loader", "--json",
-                 "--start-method", "fork"])
+    code = main(
+        ["doctor", "tests.doctor_corpus.targets:clean_loader", "--json", "--start-method", "fork"]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert data["has_errors"] is False and data["start_methods"] == ["fork"]
+    assert data["has_errors"] is False
+    assert data["start_methods"] == ["fork"]
     assert data["probes"][0]["status"] == "ok"
 
 
 def test_json_static_lists_findings(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["doctor", "tests.doctor_corpus.targets:lambda_dataset", "--static-only",
-                 "--json", "--start-method", "spawn"])
+    code = main(
+        [
+            "doctor",
+            "tests.doctor_corpus.targets:lambda_dataset",
+            "--static-only",
+            "--json",
+            "--start-method",
+            "spawn",
+        ]
+    )
     data = json.loads(capsys.readouterr().out)
     assert code == 1
     (f,) = data["findings"]
-    assert f["code"] == "WF101" and f["start_methods"] == ["spawn"]
+    assert f["code"] == "WF101"
+    assert f["start_methods"] == ["spawn"]
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,14 +31,18 @@ def test_rng_object_confirmed_live() -> None:
     report = diagnose(d.RngAttrDataset(random.Random(0)), start_methods=["fork"], timeout_s=30)
     (f,) = report.findings
     assert (f.code, f.path, f.severity) == ("WF107", "dataset.rng", "error")
-    assert f.confirmed_live and f.evidence.startswith("confirmed live (fork)")
+    assert f.confirmed_live
+    assert f.evidence.startswith("confirmed live (fork)")
     assert report.probes[0].status == "ok"
 
 
 def test_constant_worker_init_seed_confirmed_live() -> None:
-    report = diagnose(d.GlobalNumpyRandomDataset(),
-                      loader_kwargs={"num_workers": 2, "worker_init_fn": d.seed_constant},
-                      start_methods=["fork"], timeout_s=30)
+    report = diagnose(
+        d.GlobalNumpyRandomDataset(),
+        loader_kwargs={"num_workers": 2, "worker_init_fn": d.seed_constant},
+        start_methods=["fork"],
+        timeout_s=30,
+    )
     (f,) = report.findings
     assert (f.code, f.path) == ("WF108", "loader.worker_init_fn")
     assert f.confirmed_live
@@ -55,8 +59,12 @@ def test_unused_rng_is_refuted_live() -> None:
 
 
 def test_unsharded_iterable_duplicates_counted_live() -> None:
-    report = diagnose(d.UnshardedStream(["a", "bb", "ccc"]), loader_kwargs={"num_workers": 2},
-                      start_methods=["fork"], timeout_s=30)
+    report = diagnose(
+        d.UnshardedStream(["a", "bb", "ccc"]),
+        loader_kwargs={"num_workers": 2},
+        start_methods=["fork"],
+        timeout_s=30,
+    )
     (f,) = report.findings
     assert (f.code, f.path) == ("WF117", "type(dataset).__iter__")
     assert "3 sample(s) yielded by more than one worker" in f.evidence
@@ -64,8 +72,12 @@ def test_unsharded_iterable_duplicates_counted_live() -> None:
 
 
 def test_sharded_iterable_clean_live() -> None:
-    report = diagnose(d.ShardedStream(["a", "bb", "ccc", "dddd"]),
-                      loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=30)
+    report = diagnose(
+        d.ShardedStream(["a", "bb", "ccc", "dddd"]),
+        loader_kwargs={"num_workers": 2},
+        start_methods=["fork"],
+        timeout_s=30,
+    )
     assert report.is_clean, report.findings
     assert report.probes[0].observations["duplicate_samples"] == 0
 
@@ -89,15 +101,21 @@ def test_hang_is_killed_and_reported() -> None:
 def test_crash_is_reported() -> None:
     report = diagnose(d.CrashingDataset(), start_methods=["fork"], timeout_s=20)
     (f,) = report.findings
-    assert f.code == "WF122" and "exited unexpectedly" in f.message
+    assert f.code == "WF122"
+    assert "exited unexpectedly" in f.message
     assert report.has_errors
 
 
 def test_shm_measured_live() -> None:
     ds = d.TransformDataset(transform=lambda_free_big)
     small = dataclasses.replace(_PLATFORM, shm_free_bytes=2 * 1024**2)
-    report = diagnose(ds, loader_kwargs={"num_workers": 2, "batch_size": 16},
-                      start_methods=["fork"], timeout_s=30, platform_info=small)
+    report = diagnose(
+        ds,
+        loader_kwargs={"num_workers": 2, "batch_size": 16},
+        start_methods=["fork"],
+        timeout_s=30,
+        platform_info=small,
+    )
     (f,) = report.findings
     assert (f.code, f.path, f.severity) == ("WF113", "env.dev_shm", "error"), report.probes
     assert f.confirmed_live
@@ -122,7 +140,11 @@ def test_builtin_workload_is_clean() -> None:
     dataset = workloads.builtin_dataset()
     static = diagnose(dataset, loader_kwargs={"num_workers": 2, "batch_size": 32}, live=False)
     assert static.is_clean, static.findings
-    live = diagnose(dataset, loader_kwargs={"num_workers": 2, "batch_size": 32},
-                    start_methods=["fork"], timeout_s=60)
+    live = diagnose(
+        dataset,
+        loader_kwargs={"num_workers": 2, "batch_size": 32},
+        start_methods=["fork"],
+        timeout_s=60,
+    )
     assert live.is_clean, live.findings
     assert live.probes[0].status == "ok"

@@ -109,8 +109,9 @@ def test_dataloader_settings_are_judged() -> None:
 
 
 def test_multiprocessing_context_sets_the_start_method() -> None:
-    loader = torch.utils.data.DataLoader(d.TransformDataset(transform=lambda x: x),
-                                         num_workers=2, multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        d.TransformDataset(transform=lambda x: x), num_workers=2, multiprocessing_context="fork"
+    )
     report = _static(loader)
     assert report.start_methods == ("fork",)
     assert not report.findings
@@ -147,11 +148,20 @@ def test_finding_and_report_to_dict_are_json_ready() -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["has_errors"] is True
     (f,) = data["findings"]
-    assert set(f) >= {"code", "category", "severity", "path", "start_methods", "message", "fix",
-                      "evidence"}
+    assert set(f) >= {
+        "code",
+        "category",
+        "severity",
+        "path",
+        "start_methods",
+        "message",
+        "fix",
+        "evidence",
+    }
     assert f["evidence"].startswith("static:")
     assert report.errors == report.findings
-    assert report.has_errors and not report.is_clean
+    assert report.has_errors
+    assert not report.is_clean
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.findings[0].code = "WF999"  # type: ignore[misc]
 
@@ -168,7 +178,8 @@ def test_render_groups_by_severity() -> None:
     report = _static(d.AttrDataset(a=lambda x: x, calls=0), loader_kwargs={"num_workers": 64})
     text = render_text(report)
     assert text.index("ERRORS") < text.index("WARNINGS")
-    assert "fix:" in text and "dataset.a" in text
+    assert "fix:" in text
+    assert "dataset.a" in text
 
 
 def test_bad_options_raise_config_error() -> None:

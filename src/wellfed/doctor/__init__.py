@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -173,10 +174,8 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
     elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
         from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
         dataset = obj.dataset
-        try:
+        with contextlib.suppress(Exception):
             settings.update(obj.loader_kwargs())
-        except Exception:
-            pass
         if getattr(obj, "user_config", True) is None:
             # A bare dataset: the worker settings are the defaults, not the user's choice.
             for name in ("num_workers", "persistent_workers", "prefetch_factor", "pin_memory"):
@@ -193,12 +192,17 @@ def _is_default_sampler(sampler: Any) -> bool:
     if sampler is None:
         return False
     mod = type(sampler).__module__
-    return mod == "torch.utils.data.sampler" and type(sampler).__name__ in (
-        "SequentialSampler",
-        "RandomSampler",
-        "BatchSampler",
-        "_InfiniteConstantSampler",
-    ) and (type(sampler).__name__ != "BatchSampler" or _is_default_sampler(sampler.sampler))
+    return (
+        mod == "torch.utils.data.sampler"
+        and type(sampler).__name__
+        in (
+            "SequentialSampler",
+            "RandomSampler",
+            "BatchSampler",
+            "_InfiniteConstantSampler",
+        )
+        and (type(sampler).__name__ != "BatchSampler" or _is_default_sampler(sampler.sampler))
+    )
 
 
 def _is_default_collate(fn: Any) -> bool:
@@ -209,8 +213,9 @@ def _is_default_collate(fn: Any) -> bool:
     )
 
 
-def _resolve_methods(requested: str | Iterable[str] | None, settings: dict[str, Any],
-                     platform: PlatformInfo) -> tuple[str, ...]:
+def _resolve_methods(
+    requested: str | Iterable[str] | None, settings: dict[str, Any], platform: PlatformInfo
+) -> tuple[str, ...]:
     available = tuple(platform.start_methods)
     if requested is None:
         ctx = settings.get("multiprocessing_context")
@@ -239,7 +244,7 @@ def _resolve_methods(requested: str | Iterable[str] | None, settings: dict[str, 
 
 def _safe_len(dataset: Any) -> int | None:
     try:
-        return int(len(dataset))
+        return len(dataset)
     except Exception:
         return None
 
@@ -292,7 +297,9 @@ def _confirm(f: Finding, method: str, what: str) -> Finding:
 def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) -> list[Finding]:
     """Confirm, refute or add findings from what the live probe saw."""
     out = list(findings)
-    path_code = "type(dataset).__iter__" if _is_iterable(ctx.dataset) else "type(dataset).__getitem__"
+    path_code = (
+        "type(dataset).__iter__" if _is_iterable(ctx.dataset) else "type(dataset).__getitem__"
+    )
 
     def update(codes: tuple[str, ...], method: str, what: str) -> bool:
         hit = False
@@ -310,12 +317,16 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
             if any(k in error for k in _PICKLE_MARKERS) and m != "fork":
                 if not update(("WF101", "WF102"), m, first):
                     f = ctx.finding(
-                        "WF101", "error", "dataset",
+                        "WF101",
+                        "error",
+                        "dataset",
                         f"Workers failed to receive the dataset under {m}: {first}.",
                         "Find the object named in the error and make it picklable: module-level "
                         "functions and classes, no open handles (open them lazily in "
                         "__getitem__).",
-                        f"confirmed live ({m}): {first}", (m,))
+                        f"confirmed live ({m}): {first}",
+                        (m,),
+                    )
                     if f is not None:
                         out.append(f)
                 continue
@@ -324,11 +335,15 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
             if any(k in error for k in _SHM_MARKERS):
                 if not update(("WF113",), m, first):
                     f = ctx.finding(
-                        "WF113", "error", "env.dev_shm",
+                        "WF113",
+                        "error",
+                        "env.dev_shm",
                         f"Workers died under {m} with a shared-memory failure: {first}.",
                         "Lower prefetch_factor, num_workers or batch_size, or give the container "
                         "more shared memory: docker run --shm-size=8g.",
-                        f"confirmed live ({m}): {first}", (m,))
+                        f"confirmed live ({m}): {first}",
+                        (m,),
+                    )
                     if f is not None:
                         out.append(f)
                 continue
@@ -336,7 +351,9 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
             suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
             what = "hung (no batch before the deadline; killed)" if hang else f"crashed: {first}"
             f = ctx.finding(
-                "WF122", "error", path_code,
+                "WF122",
+                "error",
+                path_code,
                 f"Workers {what} under {m} in the live probe.",
                 "Run with num_workers=0 to see the error in the main process; fix the findings "
                 "listed for this start method first"
@@ -344,7 +361,8 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                 + "; for hangs, look for locks or thread pools created before the workers.",
                 f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
                 + (error.strip().splitlines()[-1][:300] if error.strip() else "no output"),
-                (m,))
+                (m,),
+            )
             if f is not None:
                 out.append(f)
             continue
@@ -354,17 +372,26 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                 what = "two workers returned identical random samples for index 0"
                 if not update(("WF107", "WF108"), m, what):
                     f = ctx.finding(
-                        "WF107", "error", "dataset",
+                        "WF107",
+                        "error",
+                        "dataset",
                         "Every worker returns the same random augmentation: the workers share "
                         "one RNG state (an RNG object or a seed copied into each).",
                         "Use the global RNGs (PyTorch reseeds them per worker) or seed per "
                         "worker from torch.initial_seed() in worker_init_fn.",
-                        f"confirmed live ({m}): {what}", (m,))
+                        f"confirmed live ({m}): {what}",
+                        (m,),
+                    )
                     if f is not None:
                         out.append(f)
             else:
-                out = _refute(out, ("WF107",), m, "workers returned different random samples "
-                              "for index 0", "warning")
+                out = _refute(
+                    out,
+                    ("WF107",),
+                    m,
+                    "workers returned different random samples for index 0",
+                    "warning",
+                )
         if obs.get("kind") == "iterable":
             dup = int(obs.get("duplicate_samples", 0))
             per_worker = obs.get("items_per_worker", {})
@@ -372,43 +399,57 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                 what = f"{dup} sample(s) yielded by more than one worker ({per_worker})"
                 if not update(("WF117",), m, what) and (ctx.num_workers or 2) > 1:
                     f = ctx.finding(
-                        "WF117", "error", "type(dataset).__iter__",
+                        "WF117",
+                        "error",
+                        "type(dataset).__iter__",
                         "Several workers yield the same samples: the stream is not split "
                         "per worker.",
                         "Split by torch.utils.data.get_worker_info() in __iter__ "
                         "(if i % info.num_workers == info.id: yield item).",
-                        f"confirmed live ({m}): {what}", (m,))
+                        f"confirmed live ({m}): {what}",
+                        (m,),
+                    )
                     if f is not None:
                         out.append(f)
             elif len(per_worker) > 1:
-                out = _refute(out, ("WF117",), m, f"no sample repeated across workers "
-                              f"({per_worker})", "info")
+                out = _refute(
+                    out, ("WF117",), m, f"no sample repeated across workers ({per_worker})", "info"
+                )
         sample_bytes = obs.get("sample_bytes")
         if sample_bytes and not any(f.code == "WF113" for f in out):
-            out.extend(check_shared_memory(
-                ctx, (int(sample_bytes), int(obs.get("tensors_per_sample", 0))),
-                f"confirmed live ({m}): measured batch of 1 sample"))
+            out.extend(
+                check_shared_memory(
+                    ctx,
+                    (int(sample_bytes), int(obs.get("tensors_per_sample", 0))),
+                    f"confirmed live ({m}): measured batch of 1 sample",
+                )
+            )
         if "pickled_bytes" in obs:
             live_size = check_pickled_size(ctx, (int(obs["pickled_bytes"]), float(obs["pickle_s"])))
             out = [f for f in out if f.code != "WF120"] + live_size
         first_uss, last_uss = obs.get("worker_uss_first_bytes"), obs.get("worker_uss_last_bytes")
         if first_uss and last_uss:
-            note = (f"live ({m}): worker private memory {_mib(max(first_uss))} -> "
-                    f"{_mib(max(last_uss))} over {run.batches} batches")
+            note = (
+                f"live ({m}): worker private memory {_mib(max(first_uss))} -> "
+                f"{_mib(max(last_uss))} over {run.batches} batches"
+            )
             for i, f in enumerate(out):
                 if f.code in ("WF109", "WF110") and m in f.start_methods and note not in f.evidence:
                     out[i] = dataclasses.replace(f, evidence=f"{f.evidence}; {note}")
     return out
 
 
-def _refute(findings: list[Finding], codes: tuple[str, ...], method: str, what: str,
-            downgrade_to: str) -> list[Finding]:
+def _refute(
+    findings: list[Finding], codes: tuple[str, ...], method: str, what: str, downgrade_to: str
+) -> list[Finding]:
     out = []
     for f in findings:
         if f.code in codes and method in f.start_methods and f.severity == "error":
             f = dataclasses.replace(
-                f, severity=downgrade_to,
-                evidence=f"not reproduced live ({method}): {what}; {f.evidence}")
+                f,
+                severity=downgrade_to,
+                evidence=f"not reproduced live ({method}): {what}; {f.evidence}",
+            )
         out.append(f)
     return out
 

@@ -36,12 +36,14 @@ logger = logging.getLogger(__name__)
 COPY_ON_READ_ITEMS = 100_000
 
 #: Pickled size above which start-up under spawn/forkserver is reported as slow. Every worker
-#: unpickles its own copy; at the ~0.5 GB/s pickle.loads managed for a list of str/tuple on
-#: the development machine (2-core x86_64, Python 3.11) 256 MiB costs ~0.5 s per worker, more
-#: than the torch import itself, and num_workers copies of the memory.
+#: unpickles its own copy: a list of (path, label) tuples unpickled at ~45 MiB/s on the
+#: development machine (2-core x86_64, Python 3.11, shared), so 64 MiB costs ~1.4 s per
+#: worker, more than the torch import each spawn worker already pays (~1.2 s), and
+#: num_workers copies of the memory.
 #: Source: measured with ``python -c "import pickle,time; x=[(f'/d/{i}.jpg', i) for i in
-#: range(2_000_000)]; b=pickle.dumps(x); t=time.time(); pickle.loads(b); print(len(b)/(time.time()-t))"``.
-PICKLED_SLOW_BYTES = 256 * 1024**2
+#: range(2_000_000)]; b=pickle.dumps(x); t=time.time(); pickle.loads(b);
+#: print(len(b)/(time.time()-t))"``.
+PICKLED_SLOW_BYTES = 64 * 1024**2
 
 #: Fraction of free /dev/shm that batches in flight may use before a warning (error above 1).
 SHM_WARN_FRACTION = 0.5
@@ -253,7 +255,9 @@ def _cuda_kind(node: Node) -> str | None:
     if any("device" in k.__dict__ for k in cls.__mro__):
         try:
             dev = obj.device
-            if getattr(dev, "type", None) == "cuda" or (isinstance(dev, str) and dev.startswith("cuda")):
+            if getattr(dev, "type", None) == "cuda" or (
+                isinstance(dev, str) and dev.startswith("cuda")
+            ):
                 return "CUDA tensor"
         except Exception:
             return None
@@ -317,14 +321,14 @@ class _FakeSpawningPopen:
     def duplicate_for_child(self, fd: int) -> int:
         return fd
 
-    def DupFd(self, fd: int) -> _FakeDupFd:  # noqa: N802 (multiprocessing's name)
+    def DupFd(self, fd: int) -> _FakeDupFd:
         return _FakeDupFd()
 
 
 def _judge_pickler_class() -> type:
     from multiprocessing.reduction import ForkingPickler
 
-    class JudgePickler(ForkingPickler):  # type: ignore[misc, valid-type]
+    class JudgePickler(ForkingPickler):
         """ForkingPickler with tensors and arrays replaced by a placeholder.
 
         torch registers reducers that move a tensor's storage into shared memory when it is
@@ -360,7 +364,7 @@ def pickle_error(obj: Any) -> str | None:
         _JUDGE.append(_judge_pickler_class())
     buf = io.BytesIO()
     previous = mp_context.get_spawning_popen()
-    mp_context.set_spawning_popen(_FakeSpawningPopen())
+    mp_context.set_spawning_popen(_FakeSpawningPopen())  # type: ignore[arg-type]
     try:
         _JUDGE[0](buf).dump(obj)
     except RecursionError:
@@ -375,14 +379,13 @@ def pickle_error(obj: Any) -> str | None:
 def pickled_size(obj: Any) -> tuple[int, float] | None:
     """(bytes, seconds) of pickling obj as for a spawn worker (tensors excluded); None on error."""
     import time
-
     from multiprocessing import context as mp_context
 
     if not _JUDGE:
         _JUDGE.append(_judge_pickler_class())
     buf = io.BytesIO()
     previous = mp_context.get_spawning_popen()
-    mp_context.set_spawning_popen(_FakeSpawningPopen())
+    mp_context.set_spawning_popen(_FakeSpawningPopen())  # type: ignore[arg-type]
     start = time.perf_counter()
     try:
         _JUDGE[0](buf).dump(obj)
@@ -414,8 +417,10 @@ def _direct_pickle_target(node: Node) -> tuple[Any, str] | None:
         return obj, node.path
     from wellfed.doctor._graph import _is_leaf, _is_opaque_reduce
 
-    if _is_leaf(obj) or _is_opaque_reduce(obj) or not hasattr(obj, "__dict__") and not hasattr(
-        type(obj), "__slots__"
+    if (
+        _is_leaf(obj)
+        or _is_opaque_reduce(obj)
+        or (not hasattr(obj, "__dict__") and not hasattr(type(obj), "__slots__"))
     ):
         return obj, node.path
     # A walked object: its attributes are judged as children; its class must import by name.
@@ -427,23 +432,32 @@ def _why_unpicklable(obj: Any, error: str) -> str:
         if obj.__name__ == "<lambda>":
             return "a lambda has no importable name, so pickle cannot send it to a worker"
         if "<locals>" in obj.__qualname__:
-            return f"function {obj.__qualname__!r} is defined inside another function, so " \
+            return (
+                f"function {obj.__qualname__!r} is defined inside another function, so "
                 "pickle cannot import it by name in a worker"
+            )
     if isinstance(obj, type):
         if "<locals>" in obj.__qualname__:
-            return f"class {obj.__qualname__!r} is defined inside a function, so pickle cannot " \
+            return (
+                f"class {obj.__qualname__!r} is defined inside a function, so pickle cannot "
                 "import it by name in a worker"
+            )
         if obj.__module__ == "__main__":
-            return f"class {obj.__qualname__!r} claims module __main__ but cannot be found " \
+            return (
+                f"class {obj.__qualname__!r} claims module __main__ but cannot be found "
                 "there by name, so a worker cannot import it"
+            )
     if isinstance(obj, types.ModuleType):
         return f"module {obj.__name__!r} is not picklable (store the name and import it instead)"
     if isinstance(obj, types.GeneratorType):
         return "a generator's running frame cannot be pickled"
     hk = handle_kind(obj)
     if hk is not None:
-        return f"an {hk[0]} is an OS handle that cannot be pickled" if hk[0][0] in "aeiou" \
+        return (
+            f"an {hk[0]} is an OS handle that cannot be pickled"
+            if hk[0][0] in "aeiou"
             else f"a {hk[0]} is an OS handle that cannot be pickled"
+        )
     return f"{_pretty_type(obj)} cannot be pickled"
 
 
@@ -473,8 +487,10 @@ def _fix_unpicklable(obj: Any, path: str) -> str:
     if hk is not None:
         return _HANDLE_FIXES.get(hk[0], "store the path and open the handle lazily in __getitem__")
     if isinstance(obj, types.GeneratorType):
-        return "Store the iterable's source (a list or a path) and create the generator in " \
+        return (
+            "Store the iterable's source (a list or a path) and create the generator in "
             "__iter__/__getitem__, in the worker"
+        )
     name = type(obj).__name__.lower()
     if "lock" in name or "condition" in name or "semaphore" in name or "event" in name:
         return (
@@ -490,7 +506,7 @@ def _fix_unpicklable(obj: Any, path: str) -> str:
 
 
 def _assign_expr(path: str) -> str:
-    return path if not path.startswith("type(") else path
+    return path
 
 
 def check_unpicklable(ctx: Context) -> list[Finding]:
@@ -521,8 +537,14 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
             if err is not None:
                 failures.append((node.path, report_path, obj, err))
         any_failure = any_failure or bool(failures)
-        if not failures and not any_failure and not sampler and not w.sampled \
-                and not w.truncated and w.nodes:
+        if (
+            not failures
+            and not any_failure
+            and not sampler
+            and not w.sampled
+            and not w.truncated
+            and w.nodes
+        ):
             # Last resort for what the walk cannot see (a custom __reduce__ deep inside).
             err = pickle_error(w.nodes[0].obj)
             if err is not None:
@@ -536,7 +558,8 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
                     "WF103",
                     "warning",
                     report_path,
-                    f"The sampler cannot be pickled: {report_path} -> {_why_unpicklable(obj, err)}. "
+                    f"The sampler cannot be pickled: {report_path} -> "
+                    f"{_why_unpicklable(obj, err)}. "
                     "DataLoader workers never receive the sampler, but anything that pickles the "
                     "DataLoader (Lightning's ddp_spawn, torch.multiprocessing.spawn) fails.",
                     _fix_unpicklable(obj, report_path),
@@ -573,6 +596,7 @@ def check_interactive_main(ctx: Context) -> list[Finding]:
             continue
         obj = node.obj
         target: Any = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        qual = str(getattr(target, "__qualname__", "?"))
         path = node.path if target is obj else f"type({node.path})"
         if getattr(target, "__module__", None) != "__main__":
             continue
@@ -582,11 +606,11 @@ def check_interactive_main(ctx: Context) -> list[Finding]:
             "WF102",
             "error",
             path,
-            f"{target.__qualname__} is defined in an interactive __main__ (a notebook or REPL); "
+            f"{qual} is defined in an interactive __main__ (a notebook or REPL); "
             "spawn/forkserver workers import __main__ from a file and cannot find it "
             "(AttributeError: Can't get attribute).",
-            f"Move {target.__qualname__} into a .py module next to the notebook and import it: "
-            f"from mydata import {target.__qualname__}",
+            f"Move {qual} into a .py module next to the notebook and import it: "
+            f"from mydata import {qual}",
             "static: its __module__ is '__main__' and __main__ has no __file__",
             _SPAWNISH,
         )
@@ -608,9 +632,12 @@ def check_fork_shared_handles(ctx: Context) -> list[Finding]:
             continue
         kind = hk[0]
         owner = node.owner
-        if owner is not None and not isinstance(owner, (list, tuple, dict)) and is_user_code(
-            type(owner)
-        ) and analyze_class(type(owner)).pid_guard:
+        if (
+            owner is not None
+            and not isinstance(owner, (list, tuple, dict))
+            and is_user_code(type(owner))
+            and analyze_class(type(owner)).pid_guard
+        ):
             continue
         methods: tuple[str, ...] = ("fork",)
         if kind == "socket":
@@ -657,10 +684,18 @@ def check_cuda(ctx: Context) -> list[Finding]:
             "(wellfed precompute) or run it per batch on the GPU in the main process."
         )
         for severity, methods, why in (
-            ("error", ("fork",), "a forked worker cannot re-initialise CUDA "
-             "(RuntimeError: Cannot re-initialize CUDA in forked subprocess)"),
-            ("warning", _SPAWNISH, "each spawn/forkserver worker opens its own CUDA context "
-             "(hundreds of MB of GPU memory per worker) and shares tensors by CUDA IPC"),
+            (
+                "error",
+                ("fork",),
+                "a forked worker cannot re-initialise CUDA "
+                "(RuntimeError: Cannot re-initialize CUDA in forked subprocess)",
+            ),
+            (
+                "warning",
+                _SPAWNISH,
+                "each spawn/forkserver worker opens its own CUDA context "
+                "(hundreds of MB of GPU memory per worker) and shares tensors by CUDA IPC",
+            ),
         ):
             f = ctx.finding(
                 "WF105",
@@ -676,13 +711,20 @@ def check_cuda(ctx: Context) -> list[Finding]:
     for node, cls in _user_classes(ctx):
         ana = analyze_class(cls)
         for method, line, snippet in ana.cuda_transfers[:1]:
-            path = f"type({node.path}).{method}" if method in ana.readers else \
-                f"type({node.path}).{method}"
+            path = f"type({node.path}).{method}"
             for severity, methods, why in (
-                ("error", ("fork",), "a forked worker cannot initialise CUDA once the main "
-                 "process has (RuntimeError: Cannot re-initialize CUDA in forked subprocess)"),
-                ("warning", _SPAWNISH, "each worker opens its own CUDA context (hundreds of MB "
-                 "of GPU memory each) and sends results back by CUDA IPC"),
+                (
+                    "error",
+                    ("fork",),
+                    "a forked worker cannot initialise CUDA once the main "
+                    "process has (RuntimeError: Cannot re-initialize CUDA in forked subprocess)",
+                ),
+                (
+                    "warning",
+                    _SPAWNISH,
+                    "each worker opens its own CUDA context (hundreds of MB "
+                    "of GPU memory each) and sends results back by CUDA IPC",
+                ),
             ):
                 f = ctx.finding(
                     "WF106",
@@ -996,8 +1038,9 @@ def sample_bytes_estimate(ctx: Context) -> tuple[int, int] | None:
     return (total, count) if count else None
 
 
-def check_shared_memory(ctx: Context, measured: tuple[int, int] | None = None,
-                        evidence: str | None = None) -> list[Finding]:
+def check_shared_memory(
+    ctx: Context, measured: tuple[int, int] | None = None, evidence: str | None = None
+) -> list[Finding]:
     """WF113/WF114: bytes in flight against free /dev/shm; shared descriptors vs ``ulimit -n``.
 
     Args:
@@ -1027,7 +1070,8 @@ def check_shared_memory(ctx: Context, measured: tuple[int, int] | None = None,
             f"Batches in flight need ~{_mb(in_flight)} of /dev/shm (batch {_mb(per_sample * batch)}"
             f" x prefetch_factor={prefetch} x num_workers={nw}) but only {_mb(free)} is free: "
             "workers die with 'Bus error' / 'No space left on device' when it runs out.",
-            "Lower prefetch_factor or num_workers or batch_size so batch x prefetch x workers fits, "
+            "Lower prefetch_factor, num_workers or batch_size until batch x prefetch x workers "
+            "fits, "
             "or give the container more shared memory: docker run --shm-size=8g (Kubernetes: "
             "mount an emptyDir with medium: Memory at /dev/shm).",
             f"{source}; {_mb(per_sample)}/sample; /dev/shm free {_mb(free)}",
@@ -1109,7 +1153,9 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
         if kind is None or any(_inside(node.path, p) for p in reported):
             continue
         if kind == "tokenizers" and os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in (
-            "false", "0", "off"
+            "false",
+            "0",
+            "off",
         ):
             continue
         reported.append(node.path)
@@ -1126,8 +1172,13 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
         if f is not None:
             out.append(f)
     if "fork" in ctx.start_methods:
-        others = [t for t in threading.enumerate() if t is not threading.main_thread()
-                  and t.is_alive() and t is not threading.current_thread()]
+        others = [
+            t
+            for t in threading.enumerate()
+            if t is not threading.main_thread()
+            and t.is_alive()
+            and t is not threading.current_thread()
+        ]
         if others:
             names = ", ".join(sorted(t.name for t in others)[:5])
             f = ctx.finding(
@@ -1147,8 +1198,18 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
     return out
 
 
-_SHARD_ATTRS = ("files", "shards", "urls", "paths", "file_list", "filenames", "shard_paths",
-                "shard_files", "tar_files", "parquet_files")
+_SHARD_ATTRS = (
+    "files",
+    "shards",
+    "urls",
+    "paths",
+    "file_list",
+    "filenames",
+    "shard_paths",
+    "shard_files",
+    "tar_files",
+    "parquet_files",
+)
 
 
 def check_iterable_sharding(ctx: Context) -> list[Finding]:
@@ -1242,8 +1303,10 @@ def check_pickled_size(ctx: Context, measured: tuple[int, float] | None = None) 
         evidence = f"confirmed live: pickled in {seconds:.2f} s to {_mb(size)} (tensors excluded)"
     else:
         size = int(sum(_approx_bytes(n) for n in w.nodes if n.pickled))
-        evidence = "static: estimated from the object graph (tensors excluded: they travel " \
+        evidence = (
+            "static: estimated from the object graph (tensors excluded: they travel "
             "through shared memory)"
+        )
     if size < PICKLED_SLOW_BYTES:
         return []
     nw = ctx.num_workers or 2
@@ -1269,7 +1332,7 @@ def _approx_bytes(node: Node) -> float:
     if isinstance(obj, (str, bytes, bytearray)):
         return node.weight * (len(obj) + 8)
     if np is not None and isinstance(obj, np.ndarray):
-        return node.weight * obj.nbytes
+        return node.weight * float(obj.nbytes)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         return 0.0
@@ -1290,8 +1353,12 @@ def check_main_guard(ctx: Context) -> list[Finding]:
     if not main_file:
         return []
     uses_main = any(
-        getattr(n.obj if isinstance(n.obj, (type, types.FunctionType)) else type(n.obj),
-                "__module__", None) == "__main__"
+        getattr(
+            n.obj if isinstance(n.obj, (type, types.FunctionType)) else type(n.obj),
+            "__module__",
+            None,
+        )
+        == "__main__"
         for n in ctx.worker_nodes()
     )
     if not uses_main:
@@ -1308,11 +1375,11 @@ def check_main_guard(ctx: Context) -> list[Finding]:
         "error",
         "env.main_guard",
         f"The script {os.path.basename(main_file)} defines classes the workers use but has no "
-        "`if __name__ == \"__main__\":` guard: spawn/forkserver workers re-import it and re-run "
+        '`if __name__ == "__main__":` guard: spawn/forkserver workers re-import it and re-run '
         "the training code, failing with 'An attempt has been made to start a new process "
         "before the current process has finished its bootstrapping phase'.",
         "Move the top-level training code into main() and end the script with:\n"
-        "if __name__ == \"__main__\":\n    main()",
+        'if __name__ == "__main__":\n    main()',
         f"static: no __main__ guard in {main_file}",
         _SPAWNISH,
     )
@@ -1349,4 +1416,3 @@ def run_checks(ctx: Context) -> list[Finding]:
                 raise
             logger.debug("doctor check %s failed: %r", check.__name__, exc, exc_info=True)
     return out
-

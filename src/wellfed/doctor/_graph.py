@@ -175,7 +175,7 @@ def _is_leaf(obj: Any) -> bool:
     mod = module_of(obj)
     if mod.startswith(_OPAQUE_MODULE_PREFIXES):
         return True
-    if mod == "torch" or mod.startswith("torch.") and _is_torch_leaf(obj):
+    if mod == "torch" or (mod.startswith("torch.") and _is_torch_leaf(obj)):
         return True
     return is_shared_state(obj)
 
@@ -280,7 +280,9 @@ def _is_opaque_reduce(obj: Any) -> bool:
     cls = type(obj)
     if _has_custom(obj, "__getstate__"):
         return False
-    return cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
+    reduce_ex: Any = cls.__reduce_ex__
+    reduce: Any = cls.__reduce__
+    return reduce_ex is not object.__reduce_ex__ or reduce is not object.__reduce__
 
 
 def _object_children(node: Node, child: Any) -> Iterator[Node]:
@@ -310,8 +312,10 @@ def _object_children(node: Node, child: Any) -> Iterator[Node]:
         except Exception as exc:
             node.getstate_error = f"{type(exc).__name__}: {exc}"
             state = None
-        if isinstance(state, tuple) and len(state) == 2 and all(
-            s is None or isinstance(s, dict) for s in state
+        if (
+            isinstance(state, tuple)
+            and len(state) == 2
+            and all(s is None or isinstance(s, dict) for s in state)
         ):
             state_keys = {**(state[0] or {}), **(state[1] or {})}
         elif isinstance(state, dict):
@@ -323,7 +327,11 @@ def _object_children(node: Node, child: Any) -> Iterator[Node]:
     for name, value in itertools.chain(attrs.items(), slots.items()):
         if not isinstance(name, str):
             continue
-        if is_module and name in ("_parameters", "_buffers", "_modules") and isinstance(value, dict):
+        if (
+            is_module
+            and name in ("_parameters", "_buffers", "_modules")
+            and isinstance(value, dict)
+        ):
             for sub, sub_value in value.items():
                 if sub_value is not None:
                     yield child(f"{path}.{sub}", sub_value, node.pickled, attr=sub)

@@ -41,7 +41,7 @@ ITERABLE_ITEMS = 64
 MAP_EXTRA = 8
 
 
-class TagWorkerIterable(IterableDataset):  # type: ignore[misc]
+class TagWorkerIterable(IterableDataset):  # type: ignore[type-arg]
     """Yields (worker id, item) for every item of the wrapped iterable dataset."""
 
     def __init__(self, dataset: Any) -> None:
@@ -66,8 +66,9 @@ def _digest(obj: Any, h: Any = None) -> str:
             if t.device.type != "cpu":
                 t = t.cpu()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                     if t.numel() else b"")
+            h.update(
+                t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            )
             return h.hexdigest() if top else ""
     except Exception:
         pass
@@ -128,8 +129,13 @@ def _worker_uss(iterator: Any) -> list[int]:
     return out
 
 
-def probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeout_s: float,
-              measure_pickle: bool) -> dict[str, Any]:
+def probe_one(
+    dataset: Any,
+    settings: dict[str, Any],
+    method: str,
+    loader_timeout_s: float,
+    measure_pickle: bool,
+) -> dict[str, Any]:
     """Run the dataset in PROBE_WORKERS real workers under one start method (in the child).
 
     Args:
@@ -144,6 +150,12 @@ def probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeou
     """
     import warnings
 
+    import torch
+
+    # This child is a fork of the caller. If the caller already ran OpenMP parallel regions
+    # (any large tensor op), GNU OpenMP deadlocks on the next one here, so the main-process
+    # half of the probe runs single-threaded, as DataLoader workers do.
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         # DataLoader's own hints (e.g. "Got pickle error when attempting to start a worker")
         # must not print from the library; the error itself is what the probe reports.
@@ -151,8 +163,13 @@ def probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeou
         return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle)
 
 
-def _probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeout_s: float,
-               measure_pickle: bool) -> dict[str, Any]:
+def _probe_one(
+    dataset: Any,
+    settings: dict[str, Any],
+    method: str,
+    loader_timeout_s: float,
+    measure_pickle: bool,
+) -> dict[str, Any]:
     from torch.utils.data import DataLoader, IterableDataset, default_collate
 
     obs: dict[str, Any] = {}
@@ -202,13 +219,13 @@ def _probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeo
     indices = [0] * 4 + list(range(1, min(n, 1 + MAP_EXTRA)))
     collate = settings.get("collate_fn") or default_collate
     it = iter(DataLoader(dataset, batch_size=1, sampler=indices, collate_fn=collate, **common))
-    digests: list[str] = []
+    batch_digests: list[str] = []
     try:
         for batch in it:
             if batches == 0:
                 obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
                 obs["worker_uss_first_bytes"] = _worker_uss(it)
-            digests.append(_digest(batch))
+            batch_digests.append(_digest(batch))
             batches += 1
         obs["worker_uss_last_bytes"] = _worker_uss(it)
     finally:
@@ -221,13 +238,15 @@ def _probe_one(dataset: Any, settings: dict[str, Any], method: str, loader_timeo
     main_a = _digest(collate([dataset[0]]))
     main_b = _digest(collate([dataset[0]]))
     obs["main_random"] = main_a != main_b
-    if len(digests) >= 4:
-        obs["workers_identical"] = digests[0] == digests[1] and digests[2] == digests[3]
+    if len(batch_digests) >= 4:
+        b = batch_digests
+        obs["workers_identical"] = b[0] == b[1] and b[2] == b[3]
     return {"batches": batches, "observations": obs}
 
 
-def probe_all(dataset: Any, settings: dict[str, Any], methods: tuple[str, ...],
-              timeout_s: float) -> list[ProbeRun]:
+def probe_all(
+    dataset: Any, settings: dict[str, Any], methods: tuple[str, ...], timeout_s: float
+) -> list[ProbeRun]:
     """Probe each start method in its own isolated child; never raises for worker failures.
 
     Args:
@@ -262,11 +281,20 @@ def probe_all(dataset: Any, settings: dict[str, Any], methods: tuple[str, ...],
         )
         elapsed = time.perf_counter() - start
         if result.status == "ok" and isinstance(result.value, dict):
-            runs.append(ProbeRun(method, "ok", elapsed, int(result.value.get("batches", 0)),
-                                 None, dict(result.value.get("observations", {}))))
+            runs.append(
+                ProbeRun(
+                    method,
+                    "ok",
+                    elapsed,
+                    int(result.value.get("batches", 0)),
+                    None,
+                    dict(result.value.get("observations", {})),
+                )
+            )
         else:
-            runs.append(ProbeRun(method, result.status, elapsed, 0,
-                                 _trim(result.error or "no result"), {}))
+            runs.append(
+                ProbeRun(method, result.status, elapsed, 0, _trim(result.error or "no result"), {})
+            )
     return runs
 
 

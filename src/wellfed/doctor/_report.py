@@ -209,8 +209,11 @@ def render_text(report: DoctorReport) -> str:
     methods = ", ".join(report.start_methods) or "-"
     mode = "static + live" if report.live else "static only"
     lines.append(f"start methods: {methods}   checks: {mode}")
-    titles = {"error": "ERRORS (break or corrupt data)", "warning": "WARNINGS (slow, wasteful or "
-              "risky)", "info": "INFO"}
+    titles = {
+        "error": "ERRORS (break or corrupt data)",
+        "warning": "WARNINGS (slow, wasteful or risky)",
+        "info": "INFO",
+    }
     for severity in SEVERITIES:
         group = [f for f in report.findings if f.severity == severity]
         if not group:
@@ -236,9 +239,13 @@ def render_text(report: DoctorReport) -> str:
     lines.append("")
     n_err, n_warn = len(report.errors), len(report.warnings)
     if report.is_clean:
-        lines.append(f"clean: no errors, no warnings (static {report.static_s:.2f} s, "
-                     f"live {report.live_s:.2f} s)")
+        lines.append(
+            f"clean: no errors, no warnings (static {report.static_s:.2f} s, "
+            f"live {report.live_s:.2f} s)"
+        )
     else:
-        lines.append(f"{n_err} error(s), {n_warn} warning(s) (static {report.static_s:.2f} s, "
-                     f"live {report.live_s:.2f} s)")
+        lines.append(
+            f"{n_err} error(s), {n_warn} warning(s) (static {report.static_s:.2f} s, "
+            f"live {report.live_s:.2f} s)"
+        )
     return "\n".join(lines)

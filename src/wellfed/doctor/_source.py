@@ -28,7 +28,13 @@ __all__ = [
 ]
 
 #: Methods that run inside workers for every sample.
-READER_METHODS: tuple[str, ...] = ("__getitem__", "__getitems__", "__iter__", "__next__", "__call__")
+READER_METHODS: tuple[str, ...] = (
+    "__getitem__",
+    "__getitems__",
+    "__iter__",
+    "__next__",
+    "__call__",
+)
 
 #: Methods that never run in workers, or only on the way in or out of one.
 _NOT_STATE_CHANGERS = frozenset(
@@ -176,14 +182,21 @@ def _class_methods(cls: type) -> tuple[dict[str, ast.FunctionDef], dict[str, int
         if cdef is None:
             continue
         for item in cdef.body:
-            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name not in methods:
+            if (
+                isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and item.name not in methods
+            ):
                 methods[item.name] = item  # type: ignore[assignment]
                 lines[item.name] = start + item.lineno - 1
     return methods, lines
 
 
 def _self_attr(node: ast.AST) -> str | None:
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    ):
         return node.attr
     return None
 
@@ -420,7 +433,11 @@ def analyze_class(cls: type) -> ClassAnalysis:
         for sub in ast.walk(fdef):
             if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
                 owner = _self_attr(sub.func.value)
-                if owner in out.reads and sub.func.attr.endswith("_") and not sub.func.attr.startswith("_"):
+                if (
+                    owner in out.reads
+                    and sub.func.attr.endswith("_")
+                    and not sub.func.attr.startswith("_")
+                ):
                     line = lines[name] + sub.lineno - fdef.lineno
                     out.changers.setdefault(owner, (name, line))
     _CACHE[cls] = out
@@ -469,11 +486,14 @@ def seed_calls(func: Any) -> list[SeedCall]:
             for t in n.targets:
                 if isinstance(t, ast.Name):
                     local.setdefault(t.id, []).append(n.value)
-        elif isinstance(n, (ast.AugAssign, ast.AnnAssign)) and isinstance(n.target, ast.Name):
-            if n.value is not None:
-                local.setdefault(n.target.id, []).append(n.value)
-                if isinstance(n, ast.AugAssign):
-                    local[n.target.id].append(ast.Name(id=n.target.id))
+        elif (
+            isinstance(n, (ast.AugAssign, ast.AnnAssign))
+            and isinstance(n.target, ast.Name)
+            and n.value is not None
+        ):
+            local.setdefault(n.target.id, []).append(n.value)
+            if isinstance(n, ast.AugAssign):
+                local[n.target.id].append(ast.Name(id=n.target.id))
 
     def kind(expr: ast.AST, depth: int = 0) -> str:
         if depth > 20:
@@ -484,15 +504,23 @@ def seed_calls(func: Any) -> list[SeedCall]:
             if expr.id in params:
                 return "arguments"
             if expr.id in local:
-                vals = [v for v in local[expr.id] if not (isinstance(v, ast.Name) and v.id == expr.id)]
-                return max((kind(v, depth + 1) for v in vals), key=_RANK.__getitem__, default="runtime")
+                vals = [
+                    v for v in local[expr.id] if not (isinstance(v, ast.Name) and v.id == expr.id)
+                ]
+                return max(
+                    (kind(v, depth + 1) for v in vals), key=_RANK.__getitem__, default="runtime"
+                )
             return "runtime"
         if isinstance(expr, ast.BinOp):
-            return max(kind(expr.left, depth + 1), kind(expr.right, depth + 1), key=_RANK.__getitem__)
+            return max(
+                kind(expr.left, depth + 1), kind(expr.right, depth + 1), key=_RANK.__getitem__
+            )
         if isinstance(expr, ast.UnaryOp):
             return kind(expr.operand, depth + 1)
         if isinstance(expr, ast.Call) and _called_name(expr) in _PURE_CALLS:
-            return max((kind(a, depth + 1) for a in expr.args), key=_RANK.__getitem__, default="constant")
+            return max(
+                (kind(a, depth + 1) for a in expr.args), key=_RANK.__getitem__, default="constant"
+            )
         return "runtime"
 
     out: list[SeedCall] = []
