@@ -367,9 +367,9 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                 out.append(f)
             continue
         obs = run.observations
-        if obs.get("kind") == "map" and obs.get("main_random") and "workers_identical" in obs:
-            if obs["workers_identical"]:
-                what = "two workers returned identical random samples for index 0"
+        if obs.get("kind") == "map" and obs.get("main_random"):
+            if obs.get("workers_identical"):
+                what = "workers returned identical random samples for index 0 in every repeat"
                 if not update(("WF107", "WF108"), m, what):
                     f = ctx.finding(
                         "WF107",
@@ -384,7 +384,7 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                     )
                     if f is not None:
                         out.append(f)
-            else:
+            elif obs.get("workers_differ"):
                 out = _refute(
                     out,
                     ("WF107",),

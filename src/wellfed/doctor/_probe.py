@@ -7,11 +7,12 @@ no process is left behind.
 
 What one run does, with 2 workers (the fewest that can disagree):
 
-- map-style: fetch index 0 four times, then a few other indices, batch_size=1, with the
-  user's collate_fn and worker_init_fn. Batches 0 and 2 come from worker 0, 1 and 3 from
-  worker 1 (DataLoader hands out batches round-robin), so "worker 0's first sample equals
-  worker 1's first sample" while two main-process calls of ``dataset[0]`` differ means
-  the workers share one RNG state: rng-duplication, confirmed.
+- map-style: fetch index 0 2 x REPEATS times, then a few other indices, batch_size=1, with
+  the user's collate_fn and worker_init_fn. Even batches come from worker 0, odd ones from
+  worker 1 (DataLoader hands out batches round-robin), so the k-th sample of worker 0 equals
+  the k-th of worker 1 for every k, while main-process calls of ``dataset[0]`` vary enough
+  that chance cannot explain it, means the workers share one RNG state: rng-duplication,
+  confirmed. One differing pair refutes it.
 - iterable: read up to ITERABLE_ITEMS items, each tagged with the worker that produced it,
   and count samples that more than one worker yields: iterable-sharding, confirmed.
 - both: bytes and tensors per sample (for /dev/shm), private memory (USS) of each worker
@@ -37,7 +38,15 @@ PROBE_WORKERS = 2
 #: Items read from an iterable dataset (per run, all workers together).
 ITERABLE_ITEMS = 64
 
-#: Extra map-style indices fetched after the four repeats of index 0.
+#: Times each of the two workers fetches index 0 (and times the main process does). A
+#: duplicated RNG shows as REPEATS identical pairs; with a coin-flip augmentation the chance of
+#: that by luck is 0.5**8 = 0.4%.
+REPEATS = 8
+
+#: Identical pairs confirm rng-duplication only when chance explains them less often than this.
+CHANCE_LEVEL = 1e-3
+
+#: Extra map-style indices fetched after the repeats of index 0.
 MAP_EXTRA = 8
 
 
@@ -216,7 +225,7 @@ def _probe_one(
         obs["distinct_samples"] = len(owners)
         return {"batches": batches, "observations": obs}
     n = len(dataset)
-    indices = [0] * 4 + list(range(1, min(n, 1 + MAP_EXTRA)))
+    indices = [0] * (2 * REPEATS) + list(range(1, min(n, 1 + MAP_EXTRA)))
     collate = settings.get("collate_fn") or default_collate
     it = iter(DataLoader(dataset, batch_size=1, sampler=indices, collate_fn=collate, **common))
     batch_digests: list[str] = []
@@ -234,13 +243,20 @@ def _probe_one(
             shutdown()
         del it
     obs["kind"] = "map"
-    # Main process, after the workers: is dataset[0] random at all?
-    main_a = _digest(collate([dataset[0]]))
-    main_b = _digest(collate([dataset[0]]))
-    obs["main_random"] = main_a != main_b
-    if len(batch_digests) >= 4:
+    # Main process, after the workers: is dataset[0] random at all, and how random?
+    main = [_digest(collate([dataset[0]])) for _ in range(REPEATS)]
+    obs["main_random"] = len(set(main)) > 1
+    if len(batch_digests) >= 2 * REPEATS and obs["main_random"]:
         b = batch_digests
-        obs["workers_identical"] = b[0] == b[1] and b[2] == b[3]
+        same = [b[2 * k] == b[2 * k + 1] for k in range(REPEATS)]
+        # Chance that two independent draws collide, estimated from the main-process draws
+        # (unbiased estimate of sum p_v**2); identical pairs only count as evidence when
+        # REPEATS collisions by chance would be rarer than CHANCE_LEVEL.
+        counts = [main.count(v) for v in set(main)]
+        collide = sum(c * (c - 1) for c in counts) / (REPEATS * (REPEATS - 1))
+        obs["collision_chance"] = collide
+        obs["workers_identical"] = all(same) and collide**REPEATS < CHANCE_LEVEL
+        obs["workers_differ"] = not all(same)
     return {"batches": batches, "observations": obs}
 
 
