@@ -43,6 +43,7 @@ def values_for(task: int, n: int = N_SAMPLES) -> np.ndarray:
 
 def deform(image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Warp one (1, H, W) image with a (2, 3) affine matrix (bilinear, zero padding)."""
+    image = image.to(theta.dtype)
     grid = F.affine_grid(theta.unsqueeze(0), [1, *image.shape], align_corners=False)
     return F.grid_sample(image.unsqueeze(0), grid, align_corners=False)[0]
 
@@ -208,9 +209,9 @@ class NaiveTornDataset(Dataset[torch.Tensor]):
         return torch.tensor([c, s_a, s_b, c, s_a2, s_b2, os.getpid()], dtype=torch.float64)
 
 
-def worker_pid(_: int) -> int:
-    """A sample that is the pid of the worker that made it."""
-    return os.getpid()
+def list_collate(batch: list[Any]) -> list[Any]:
+    """Collate to a plain list: no tensor crosses the queue (so no fd passing)."""
+    return batch
 
 
 class PidDataset(Dataset[tuple[int, int]]):

@@ -89,6 +89,12 @@ _ALIGN = 64
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _unpack_u64 = _U64.unpack_from
+# The control word is stored and loaded with the *native* format: CPython packs native
+# integers with one memcpy of 8 bytes (a single aligned load/store on x86-64 and arm64), while
+# the "<Q" (standard) packer moves one byte at a time, so a reader could see half a word.
+_WORD = struct.Struct("Q")
+_load_word = _WORD.unpack_from
+_store_word = _WORD.pack_into
 
 _SCALAR_KINDS = ("bool", "int", "float", "npscalar")
 _CLEANUP_GRACE_S = 1.0  # tolerance when comparing process start times (s)
@@ -507,7 +513,7 @@ def _release_files(
     try:
         if not ctl.closed:
             _U64.pack_into(ctl, _CLOSED_OFFSET, 1)
-            _U64.pack_into(ctl, _WORD_OFFSET, 0)
+            _store_word(ctl, _WORD_OFFSET, 0)
     except (ValueError, OSError):
         pass
     for path in sorted(paths):
@@ -700,7 +706,7 @@ class SharedState:
             r = self._local.r
         except AttributeError:
             r = self._new_reader()
-        word = _unpack_u64(r.ctl, _WORD_OFFSET)[0]
+        word = _load_word(r.ctl, _WORD_OFFSET)[0]
         if word == r.word:
             return r.snap  # type: ignore[return-value]
         return self._refresh(r, word)
@@ -716,7 +722,7 @@ class SharedState:
             r = self._local.r
         except AttributeError:
             r = self._new_reader()
-        return int(_unpack_u64(r.ctl, _WORD_OFFSET)[0] >> _SLOT_BITS)
+        return int(_load_word(r.ctl, _WORD_OFFSET)[0] >> _SLOT_BITS)
 
     @property
     def closed(self) -> bool:
@@ -762,7 +768,7 @@ class SharedState:
         """Slow path: pin the slot the control word names and build its snapshot."""
         assert fcntl is not None
         for _ in range(10_000):
-            if word == 0 or _unpack_u64(r.ctl, _CLOSED_OFFSET)[0]:
+            if _unpack_u64(r.ctl, _CLOSED_OFFSET)[0]:
                 raise StateError(
                     f"SharedState was closed: {self._prefix} (owner pid {self._owner_pid}) "
                     "was closed, or its owner exited, so its fields no longer exist. Keep the "
@@ -779,7 +785,7 @@ class SharedState:
                 try:
                     seg = _open_segment(path, slot, writable=False)
                 except FileNotFoundError:
-                    again = _unpack_u64(r.ctl, _WORD_OFFSET)[0]
+                    again = _load_word(r.ctl, _WORD_OFFSET)[0]
                     if again == word:
                         raise self._gone_error(path) from None
                     word = again
@@ -787,7 +793,7 @@ class SharedState:
                 r.segments[slot] = seg
             if seg is not r.pinned:
                 fcntl.flock(seg.fd, fcntl.LOCK_SH)
-            again = _unpack_u64(r.ctl, _WORD_OFFSET)[0]
+            again = _load_word(r.ctl, _WORD_OFFSET)[0]
             if again != word or seg.content_version() != word >> _SLOT_BITS:
                 if seg is not r.pinned:
                     fcntl.flock(seg.fd, fcntl.LOCK_UN)
@@ -943,7 +949,7 @@ class SharedState:
         finally:
             fcntl.flock(target.fd, fcntl.LOCK_UN)
         assert self._ctl is not None
-        _U64.pack_into(self._ctl, _WORD_OFFSET, (version << _SLOT_BITS) | target.slot)
+        _store_word(self._ctl, _WORD_OFFSET, (version << _SLOT_BITS) | target.slot)
         self._current = target
         self._version = version
         self._retire_slots(signature)

@@ -1,0 +1,377 @@
+"""SharedState with real DataLoader workers: freshness, atomicity and cleanup.
+
+Issue 7 "Done when", and the command that proves each:
+
+* batches after each of 20 updates equal the num_workers=0 batches under fork, spawn and
+  forkserver, persistent and not, 1 to 4 workers: ``test_batches_match_num_workers_0``
+  (a representative subset by default; all 24 configurations with ``--runslow``);
+* 1,000 updates while 4 workers read, no torn read: ``test_no_torn_read_under_1000_updates``;
+* no shared-memory file left after normal exit, a killed worker, a killed main process:
+  ``test_normal_exit_*``, ``test_killed_worker_*``, ``test_killed_main_*``.
+
+Run: ``pytest tests/unit/test_shared_state.py tests/integration/test_shared_state_workers.py
+[--runslow]``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests import helpers_shared_state as h
+from wellfed.shared_state import SharedState
+
+pytestmark = [
+    pytest.mark.workers,
+    # The issue asks for up to 4 workers; torch warns when that exceeds this machine's CPUs.
+    pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),
+]
+
+METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+UPDATES = 20
+TIMEOUT_S = 60.0
+ROOT = Path(__file__).resolve().parents[2]
+
+# Configurations run by default: every start method, persistent and not, 1 to 4 workers
+# appear at least once. The other configurations of the full matrix run with --runslow.
+DEFAULT_CONFIGS = {
+    ("fork", True, 1),
+    ("fork", True, 4),
+    ("fork", False, 3),
+    ("spawn", True, 2),
+    ("forkserver", True, 3),
+}
+
+
+def _matrix() -> Iterator[Any]:
+    for method in METHODS:
+        for persistent in (True, False):
+            for workers in (1, 2, 3, 4):
+                slow = (method, persistent, workers) not in DEFAULT_CONFIGS
+                marks = [pytest.mark.slow, pytest.mark.timeout(900)] if slow else []
+                name = f"{method}-{'persistent' if persistent else 'fresh'}-{workers}w"
+                yield pytest.param(method, persistent, workers, marks=marks, id=name)
+
+
+def make_loader(ds: Any, method: str, workers: int, persistent: bool, **kw: Any) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=kw.pop("batch_size", 2),
+        num_workers=workers,
+        persistent_workers=persistent,
+        multiprocessing_context=method,
+        timeout=TIMEOUT_S,
+        **kw,
+    )
+
+
+def shutdown(loader: DataLoader) -> None:
+    """Stop a loader's workers now (persistent workers otherwise live until GC)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None:
+        it._shutdown_workers()
+        loader._iterator = None
+    gc.collect()
+
+
+def shm_files(prefix: str) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+
+
+# ----------------------------------------------------------------------- without SharedState
+
+
+def test_without_shared_state_persistent_fork_workers_are_stale() -> None:
+    """Note 000's dataset: after set_theta, persistent fork workers still warp with task 0."""
+    ds = h.NaiveDeformationDataset()
+    loader = make_loader(ds, "fork", 2, True)
+    ref = DataLoader(ds, batch_size=2)
+    try:
+        task0 = torch.cat(list(loader))
+        assert torch.equal(task0, torch.cat(list(ref)))
+        stale = 0
+        for task in (1, 2, 3):
+            ds.set_theta(h.theta_for(task))
+            got, want = torch.cat(list(loader)), torch.cat(list(ref))
+            assert not torch.equal(want, task0)
+            stale += int(torch.equal(got, task0) and not torch.equal(got, want))
+        assert stale == 3  # every task trained on the first task's deformation
+    finally:
+        shutdown(loader)
+
+
+def test_without_shared_state_spawn_workers_see_half_updates() -> None:
+    """Under spawn, in-place edits reach persistent workers and replaced tensors do not."""
+    ds = h.HalfUpdatedDataset()
+    loader = make_loader(ds, "spawn", 1, True, batch_size=4)
+    try:
+        scale, shift = list(loader)[0]
+        assert scale.tolist() == shift.tolist() == [0.0] * 4
+        ds.set_task(5)
+        scale, shift = list(loader)[0]
+        assert scale.tolist() == [5.0] * 4  # the in-place edit arrived
+        assert shift.tolist() == [0.0] * 4  # the replacement did not: a mix of two tasks
+    finally:
+        shutdown(loader)
+
+
+# ----------------------------------------------------------------------- with SharedState
+
+
+@pytest.mark.parametrize(("method", "persistent", "workers"), list(_matrix()))
+def test_batches_match_num_workers_0(method: str, persistent: bool, workers: int) -> None:
+    """After each of 20 updates, every worker batch equals the num_workers=0 batch."""
+    _check_tasks(method, persistent, workers, UPDATES)
+
+
+def test_fresh_forkserver_workers_quick() -> None:
+    """Non-persistent workers from a fresh interpreter, 3 updates (20 with --runslow above)."""
+    _check_tasks("forkserver", False, 1, 3)
+
+
+def _check_tasks(method: str, persistent: bool, workers: int, updates: int) -> None:
+    ds = h.SharedDeformationDataset()
+    loader = make_loader(ds, method, workers, persistent)
+    ref = DataLoader(ds, batch_size=2)
+    try:
+        for task in range(1, updates + 1):
+            version = ds.state.update(theta=h.theta_for(task))
+            got, want = list(loader), list(ref)
+            assert len(got) == len(want) == h.N_SAMPLES // 2
+            for (g_img, g_ver), (w_img, w_ver) in zip(got, want):
+                assert g_ver.tolist() == w_ver.tolist() == [version] * len(g_ver)
+                assert torch.equal(g_img, w_img), f"task {task}: worker batch differs"
+    finally:
+        shutdown(loader)
+        ds.state.close()
+
+
+@pytest.mark.parametrize("method", ["fork", pytest.param("forkserver", marks=pytest.mark.slow)])
+def test_drifting_values_match_num_workers_0(method: str) -> None:
+    ds = h.SharedDriftingValuesDataset()
+    loader = make_loader(ds, method, 2, True)
+    ref = DataLoader(ds, batch_size=2)
+    try:
+        for task in range(1, UPDATES + 1):
+            ds.set_values(h.values_for(task), task)
+            got, want = list(loader), list(ref)
+            for g, w in zip(got, want):
+                assert all(torch.equal(a, b) for a, b in zip(g, w))
+                assert g[2].tolist() == [task, task]
+    finally:
+        shutdown(loader)
+        ds.state.close()
+
+
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_new_shape_and_dtype_reach_persistent_workers(method: str) -> None:
+    """Replacing a field with another shape/dtype: workers map the new storage lazily."""
+    ds = h.SharedDeformationDataset()
+    loader = make_loader(ds, method, 2, True)
+    ref = DataLoader(ds, batch_size=2)
+    try:
+        list(loader)
+        for task, dtype in ((1, torch.float64), (2, torch.float32), (3, torch.float64)):
+            theta = h.theta_for(task).to(dtype)
+            ds.state.update(theta=theta)
+            got, want = list(loader), list(ref)
+            for (g_img, _), (w_img, _) in zip(got, want):
+                assert g_img.dtype == dtype
+                assert torch.equal(g_img, w_img)
+    finally:
+        shutdown(loader)
+        ds.state.close()
+
+
+# ----------------------------------------------------------------------- atomicity
+
+
+def _check_rows(rows: torch.Tensor, k: int) -> tuple[int, set[int]]:
+    torn = 0
+    versions = set()
+    for version, s_a, s_b, c, s_a2, s_b2, _pid in rows.tolist():
+        v = int(version)
+        versions.add(v)
+        exp_a, exp_b, exp_c = h.torn_expected(v, k)
+        if (s_a, s_a2) != (exp_a, exp_a) or (int(s_b), int(s_b2)) != (exp_b, exp_b) or c != exp_c:
+            torn += 1
+    return torn, versions
+
+
+def _stress(ds: Any, set_version: Any, updates: int) -> tuple[torch.Tensor, int]:
+    """Consume batches from 4 fork workers while a thread of this process updates the state."""
+    loader = make_loader(ds, "fork", 4, False, batch_size=4, prefetch_factor=2)
+    it = iter(loader)
+    rows = [next(it)]  # workers are up before the writer starts
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for v in range(2, updates + 2):
+                set_version(v)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while not done.is_set():
+            rows.append(next(it))
+        rows.extend(next(it) for _ in range(12))  # the last versions too
+    finally:
+        done.wait(TIMEOUT_S)
+        t.join(TIMEOUT_S)
+        it._shutdown_workers()
+        del it
+    return torch.cat(rows), updates + 1
+
+
+def test_no_torn_read_under_1000_updates() -> None:
+    """1,000 updates of a 3-field state while 4 workers read: every sample is consistent."""
+    state = SharedState(h.torn_fields(1))
+    try:
+        rows, last = _stress(h.TornReadDataset(state), lambda v: state.update(h.torn_fields(v)),
+                             1000)
+        torn, versions = _check_rows(rows, h.TORN_K)
+        assert state.version == last
+    finally:
+        state.close()
+    assert torn == 0, f"{torn} torn reads in {len(rows)} samples"
+    assert len(versions) > 20, f"workers saw only {len(versions)} versions: no concurrency"
+    assert len(set(rows[:, 6].tolist())) == 4  # all four workers read
+    assert last in versions  # the final update reached the workers
+
+
+@pytest.mark.slow
+def test_checker_sees_torn_reads_without_shared_state() -> None:
+    """Negative control: the same checksums over plain shared tensors edited in place tear."""
+    ds = h.NaiveTornDataset()
+    rows, _ = _stress(ds, ds.set_version, 1000)
+    torn, _ = _check_rows(rows, h.TORN_K)
+    assert torn > 0
+
+
+# ----------------------------------------------------------------------- cleanup
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    from torch.utils.data import DataLoader
+    import wellfed.shared_state as ss
+    from tests.helpers_shared_state import PidDataset
+
+    mode = sys.argv[1]
+    ss._USE_RESOURCE_TRACKER = mode != "no-tracker"
+    state = ss.SharedState(a=np.zeros(1000), epoch=0)
+    loader = DataLoader(PidDataset(state), batch_size=1, num_workers=1,
+                        persistent_workers=True, multiprocessing_context="fork", timeout=60)
+    pid, version = next(iter(loader))
+    state.update(epoch=1)
+    pid, version = next(iter(loader))
+    assert int(version) == 2
+    from multiprocessing import resource_tracker
+    print(json.dumps({"prefix": state._prefix, "worker": int(pid),
+                      "tracker": resource_tracker._resource_tracker._pid}), flush=True)
+    if mode == "exit":
+        sys.exit(0)  # no close(): the atexit hook must remove the files
+    sys.stdin.read()  # wait to be killed
+    """
+)
+
+
+def _child(mode: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mode], cwd=ROOT, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        pytest.fail(f"child failed: {err[-2000:]}")
+    return proc, json.loads(line)
+
+
+def _wait_gone(pids: list[int | None], timeout_s: float = 30.0) -> None:
+    procs = []
+    for pid in pids:
+        if pid:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    assert not alive, f"still running: {alive}"
+
+
+def test_normal_exit_removes_files_without_close() -> None:
+    proc, info = _child("exit")
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err
+    assert shm_files(info["prefix"]) == []
+
+
+def test_killed_worker_leaves_nothing_and_releases_its_pin() -> None:
+    state = SharedState(a=np.zeros(1000), epoch=0)
+    prefix = state._prefix
+    loader = make_loader(
+        h.PidDataset(state), "fork", 2, True, batch_size=1, collate_fn=h.list_collate
+    )
+    try:
+        it = iter(loader)
+        [(pid, _)] = next(it)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="exited unexpectedly|killed by signal"):
+            for _ in range(len(loader)):
+                next(it)
+    finally:
+        shutdown(loader)
+    # The dead worker's shared lock went with it: every slot can be locked for writing.
+    for path in state.segment_paths():
+        if path.endswith("_ctl"):
+            continue
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    assert state.update(epoch=1) == 2 and state.read()["epoch"] == 1
+    state.close()
+    assert shm_files(prefix) == []
+
+
+def test_killed_main_files_are_removed() -> None:
+    """SIGKILL the owner: the resource tracker removes its files; cleanup_orphans does too."""
+    tracked, tracked_info = _child("tracker")
+    untracked, untracked_info = _child("no-tracker")
+    for proc in (tracked, untracked):
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT_S)
+    assert shm_files(untracked_info["prefix"]), "the killed owner's files should be left"
+    # Orphaned workers notice their parent is gone within 5 s and exit; then the tracker
+    # (whose pipe they inherited) exits too, unlinking what the killed owner registered.
+    _wait_gone([tracked_info["worker"], untracked_info["worker"], tracked_info["tracker"]])
+    assert shm_files(tracked_info["prefix"]) == []
+    removed = SharedState.cleanup_orphans()
+    assert shm_files(untracked_info["prefix"]) == []
+    assert any(untracked_info["prefix"] in p for p in removed)
