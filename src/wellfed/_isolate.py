@@ -106,8 +106,27 @@ def _forget_parent_forkserver() -> None:
             setattr(server, name, None)
 
 
-def _child_main(conn: Any, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    _forget_parent_forkserver()
+def _single_threaded_torch_after_fork() -> None:
+    """After fork: keep torch's intra-op work on one thread.
+
+    GNU OpenMP's thread pool does not survive fork: once the parent has run a parallel torch
+    op, a forked child's next parallel op hangs forever (pytorch/pytorch#17199; reproduced
+    here with torch 2.13). DataLoader workers avoid it the same way (they call
+    ``torch.set_num_threads(1)``).
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _child_main(
+    conn: Any, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], forked: bool = False
+) -> None:
+    if forked:
+        _forget_parent_forkserver()
+        _single_threaded_torch_after_fork()
     if hasattr(os, "setpgrp"):
         with contextlib.suppress(OSError):
             os.setpgrp()
@@ -190,7 +209,8 @@ def run_isolated(
     """Run ``func(*args, **kwargs)`` in a fresh child process and return what happened.
 
     The child runs in its own process group. Whatever happens (return, exception, crash,
-    hang), the child and all its descendants are gone when this function returns.
+    hang), the child and all its descendants are gone when this function returns. A forked
+    child runs torch on one intra-op thread (see _single_threaded_torch_after_fork).
 
     Args:
         func: The callable. With the default fork context it may be anything; with spawn it
@@ -206,7 +226,8 @@ def run_isolated(
     """
     ctx = multiprocessing.get_context(context) if context else _preferred_context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(child_conn, func, args, kwargs), daemon=False)
+    forked = ctx.get_start_method() == "fork"
+    proc = ctx.Process(target=_child_main, args=(child_conn, func, args, kwargs, forked), daemon=False)
     start = time.perf_counter()
     proc.start()
     child_conn.close()

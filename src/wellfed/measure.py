@@ -139,6 +139,8 @@ class Trial:
         elapsed_s: Wall seconds the trial took, start-up included.
         error: The failure, with the worker's own message; None when ok.
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
+        torch_threads: torch's intra-op threads in the trial's main process (1 when the
+            measuring process was forked: see ``run_isolated``).
     """
 
     config: LoaderConfig
@@ -156,6 +158,7 @@ class Trial:
     elapsed_s: float = 0.0
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    torch_threads: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -304,7 +307,10 @@ def _run_trial(
         span = stamps[hi - 1] - (prev_t if lo == 0 else stamps[lo - 1])
         rates.append(sum(sizes[lo:hi]) / span if span > 0 else float("inf"))
         prev_t = stamps[hi - 1]
+    import torch
+
     return {
+        "torch_threads": torch.get_num_threads(),
         "first_batch_s": first_batch_s,
         "windows": rates,
         "batches": n,
@@ -385,6 +391,7 @@ def measure(
         memory_kind=result.memory_kind,
         elapsed_s=result.elapsed_s,
         warnings=tuple(data["warnings"]),
+        torch_threads=data["torch_threads"],
     )
 
 
