@@ -74,3 +74,19 @@ def make_squares() -> SquaresDataset:
 def broken_factory() -> SquaresDataset:
     """A factory that raises, as one whose database is unreachable would."""
     raise RuntimeError("database unreachable (test)")
+
+
+class TransformedSquares(SquaresDataset):
+    """SquaresDataset with a user transform (a lambda in the hazard below)."""
+
+    def __init__(self, n: int, transform: object) -> None:
+        super().__init__(n)
+        self.transform = transform
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = super().__getitem__(index)
+        return self.transform(x), y  # type: ignore[operator]
+
+
+# Unpicklable under spawn and forkserver (a lambda); fine under fork.
+lambda_squares = TransformedSquares(32, lambda x: x * 2)

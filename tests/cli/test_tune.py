@@ -55,3 +55,18 @@ def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
     text = capsys.readouterr().out
     assert "Recommended" in text and "DataLoader(" in text
+
+
+@pytest.mark.workers
+def test_tune_refuses_workers_the_doctor_rejects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    code = main(
+        ["tune", "tests.helpers:lambda_squares", "--start-method", "spawn", "--batch-size", "4", "--budget-s", "20", "--json", str(out)]
+    )
+    assert code == 1
+    data = json.loads(out.read_text())
+    assert [t["config"]["num_workers"] for t in data["trials"]] == [0]
+    assert data["findings"]
+    assert any(f["path"].startswith("dataset.transform") for f in data["findings"])
+    text = capsys.readouterr().out
+    assert "dataset.transform" in text
