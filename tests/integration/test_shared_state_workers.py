@@ -259,7 +259,6 @@ def test_no_torn_read_under_1000_updates() -> None:
     assert last in versions  # the final update reached the workers
 
 
-@pytest.mark.slow
 def test_checker_sees_torn_reads_without_shared_state() -> None:
     """Negative control: the same checksums over plain shared tensors edited in place tear."""
     ds = h.NaiveTornDataset()
