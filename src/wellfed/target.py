@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,11 @@ def _import_failed(target: str, module: str, exc: BaseException) -> TargetError:
 
 
 def _import_module(name: str, target: str) -> Any:
+    # As `python -m` does (and uvicorn, gunicorn), the current directory is importable, so
+    # `wellfed tune mypkg.data:train_set` works from the project's folder.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:

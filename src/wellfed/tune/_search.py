@@ -439,7 +439,7 @@ def tune(
         stopped_because=stopped,
         findings=findings,
     )
-    if store and recommended is not None:
+    if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
 
         path = save_result(spec.dataset, result)
