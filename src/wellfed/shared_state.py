@@ -358,12 +358,21 @@ def _open_segment(path: str, slot: int, *, writable: bool) -> _Segment:
 # --------------------------------------------------------------------------- snapshot
 
 
-class StateSnapshot(Mapping[str, Any]):
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError(
+        "StateSnapshot is read-only: it is shared by every read of this version in this "
+        "thread. Change the state with SharedState.update(), or work on snapshot.copy()."
+    )
+
+
+class StateSnapshot(dict):  # type: ignore[type-arg]
     """One consistent version of a SharedState's fields: a read-only mapping name -> value.
 
     Tensor fields are ``torch.Tensor`` views and array fields read-only ``numpy.ndarray``
     views over shared memory (zero-copy); scalar fields are Python (or numpy) scalars. Every
-    value belongs to the same ``version``.
+    value belongs to the same ``version``. A ``dict`` subclass, so ``snap["theta"]`` costs
+    what a dict lookup costs; the mutating methods raise TypeError. Fields are read by key
+    only (``snap.values`` would be the dict method, not a field named "values").
 
     Validity: the views stay intact until the next ``read()`` (or ``state[name]``) of the
     same state in the same thread that finds a newer version; after that the writer may reuse
@@ -373,40 +382,22 @@ class StateSnapshot(Mapping[str, Any]):
         version: The state's version these values belong to (1 at creation, +1 per update).
     """
 
-    __slots__ = ("_values", "version")
+    __slots__ = ("version",)
 
     def __init__(self, version: int, values: dict[str, Any]) -> None:
+        dict.__init__(self, values)
         self.version = version
-        self._values = values
 
-    def __getitem__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise KeyError(
-                f"SharedState has no field {name!r}; fields: {sorted(self._values)}"
-            ) from None
+    def __missing__(self, name: str) -> Any:
+        raise KeyError(f"SharedState has no field {name!r}; fields: {sorted(self)}")
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+    __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
 
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(
-                f"SharedState snapshot has no field {name!r}; fields: {sorted(self._values)}"
-            ) from None
-
-    def copy(self) -> StateSnapshot:
+    def copy(self) -> StateSnapshot:  # type: ignore[override]
         """Return a snapshot of private copies, valid for as long as it is kept."""
         out: dict[str, Any] = {}
-        for name, value in self._values.items():
+        for name, value in self.items():
             if _is_torch_tensor(value):
                 out[name] = value.clone()
             elif hasattr(value, "copy") and hasattr(value, "flags"):
@@ -415,8 +406,11 @@ class StateSnapshot(Mapping[str, Any]):
                 out[name] = value
         return StateSnapshot(self.version, out)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StateSnapshot, (self.version, dict(self)))
+
     def __repr__(self) -> str:
-        return f"StateSnapshot(version={self.version}, fields={list(self._values)})"
+        return f"StateSnapshot(version={self.version}, fields={list(self)})"
 
 
 class _Reader:
@@ -706,7 +700,7 @@ class SharedState:
             r = self._local.r
         except AttributeError:
             r = self._new_reader()
-        word = _load_word(r.ctl, _WORD_OFFSET)[0]
+        word = _load_word(r.ctl, 8)[0]  # 8 == _WORD_OFFSET, inlined: this is the fast path
         if word == r.word:
             return r.snap  # type: ignore[return-value]
         return self._refresh(r, word)

@@ -54,7 +54,9 @@ def test_round_trip_of_every_kind(shm: Path) -> None:
         assert snap["flag"] is True
         assert snap["half"] == np.float16(2.5) and snap["half"].dtype == np.float16
         assert snap["bf"].dtype == torch.bfloat16
-        assert snap.epoch == 3  # attribute access too
+        with pytest.raises(TypeError, match="read-only"):
+            snap["epoch"] = 4
+        assert pickle.loads(pickle.dumps(snap))["epoch"] == 3
         assert state["epoch"] == 3
         assert state.names == ("theta", "values", "epoch", "lr", "flag", "half", "bf")
 
