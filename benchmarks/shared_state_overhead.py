@@ -61,7 +61,10 @@ def _epoch_s(loader: DataLoader) -> float:
 
 def _loader(ds: Any, workers: int, start_method: str, batch_size: int) -> DataLoader:
     return DataLoader(
-        ds, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         multiprocessing_context=start_method if workers > 0 else None,
         timeout=60 if workers > 0 else 0,
     )
@@ -87,7 +90,7 @@ def compare(
         if it is not None:
             it._shutdown_workers()
     med = {k: statistics.median(v) for k, v in times.items()}
-    paired = [s / p for s, p in zip(times["shared"], times["plain"])]
+    paired = [s / p for s, p in zip(times["shared"], times["plain"], strict=False)]
     return {
         "num_workers": workers,
         "start_method": start_method if workers else None,
@@ -121,7 +124,10 @@ def read_cost_ns(state: wellfed.SharedState, number: int) -> dict[str, float]:
 def _environment(args: argparse.Namespace) -> dict[str, Any]:
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
             check=False,
         ).stdout.strip()
     except OSError:
@@ -165,8 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = _environment(args)
         record["read_cost"] = read_cost_ns(shared.state, 20_000 if args.smoke else 200_000)
         record["settings"] = [
-            compare(plain, shared, workers=w, start_method=args.start_method,
-                    batch_size=args.batch_size, repeats=args.repeats)
+            compare(
+                plain,
+                shared,
+                workers=w,
+                start_method=args.start_method,
+                batch_size=args.batch_size,
+                repeats=args.repeats,
+            )
             for w in (args.workers, 0)
         ]
     finally:
@@ -175,10 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rc = record["read_cost"]
     print(f"read(): {rc['read_ns_p50']:.0f} ns vs attribute {rc['attribute_ns_p50']:.0f} ns")
     for s in record["settings"]:
+        ms = {k: v * 1e3 for k, v in s.items() if k.startswith("epoch_s_p")}
         print(
-            f"num_workers={s['num_workers']}: epoch p50 plain {s['epoch_s_p50_plain']*1e3:.1f} ms"
-            f" (p90 {s['epoch_s_p90_plain']*1e3:.1f}), shared {s['epoch_s_p50_shared']*1e3:.1f} ms"
-            f" (p90 {s['epoch_s_p90_shared']*1e3:.1f}); overhead {s['overhead_pct_p50']:+.2f}%"
+            f"num_workers={s['num_workers']}: epoch p50 plain {ms['epoch_s_p50_plain']:.1f} ms"
+            f" (p90 {ms['epoch_s_p90_plain']:.1f}), shared {ms['epoch_s_p50_shared']:.1f} ms"
+            f" (p90 {ms['epoch_s_p90_shared']:.1f}); overhead {s['overhead_pct_p50']:+.2f}%"
             f" (paired {s['overhead_pct_paired_p50']:+.2f}%)"
         )
     if args.out is not None:

@@ -52,8 +52,10 @@ def theta_for_task(task: int) -> torch.Tensor:
     """(2, 3) affine matrix of ``task``: rotation by 0.4 rad per task, slight zoom and shift."""
     a, s = 0.4 * task, 1.0 + 0.05 * task
     return torch.tensor(
-        [[s * math.cos(a), -s * math.sin(a), 0.05 * task],
-         [s * math.sin(a), s * math.cos(a), -0.05 * task]],
+        [
+            [s * math.cos(a), -s * math.sin(a), 0.05 * task],
+            [s * math.sin(a), s * math.cos(a), -0.05 * task],
+        ],
         dtype=torch.float32,
     )
 
@@ -112,7 +114,10 @@ def train(
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(SIZE * SIZE, N_CLASSES))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(
-        dataset, batch_size=32, num_workers=workers, persistent_workers=workers > 0,
+        dataset,
+        batch_size=32,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         multiprocessing_context=start_method if workers > 0 else None,
         timeout=60 if workers > 0 else 0,
     )
@@ -123,7 +128,7 @@ def train(
         if task > 0:
             version = dataset.set_theta(theta_for_task(task))
         correct = seen = 0
-        for batch, ref in zip(loader, reference):
+        for batch, ref in zip(loader, reference, strict=False):
             images, labels = batch[0], batch[1]
             total += 1
             bad = not torch.equal(images, ref[0])
@@ -153,13 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in ("naive", "shared") if args.mode == "both" else (args.mode,):
         print(f"{mode}: {args.tasks} tasks, {args.workers} persistent {args.start_method} workers")
         if mode == "naive":
-            stale, total = train(ContinuousDeformationDataset(images, labels), tasks=args.tasks,
-                                 workers=args.workers, start_method=args.start_method)
+            stale, total = train(
+                ContinuousDeformationDataset(images, labels),
+                tasks=args.tasks,
+                workers=args.workers,
+                start_method=args.start_method,
+            )
         else:
             ds = SharedContinuousDeformationDataset(images, labels)
             try:
-                stale, total = train(ds, tasks=args.tasks, workers=args.workers,
-                                     start_method=args.start_method)
+                stale, total = train(
+                    ds, tasks=args.tasks, workers=args.workers, start_method=args.start_method
+                )
             finally:
                 ds.state.close()
             shared_stale = stale

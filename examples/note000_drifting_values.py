@@ -96,7 +96,10 @@ def train(
     model = torch.nn.Linear(N_FEATURES, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = DataLoader(
-        dataset, batch_size=64, num_workers=workers, persistent_workers=workers > 0,
+        dataset,
+        batch_size=64,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         multiprocessing_context=start_method if workers > 0 else None,
         timeout=60 if workers > 0 else 0,
     )
@@ -107,7 +110,7 @@ def train(
             dataset.set_task(task)
         for _ in range(epochs_per_task):
             losses = []
-            for (x, y), (_, y_ref) in zip(loader, reference):
+            for (x, y), (_, y_ref) in zip(loader, reference, strict=False):
                 total += 1
                 stale += int(not torch.equal(y, y_ref))
                 loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
@@ -131,13 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for mode in ("naive", "shared") if args.mode == "both" else (args.mode,):
         print(f"{mode}: {args.tasks} tasks, {args.workers} persistent {args.start_method} workers")
         if mode == "naive":
-            stale, total = train(DriftingValuesDataset(x), tasks=args.tasks,
-                                 workers=args.workers, start_method=args.start_method)
+            stale, total = train(
+                DriftingValuesDataset(x),
+                tasks=args.tasks,
+                workers=args.workers,
+                start_method=args.start_method,
+            )
         else:
             ds = SharedDriftingValuesDataset(x)
             try:
-                stale, total = train(ds, tasks=args.tasks, workers=args.workers,
-                                     start_method=args.start_method)
+                stale, total = train(
+                    ds, tasks=args.tasks, workers=args.workers, start_method=args.start_method
+                )
             finally:
                 ds.state.close()
             shared_stale = stale

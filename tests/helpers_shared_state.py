@@ -10,6 +10,7 @@ sample starts and after it has used the fields) so an overwrite during use is ca
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ def deform(image: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 class NaiveDeformationDataset(Dataset[torch.Tensor]):
-    """Note 000's ContinuousDeformationDataset: ``theta`` is a plain attribute (stale in workers)."""
+    """Note 000's ContinuousDeformationDataset: ``theta`` a plain attribute (stale in workers)."""
 
     def __init__(self, n: int = N_SAMPLES) -> None:
         self.images = images(n)
@@ -226,3 +227,26 @@ class PidDataset(Dataset[tuple[int, int]]):
 
     def __getitem__(self, i: int) -> tuple[int, int]:
         return os.getpid(), self.state.read().version
+
+
+class CrashingDataset(Dataset[tuple[int, int]]):
+    """Samples are (worker pid, version); the worker that fetches ``crash_index`` SIGKILLs itself.
+
+    It dies right after ``read()``, holding a pin on the state, and before it has produced a
+    batch, so it holds none of the DataLoader's own queue locks (a worker killed from outside
+    at a random moment can die holding one, and then torch hangs: that is not what we test).
+    """
+
+    def __init__(self, state: SharedState, crash_index: int, length: int = 16) -> None:
+        self.state = state
+        self.crash_index = crash_index
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        version = self.state.read().version
+        if i == self.crash_index:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid(), version

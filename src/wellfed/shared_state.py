@@ -38,6 +38,7 @@ where it exists, else to the temporary directory.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import json
 import logging
@@ -50,7 +51,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -321,10 +322,8 @@ class _Segment:
         """Close the descriptor (does not unlock a lock other descriptors share)."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __del__(self) -> None:
         self.close()
@@ -365,7 +364,7 @@ def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
     )
 
 
-class StateSnapshot(dict):  # type: ignore[type-arg]
+class StateSnapshot(dict[str, Any]):
     """One consistent version of a SharedState's fields: a read-only mapping name -> value.
 
     Tensor fields are ``torch.Tensor`` views and array fields read-only ``numpy.ndarray``
@@ -392,9 +391,9 @@ class StateSnapshot(dict):  # type: ignore[type-arg]
         raise KeyError(f"SharedState has no field {name!r}; fields: {sorted(self)}")
 
     __setitem__ = __delitem__ = _read_only
-    clear = pop = popitem = setdefault = update = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = __ior__ = _read_only
 
-    def copy(self) -> StateSnapshot:  # type: ignore[override]
+    def copy(self) -> StateSnapshot:
         """Return a snapshot of private copies, valid for as long as it is kept."""
         out: dict[str, Any] = {}
         for name, value in self.items():
@@ -437,10 +436,8 @@ class _Reader:
     def release(self) -> None:
         """Unlock the pinned slot and close every descriptor."""
         if self.pinned is not None and self.pinned.fd >= 0 and fcntl is not None:
-            try:
+            with contextlib.suppress(OSError):
                 fcntl.flock(self.pinned.fd, fcntl.LOCK_UN)
-            except OSError:
-                pass
         self.drop()
 
 
@@ -578,8 +575,15 @@ class SharedState:
 
     __wellfed_shared_state__ = True
 
+    _ctl: mmap.mmap | None
+    _finalizer: weakref.finalize[[int, str, mmap.mmap, set[str], set[str]], SharedState] | None
+
     def __init__(
-        self, fields: Mapping[str, Any] | None = None, /, *, directory: str | None = None,
+        self,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        directory: str | None = None,
         **kwargs: Any,
     ) -> None:
         if fcntl is None:  # pragma: no cover - Windows
@@ -616,8 +620,9 @@ class SharedState:
         self._version = 0
 
         ctl_path = self._ctl_path()
-        fd = os.open(ctl_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0),
-                     0o600)
+        fd = os.open(
+            ctl_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
         self._paths.add(ctl_path)
         self._register(ctl_path)
         try:
@@ -649,7 +654,7 @@ class SharedState:
         self._local = threading.local()
         self._readers: list[_Reader] = []
         self._readers_lock = threading.Lock()
-        self._ctl: mmap.mmap | None = None
+        self._ctl = None
         _LIVE.add(self)
 
     @classmethod
@@ -697,7 +702,7 @@ class SharedState:
             StateError: the state was closed (WF503) or its files are gone (WF504).
         """
         try:
-            r = self._local.r
+            r: _Reader = self._local.r
         except AttributeError:
             r = self._new_reader()
         word = _load_word(r.ctl, 8)[0]  # 8 == _WORD_OFFSET, inlined: this is the fast path
@@ -892,8 +897,8 @@ class SharedState:
         if current is not None:
             for f in current.fields:
                 p = prepared.get(f.name)
-                merged[f.name] = p if p is not None else _Prepared(
-                    f.kind, f.dtype, f.shape, f.nbytes, None
+                merged[f.name] = (
+                    p if p is not None else _Prepared(f.kind, f.dtype, f.shape, f.nbytes, None)
                 )
         for name, p in prepared.items():
             if name not in merged:
@@ -1024,10 +1029,8 @@ class SharedState:
             seg.close()  # the mapping is unmapped when its last view is garbage collected
 
     def _unlink(self, path: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         self._paths.discard(path)
         _untrack(self._directory, path, self._tracked)
 
@@ -1114,6 +1117,7 @@ class SharedState:
             The paths removed, sorted.
 
         Example:
+            >>> import wellfed
             >>> removed = wellfed.SharedState.cleanup_orphans()
         """
         directory = os.fspath(directory) if directory is not None else _default_directory()

@@ -15,12 +15,12 @@ Run: ``pytest tests/unit/test_shared_state.py tests/integration/test_shared_stat
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import json
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -44,7 +44,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),
 ]
 
-METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+METHODS = [
+    m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
+]
 UPDATES = 20
 TIMEOUT_S = 60.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,10 +124,10 @@ def test_without_shared_state_spawn_workers_see_half_updates() -> None:
     ds = h.HalfUpdatedDataset()
     loader = make_loader(ds, "spawn", 1, True, batch_size=4)
     try:
-        scale, shift = list(loader)[0]
+        scale, shift = next(iter(loader))
         assert scale.tolist() == shift.tolist() == [0.0] * 4
         ds.set_task(5)
-        scale, shift = list(loader)[0]
+        scale, shift = next(iter(loader))
         assert scale.tolist() == [5.0] * 4  # the in-place edit arrived
         assert shift.tolist() == [0.0] * 4  # the replacement did not: a mix of two tasks
     finally:
@@ -155,7 +157,7 @@ def _check_tasks(method: str, persistent: bool, workers: int, updates: int) -> N
             version = ds.state.update(theta=h.theta_for(task))
             got, want = list(loader), list(ref)
             assert len(got) == len(want) == h.N_SAMPLES // 2
-            for (g_img, g_ver), (w_img, w_ver) in zip(got, want):
+            for (g_img, g_ver), (w_img, w_ver) in zip(got, want, strict=False):
                 assert g_ver.tolist() == w_ver.tolist() == [version] * len(g_ver)
                 assert torch.equal(g_img, w_img), f"task {task}: worker batch differs"
     finally:
@@ -172,8 +174,8 @@ def test_drifting_values_match_num_workers_0(method: str) -> None:
         for task in range(1, UPDATES + 1):
             ds.set_values(h.values_for(task), task)
             got, want = list(loader), list(ref)
-            for g, w in zip(got, want):
-                assert all(torch.equal(a, b) for a, b in zip(g, w))
+            for g, w in zip(got, want, strict=False):
+                assert all(torch.equal(a, b) for a, b in zip(g, w, strict=False))
                 assert g[2].tolist() == [task, task]
     finally:
         shutdown(loader)
@@ -192,7 +194,7 @@ def test_new_shape_and_dtype_reach_persistent_workers(method: str) -> None:
             theta = h.theta_for(task).to(dtype)
             ds.state.update(theta=theta)
             got, want = list(loader), list(ref)
-            for (g_img, _), (w_img, _) in zip(got, want):
+            for (g_img, _), (w_img, _) in zip(got, want, strict=False):
                 assert g_img.dtype == dtype
                 assert torch.equal(g_img, w_img)
     finally:
@@ -247,8 +249,9 @@ def test_no_torn_read_under_1000_updates() -> None:
     """1,000 updates of a 3-field state while 4 workers read: every sample is consistent."""
     state = SharedState(h.torn_fields(1))
     try:
-        rows, last = _stress(h.TornReadDataset(state), lambda v: state.update(h.torn_fields(v)),
-                             1000)
+        rows, last = _stress(
+            h.TornReadDataset(state), lambda v: state.update(h.torn_fields(v)), 1000
+        )
         torn, versions = _check_rows(rows, h.TORN_K)
         assert state.version == last
     finally:
@@ -299,8 +302,13 @@ _CHILD = textwrap.dedent(
 def _child(mode: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, mode], cwd=ROOT, env=env, text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", _CHILD, mode],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -315,10 +323,8 @@ def _wait_gone(pids: list[int | None], timeout_s: float = 30.0) -> None:
     procs = []
     for pid in pids:
         if pid:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 procs.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass
     _, alive = psutil.wait_procs(procs, timeout=timeout_s)
     assert not alive, f"still running: {alive}"
 
@@ -330,19 +336,22 @@ def test_normal_exit_removes_files_without_close() -> None:
     assert shm_files(info["prefix"]) == []
 
 
+def _drain(it: Iterator[Any], n: int) -> None:
+    for _ in range(n):
+        next(it)
+
+
 def test_killed_worker_leaves_nothing_and_releases_its_pin() -> None:
+    """A worker SIGKILLed while it pins the state: its lock dies with it, nothing leaks."""
     state = SharedState(a=np.zeros(1000), epoch=0)
     prefix = state._prefix
-    loader = make_loader(
-        h.PidDataset(state), "fork", 2, True, batch_size=1, collate_fn=h.list_collate
-    )
+    # batch_size=1 and 2 workers: index 1 is worker 1's first sample, so it dies holding a pin.
+    ds = h.CrashingDataset(state, crash_index=1)
+    loader = make_loader(ds, "fork", 2, True, batch_size=1, collate_fn=h.list_collate)
     try:
         it = iter(loader)
-        [(pid, _)] = next(it)
-        os.kill(pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="exited unexpectedly|killed by signal"):
-            for _ in range(len(loader)):
-                next(it)
+        with pytest.raises(RuntimeError, match=r"exited unexpectedly|killed by signal"):
+            _drain(it, len(loader))
     finally:
         shutdown(loader)
     # The dead worker's shared lock went with it: every slot can be locked for writing.
@@ -354,7 +363,8 @@ def test_killed_worker_leaves_nothing_and_releases_its_pin() -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
-    assert state.update(epoch=1) == 2 and state.read()["epoch"] == 1
+    assert state.update(epoch=1) == 2
+    assert state.read()["epoch"] == 1
     state.close()
     assert shm_files(prefix) == []
 

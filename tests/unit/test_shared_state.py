@@ -6,13 +6,13 @@ import fcntl
 import os
 import pickle
 import threading
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from multiprocessing.reduction import ForkingPickler
 
 import wellfed
 from wellfed import ConfigError, StateError
@@ -39,20 +39,31 @@ def test_round_trip_of_every_kind(shm: Path) -> None:
     theta = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     values = np.linspace(0, 1, 5)
     with SharedState(
-        {"theta": theta}, values=values, epoch=3, lr=0.1, flag=True, half=np.float16(2.5),
-        bf=torch.ones(3, dtype=torch.bfloat16), directory=str(shm),
+        {"theta": theta},
+        values=values,
+        epoch=3,
+        lr=0.1,
+        flag=True,
+        half=np.float16(2.5),
+        bf=torch.ones(3, dtype=torch.bfloat16),
+        directory=str(shm),
     ) as state:
         snap = state.read()
         assert isinstance(snap, StateSnapshot)
         assert snap.version == 1 == state.version
         assert list(snap) == ["theta", "values", "epoch", "lr", "flag", "half", "bf"]
-        assert torch.equal(snap["theta"], theta) and snap["theta"].dtype == torch.float32
-        assert np.array_equal(snap["values"], values) and snap["values"].dtype == np.float64
+        assert torch.equal(snap["theta"], theta)
+        assert snap["theta"].dtype == torch.float32
+        assert np.array_equal(snap["values"], values)
+        assert snap["values"].dtype == np.float64
         assert not snap["values"].flags.writeable
-        assert snap["epoch"] == 3 and type(snap["epoch"]) is int
-        assert snap["lr"] == 0.1 and type(snap["lr"]) is float
+        assert snap["epoch"] == 3
+        assert type(snap["epoch"]) is int
+        assert snap["lr"] == 0.1
+        assert type(snap["lr"]) is float
         assert snap["flag"] is True
-        assert snap["half"] == np.float16(2.5) and snap["half"].dtype == np.float16
+        assert snap["half"] == np.float16(2.5)
+        assert snap["half"].dtype == np.float16
         assert snap["bf"].dtype == torch.bfloat16
         with pytest.raises(TypeError, match="read-only"):
             snap["epoch"] = 4
@@ -71,8 +82,9 @@ def test_reads_are_zero_copy_and_cached(shm: Path) -> None:
 
 
 def test_update_replaces_named_fields_and_keeps_others(shm: Path) -> None:
-    with SharedState(theta=torch.zeros(2, 3), values=np.zeros(4), task=0,
-                     directory=str(shm)) as state:
+    with SharedState(
+        theta=torch.zeros(2, 3), values=np.zeros(4), task=0, directory=str(shm)
+    ) as state:
         assert state.update(theta=torch.ones(2, 3), task=1) == 2
         snap = state.read()
         assert snap.version == 2
@@ -90,13 +102,16 @@ def test_snapshot_stays_intact_while_pinned(shm: Path) -> None:
         for v in range(2, 12):
             state.update(a=np.full(1000, float(v)), b=torch.full((1000,), float(v)))
             assert held.version == 1
-            assert not held["a"].any() and not held["b"].any()
+            assert not held["a"].any()
+            assert not held["b"].any()
         latest = state.read()
-        assert latest.version == 11 and latest["a"][0] == 11.0
+        assert latest.version == 11
+        assert latest["a"][0] == 11.0
         copy = latest.copy()
         state.update(a=np.zeros(1000))
         state.read()
-        assert copy["a"][0] == 11.0 and copy["a"].flags.writeable
+        assert copy["a"][0] == 11.0
+        assert copy["a"].flags.writeable
 
 
 def test_storage_stays_bounded(shm: Path) -> None:
@@ -114,12 +129,14 @@ def test_new_shape_dtype_kind_and_new_field(shm: Path) -> None:
         old = state.read()
         state.update(theta=torch.ones(3, 3, dtype=torch.float64))
         snap = state.read()
-        assert snap["theta"].shape == (3, 3) and snap["theta"].dtype == torch.float64
+        assert snap["theta"].shape == (3, 3)
+        assert snap["theta"].dtype == torch.float64
         assert np.array_equal(snap["values"], np.zeros(4))
         state.update(values=torch.arange(7), level=2)
         snap = state.read()
         assert torch.equal(snap["values"], torch.arange(7))
-        assert snap["level"] == 2 and snap.version == 3
+        assert snap["level"] == 2
+        assert snap.version == 3
         assert list(snap) == ["theta", "values", "level"]
         assert old.version == 1
         # retired layouts are unlinked once no reader pins them
@@ -136,7 +153,8 @@ def test_handle_reads_like_a_worker(shm: Path) -> None:
         assert handle.read().version == 1
         state.update(theta=torch.ones(2, 3))
         snap = handle.read()
-        assert snap.version == 2 and torch.equal(snap["theta"], torch.ones(2, 3))
+        assert snap.version == 2
+        assert torch.equal(snap["theta"], torch.ones(2, 3))
         with pytest.raises(StateError) as info:
             handle.update(theta=torch.zeros(2, 3))
         assert info.value.code == "WF509"
@@ -161,7 +179,8 @@ def test_close_removes_files_and_later_reads_fail(shm: Path) -> None:
     state.close()
     state.close()  # idempotent
     assert files(shm) == []
-    assert state.closed and handle.closed
+    assert state.closed
+    assert handle.closed
     for reader in (state, handle):
         with pytest.raises(StateError) as info:
             reader.read()
@@ -278,5 +297,16 @@ def test_cleanup_orphans_removes_only_dead_owners(shm: Path) -> None:
 def test_repr_names_fields(shm: Path) -> None:
     with SharedState(theta=torch.zeros(2, 3), epoch=0, directory=str(shm)) as state:
         text = repr(state)
-        assert "theta: torch.float32(2, 3)" in text and "epoch: int" in text
+        assert "theta: torch.float32(2, 3)" in text
+        assert "epoch: int" in text
         assert "version=1" in text
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import wellfed.shared_state as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
