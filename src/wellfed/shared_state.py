@@ -228,8 +228,8 @@ def _prepare(name: str, value: Any) -> _Prepared:
         if not -(2**63) <= value < 2**63:
             raise ConfigError(
                 f"SharedState field {name!r} is out of range: {name}={value} does not fit "
-                "the 64-bit integer a scalar field is stored in. Store it as a float or a "
-                "string-free array.",
+                "the 64-bit integer a scalar field is stored in. Store it as a float, or as "
+                "a numpy array of smaller integers.",
                 code="WF501",
                 attribute=name,
                 value=value,
