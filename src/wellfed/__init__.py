@@ -60,6 +60,9 @@ _EXPORTS: dict[str, str] = {
     "sample_seed": "wellfed.seeding",
     "set_seed": "wellfed.seeding",
     "verify_reproducibility": "wellfed.repro",
+    # precompute and the cached store (issue 6)
+    "CachedDataset": "wellfed.cache",
+    "precompute": "wellfed.cache",
     # shared state (issue 7)
     "SharedState": "wellfed.shared_state",
 }

@@ -1,0 +1,480 @@
+"""precompute(): run an expensive transform once and store its outputs memory-mapped."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wellfed.cache._build import (
+    DEFAULT_SHARD_BYTES,
+    BatchProcessor,
+    ShardWriter,
+    batches_for,
+    ceil_div,
+    check_batch,
+    fingerprint_diff,
+    fn_fingerprint,
+    infer_specs,
+    rows_per_shard,
+    sample_bytes,
+    source_fingerprint,
+)
+from wellfed.cache._dataset import CachedDataset
+from wellfed.cache._store import (
+    FORMAT,
+    FORMAT_VERSION,
+    FieldSpec,
+    is_store,
+    read_manifest,
+    read_shard_record,
+    remove_store,
+    remove_temporaries,
+    write_manifest,
+)
+from wellfed.errors import ConfigError, StateError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProgressFn", "precompute"]
+
+#: ``progress(samples_done, samples_total)``: samples computed or found committed so far.
+ProgressFn = Callable[[int, int], None]
+
+ENGINES = ("local", "ray")
+
+
+def _parse_bytes(value: int | str, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        text = str(value).strip().upper().replace("IB", "B")
+        units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+        n = -1
+        for unit, size in units.items():
+            if text.endswith(unit):
+                try:
+                    n = int(float(text[: -len(unit)]) * size)
+                except ValueError:
+                    n = -1
+                break
+        else:
+            n = int(text) if text.isdigit() else -1
+    if n < 1:
+        raise ConfigError(
+            f"Invalid option: {name}={value!r} is not a positive size. Give bytes or a string "
+            "like '64MB' (powers of 1024).",
+            code="WF010",
+            attribute=name,
+            value=value,
+        )
+    return n
+
+
+def _resolve_device(device: str | Any) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    text = str(device)
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"Invalid option: device={text!r} but torch sees no CUDA device here. Use "
+            "device='cpu', or 'auto' to take a GPU only when there is one.",
+            code="WF010",
+            attribute="device",
+            value=text,
+        )
+    return text
+
+
+def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> tuple[int, str]:
+    if num_workers == "auto":
+        from wellfed.loader import _stored_tune_result, recommend_num_workers
+
+        stored = _stored_tune_result(dataset, batch_size)
+        if stored is not None:
+            n = int(stored[0].recommended.config.num_workers)
+            return n, f"from the stored `wellfed tune` result {stored[1]}"
+        n, reason = recommend_num_workers()
+        return n, reason
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(
+            f"Invalid option: num_workers={num_workers!r} is not 'auto' or an int >= 0. "
+            "Use 'auto' (a stored tune result, else the CPU rule) or a count.",
+            code="WF010",
+            attribute="num_workers",
+            value=num_workers,
+        )
+    return num_workers, "given"
+
+
+def _unwrap_source(dataset: Any) -> tuple[Any, Any, str | None]:
+    """(dataset, collate_fn, start method) of a Dataset, DataLoader or LoaderSpec."""
+    from torch.utils.data import DataLoader
+
+    from wellfed.target import LoaderSpec
+
+    if isinstance(dataset, LoaderSpec):
+        ctx = dataset.user_config.multiprocessing_context if dataset.user_config else None
+        return dataset.dataset, dataset.collate_fn, ctx
+    if isinstance(dataset, DataLoader):
+        ctx = dataset.multiprocessing_context
+        name = ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else None
+        return dataset.dataset, dataset.collate_fn, name
+    return dataset, None, None
+
+
+def precompute(
+    dataset: Any,
+    fn: Callable[[Any], Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int | str = "auto",
+    engine: str = "local",
+    overwrite: bool = False,
+    input: int | str | None = "auto",
+    keep_source: bool = True,
+    fn_version: str | None = None,
+    shard_bytes: int | str = DEFAULT_SHARD_BYTES,
+    multiprocessing_context: str | None = None,
+    timeout_s: float = 300.0,
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    progress: ProgressFn | None = None,
+) -> CachedDataset:
+    """Run fn over a dataset once and store the outputs as a memory-mapped CachedDataset.
+
+    What is computed: the source's samples are read in index order by a DataLoader with
+    workers, collated into batches of ``batch_size``, and ``fn`` runs on each batch in this
+    process on ``device`` (a Module never enters a worker). Outputs are checked against the
+    first batch's dtypes and shapes and written to shards by a background thread, so writing
+    overlaps computing. With ``engine="ray"`` the same job runs on Ray Data (see
+    ``wellfed.cache._ray``) and writes the same store.
+
+    Safety: ``out_dir`` records fingerprints of the source (type, length, a hash of 8 items),
+    of fn (qualified name, a Module's parameters, ``fn_version``) and of the options. The
+    same call on the same directory resumes from the committed shards (after a crash or
+    ``kill -9``) or, when complete, returns the store at once; the result is identical to an
+    uninterrupted run's.
+
+    Args:
+        dataset: Map-style source: a Dataset (``len`` and ``__getitem__``), a DataLoader
+            (its dataset, collate_fn and start method are used; its sampler is not: the
+            store follows index order) or a LoaderSpec. Must be deterministic (WF402).
+        fn: Maps a collated batch to a batch of outputs: a tensor (B, ...) (B: samples in
+            the batch), a tuple or dict of them, or a list of B per-sample tensors (a
+            variable-shape field). A torch.nn.Module is moved to ``device``, put in eval
+            mode and called under ``torch.inference_mode()``; so is any callable.
+        out_dir: Store directory; created if missing. Must be empty or hold a store.
+        batch_size: Samples per fn call. Part of the fingerprint (results may depend on it).
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N".
+        num_workers: Source-reading workers, or "auto": a stored ``wellfed tune`` result
+            for this dataset, else the CPU rule of ``wellfed.recommend_num_workers``.
+        engine: "local" (this process) or "ray" (Ray Data; ``pip install "wellfed[ray]"``).
+        overwrite: When out_dir holds a store with another fingerprint, delete it and
+            rebuild (default: raise WF401). A store with the same fingerprint is resumed or
+            reused, never rebuilt.
+        input: Which part of each batch fn gets: "auto" (position 0 of tuple samples such
+            as ``(image, label)``; all of it otherwise), an int position, a dict key, or
+            None (the whole batch).
+        keep_source: Store the batch's other fields (labels) beside fn's outputs, so
+            CachedDataset returns ``(output, label)`` where the source gave ``(image, label)``.
+        fn_version: Your version of fn, recorded in the fingerprint: change it when fn's
+            code changes in a way its name and parameters do not show.
+        shard_bytes: Target shard size, bytes or a string like "64MB" (powers of 1024).
+        multiprocessing_context: Start method of the source workers; None: the source
+            DataLoader's, else the platform default.
+        timeout_s: Seconds to wait for one source batch from the workers (0: forever).
+        ray_address: engine="ray": address of an existing cluster; None starts local Ray.
+        ray_actors: engine="ray": fn actors (default: 1 per GPU, else 1).
+        progress: Called as ``progress(samples_done, samples_total)`` after each batch.
+
+    Returns:
+        The CachedDataset over out_dir.
+
+    Raises:
+        ConfigError: invalid option (WF010), random source (WF402), out_dir holds other
+            files (WF402), unstorable output or bad ``input`` (WF409).
+        StateError: out_dir holds a store with another fingerprint (WF401).
+        PrecomputeError: fn raised (WF403) or returned inconsistent dtypes or shapes (WF404),
+            naming the sample indices; the disk filled up (WF405). The store stays
+            resumable in every case.
+        DependencyError: engine="ray" without Ray installed (WF410).
+
+    Example:
+        >>> cache = wellfed.precompute(train_set, sr_model, "cache/sr")   # doctest: +SKIP
+        >>> loader = DataLoader(cache, batch_size=64, num_workers=2)      # doctest: +SKIP
+
+    Source:
+        Shard size: DEFAULT_SHARD_BYTES. Store format: benchmarks/results/published/store_format.md.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"Invalid option: batch_size={batch_size!r} is not an int >= 1. Use 1 or more.",
+            code="WF010",
+            attribute="batch_size",
+            value=batch_size,
+        )
+    if engine not in ENGINES:
+        raise ConfigError(
+            f"Invalid option: engine={engine!r} is not one of {ENGINES}. Use 'local', or "
+            "'ray' to run on Ray Data.",
+            code="WF010",
+            attribute="engine",
+            value=engine,
+        )
+    if not callable(fn):
+        raise ConfigError(
+            f"Invalid option: fn={fn!r} is not callable. Pass a function or a torch.nn.Module "
+            "that maps a batch to a batch of outputs.",
+            code="WF010",
+            attribute="fn",
+            value=repr(fn)[:100],
+        )
+    shard_size = _parse_bytes(shard_bytes, "shard_bytes")
+    source, collate_fn, source_ctx = _unwrap_source(dataset)
+    try:
+        n = len(source)
+    except TypeError:
+        n = -1
+    if n < 0 or not hasattr(source, "__getitem__"):
+        raise ConfigError(
+            f"Unsupported source: {type(source).__name__} is not a map-style dataset (no "
+            "len() or __getitem__), so samples have no stable index to resume from. Wrap it "
+            "in a map-style Dataset.",
+            code="WF010",
+            attribute="dataset",
+            value=type(source).__name__,
+        )
+    dev = _resolve_device(device)
+    workers, why = _resolve_workers(num_workers, source, batch_size)
+    logger.info("precompute: num_workers=%s -> %d (%s); device=%s", num_workers, workers, why, dev)
+
+    root = Path(out_dir).resolve()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(
+            f"Bad out_dir: {str(root)!r} is a file. Give a directory (created if missing).",
+            code="WF402",
+            attribute="out_dir",
+            value=str(root),
+        )
+    if root.is_dir() and not is_store(root) and any(
+        not p.name.startswith(".tmp-") for p in root.iterdir()
+    ):
+        raise ConfigError(
+            f"Bad out_dir: {str(root)!r} is not empty and holds no wellfed store, and wellfed "
+            "never deletes files it did not write. Give an empty or new directory.",
+            code="WF402",
+            attribute="out_dir",
+            value=str(root),
+        )
+
+    fingerprint = {
+        "source": source_fingerprint(source, n),
+        "fn": fn_fingerprint(fn, fn_version),
+        "options": {
+            "batch_size": batch_size,
+            "input": input,
+            "keep_source": keep_source,
+            "shard_bytes": shard_size,
+            "device_type": dev.split(":")[0],
+        },
+    }
+    manifest: dict[str, Any] | None = None
+    if is_store(root):
+        old = read_manifest(root)
+        if old.get("fingerprint") != fingerprint or old.get("format_version") != FORMAT_VERSION:
+            diff = fingerprint_diff(old.get("fingerprint") or {}, fingerprint)
+            if not overwrite:
+                raise StateError(
+                    f"Store mismatch: out_dir={str(root)!r} holds a store built with another "
+                    f"fingerprint (differs in: {', '.join(diff) or 'format version'}), so its "
+                    "rows are not this call's. Pass overwrite=True (--overwrite) to rebuild it, "
+                    "or choose another out_dir.",
+                    code="WF401",
+                    attribute="fingerprint",
+                    value=diff,
+                )
+            logger.info("precompute: rebuilding %s (fingerprint differs in %s)", root, diff)
+            remove_store(root)
+        else:
+            manifest = old
+            if old.get("status") == "complete":
+                logger.info("precompute: %s is complete; nothing to do", root)
+                if progress is not None:
+                    progress(n, n)
+                return CachedDataset(root)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(root)
+    if manifest is None:
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "status": "building",
+            "fingerprint": fingerprint,
+            "num_samples": n,
+            "batch_size": batch_size,
+            "rows_per_shard": None,
+            "fields": None,
+            "layout": None,
+            "shards": [],
+        }
+        write_manifest(root, manifest)
+
+    job = _Job(root, manifest, n, batch_size, shard_size, progress)
+    processor = BatchProcessor(fn, dev, input, keep_source)
+    if engine == "ray":
+        from wellfed.cache._ray import run_ray
+
+        run_ray(job, source, collate_fn, processor, ray_address=ray_address, actors=ray_actors)
+    else:
+        _run_local(job, source, collate_fn, processor, workers, multiprocessing_context or source_ctx, timeout_s)
+    return job.finish()
+
+
+class _Job:
+    """The state of one build, shared by the engines: schema, shards done, the writer."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        n: int,
+        batch_size: int,
+        shard_bytes: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.n = n
+        self.batch_size = batch_size
+        self.shard_bytes = shard_bytes
+        self.progress = progress
+        self.specs: tuple[FieldSpec, ...] | None = (
+            tuple(FieldSpec.from_dict(f) for f in manifest["fields"]) if manifest.get("fields") else None
+        )
+        self.rows: int | None = manifest.get("rows_per_shard")
+        self.layout: dict[str, Any] | None = manifest.get("layout")
+        self.writer: ShardWriter | None = None
+        self.done = 0
+
+    def missing_shards(self) -> list[int] | None:
+        """Shards not committed yet; None while rows_per_shard is unknown (a fresh store)."""
+        if self.rows is None:
+            return None
+        shards = ceil_div(self.n, self.rows)
+        missing = []
+        for k in range(shards):
+            record = read_shard_record(self.root, k)
+            if record is None or not self._looks_whole(record):
+                missing.append(k)
+        self.done = self.n - sum(min(self.rows, self.n - k * self.rows) for k in missing)
+        return missing
+
+    def _looks_whole(self, record: dict[str, Any]) -> bool:
+        folder = self.root / str(record["dir"])
+        try:
+            return all((folder / name).stat().st_size == info["bytes"] for name, info in record["files"].items())
+        except OSError:
+            return False
+
+    def plan(self) -> list[list[int]]:
+        """Index batches still to compute, in order."""
+        missing = self.missing_shards()
+        if missing is None:
+            return [list(range(lo, min(lo + self.batch_size, self.n))) for lo in range(0, self.n, self.batch_size)]
+        if self.progress is not None and self.done:
+            self.progress(self.done, self.n)
+        assert self.rows is not None
+        return batches_for(missing, self.rows, self.n, self.batch_size)
+
+    def accept(self, batch: Any) -> None:
+        """Check a processed batch and hand it to the writer (the first one fixes the schema)."""
+        if self.specs is None or self.rows is None or self.layout is None:
+            self.specs = infer_specs(batch)
+            self.layout = dict(batch.layout)
+            if self.rows is None:
+                self.rows = rows_per_shard(self.batch_size, sample_bytes(batch), self.shard_bytes)
+            self.manifest.update(
+                rows_per_shard=self.rows,
+                fields=[s.to_dict() for s in self.specs],
+                layout=self.layout,
+            )
+            write_manifest(self.root, self.manifest)
+        check_batch(batch, self.specs, self.layout)
+        if self.writer is None:
+            self.writer = ShardWriter(self.root, self.specs, self.n, self.rows)
+        self.writer.put(batch)
+        self.done += len(batch.indices)
+        if self.progress is not None:
+            self.progress(self.done, self.n)
+
+    def close(self) -> None:
+        """Wait for the writer to commit everything."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def abort(self) -> None:
+        """After a failure: commit the complete shards already queued, drop the partial one."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception as exc:  # the producer's error is the one to raise
+                logger.debug("shard writer after failure: %s", exc)
+
+    def finish(self) -> CachedDataset:
+        """Write the complete manifest and open the store."""
+        assert self.rows is not None
+        missing = self.missing_shards()
+        if missing:
+            raise StateError(
+                f"Incomplete store: shards {missing[:10]} of {self.root} are missing after the "
+                "run finished, which should not happen. Run the same call again to complete "
+                "them, and report this.",
+                code="WF406",
+                attribute="shards",
+                value=missing,
+            )
+        records = [read_shard_record(self.root, k) for k in range(ceil_div(self.n, self.rows))]
+        self.manifest.update(status="complete", shards=records)
+        write_manifest(self.root, self.manifest)
+        return CachedDataset(self.root)
+
+
+def _run_local(
+    job: _Job,
+    source: Any,
+    collate_fn: Any,
+    processor: BatchProcessor,
+    workers: int,
+    context: str | None,
+    timeout_s: float,
+) -> None:
+    from torch.utils.data import DataLoader
+
+    batches = job.plan()
+    if not batches:
+        return
+    kwargs: dict[str, Any] = {"batch_sampler": batches, "num_workers": workers}
+    if collate_fn is not None:
+        kwargs["collate_fn"] = collate_fn
+    if workers > 0:
+        kwargs["timeout"] = timeout_s
+        kwargs["prefetch_factor"] = 2
+        if context is not None:
+            kwargs["multiprocessing_context"] = context
+    loader = DataLoader(source, **kwargs)
+    ok = False
+    try:
+        for indices, batch in zip(batches, loader):
+            job.accept(processor(batch, indices))
+        job.close()
+        ok = True
+    finally:
+        if not ok:
+            job.abort()

@@ -1,0 +1,125 @@
+"""Module-level datasets and fns for the precompute and CachedDataset tests (spawn can import them)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class RampDataset(Dataset):
+    """n samples; sample i is (float32 (3, side, side) filled with i, label i)."""
+
+    def __init__(self, n: int = 40, side: int = 4) -> None:
+        self.n = n
+        self.side = side
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((3, self.side, self.side), float(index)), index
+
+
+class DictDataset(RampDataset):
+    """Samples as dicts: {"image": ..., "label": ...}."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        image, label = super().__getitem__(index)
+        return {"image": image, "label": label}
+
+
+class RandomDataset(RampDataset):
+    """A random transform: two reads of one index differ."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.rand(3, self.side, self.side), index
+
+
+def double(x: torch.Tensor) -> torch.Tensor:
+    """2x + 1, elementwise."""
+    return x * 2 + 1
+
+
+def ragged(x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-sample outputs of varying length: sample with value v gets int(v) % 5 + 1 values."""
+    return [torch.arange(int(v[0, 0, 0]) % 5 + 1, dtype=torch.float32) * v[0, 0, 0] for v in x]
+
+
+def shape_changes_at_20(x: torch.Tensor) -> torch.Tensor:
+    """Returns (B, 3) until a batch holds sample 20, then (B, 4)."""
+    width = 4 if bool((x[:, 0, 0, 0] >= 20).any()) else 3
+    return x[:, 0, 0, :1].repeat(1, width)
+
+
+def raises_on_13(x: torch.Tensor) -> torch.Tensor:
+    """Raises ValueError when a batch holds sample 13."""
+    if bool((x[:, 0, 0, 0] == 13).any()):
+        raise ValueError("bad pixel (test)")
+    return x * 2
+
+
+class SlowDouble:
+    """double(), sleeping delay_s per batch (so a test can kill the run mid-way)."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        return double(x)
+
+
+class TinyNet(torch.nn.Module):
+    """A 3->3 conv with fixed weights (seed 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g))
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def store_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every .npy file of a store, concatenated per file name across shards (for equality)."""
+    root = Path(path)
+    out: dict[str, list[np.ndarray]] = {}
+    for shard in sorted(root.glob("shard-*")):
+        for f in sorted(shard.glob("*.npy")):
+            out.setdefault(f.name, []).append(np.load(f, allow_pickle=False))
+    return {k: np.concatenate(v) if v[0].ndim else np.stack(v) for k, v in out.items()}
+
+
+def store_digest(path: str | Path) -> dict[str, str]:
+    """sha256 of every file of a store, by relative path (byte-for-byte comparison)."""
+    root = Path(path)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_slow_precompute(out_dir: str, n: int = 48, delay_s: float = 0.05) -> None:
+    """The job the kill -9 test interrupts and reruns: one batch of 4 per shard."""
+    from wellfed.cache import precompute
+
+    precompute(
+        RampDataset(n),
+        SlowDouble(delay_s),
+        out_dir,
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        shard_bytes=4 * 3 * 4 * 4 * 4,
+    )
