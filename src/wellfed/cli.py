@@ -515,10 +515,130 @@ def _render_repro(report: Any, description: str) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- precompute (issue 6)
+
+
+def _add_precompute(sub: Any) -> None:
+    p = sub.add_parser(
+        "precompute",
+        help="run an expensive transform (a GPU model) once and store its outputs memory-mapped",
+        description=(
+            "Run FN over every batch of TARGET once (source read by workers, FN in this process "
+            "on the device) and write the outputs to a sharded, memory-mapped store in OUT; "
+            "train from it with wellfed.CachedDataset(OUT) and any number of workers. The same "
+            "command resumes an interrupted run. Exit 0: done; 2: usage; 3: runtime failure."
+        ),
+    )
+    p.add_argument("target", help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)")
+    p.add_argument("--fn", required=True, metavar="MODULE:ATTR", help="the transform: a callable, a torch.nn.Module, or a Module class (built with no arguments)")
+    p.add_argument("--out", required=True, metavar="DIR", help="store directory (new, empty, or a store to resume)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per FN call (default 64)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--num-workers", default="auto", metavar="N", help="source-reading workers, or auto (default)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="engine ray: an existing cluster (default: local Ray)")
+    p.add_argument("--input", default="auto", metavar="SEL", help="the part of each batch FN gets: auto, an int position, a dict key, or none")
+    p.add_argument("--no-keep-source", action="store_true", help="do not store the source's other fields (labels)")
+    p.add_argument("--fn-version", default=None, metavar="V", help="your version of FN, recorded in the fingerprint")
+    p.add_argument("--shard-bytes", default="64MB", metavar="SIZE", help="target shard size (default 64MB)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild OUT when it holds a store with another fingerprint")
+    p.add_argument("--json", action="store_true", help="print the store's manifest summary as JSON")
+    p.set_defaults(handler=_run_precompute)
+
+
+def _run_precompute(args: argparse.Namespace) -> int:
+    import time
+
+    from wellfed.cache import precompute
+    from wellfed.cache._cli import resolve_fn
+    from wellfed.errors import ConfigError
+    from wellfed.target import resolve_target
+
+    workers: int | str = args.num_workers
+    if workers != "auto":
+        try:
+            workers = int(workers)
+        except ValueError:
+            raise ConfigError(
+                f"Invalid option: --num-workers={args.num_workers!r} is not 'auto' or an int. "
+                "Use auto or a count such as 2.",
+                code="WF010",
+                attribute="num_workers",
+                value=args.num_workers,
+            ) from None
+    selection: int | str | None = args.input
+    if selection == "none":
+        selection = None
+    elif isinstance(selection, str) and selection.lstrip("-").isdigit():
+        selection = int(selection)
+    spec = resolve_target(args.target)
+    fn = resolve_fn(args.fn)
+    err = _console(stderr=True)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("precompute"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("samples"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=args.json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("precompute", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        cache = precompute(
+            spec,
+            fn,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=workers,
+            engine=args.engine,
+            overwrite=args.overwrite,
+            input=selection,
+            keep_source=not args.no_keep_source,
+            fn_version=args.fn_version,
+            shard_bytes=args.shard_bytes,
+            ray_address=args.ray_address,
+            progress=progress,
+        )
+    elapsed = time.perf_counter() - started
+    summary = {
+        "path": cache.path,
+        "samples": len(cache),
+        "shards": len(cache.manifest["shards"]),
+        "bytes": sum(f["bytes"] for s in cache.manifest["shards"] for f in s["files"].values()),
+        "fields": [f.to_dict() for f in cache.fields],
+        "elapsed_s": elapsed,
+        "fingerprint": cache.manifest["fingerprint"],
+    }
+    if args.json:
+        _write_json(summary, "-")
+        return EXIT_OK
+    fields = ", ".join(
+        f"{f.name} {f.dtype}{list(f.shape) if f.shape is not None else ' (variable shape)'}"
+        for f in cache.fields
+    )
+    sys.stdout.write(
+        f"stored {len(cache)} samples in {summary['shards']} shards "
+        f"({_fmt_bytes(summary['bytes'])}) at {cache.path} in {elapsed:.1f} s\n"
+        f"fields: {fields}\n"
+        f"train from it: wellfed.CachedDataset({cache.path!r})\n"
+    )
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------- main
 
 #: One entry per subcommand: adds its parser (and sets ``handler``).
-COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune, _add_doctor, _add_repro]
+COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune, _add_doctor, _add_repro, _add_precompute]
 
 
 def build_parser() -> argparse.ArgumentParser:
