@@ -250,3 +250,22 @@ class CrashingDataset(Dataset[tuple[int, int]]):
         if i == self.crash_index:
             os.kill(os.getpid(), signal.SIGKILL)
         return os.getpid(), version
+
+
+class ViewDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Returns the zero-copy ``theta`` view itself (use with batch_size=None: no collate copy).
+
+    The worker's queue moves that tensor's storage into new shared memory; later versions must
+    still read the slot, not the moved copy.
+    """
+
+    def __init__(self, state: SharedState, length: int = 4) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        snap = self.state.read()
+        return snap["theta"], snap.version

@@ -300,20 +300,27 @@ class _Segment:
         views: dict[str, Any] = {}
         for f in self.fields:
             if f.kind == "torch":
-                torch = _torch()
-                dtype = getattr(torch, f.dtype)
-                if f.nbytes == 0:
-                    views[f.name] = torch.empty(f.shape, dtype=dtype)
-                else:
-                    count = f.nbytes // torch.empty((), dtype=dtype).element_size()
-                    flat = torch.frombuffer(self.mm, dtype=dtype, count=count, offset=f.offset)
-                    views[f.name] = flat.view(f.shape)
+                views[f.name] = self.torch_view(f)
             else:
                 arr = np.ndarray(f.shape, dtype=np.dtype(f.dtype), buffer=self.mm, offset=f.offset)
                 if not writable:
                     arr.flags.writeable = False
                 views[f.name] = arr
         self.views = views
+
+    def torch_view(self, f: _Field) -> Any:
+        """A new tensor over field ``f``, with a storage of its own.
+
+        Readers get a new one per version: torch moves a tensor's storage into new shared
+        memory when it is pickled for a worker queue (``share_memory_``), so a tensor cached
+        per slot could silently stop pointing at the slot.
+        """
+        torch = _torch()
+        dtype = getattr(torch, f.dtype)
+        if f.nbytes == 0:
+            return torch.empty(f.shape, dtype=dtype)
+        count = f.nbytes // torch.empty((), dtype=dtype).element_size()
+        return torch.frombuffer(self.mm, dtype=dtype, count=count, offset=f.offset).view(f.shape)
 
     def content_version(self) -> int:
         return int(_unpack_u64(self.mm, _SLOT_VERSION_OFFSET)[0])
@@ -810,7 +817,9 @@ class SharedState:
                         other.close()
             values = dict(seg.views)
             for f in seg.fields:
-                if f.kind in _SCALAR_KINDS:
+                if f.kind == "torch":
+                    values[f.name] = seg.torch_view(f)
+                elif f.kind in _SCALAR_KINDS:
                     v = values[f.name][()]
                     values[f.name] = v if f.kind == "npscalar" else v.item()
             snap = StateSnapshot(word >> _SLOT_BITS, values)

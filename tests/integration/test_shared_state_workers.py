@@ -202,6 +202,21 @@ def test_new_shape_and_dtype_reach_persistent_workers(method: str) -> None:
         ds.state.close()
 
 
+def test_returned_views_stay_fresh() -> None:
+    """A sample that is the shared view itself (batch_size=None) still follows every update."""
+    state = SharedState(theta=torch.zeros(2, 3))
+    loader = make_loader(h.ViewDataset(state), "fork", 1, True, batch_size=None)
+    try:
+        for task in range(1, 7):
+            version = state.update(theta=torch.full((2, 3), float(task)))
+            for theta, got in loader:
+                assert got == version
+                assert theta.tolist() == [[float(task)] * 3] * 2
+    finally:
+        shutdown(loader)
+        state.close()
+
+
 # ----------------------------------------------------------------------- atomicity
 
 

@@ -114,6 +114,16 @@ def test_snapshot_stays_intact_while_pinned(shm: Path) -> None:
         assert copy["a"].flags.writeable
 
 
+def test_moved_tensor_view_does_not_detach_later_reads(shm: Path) -> None:
+    """torch moves a pickled tensor's storage (share_memory_); later reads still see the slot."""
+    with SharedState(theta=torch.zeros(3), directory=str(shm)) as state:
+        for v in range(2, 8):
+            state.update(theta=torch.full((3,), float(v)))
+            view = state.read()["theta"]
+            assert view.tolist() == [float(v)] * 3
+            view.share_memory_()  # what a DataLoader worker's queue does to a returned view
+
+
 def test_storage_stays_bounded(shm: Path) -> None:
     with SharedState(a=np.zeros(10), directory=str(shm)) as state:
         for v in range(50):
