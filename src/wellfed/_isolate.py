@@ -101,7 +101,12 @@ def _forget_parent_forkserver() -> None:
     if alive_fd is not None:
         with contextlib.suppress(OSError):
             os.close(alive_fd)
-    for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid", "_inherited_fds"):
+    for name in (
+        "_forkserver_address",
+        "_forkserver_alive_fd",
+        "_forkserver_pid",
+        "_inherited_fds",
+    ):
         if hasattr(server, name):
             setattr(server, name, None)
 
@@ -122,7 +127,11 @@ def _single_threaded_torch_after_fork() -> None:
 
 
 def _child_main(
-    conn: Any, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], forked: bool = False
+    conn: Any,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    forked: bool = False,
 ) -> None:
     if forked:
         _forget_parent_forkserver()
@@ -224,12 +233,24 @@ def run_isolated(
     Returns:
         An IsolatedResult.
     """
-    ctx = multiprocessing.get_context(context) if context else _preferred_context()
+    ctx: Any = multiprocessing.get_context(context) if context else _preferred_context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     forked = ctx.get_start_method() == "fork"
-    proc = ctx.Process(target=_child_main, args=(child_conn, func, args, kwargs, forked), daemon=False)
+    proc = ctx.Process(
+        target=_child_main, args=(child_conn, func, args, kwargs, forked), daemon=False
+    )
     start = time.perf_counter()
-    proc.start()
+    try:
+        proc.start()
+    except Exception as exc:  # spawn pickles func and args here: an unpicklable one fails
+        child_conn.close()
+        parent_conn.close()
+        return IsolatedResult(
+            "failed",
+            error=f"the isolated process could not start ({ctx.get_start_method()}): "
+            + _format_exception(exc),
+            elapsed_s=time.perf_counter() - start,
+        )
     child_conn.close()
     assert proc.pid is not None
     try:
@@ -250,11 +271,10 @@ def run_isolated(
                 with contextlib.suppress(psutil.Error):
                     for c in ps_proc.children(recursive=True):
                         known.setdefault(c.pid, c)
-            if ps_proc is not None:
-                if sample_memory and now >= next_sample:
-                    mem, kind = tree_memory(ps_proc)
-                    peak = max(peak, mem)
-                    next_sample = now + MEMORY_SAMPLE_INTERVAL_S
+            if ps_proc is not None and sample_memory and now >= next_sample:
+                mem, kind = tree_memory(ps_proc)
+                peak = max(peak, mem)
+                next_sample = now + MEMORY_SAMPLE_INTERVAL_S
             if now >= deadline:
                 break
             wait = min(POLL_INTERVAL_S, deadline - now)

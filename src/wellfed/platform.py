@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GPUInfo", "PlatformInfo", "collect_platform_info", "usable_cpu_count"]
+__all__ = [
+    "GPUInfo",
+    "PlatformInfo",
+    "collect_platform_info",
+    "default_start_method",
+    "local_world_size",
+    "usable_cpu_count",
+    "usable_cpus_per_rank",
+]
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,34 @@ def usable_cpu_count() -> int:
     return max(1, cpus)
 
 
+def local_world_size() -> int:
+    """Training processes on this machine: ``LOCAL_WORLD_SIZE`` (torchrun), else 1.
+
+    Falls back to ``SLURM_NTASKS_PER_NODE`` and ``OMPI_COMM_WORLD_LOCAL_SIZE`` (Slurm,
+    Open MPI), the variables Lightning and Accelerate read too.
+    """
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def usable_cpus_per_rank() -> int:
+    """Usable CPUs divided among this machine's training processes (>= 1)."""
+    return max(1, usable_cpu_count() // local_world_size())
+
+
+def default_start_method() -> str:
+    """The start method multiprocessing uses when none is given (set or platform default)."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None:
+        method = multiprocessing.get_context().get_start_method()
+    return method
+
+
 def _gpus() -> tuple[GPUInfo, ...]:
     try:
         import torch
@@ -183,9 +219,7 @@ def collect_platform_info(*, include_gpus: bool = True) -> PlatformInfo:
 
     import psutil
 
-    default = multiprocessing.get_start_method(allow_none=True)
-    if default is None:
-        default = multiprocessing.get_context().get_start_method()
+    default = default_start_method()
     methods = multiprocessing.get_all_start_methods()
     methods = [default, *[m for m in methods if m != default]]
 
