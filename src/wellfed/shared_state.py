@@ -22,7 +22,7 @@ How it works (the protocol, in short):
   only writes a slot it can lock exclusively, so pinned memory is never overwritten: the views
   a ``read`` returns stay intact until that thread's next ``read`` (no torn reads, zero copies).
 * The reader's fast path, when the version has not changed, is one 8-byte load from the
-  control mapping and a comparison (about 0.3 us); no system call, no lock.
+  control mapping and a comparison (about 0.2 us); no system call, no lock.
 * Replacing a field with a different shape or dtype (or adding a field) is supported: the new
   values go into a new slot with the new layout, which workers open lazily the first time they
   see its number in the control word.
@@ -570,10 +570,10 @@ class SharedState:
           ``state[...]`` calls may see different versions, so read several fields through
           one snapshot.
         * ``update`` may only be called in the process that created the state (StateError
-          WF503 elsewhere). Fields not named keep their values; a new name adds a field; a new
+          WF509 elsewhere). Fields not named keep their values; a new name adds a field; a new
           shape, dtype or kind is allowed (new storage, opened lazily by the workers).
         * Pickling (DataLoader under spawn/forkserver, ``ForkingPickler``) sends only the file
-          names (~200 bytes); the worker maps the files at its first ``read``. Unpickling in
+          names (~100 bytes); the worker maps the files at its first ``read``. Unpickling in
           the owner process returns the owner object itself.
         * The files are removed by ``close()``, at exit, or when the owner object is garbage
           collected; after the owner is killed, by the resource tracker (Linux) or
@@ -697,7 +697,7 @@ class SharedState:
     def read(self) -> StateSnapshot:
         """Return the current version of every field, consistently and without copying.
 
-        Cost: about 0.3 us when the version has not changed since this thread's last read;
+        Cost: about 0.2 us when the version has not changed since this thread's last read;
         a few microseconds (two ``flock`` calls, plus mapping the slot the first time this
         process sees it) when it has.
 
@@ -865,8 +865,8 @@ class SharedState:
             The new version number (the previous one + 1).
 
         Raises:
-            StateError: called outside the process that created the state (WF503 when closed,
-                WF509 from another process), or shared memory is full (WF506).
+            StateError: the state is closed (WF503), this is not the process that created it
+                (WF509), or shared memory is full (WF506).
             ConfigError: an unsupported value (WF501, WF502, WF505).
         """
         values: dict[str, Any] = dict(fields or {})
