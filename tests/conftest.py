@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -54,7 +55,9 @@ def _helper_pids() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stored tune results go to a temporary folder, never to the user's ~/.cache."""
     monkeypatch.setenv("WELLFED_CACHE_DIR", str(tmp_path_factory.mktemp("wellfed-cache")))
 
@@ -70,21 +73,19 @@ def no_leaked_processes() -> Iterator[None]:
     leaked: list[psutil.Process] = []
     while True:
         ignore = before | _helper_pids()
-        leaked = [
-            p for p in me.children(recursive=True) if p.pid not in ignore and _alive(p)
-        ]
+        leaked = [p for p in me.children(recursive=True) if p.pid not in ignore and _alive(p)]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)  # polling for exit, not synchronising the test
     for p in leaked:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     for child in multiprocessing.active_children():  # reap what we killed
         child.join(timeout=1)
     new_threads = [
-        t for t in threading.enumerate() if t not in threads_before and not t.daemon and t.is_alive()
+        t
+        for t in threading.enumerate()
+        if t not in threads_before and not t.daemon and t.is_alive()
     ]
     assert not leaked, f"processes outlived the test: {[(p.pid, _cmd(p)) for p in leaked]}"
     assert not new_threads, f"non-daemon threads outlived the test: {new_threads}"

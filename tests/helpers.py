@@ -63,7 +63,9 @@ class HangingDataset(SquaresDataset):
 squares = SquaresDataset(64)
 empty = SquaresDataset(0)
 not_a_dataset = 42
-squares_loader = DataLoader(SquaresDataset(48), batch_size=8, shuffle=True, num_workers=2, drop_last=True)
+squares_loader = DataLoader(
+    SquaresDataset(48), batch_size=8, shuffle=True, num_workers=2, drop_last=True
+)
 
 
 def make_squares() -> SquaresDataset:

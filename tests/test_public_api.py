@@ -24,5 +24,7 @@ def test_every_public_name_has_a_docstring() -> None:
 
 def test_import_is_cheap_and_leaves_torch_alone() -> None:
     code = "import sys, wellfed; print('torch' in sys.modules, 'wellfed.cli' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.split() == ["False", "False"]

@@ -141,6 +141,7 @@ class Trial:
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
         torch_threads: torch's intra-op threads in the trial's main process (1 when the
             measuring process was forked: see ``run_isolated``).
+        repeats: How many runs of this configuration are pooled here (see merged()).
     """
 
     config: LoaderConfig
@@ -159,6 +160,7 @@ class Trial:
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
     torch_threads: int | None = None
+    repeats: int = 1
 
     @property
     def ok(self) -> bool:
@@ -203,6 +205,7 @@ class Trial:
             samples=self.samples + other.samples,
             peak_memory_bytes=max(mems) if mems else None,
             elapsed_s=self.elapsed_s + other.elapsed_s,
+            repeats=self.repeats + other.repeats,
         )
 
 

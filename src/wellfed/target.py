@@ -114,7 +114,7 @@ def _looks_like_dataset(obj: Any) -> bool:
         return False
     if isinstance(obj, Dataset):
         return True
-    return hasattr(obj, "__getitem__") and hasattr(obj, "__len__") or _is_iterable_dataset(obj)
+    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__")) or _is_iterable_dataset(obj)
 
 
 def _dataset_length(dataset: Any) -> int | None:
@@ -124,7 +124,9 @@ def _dataset_length(dataset: Any) -> int | None:
         return None
 
 
-def spec_from_object(obj: Any, *, target: str | None = None, source: str | None = None) -> LoaderSpec:
+def spec_from_object(
+    obj: Any, *, target: str | None = None, source: str | None = None
+) -> LoaderSpec:
     """Build a LoaderSpec from a Dataset or DataLoader object.
 
     Raises:
@@ -136,12 +138,18 @@ def spec_from_object(obj: Any, *, target: str | None = None, source: str | None 
     if isinstance(obj, DataLoader):
         dataset = obj.dataset
         _check_dataset(dataset, target, where)
-        custom_batch_sampler = obj.batch_sampler is not None and type(obj.batch_sampler) is not BatchSampler
+        custom_batch_sampler = (
+            obj.batch_sampler is not None and type(obj.batch_sampler) is not BatchSampler
+        )
         sampler = obj.sampler
         shuffle = isinstance(sampler, RandomSampler)
-        keep_sampler = not isinstance(sampler, (RandomSampler, SequentialSampler)) and not _is_iterable_dataset(dataset)
+        keep_sampler = not isinstance(
+            sampler, (RandomSampler, SequentialSampler)
+        ) and not _is_iterable_dataset(dataset)
         ctx = obj.multiprocessing_context
-        ctx_name = ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else ctx
+        ctx_name = (
+            ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else ctx
+        )
         batch_size = obj.batch_size or DEFAULT_BATCH_SIZE
         user = LoaderConfig(
             num_workers=obj.num_workers,
@@ -153,7 +161,8 @@ def spec_from_object(obj: Any, *, target: str | None = None, source: str | None 
         )
         return LoaderSpec(
             dataset=dataset,
-            description=f"DataLoader over {type(dataset).__name__}" + (f" from {target}" if target else ""),
+            description=f"DataLoader over {type(dataset).__name__}"
+            + (f" from {target}" if target else ""),
             source=source or "dataloader",
             target=target,
             batch_size=batch_size,

@@ -15,13 +15,15 @@ def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["usable_cpus"] >= 1
-    assert "shm_free_bytes" in data and "open_files_limit" in data
+    assert "shm_free_bytes" in data
+    assert "open_files_limit" in data
 
 
 def test_info_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "usable CPUs" in out and "/dev/shm" in out
+    assert "usable CPUs" in out
+    assert "/dev/shm" in out
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,6 +32,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from wellfed.cli import main; main(['--help']); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    code = (
+        "import sys; from wellfed.cli import main; main(['--help']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr

@@ -22,7 +22,9 @@ from wellfed.workloads import PHOTOS_DIR
         ("tests.helpers", "WF006"),
     ],
 )
-def test_bad_target_is_one_paragraph_and_exit_2(target: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_target_is_one_paragraph_and_exit_2(
+    target: str, code: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["tune", target]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ")
@@ -47,21 +49,46 @@ def test_bad_file_reported_with_path(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out.json"
     code = main(
-        ["tune", "tests.helpers:squares", "--batch-size", "8", "--max-workers", "1", "--budget-s", "20", "--json", str(out)]
+        [
+            "tune",
+            "tests.helpers:squares",
+            "--batch-size",
+            "8",
+            "--max-workers",
+            "1",
+            "--budget-s",
+            "20",
+            "--json",
+            str(out),
+        ]
     )
     assert code == 0
     data = json.loads(out.read_text())
     assert data["recommended"]["config"]["batch_size"] == 8
     assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
     text = capsys.readouterr().out
-    assert "Recommended" in text and "DataLoader(" in text
+    assert "Recommended" in text
+    assert "DataLoader(" in text
 
 
 @pytest.mark.workers
-def test_tune_refuses_workers_the_doctor_rejects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tune_refuses_workers_the_doctor_rejects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out.json"
     code = main(
-        ["tune", "tests.helpers:lambda_squares", "--start-method", "spawn", "--batch-size", "4", "--budget-s", "20", "--json", str(out)]
+        [
+            "tune",
+            "tests.helpers:lambda_squares",
+            "--start-method",
+            "spawn",
+            "--batch-size",
+            "4",
+            "--budget-s",
+            "20",
+            "--json",
+            str(out),
+        ]
     )
     assert code == 1
     data = json.loads(out.read_text())

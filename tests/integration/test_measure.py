@@ -16,20 +16,28 @@ FAST = {"measure_s": 0.3, "min_batches": 4, "warmup_batches": 1}
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_measure_with_workers(method: str) -> None:
     spec = spec_from_object(SquaresDataset(64))
-    cfg = LoaderConfig(num_workers=2, batch_size=8, persistent_workers=True, multiprocessing_context=method)
+    cfg = LoaderConfig(
+        num_workers=2, batch_size=8, persistent_workers=True, multiprocessing_context=method
+    )
     trial = measure(spec, cfg, timeout_s=60, **FAST)
     assert trial.status == "ok", trial.error
-    assert trial.samples_per_s is not None and trial.samples_per_s > 0
-    assert trial.first_batch_s is not None and trial.first_batch_s > 0
+    assert trial.samples_per_s is not None
+    assert trial.samples_per_s > 0
+    assert trial.first_batch_s is not None
+    assert trial.first_batch_s > 0
     assert trial.samples >= 4 * 8
-    assert trial.peak_memory_bytes is not None and trial.peak_memory_bytes > 0
+    assert trial.peak_memory_bytes is not None
+    assert trial.peak_memory_bytes > 0
     assert trial.memory_kind in ("rss+uss", "rss")
-    assert trial.wait_s_p90 is not None and trial.wait_s_p50 is not None
+    assert trial.wait_s_p90 is not None
+    assert trial.wait_s_p50 is not None
     assert trial.wait_s_p90 >= trial.wait_s_p50
 
 
 def test_measure_in_main_process() -> None:
-    trial = measure(spec_from_object(SquaresDataset(64)), LoaderConfig(batch_size=8), timeout_s=30, **FAST)
+    trial = measure(
+        spec_from_object(SquaresDataset(64)), LoaderConfig(batch_size=8), timeout_s=30, **FAST
+    )
     assert trial.ok, trial.error
 
 

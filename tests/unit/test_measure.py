@@ -16,7 +16,11 @@ def test_loader_kwargs_leave_worker_options_out_for_zero_workers() -> None:
 
 def test_loader_kwargs_for_workers() -> None:
     cfg = LoaderConfig(
-        num_workers=4, batch_size=8, persistent_workers=True, prefetch_factor=3, multiprocessing_context="spawn"
+        num_workers=4,
+        batch_size=8,
+        persistent_workers=True,
+        prefetch_factor=3,
+        multiprocessing_context="spawn",
     )
     assert cfg.loader_kwargs() == {
         "num_workers": 4,
@@ -70,8 +74,20 @@ def test_summarize_windows_median_and_iqr() -> None:
 
 def test_trial_merge_pools_windows() -> None:
     cfg = LoaderConfig(num_workers=1, batch_size=4, persistent_workers=True)
-    a = Trial(config=cfg, status="ok", samples_per_s=10.0, samples_per_s_spread=0.0, window_samples_per_s=(10.0, 10.0))
-    b = Trial(config=cfg, status="ok", samples_per_s=20.0, samples_per_s_spread=0.0, window_samples_per_s=(20.0, 20.0))
+    a = Trial(
+        config=cfg,
+        status="ok",
+        samples_per_s=10.0,
+        samples_per_s_spread=0.0,
+        window_samples_per_s=(10.0, 10.0),
+    )
+    b = Trial(
+        config=cfg,
+        status="ok",
+        samples_per_s=20.0,
+        samples_per_s_spread=0.0,
+        window_samples_per_s=(20.0, 20.0),
+    )
     merged = a.merged(b)
     assert merged.window_samples_per_s == (10.0, 10.0, 20.0, 20.0)
     assert merged.samples_per_s == 15.0

@@ -33,15 +33,13 @@ def test_dataloader_target_keeps_its_settings() -> None:
     assert spec.user_config is not None
     assert spec.user_config.num_workers == 2
     kwargs = spec.loader_kwargs()
-    assert kwargs["shuffle"] is True and kwargs["drop_last"] is True
+    assert kwargs["shuffle"] is True
+    assert kwargs["drop_last"] is True
 
 
 def test_file_target(tmp_path: Path) -> None:
     script = tmp_path / "my_data_file.py"
-    script.write_text(
-        "from tests.helpers import SquaresDataset\n"
-        "train_set = SquaresDataset(10)\n"
-    )
+    script.write_text("from tests.helpers import SquaresDataset\ntrain_set = SquaresDataset(10)\n")
     spec = resolve_target(f"{script}:train_set")
     assert spec.samples == 10
 

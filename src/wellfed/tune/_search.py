@@ -160,7 +160,9 @@ class TuneResult:
             workload=dict(data["workload"]),
             trials=tuple(Trial.from_dict(t) for t in data["trials"]),
             baseline=Trial.from_dict(data["baseline"]) if data.get("baseline") else None,
-            recommended=Recommendation.from_dict(data["recommended"]) if data.get("recommended") else None,
+            recommended=Recommendation.from_dict(data["recommended"])
+            if data.get("recommended")
+            else None,
             best=Trial.from_dict(data["best"]) if data.get("best") else None,
             ceiling_samples_per_s=data.get("ceiling_samples_per_s"),
             tuning_time_s=data.get("tuning_time_s", 0.0),
@@ -301,7 +303,11 @@ def tune(
     platform = collect_platform_info(include_gpus=False)
     has_cuda = bool(torch.cuda.is_available())
     user = spec.user_config
-    method = start_method or (user.multiprocessing_context if user else None) or platform.default_start_method
+    method = (
+        start_method
+        or (user.multiprocessing_context if user else None)
+        or platform.default_start_method
+    )
     if method not in platform.start_methods:
         raise ConfigError(
             f"Invalid option: start_method={method!r} is not available here (available: "
@@ -324,7 +330,9 @@ def tune(
             cap = 0
 
     extra = user.num_workers if user is not None else None
-    candidates = _candidates(platform.usable_cpus, cap, extra if extra is not None and extra <= cap else None)
+    candidates = _candidates(
+        platform.usable_cpus, cap, extra if extra is not None and extra <= cap else None
+    )
     trials: dict[int, Trial] = {}
     order: list[int] = []
     stopped = ""
@@ -343,7 +351,9 @@ def tune(
             last = trials[order[-1]]
             estimate = last.elapsed_s * (1.0 + 0.1 * max(0, workers - last.config.num_workers))
             if estimate > remaining():
-                stopped = f"the time budget ({budget_s:.0f}s) would be exceeded by {workers} workers"
+                stopped = (
+                    f"the time budget ({budget_s:.0f}s) would be exceeded by {workers} workers"
+                )
                 break
             if per_worker_bytes is not None and trials[0].peak_memory_bytes is not None:
                 room = MEMORY_SHARE * platform.ram_available_bytes - trials[0].peak_memory_bytes
@@ -362,11 +372,21 @@ def tune(
             stopped = f"num_workers={workers} {what}: {(trial.error or '').splitlines()[0] if trial.error else ''}"
             break
         base = trials.get(0)
-        if workers > 0 and base is not None and base.ok and trial.peak_memory_bytes and base.peak_memory_bytes:
+        if (
+            workers > 0
+            and base is not None
+            and base.ok
+            and trial.peak_memory_bytes
+            and base.peak_memory_bytes
+        ):
             growth = max(0, trial.peak_memory_bytes - base.peak_memory_bytes) / workers
             per_worker_bytes = max(per_worker_bytes or 0.0, growth)
         if workers >= platform.usable_cpus and workers > 0:
-            smaller = [t.samples_per_s for w, t in trials.items() if w < workers and t.ok]
+            smaller = [
+                t.samples_per_s
+                for w, t in trials.items()
+                if w < workers and t.ok and t.samples_per_s is not None
+            ]
             best_smaller = max(smaller) if smaller else 0.0
             assert trial.samples_per_s is not None
             if trial.samples_per_s < CLEAR_GAIN * best_smaller:
@@ -386,20 +406,20 @@ def tune(
         ok = [t for t in trials.values() if t.ok]
         if len(ok) < 2:
             break
-        best = max(ok, key=lambda t: t.samples_per_s or 0.0)
-        assert best.samples_per_s is not None
+        leader = max(ok, key=lambda t: t.samples_per_s or 0.0)
+        assert leader.samples_per_s is not None
         unsure = []
         for t in ok:
             assert t.samples_per_s is not None
-            noise = 2.0 * math.hypot(_standard_error(t), _standard_error(best))
-            if t is best:
+            noise = 2.0 * math.hypot(_standard_error(t), _standard_error(leader))
+            if t is leader:
                 continue
-            if t.samples_per_s + noise >= (1 - NEAR_BEST) * best.samples_per_s:
+            if t.samples_per_s + noise >= (1 - NEAR_BEST) * leader.samples_per_s:
                 unsure.append(t)
         if not unsure:
             break
-        group = [best, *unsure]
-        cost = sum(t.elapsed_s / max(1, _rounds(t)) for t in group)
+        group = [leader, *unsure]
+        cost = sum(t.elapsed_s / t.repeats for t in group)
         if cost > remaining():
             break
         for t in group:
@@ -411,7 +431,9 @@ def tune(
     baseline = trials.get(0)
     ok_trials = [t for t in result_trials if t.ok]
     best = max(ok_trials, key=lambda t: t.samples_per_s or 0.0) if ok_trials else None
-    recommended = _recommend(spec, ok_trials, best, baseline, platform, has_cuda, method, stopped, findings)
+    recommended = _recommend(
+        spec, ok_trials, best, baseline, platform, has_cuda, method, stopped, findings
+    )
     # The ceiling scales the best single loading process (the main process, or one worker,
     # which runs with one intra-op thread and so escapes thread oversubscription) by the cores.
     single = [t.samples_per_s for t in ok_trials if t.config.num_workers <= 1 and t.samples_per_s]
@@ -448,10 +470,6 @@ def tune(
     return result
 
 
-def _rounds(trial: Trial) -> int:
-    return max(1, len(trial.window_samples_per_s) // 6)
-
-
 def _recommend(
     spec: LoaderSpec,
     ok_trials: list[Trial],
@@ -465,7 +483,9 @@ def _recommend(
 ) -> Recommendation | None:
     if best is None or best.samples_per_s is None:
         return None
-    near = [t for t in ok_trials if (t.samples_per_s or 0.0) >= (1 - NEAR_BEST) * best.samples_per_s]
+    near = [
+        t for t in ok_trials if (t.samples_per_s or 0.0) >= (1 - NEAR_BEST) * best.samples_per_s
+    ]
     chosen = min(near, key=lambda t: (t.config.num_workers, t.peak_memory_bytes or 0))
     assert chosen.samples_per_s is not None
     base_rate = baseline.samples_per_s if baseline is not None and baseline.ok else None
@@ -490,16 +510,21 @@ def _recommend(
             f"{best.samples_per_s:.0f} samples/s) with fewer workers and less memory"
         )
     if cfg.num_workers > 0:
-        first = f" (first batch {chosen.first_batch_s:.2f}s)" if chosen.first_batch_s is not None else ""
+        first = (
+            f" (first batch {chosen.first_batch_s:.2f}s)"
+            if chosen.first_batch_s is not None
+            else ""
+        )
         reasons["persistent_workers"] = (
             f"True (measured): workers start once{first} instead of at every epoch"
         )
-        reasons["multiprocessing_context"] = (
-            f"{method!r} (detected): "
-            + ("the platform default" if method == platform.default_start_method else "as requested")
+        reasons["multiprocessing_context"] = f"{method!r} (detected): " + (
+            "the platform default" if method == platform.default_start_method else "as requested"
         )
         reasons["prefetch_factor"] = (
-            f"{cfg.prefetch_factor} (yours)" if cfg.prefetch_factor is not None else "2 (PyTorch's default; not tuned in this version)"
+            f"{cfg.prefetch_factor} (yours)"
+            if cfg.prefetch_factor is not None
+            else "2 (PyTorch's default; not tuned in this version)"
         )
     reasons["pin_memory"] = (
         "True (detected): a CUDA device is present; pinned batches copy to it asynchronously"

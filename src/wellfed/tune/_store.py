@@ -45,7 +45,7 @@ def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
         length = None
     plain: dict[str, Any] = {}
     for name, value in sorted(getattr(dataset, "__dict__", {}).items()):
-        if isinstance(value, (str, int, float, bool)) or isinstance(value, os.PathLike):
+        if isinstance(value, (str, int, float, bool, os.PathLike)):
             plain[name] = str(value)[:500]
     from wellfed.platform import usable_cpu_count
 

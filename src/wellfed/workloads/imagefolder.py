@@ -221,7 +221,12 @@ class ImageFolderDataset:
                 if not path.is_file():
                     continue
                 if path.suffix.lower() not in IMG_EXTENSIONS:
-                    skipped.append((str(path), f"ending {path.suffix!r} is not an image ending ImageFolder reads"))
+                    skipped.append(
+                        (
+                            str(path),
+                            f"ending {path.suffix!r} is not an image ending ImageFolder reads",
+                        )
+                    )
                     continue
                 reason = _header_problem(path)
                 if reason is not None:
@@ -246,8 +251,8 @@ class ImageFolderDataset:
             )
         self.samples = samples
         self.skipped = tuple(skipped)
-        for path, reason in skipped:
-            logger.info("left out %s: %s", path, reason)
+        for skipped_path, reason in skipped:
+            logger.info("left out %s: %s", skipped_path, reason)
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeat
@@ -283,7 +288,9 @@ class ImageFolderDataset:
                         path=path,
                         index=index,
                     ) from exc
-                logger.debug("sample %d: %s failed to decode (%s); reading the next", index, path, exc)
+                logger.debug(
+                    "sample %d: %s failed to decode (%s); reading the next", index, path, exc
+                )
         else:
             raise BadFileError(
                 f"Unreadable images: no file under {self.root} decodes. Check the folder.",
