@@ -1,0 +1,76 @@
+"""The benchmark suite's smoke run: every workload and every contender runs, or says why not.
+
+It asserts no speed (STYLE.md section 8: CI never asserts absolute speed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from benchmarks.run import main
+from benchmarks.workloads import WORKLOADS
+
+pytestmark = pytest.mark.workers
+
+CONTENDERS = {
+    "num_workers=0",
+    "cpu_count // 2",
+    "Lightning",
+    "loadtune",
+    "wellfed tune",
+    "grid best",
+}
+
+
+@pytest.mark.timeout(400)
+def test_smoke_run_covers_every_workload_and_contender(tmp_path: Path) -> None:
+    assert set(WORKLOADS) == {
+        "jpeg",
+        "io-latency",
+        "in-memory",
+        "text",
+        "model-in-dataset",
+        "iterable",
+    }
+    assert main(["--smoke", "--out", str(tmp_path), "--tag", "test", "--quiet"]) == 0
+    lines = (tmp_path / "suite_test.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records[0]["record"] == "run"
+    assert records[-1]["record"] == "end"
+    assert records[0]["env"]["usable_cpus"] >= 1
+    assert "git_sha" in records[0]["env"]
+    workloads = {r["workload"]: r for r in records if r["record"] == "workload"}
+    assert set(workloads) == set(WORKLOADS)
+    for name, summary in workloads.items():
+        rows = {
+            r["contender"]: r
+            for r in records
+            if r["record"] == "contender" and r["workload"] == name
+        }
+        assert set(rows) >= CONTENDERS, (name, sorted(rows))
+        for contender, row in rows.items():
+            if row["status"] == "ok":
+                assert row["samples_per_s_p50"] is not None, (name, contender)
+                assert row["config"] is not None, (name, contender)
+                assert row["peak_memory_bytes"], (name, contender)
+            else:
+                # Only a peer tool may be skipped, and then with its reason.
+                assert contender == "loadtune", (name, contender, row["status"], row["error"])
+                assert row["note"].startswith("skipped"), row["note"]
+        assert rows["grid best"]["status"] == "ok", name
+        assert rows["wellfed tune"]["tuning_time_s"] > 0
+        assert summary["grid_configs"] >= 2
+        assert summary["grid_time_s"] > 0
+        assert summary["ceiling_samples_per_s"] is not None
+        assert summary["wellfed_to_grid_best"] is not None
+    assert workloads["iterable"]["check"]["ok"] is True
+    assert any(
+        r["contender"].startswith("batched fetch")
+        for r in records
+        if r.get("workload") == "in-memory"
+    )
+    markdown = (tmp_path / "suite_test.md").read_text()
+    for name in WORKLOADS:
+        assert f"## {name}" in markdown
