@@ -126,10 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["naive", "shared", "both"], default="both")
     parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=None, help="dataset size")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--start-method", default="fork", choices=["fork", "spawn", "forkserver"])
     args = parser.parse_args(argv)
-    x = make_inputs()
+    x = make_inputs(args.samples or N_SAMPLES)
     shared_stale = 0
     for mode in ("naive", "shared") if args.mode == "both" else (args.mode,):
         print(f"{mode}: {args.tasks} tasks, {args.workers} persistent {args.start_method} workers")
