@@ -186,7 +186,12 @@ FORMATS = {
 
 def _epoch(ds: Dataset, workers: int, seed: int) -> tuple[float, int]:
     g = torch.Generator().manual_seed(seed)
-    kwargs: dict[str, Any] = {"batch_size": 64, "shuffle": True, "generator": g, "num_workers": workers}
+    kwargs: dict[str, Any] = {
+        "batch_size": 64,
+        "shuffle": True,
+        "generator": g,
+        "num_workers": workers,
+    }
     if workers:
         kwargs.update(multiprocessing_context="fork", timeout=120)
     loader = DataLoader(ds, **kwargs)
@@ -201,7 +206,14 @@ def _epoch(ds: Dataset, workers: int, seed: int) -> tuple[float, int]:
 
 def _git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            cwd=Path(__file__).parent,
+        )
     except OSError:
         return None
     return out.stdout.strip() or None
@@ -211,13 +223,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print a table; append JSON lines to the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a short run (< 30 s)")
-    parser.add_argument("--samples", type=int, default=None, help="samples stored (default 2048; smoke 256)")
-    parser.add_argument("--size", type=int, default=128, help="side S of the (3, S, S) float32 output")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="samples stored (default 2048; smoke 256)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=128, help="side S of the (3, S, S) float32 output"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="default 3; smoke 1")
     parser.add_argument("--formats", default="npy,arrow,safetensors")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write (default: a temp dir)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "store_format.jsonl")
     args = parser.parse_args(argv)
+    # One intra-op thread: on a loaded 2-core machine OpenMP's spinning threads made the
+    # main-process collate (torch.stack) 100x slower at random, which measured the scheduler.
+    torch.set_num_threads(1)
     n = args.samples or (256 if args.smoke else 2048)
     repeats = args.repeats or (1 if args.smoke else 3)
     shape = (3, args.size, args.size)
@@ -231,16 +252,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="wf-store-", dir=args.dir))
     records = []
     try:
-        for name in args.formats.split(","):
-            write, store_cls = FORMATS[name]
-            writes = []
-            root = base / name
-            for _ in range(repeats):
+        names = args.formats.split(",")
+        writes: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(repeats):
+            # Rotate the order each repeat: the first writer of a run pays for the page
+            # cache growing, which measured ordering rather than the format.
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                root = base / name
                 shutil.rmtree(root, ignore_errors=True)
                 root.mkdir(parents=True)
                 t0 = time.perf_counter()
-                write(root, shards)
-                writes.append(time.perf_counter() - t0)
+                FORMATS[name][0](root, shards)
+                writes[name].append(time.perf_counter() - t0)
+        for name in names:
+            store_cls = FORMATS[name][1]
+            root = base / name
             ds = store_cls(str(root), rows, n, shape)
             x0, _ = ds[0]
             assert torch.equal(x0, torch.from_numpy(data[0])), name
@@ -261,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sample_shape": list(shape),
                 "shard_rows": rows,
                 "store_bytes": sum(p.stat().st_size for p in root.iterdir()),
-                "write_mb_per_s": total_bytes / 2**20 / statistics.median(writes),
+                "write_mb_per_s": total_bytes / 2**20 / statistics.median(writes[name]),
+                "write_mb_per_s_all": [total_bytes / 2**20 / w for w in writes[name]],
                 "getitem_us_p50": _p(lat, 50) * 1e6,
                 "getitem_us_p90": _p(lat, 90) * 1e6,
                 "read_samples_per_s_w0": statistics.median(rates[0]),
@@ -277,15 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cpu": platform.processor() or platform.machine(),
                     "usable_cpus": len(os.sched_getaffinity(0)),
                     "os": f"{platform.system()} {platform.release()}",
-                    "command": "python benchmarks/store_format.py" + (" " + " ".join(argv) if argv else ""),
+                    "command": "python benchmarks/store_format.py"
+                    + (" " + " ".join(argv) if argv else ""),
                     "page_cache": "warm (files just written)",
+                    "torch_threads": 1,
                 },
             }
             records.append(rec)
             shutil.rmtree(root, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"{'format':<12} {'write MB/s':>10} {'getitem us p50':>15} {'p90':>8} {'read/s w0':>10} {'read/s w2':>10}")
+    print(
+        f"{'format':<12} {'write MB/s':>10} {'getitem us p50':>15} {'p90':>8} {'read/s w0':>10} {'read/s w2':>10}"
+    )
     for r in records:
         print(
             f"{r['format']:<12} {r['write_mb_per_s']:>10.0f} {r['getitem_us_p50']:>15.1f} "

@@ -1,0 +1,267 @@
+"""Note 001 on real photos: model in __getitem__ (num_workers=0) vs precompute + CachedDataset.
+
+Workload (``examples/note001_superres.py``): hymenoptera photos (train + val, 396 JPEGs;
+the shipped photos when ``../shared`` is absent) decoded and downscaled to (3, 56, 56), then an
+ESPCN-sized x2 super-resolution model (random fixed weights) -> (3, 112, 112) float32.
+
+Measured, in this order, on this machine (device cpu unless ``--device``):
+
+1. ``wellfed.tune`` on the source (stored, so precompute's ``num_workers="auto"`` uses it) and,
+   after step 4, on the CachedDataset: "the tuned workers".
+2. Stage costs alone, as CPU seconds per sample: reading the source (num_workers=0, one torch
+   thread: ``time.process_time``), fn on pre-collated batches (one torch thread), and writing
+   (shard commit of the outputs: npy + sha256 + fsync). Also each stage's rate alone: the
+   source with the tuned workers, fn with torch's default threads.
+3. The bound: usable CPUs / (sum of the three CPU costs) samples/s, what the stages allow
+   when they share the cores (a CPU-only machine).
+4. ``wellfed.precompute`` end to end (fresh directory): samples/s and its ratio to the bound.
+5. (a) one epoch of the note's design (model inside ``__getitem__``, num_workers=0), at torch's
+   default threads and at one thread (the faster counts, to be fair to (a)); (b) epochs of
+   ``CachedDataset`` with the tuned workers (persistent; first epoch and the median of the
+   next ``--epochs``). Reported: speed-up (a)/(b), break-even epochs = precompute / (a - b).
+
+Run:
+    python benchmarks/precompute_superres.py            # ~3-4 minutes on 2 busy CPUs
+    python benchmarks/precompute_superres.py --smoke    # < 30 s (64 photos, no tuning)
+Writes a JSON line to benchmarks/results/precompute_superres.jsonl (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from note001_superres import ESPCN, LowResPhotos, NaiveSRDataset  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _epoch_s(loader: Any) -> float:
+    t0 = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - t0
+
+
+def _tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its reaped children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+            check=False, cwd=Path(__file__).parent,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+class _Threads:
+    """Set torch's intra-op threads for a block."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.old = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print a table; append one JSON line to the results file."""
+    import wellfed
+    from wellfed.cache._store import commit_shard
+    from wellfed.cache._store import FieldSpec
+    from wellfed.platform import usable_cpu_count
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="64 photos, no tuning (< 30 s)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="(b) epochs timed after the first")
+    parser.add_argument("--tune-budget-s", type=float, default=25.0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "precompute_superres.jsonl")
+    args = parser.parse_args(argv)
+    cpus = usable_cpu_count()
+    default_threads = torch.get_num_threads()
+    source: Any = LowResPhotos()
+    if args.smoke:
+        source = Subset(source, range(min(64, len(source))))
+    n = len(source)
+    model = ESPCN()
+    bs = args.batch_size
+    work = Path(tempfile.mkdtemp(prefix="wf-superres-"))
+    rec: dict[str, Any] = {"samples": n, "batch_size": bs, "device": args.device}
+    try:
+        # 1. tuned workers for the source
+        if args.smoke:
+            src_workers = max(0, cpus - 1) or 1
+            rec["source_workers_from"] = "cpu rule (smoke: no tuning)"
+        else:
+            tuned = wellfed.tune(source, budget_s=args.tune_budget_s, store=True)
+            src_workers = tuned.recommended.config.num_workers if tuned.recommended else 1
+            rec["source_workers_from"] = "wellfed.tune"
+        rec["source_workers"] = src_workers
+
+        # 2. stage costs alone
+        with _Threads(1):
+            c0 = time.process_time()
+            samples = [source[i] for i in range(n)]
+            c_read = (time.process_time() - c0) / n
+        batches = [torch.utils.data.default_collate(samples[lo : lo + bs]) for lo in range(0, n, bs)]
+        model.eval()
+        with _Threads(1), torch.inference_mode():
+            c0 = time.process_time()
+            outs = [model(x) for x, _ in batches]
+            c_fn = (time.process_time() - c0) / n
+        with torch.inference_mode():
+            model(batches[0][0])
+            t0 = time.perf_counter()
+            for x, _ in batches:
+                model(x)
+            fn_rate = n / (time.perf_counter() - t0)
+        out_all = torch.cat(outs).numpy()
+        labels = torch.cat([y for _, y in batches]).numpy()
+        specs = (
+            FieldSpec("output", "float32", tuple(out_all.shape[1:]), 3, "fn"),
+            FieldSpec("source_1", "int64", (), 0, "source"),
+        )
+        wdir = work / "write"
+        wdir.mkdir()
+        c0 = time.process_time()
+        commit_shard(wdir, 0, 0, {"output": out_all, "source_1": labels}, specs)
+        c_write = (time.process_time() - c0) / n
+        read_loader = DataLoader(source, batch_size=bs, num_workers=src_workers, timeout=120 if src_workers else 0)
+        _epoch_s(read_loader)  # warm: page cache
+        read_rate = n / _epoch_s(read_loader)
+        bound = cpus / (c_read + c_fn + c_write)
+        rec.update(
+            read_cpu_ms_per_sample=c_read * 1e3,
+            fn_cpu_ms_per_sample=c_fn * 1e3,
+            write_cpu_ms_per_sample=c_write * 1e3,
+            read_samples_per_s_alone=read_rate,
+            fn_samples_per_s_alone=fn_rate,
+            bound_samples_per_s=bound,
+        )
+
+        # 4. precompute end to end
+        out = work / "sr"
+        r0 = _tree_cpu_s()
+        t0 = time.perf_counter()
+        cache = wellfed.precompute(source, model, out, batch_size=bs, device=args.device, num_workers=src_workers)
+        pre_s = time.perf_counter() - t0
+        pre_cpu = _tree_cpu_s() - r0  # main process + its (joined) workers
+        rec.update(
+            precompute_cpu_s=pre_cpu,
+            precompute_cpu_ms_per_sample=pre_cpu / n * 1e3,
+            cpu_efficiency=(c_read + c_fn + c_write) * n / pre_cpu,
+            cpu_share_obtained=pre_cpu / pre_s,
+            bound_at_obtained_share_samples_per_s=(pre_cpu / pre_s) / (c_read + c_fn + c_write),
+            precompute_s=pre_s,
+            precompute_samples_per_s=n / pre_s,
+            precompute_vs_bound=(n / pre_s) / bound,
+            store_bytes=sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+        )
+
+        # 1b. tuned workers for the cache
+        if args.smoke:
+            cache_workers = src_workers
+            rec["cache_workers_from"] = "cpu rule (smoke: no tuning)"
+        else:
+            tuned_c = wellfed.tune(cache, budget_s=args.tune_budget_s, store=False)
+            cache_workers = tuned_c.recommended.config.num_workers if tuned_c.recommended else 1
+            rec["cache_workers_from"] = "wellfed.tune"
+        rec["cache_workers"] = cache_workers
+
+        # 5. (a) vs (b)
+        naive_ds = NaiveSRDataset(source, model, args.device)
+        a_default = _epoch_s(DataLoader(naive_ds, batch_size=bs, num_workers=0))
+        with _Threads(1):
+            a_one = _epoch_s(DataLoader(naive_ds, batch_size=bs, num_workers=0))
+        a = min(a_default, a_one)
+        kw: dict[str, Any] = {"batch_size": bs, "shuffle": True, "num_workers": cache_workers}
+        if cache_workers:
+            kw.update(persistent_workers=True, timeout=120)
+        loader = DataLoader(cache, **kw)
+        b_first = _epoch_s(loader)
+        b_epochs = [_epoch_s(loader) for _ in range(args.epochs)]
+        b = statistics.median(b_epochs)
+        del loader
+        rec.update(
+            a_epoch_s=a,
+            a_epoch_s_default_threads=a_default,
+            a_epoch_s_one_thread=a_one,
+            b_epoch_s=b,
+            b_epoch_s_all=b_epochs,
+            b_first_epoch_s=b_first,
+            speedup_per_epoch=a / b,
+            break_even_epochs=pre_s / (a - b) if a > b else None,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rec["env"] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_default": default_threads,
+        "git_sha": _git_sha(),
+        "cpu": platform.processor() or platform.machine(),
+        "usable_cpus": cpus,
+        "load_avg_1m_at_end": os.getloadavg()[0],
+        "os": f"{platform.system()} {platform.release()}",
+        "command": "python benchmarks/precompute_superres.py" + (" " + " ".join(argv) if argv else ""),
+    }
+    rows = [
+        ("source read, CPU ms/sample", f"{rec['read_cpu_ms_per_sample']:.2f}"),
+        ("fn (ESPCN x2), CPU ms/sample", f"{rec['fn_cpu_ms_per_sample']:.2f}"),
+        ("write, CPU ms/sample", f"{rec['write_cpu_ms_per_sample']:.2f}"),
+        (f"source alone, {src_workers} tuned workers, samples/s", f"{rec['read_samples_per_s_alone']:.0f}"),
+        ("fn alone, default threads, samples/s", f"{rec['fn_samples_per_s_alone']:.0f}"),
+        (f"bound: {cpus} CPUs / summed CPU cost, samples/s", f"{bound:.1f}"),
+        ("precompute end to end, samples/s", f"{rec['precompute_samples_per_s']:.1f}"),
+        ("precompute / bound", f"{rec['precompute_vs_bound']:.0%}"),
+        ("precompute, s", f"{rec['precompute_s']:.2f}"),
+        ("precompute CPU ms/sample (main + workers)", f"{rec['precompute_cpu_ms_per_sample']:.2f}"),
+        ("CPU efficiency: summed stage cost / CPU used", f"{rec['cpu_efficiency']:.0%}"),
+        ("CPUs obtained during precompute (load from others)", f"{rec['cpu_share_obtained']:.2f}"),
+        ("(a) model in __getitem__, workers=0, s/epoch", f"{rec['a_epoch_s']:.2f}"),
+        (f"(b) CachedDataset, {cache_workers} tuned workers, s/epoch", f"{rec['b_epoch_s']:.3f}"),
+        ("speed-up per epoch (a)/(b)", f"{rec['speedup_per_epoch']:.0f}x"),
+        ("break-even epochs", f"{rec['break_even_epochs']:.2f}" if rec["break_even_epochs"] else "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
