@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["IsolatedResult", "kill_tree", "run_isolated", "tree_memory"]
+__all__ = ["IsolatedResult", "kill_tree", "private_memory_bytes", "run_isolated", "tree_memory"]
 
 #: Seconds between two samples of the child tree's memory. Reading one process's USS
 #: (smaps_rollup) costs ~4.5 ms for a process that imported torch (measured here with
@@ -188,6 +188,15 @@ def tree_memory(root: psutil.Process) -> tuple[int, str]:
         except psutil.Error:
             continue
     return total, kind
+
+
+def private_memory_bytes(pid: int) -> int | None:
+    """Private memory (USS) of one process in bytes, the measure tree_memory gives each
+    descendant; None when the process is gone or the OS gives no USS."""
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except (psutil.Error, AttributeError, ValueError):
+        return None
 
 
 def kill_tree(pid: int, procs: list[psutil.Process] | None = None) -> None:

@@ -728,6 +728,35 @@ def _module_level_collate(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.TransformDataset(), {"num_workers": 2, "batch_size": 1, "collate_fn": d.collate_first}
 
 
+def _unbatched_collate(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = d.PlainDataset()
+    return DataLoader(ds, batch_size=None, collate_fn=d.per_sample_collate, num_workers=2), None
+
+
+def _keyed_sampler(tmp: Path, closers: list) -> tuple[Any, Any]:
+    keys = [f"k{i}" for i in range(d.N)]
+    return DataLoader(d.KeyedDataset(), batch_size=2, sampler=keys, num_workers=2), None
+
+
+def _empty_dataset(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return DataLoader(d.EmptyDataset(), batch_size=2, num_workers=2), None
+
+
+def _offset_batch_sampler(tmp: Path, closers: list) -> tuple[Any, Any]:
+    from torch.utils.data import BatchSampler
+
+    batches = BatchSampler(list(range(100, 100 + d.N)), batch_size=3, drop_last=False)
+    return DataLoader(d.OffsetDataset(), batch_sampler=batches, num_workers=2), None
+
+
+def _batch_indexed(tmp: Path, closers: list) -> tuple[Any, Any]:
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    ds = d.BatchIndexedDataset()
+    batches = BatchSampler(SequentialSampler(range(d.N)), batch_size=4, drop_last=False)
+    return DataLoader(ds, sampler=batches, batch_size=None, num_workers=2), None
+
+
 CLEAN: tuple[Case, ...] = (
     Case(
         "global_rng_augment",
@@ -771,4 +800,24 @@ CLEAN: tuple[Case, ...] = (
     Case("per_index_seed", _per_index_seed, (), "generator derived from (seed, epoch, index)"),
     Case("logger_and_cpu_module", _logger_and_module, (), "a logging.Logger and a CPU nn.Module"),
     Case("module_level_collate", _module_level_collate, (), "module-level collate_fn"),
+    Case(
+        "unbatched_per_sample_collate",
+        _unbatched_collate,
+        (),
+        "DataLoader(batch_size=None, collate_fn=f): f receives one sample (automatic batching off)",
+    ),
+    Case("string_key_sampler", _keyed_sampler, (), "dataset keyed by str, sampler of keys"),
+    Case("empty_dataset", _empty_dataset, (), "len(dataset) == 0 (e.g. an empty split)"),
+    Case(
+        "offset_batch_sampler",
+        _offset_batch_sampler,
+        (),
+        "batch_sampler over indices 100..107 (index 0 is not valid)",
+    ),
+    Case(
+        "batch_indexed_sampler",
+        _batch_indexed,
+        (),
+        "sampler=BatchSampler(...), batch_size=None: __getitem__ takes a list of indices",
+    ),
 )

@@ -586,3 +586,66 @@ def seed_mmdet_style(worker_id: int, num_workers: int, rank: int, seed: int) -> 
     worker_seed = num_workers * rank + worker_id + seed
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+
+
+# --- legal loader shapes the live probe must respect (review 2.2) ---------------------------
+
+
+class PlainDataset(Dataset):
+    """Sample i is a (3,) float tensor filled with i."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.full((3,), float(i))
+
+
+def per_sample_collate(sample: torch.Tensor) -> torch.Tensor:
+    """A collate_fn for batch_size=None: it receives ONE sample, not a list."""
+    return sample.double()
+
+
+class KeyedDataset(Dataset):
+    """Indexed by string keys ("k0".."k7"), not by integers: dataset[0] is a KeyError."""
+
+    def __init__(self) -> None:
+        self.values = {f"k{i}": float(i) for i in range(N)}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.tensor(self.values[key])
+
+
+class EmptyDataset(Dataset):
+    """len() == 0: there is no index to fetch."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        raise IndexError(i)
+
+
+class OffsetDataset(Dataset):
+    """Valid indices are 100..107 only (a slice of a bigger index space)."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 100 <= i < 100 + N:
+            raise IndexError(i)
+        return torch.full((2,), float(i))
+
+
+class BatchIndexedDataset(Dataset):
+    """__getitem__ takes a list of indices (used with sampler=BatchSampler, batch_size=None)."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: list[int]) -> torch.Tensor:
+        return torch.tensor([float(i) for i in idx])

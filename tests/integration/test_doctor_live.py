@@ -148,3 +148,20 @@ def test_builtin_workload_is_clean() -> None:
     )
     assert live.is_clean, live.findings
     assert live.probes[0].status == "ok"
+
+
+def test_probe_child_that_cannot_start_is_not_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With CUDA initialised in the caller, run_isolated starts its child with spawn, which
+    # cannot pickle a dataset holding a lambda (fine for fork workers, the method judged).
+    from wellfed import _isolate
+
+    monkeypatch.setattr(_isolate, "_cuda_initialized", lambda: True)
+    ds = d.RngAttrDataset(random.Random(0))
+    ds.fn = lambda x: x  # type: ignore[attr-defined]
+    report = diagnose(ds, start_methods=["fork"], timeout_s=30)
+    (run,) = report.probes
+    assert run.status == "not_probed", run
+    codes = {(f.code, f.severity) for f in report.findings}
+    assert codes == {("WF107", "error"), ("WF123", "info")}, report.findings
+    (rng,) = [f for f in report.findings if f.code == "WF107"]
+    assert "not probed (fork): the isolated process could not start (spawn)" in rng.evidence

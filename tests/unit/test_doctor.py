@@ -205,3 +205,142 @@ def test_public_names() -> None:
     assert wellfed.diagnose is diagnose
     assert wellfed.DoctorReport is DoctorReport
     assert wellfed.Finding is Finding
+
+
+# --- review of issue 3 (regressions) ---------------------------------------------------------
+
+
+def test_probe_that_cannot_start_is_not_probed_and_keeps_static_findings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # run_isolated answers "failed ... could not start" when the child cannot even start
+    # (spawn, because CUDA is initialised in the caller, and the dataset does not pickle).
+    from wellfed import _isolate
+    from wellfed.doctor import _probe
+
+    def cannot_start(*args: Any, **kwargs: Any) -> _isolate.IsolatedResult:
+        return _isolate.IsolatedResult(
+            "failed",
+            error="the isolated process could not start (spawn): AttributeError: Can't "
+            "pickle local object 'f.<locals>.<lambda>'",
+        )
+
+    monkeypatch.setattr(_probe, "run_isolated", cannot_start)
+    ds = d.RngAttrDataset(np.random.default_rng(0))
+    report = diagnose(ds, start_methods=["fork"], platform_info=_PLATFORM)
+    (run,) = report.probes
+    assert run.status == "not_probed"
+    assert "could not start" in (run.error or "")
+    assert not any(f.code == "WF122" for f in report.findings)
+    rng = [f for f in report.findings if f.code == "WF107"]
+    assert [(f.path, f.severity) for f in rng] == [("dataset.rng", "error")]
+    assert "not probed (fork): the isolated process could not start" in rng[0].evidence
+    (info,) = [f for f in report.findings if f.severity == "info"]
+    assert info.code == "WF123"
+    assert info.evidence.startswith("not probed (fork): ")
+
+
+def test_worker_count_is_judged_per_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 ranks on a 16-CPU machine, 8 workers each: 32 workers on 16 CPUs.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    sixteen = dataclasses.replace(_PLATFORM, usable_cpus=16, cpu_count=16)
+    report = _static(d.TransformDataset(), loader_kwargs={"num_workers": 8}, platform_info=sixteen)
+    (f,) = [f for f in report.findings if f.code == "WF119"]
+    assert "4 usable CPU(s) per rank" in f.message
+    assert "num_workers=3" in f.fix
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    report = _static(d.TransformDataset(), loader_kwargs={"num_workers": 8}, platform_info=sixteen)
+    assert not any(f.code == "WF119" for f in report.findings)
+
+
+def test_static_errors_keeps_errors_for_one_start_method() -> None:
+    from wellfed.doctor import static_errors
+
+    ds = d.TransformDataset(transform=lambda x: x)
+    (f,) = static_errors(ds, loader_kwargs={"num_workers": 2}, start_method="spawn")
+    assert (f.code, f.severity, f.start_methods) == ("WF101", "error", ("spawn",))
+    assert static_errors(ds, loader_kwargs={"num_workers": 2}, start_method="fork") == ()
+    # Warnings are not errors: a stale attribute without persistent workers.
+    stale = d.EpochDataset()
+    assert static_errors(stale, loader_kwargs={"num_workers": 2}, start_method="fork") == ()
+    assert static_errors(
+        stale, loader_kwargs={"num_workers": 2, "persistent_workers": True}, start_method="fork"
+    )
+
+
+def test_static_errors_default_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wellfed import platform
+    from wellfed.doctor import static_errors
+
+    ds = d.TransformDataset(transform=lambda x: x)
+    monkeypatch.setattr(platform, "default_start_method", lambda: "spawn")
+    (f,) = static_errors(ds)
+    assert f.start_methods == ("spawn",)
+    monkeypatch.setattr(platform, "default_start_method", lambda: "fork")
+    assert static_errors(ds) == ()
+    # The loader's own multiprocessing_context wins over the platform default.
+    ctx_kwargs = {"num_workers": 2, "multiprocessing_context": "spawn"}
+    assert static_errors(ds, loader_kwargs=ctx_kwargs)
+
+
+def test_probe_digest_is_repro_batch_digest() -> None:
+    from wellfed.doctor import _probe
+    from wellfed.repro import batch_digest
+
+    batch = {"x": torch.arange(6).reshape(2, 3), "y": [1, "a"], "z": np.zeros(3)}
+    assert _probe._digest(batch) == batch_digest(batch)
+
+
+def test_probe_worker_memory_comes_from_isolate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wellfed import _isolate
+    from wellfed.doctor import _probe
+
+    seen: list[int] = []
+
+    def fake(pid: int) -> int | None:
+        seen.append(pid)
+        return 1234 if pid == 11 else None
+
+    monkeypatch.setattr(_isolate, "private_memory_bytes", fake)
+    it = type("It", (), {"_workers": [type("W", (), {"pid": p})() for p in (11, 12)]})()
+    assert _probe._worker_uss(it) == [1234]
+    assert seen == [11, 12]
+
+
+def test_slow_unpickling_is_flagged_below_the_size_threshold() -> None:
+    from wellfed.doctor._checks import (
+        PICKLED_SLOW_BYTES,
+        UNPICKLE_SLOW_S,
+        Context,
+        check_pickled_size,
+    )
+
+    ds = d.TransformDataset()
+    ctx = Context(ds, True, {"num_workers": 4}, ("spawn",), _PLATFORM)
+    ctx.walks["dataset"] = walk(ds, "dataset")
+    size = 56 * 1024**2
+    assert size < PICKLED_SLOW_BYTES
+    (f,) = check_pickled_size(ctx, (size, 0.3, 5.2))
+    assert f.code == "WF120"
+    assert "5.2 s" in f.message
+    assert "unpickle" in f.message
+    assert check_pickled_size(ctx, (size, 0.3, UNPICKLE_SLOW_S / 2)) == []
+
+
+def test_rng_object_fix_points_to_sample_rng_when_seeded() -> None:
+    import wellfed
+
+    ds = d.RngAttrDataset(np.random.default_rng(0))
+    (f,) = _static(ds, loader_kwargs={"num_workers": 2, "seed": 3}).findings
+    assert f.code == "WF107"
+    assert "wellfed.sample_rng()" in f.fix
+    assert "wellfed.sample_generator()" in f.fix
+    assert "worker_init_fn" not in f.fix
+    unseeded = _static(ds, loader_kwargs={"num_workers": 2}).findings[0]
+    assert "worker_init_fn" in unseeded.fix
+    assert "wellfed.sample_rng()" in unseeded.fix  # offered as the reproducible way
+    # The same dataset in a loader from wellfed.create_dataloader(seed=...).
+    loader = wellfed.create_dataloader(ds, batch_size=2, seed=3, num_workers=0)
+    (f,) = _static(loader).findings
+    assert "wellfed.sample_rng()" in f.fix
+    assert "worker_init_fn" not in f.fix

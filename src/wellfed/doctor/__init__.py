@@ -24,6 +24,7 @@ from wellfed.doctor._checks import (
     Context,
     check_pickled_size,
     check_shared_memory,
+    rng_fix,
     run_checks,
 )
 from wellfed.doctor._graph import walk
@@ -48,6 +49,7 @@ __all__ = [
     "ProbeRun",
     "diagnose",
     "render_text",
+    "static_errors",
 ]
 
 _KNOWN_METHODS = ("fork", "spawn", "forkserver")
@@ -65,6 +67,7 @@ _SETTING_NAMES = (
     "batch_sampler",
     "multiprocessing_context",
     "timeout",
+    "seed",  # wellfed.create_dataloader(seed=...): per-sample seeding is in use
 )
 
 
@@ -153,6 +156,52 @@ def diagnose(
     )
 
 
+def static_errors(
+    obj: Any,
+    *,
+    loader_kwargs: Mapping[str, Any] | None = None,
+    start_method: str | None = None,
+) -> tuple[Finding, ...]:
+    """The error findings of the static checks for one start method: what would break or
+    corrupt data in workers, judged before any worker starts.
+
+    The one gate ``create_dataloader`` and ``wellfed tune`` run before starting workers. No
+    live probe, no ``__getitem__`` call; < 2 s even for 10**6 items.
+
+    Args:
+        obj: A Dataset, a ``torch.utils.data.DataLoader`` or a ``wellfed.LoaderSpec``.
+        loader_kwargs: The full, resolved DataLoader arguments the workers will run with
+            (num_workers, batch_size, prefetch_factor, persistent_workers, pin_memory,
+            collate_fn, worker_init_fn, sampler, batch_sampler, multiprocessing_context, and
+            ``seed`` for a seeded loader); they override a DataLoader's own.
+        start_method: "fork", "spawn" or "forkserver". None: the loader's
+            multiprocessing_context if set, else ``wellfed.platform.default_start_method()``.
+
+    Returns:
+        The error-severity findings, errors ordered by code and path; empty when none.
+
+    Raises:
+        ConfigError: an unknown or unavailable start method.
+
+    Example:
+        >>> errors = wellfed.doctor.static_errors(dataset, loader_kwargs={"num_workers": 4})
+        >>> [f.code for f in errors]
+        []
+    """
+    method = start_method
+    if method is None:
+        _, settings, _ = _unpack(obj, loader_kwargs)
+        ctx = settings.get("multiprocessing_context")
+        if ctx is not None:
+            method = ctx if isinstance(ctx, str) else ctx.get_start_method()
+        else:
+            from wellfed import platform
+
+            method = platform.default_start_method()
+    report = diagnose(obj, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
+    return report.errors
+
+
 def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], bool]:
     """(dataset, settings, from_loader) from a Dataset, DataLoader or LoaderSpec."""
     settings: dict[str, Any] = {}
@@ -167,10 +216,14 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
                 settings[name] = getattr(obj, name)
         if obj.batch_sampler is not None and hasattr(obj.batch_sampler, "batch_size"):
             settings["batch_size"] = obj.batch_sampler.batch_size
-        if _is_default_sampler(settings.get("sampler")):
-            settings.pop("sampler")
-        if _is_default_sampler(settings.get("batch_sampler")):
-            settings.pop("batch_sampler")
+        _unwrap_seeded_samplers(settings)
+        for name in ("sampler", "batch_sampler"):
+            value = settings.get(name)
+            # A BatchSampler passed as sampler= (with batch_size=None) is the user's choice:
+            # its items, lists of indices, are what __getitem__ takes.
+            batches_as_sampler = name == "sampler" and type(value).__name__ == "BatchSampler"
+            if value is None or (_is_default_sampler(value) and not batches_as_sampler):
+                settings.pop(name, None)
     elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
         from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
         dataset = obj.dataset
@@ -186,6 +239,24 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
     if settings.get("num_workers") == 0 and loader_kwargs is None and not from_loader:
         settings.pop("num_workers")
     return dataset, settings, from_loader
+
+
+def _unwrap_seeded_samplers(settings: dict[str, Any]) -> None:
+    """Judge and probe with the user's own sampler, not wellfed's seeded wrapper.
+
+    A loader from ``create_dataloader(seed=...)`` may carry a sampler that yields
+    (index, seed) pairs; its ``base_sampler`` is the user's sampler or batch sampler, None
+    when wellfed orders the indices itself.
+    """
+    batch_sampler = settings.get("batch_sampler")
+    inner: Any = getattr(batch_sampler, "sampler", None)
+    if hasattr(inner, "base_sampler"):  # torch BatchSampler around the seeded sampler
+        settings["batch_sampler"] = None
+        settings["sampler"] = inner.base_sampler
+    for name in ("sampler", "batch_sampler"):
+        value: Any = settings.get(name)
+        if hasattr(value, "base_sampler"):
+            settings[name] = value.base_sampler
 
 
 def _is_default_sampler(sampler: Any) -> bool:
@@ -311,6 +382,27 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
 
     for run in probes:
         m = run.start_method
+        if run.status == "not_probed":
+            reason = _first_line(run.error or "no reason given")
+            note = f"not probed ({m}): {reason}"
+            for i, old in enumerate(out):
+                if m in old.start_methods and note not in old.evidence:
+                    out[i] = dataclasses.replace(old, evidence=f"{old.evidence}; {note}")
+            f = ctx.finding(
+                "WF123",
+                "info",
+                "env.live_probe",
+                f"The live probe did not run under {m}: {reason}. Findings for {m} are the "
+                "static checks' only, neither confirmed nor refuted in real workers.",
+                "Nothing to fix in the dataset for this. To probe anyway, run `wellfed doctor` "
+                "in a process that has not initialised CUDA (fork is then possible), or make "
+                "the dataset picklable.",
+                note,
+                (m,),
+            )
+            if f is not None:
+                out.append(f)
+            continue
         if run.status != "ok":
             error = run.error or ""
             first = _first_line(error)
@@ -377,8 +469,7 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                         "dataset",
                         "Every worker returns the same random augmentation: the workers share "
                         "one RNG state (an RNG object or a seed copied into each).",
-                        "Use the global RNGs (PyTorch reseeds them per worker) or seed per "
-                        "worker from torch.initial_seed() in worker_init_fn.",
+                        rng_fix("rng", ctx.settings.get("seed") is not None),
                         f"confirmed live ({m}): {what}",
                         (m,),
                     )
@@ -425,7 +516,12 @@ def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun])
                 )
             )
         if "pickled_bytes" in obs:
-            live_size = check_pickled_size(ctx, (int(obs["pickled_bytes"]), float(obs["pickle_s"])))
+            measured = (
+                int(obs["pickled_bytes"]),
+                float(obs["pickle_s"]),
+                float(obs.get("unpickle_s", 0.0)),
+            )
+            live_size = check_pickled_size(ctx, measured)
             out = [f for f in out if f.code != "WF120"] + live_size
         first_uss, last_uss = obs.get("worker_uss_first_bytes"), obs.get("worker_uss_last_bytes")
         if first_uss and last_uss:

@@ -21,9 +21,16 @@ from typing import Any
 from wellfed.doctor._graph import Node, Walk, is_shared_state, module_of
 from wellfed.doctor._report import CODES, Finding
 from wellfed.doctor._source import analyze_class, is_user_code, seed_calls
-from wellfed.platform import PlatformInfo
+from wellfed.platform import PlatformInfo, local_world_size
 
-__all__ = ["ALL_CHECKS", "COPY_ON_READ_ITEMS", "PICKLED_SLOW_BYTES", "Context", "run_checks"]
+__all__ = [
+    "ALL_CHECKS",
+    "COPY_ON_READ_ITEMS",
+    "PICKLED_SLOW_BYTES",
+    "UNPICKLE_SLOW_S",
+    "Context",
+    "run_checks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,16 @@ COPY_ON_READ_ITEMS = 100_000
 #: range(2_000_000)]; b=pickle.dumps(x); t=time.time(); pickle.loads(b);
 #: print(len(b)/(time.time()-t))"``.
 PICKLED_SLOW_BYTES = 64 * 1024**2
+
+#: Measured time to unpickle the dataset above which start-up under spawn/forkserver is
+#: reported as slow, whatever the size (objects with costly ``__setstate__``, many small
+#: objects): each worker pays it at every start. 1 s is below the ~1.4 s that
+#: PICKLED_SLOW_BYTES costs at ~45 MiB/s and about the torch import each spawn worker already
+#: pays (~1.2 s), so above it the pickle at least doubles a worker's start-up.
+#: Source: the unpickling rate measured as for PICKLED_SLOW_BYTES, and the torch import with
+#: ``python -c "import time; t=time.perf_counter(); import torch;
+#: print(time.perf_counter()-t)"`` (development machine: 2-core x86_64, Python 3.11, shared).
+UNPICKLE_SLOW_S = 1.0
 
 #: Fraction of free /dev/shm that batches in flight may use before a warning (error above 1).
 SHM_WARN_FRACTION = 0.5
@@ -376,8 +393,12 @@ def pickle_error(obj: Any) -> str | None:
     return None
 
 
-def pickled_size(obj: Any) -> tuple[int, float] | None:
-    """(bytes, seconds) of pickling obj as for a spawn worker (tensors excluded); None on error."""
+def pickled_size(obj: Any) -> tuple[int, float, float] | None:
+    """(bytes, pickle seconds, unpickle seconds) of obj as sent to a spawn worker.
+
+    Tensors and arrays are excluded (they travel through shared memory). None on error.
+    """
+    import pickle
     import time
     from multiprocessing import context as mp_context
 
@@ -393,7 +414,14 @@ def pickled_size(obj: Any) -> tuple[int, float] | None:
         return None
     finally:
         mp_context.set_spawning_popen(previous)
-    return buf.tell(), time.perf_counter() - start
+    pickle_s = time.perf_counter() - start
+    data = buf.getvalue()
+    start = time.perf_counter()
+    try:
+        pickle.loads(data)
+    except Exception:
+        return len(data), pickle_s, 0.0
+    return len(data), pickle_s, time.perf_counter() - start
 
 
 def _direct_pickle_target(node: Node) -> tuple[Any, str] | None:
@@ -781,6 +809,7 @@ def check_rng(ctx: Context) -> list[Finding]:
     out: list[Finding] = []
     wif = ctx.settings.get("worker_init_fn")
     wif_text = _source_text(wif)
+    seeded = ctx.settings.get("seed") is not None
     for node in ctx.worker_nodes():
         kind = _rng_kind(node.obj)
         if kind is None:
@@ -801,18 +830,37 @@ def check_rng(ctx: Context) -> list[Finding]:
             "state, so every worker draws the same random numbers (the same augmentations for "
             "different samples). PyTorch reseeds only the global random, numpy and torch RNGs "
             "per worker.",
-            "Use the global RNGs in worker code (random.random(), np.random.rand(), "
-            "torch.rand(); PyTorch reseeds them per worker), or reseed this object per worker:\n"
-            "def worker_init_fn(worker_id):\n"
-            "    info = torch.utils.data.get_worker_info()\n"
-            f"    info.dataset.{node.attr or 'rng'} = np.random.default_rng(info.seed)"
-            "  # or derive from (seed, epoch, index) with wellfed.seeding",
+            rng_fix(node.attr or "rng", seeded),
             f"static: {_pretty_type(node.obj)} at {node.path}",
             methods,
         )
         if f is not None:
             out.append(f)
     return out
+
+
+def rng_fix(attr: str, seeded: bool) -> str:
+    """WF107's fix. With ``create_dataloader(seed=...)``, the per-sample generators: reseeding
+    per worker would make the numbers depend on num_workers, which the seed is there to stop."""
+    per_sample = (
+        "Draw from the per-sample generators in __getitem__ instead of this object: "
+        "wellfed.sample_rng() (numpy) or wellfed.sample_generator() (torch), seeded from "
+        "(seed, epoch, index), so the numbers are the same for any num_workers and start "
+        f"method:\nrng = wellfed.sample_rng()  # instead of self.{attr}\n"
+        "x = augment(x, rng)"
+    )
+    if seeded:
+        return per_sample
+    return (
+        "Use the global RNGs in worker code (random.random(), np.random.rand(), "
+        "torch.rand(); PyTorch reseeds them per worker), or reseed this object per worker:\n"
+        "def worker_init_fn(worker_id):\n"
+        "    info = torch.utils.data.get_worker_info()\n"
+        f"    info.dataset.{attr} = np.random.default_rng(info.seed)\n"
+        "For numbers that do not change with num_workers, load with "
+        "wellfed.create_dataloader(seed=...) and draw from wellfed.sample_rng() / "
+        "wellfed.sample_generator() in __getitem__."
+    )
 
 
 def _source_text(func: Any) -> str:
@@ -1268,58 +1316,87 @@ def check_iterable_sharding(ctx: Context) -> list[Finding]:
 
 
 def check_worker_count(ctx: Context) -> list[Finding]:
-    """WF119: more workers than usable CPUs (affinity and cgroup quota)."""
+    """WF119: more workers than usable CPUs per local rank (affinity, cgroup quota, ranks).
+
+    Every training process on this machine (``wellfed.platform.local_world_size()``) starts
+    its own workers, so the budget is ``usable_cpus_per_rank()``.
+    """
     nw = ctx.num_workers
-    cpus = ctx.platform.usable_cpus
+    ranks = local_world_size()
+    # platform.usable_cpus_per_rank(), computed from the judged platform (which a caller may
+    # inject to judge another machine) rather than from this one.
+    cpus = max(1, ctx.platform.usable_cpus // ranks)
     if nw is None or nw <= cpus:
         return []
+    if ranks > 1:
+        where = (
+            f"the {cpus} usable CPU(s) per rank ({ctx.platform.usable_cpus} usable CPUs shared "
+            f"by {ranks} training processes on this machine, each with its own workers)"
+        )
+    else:
+        where = f"the {cpus} usable CPU(s) of this process (affinity mask and cgroup quota)"
     f = ctx.finding(
         "WF119",
         "warning",
         "loader.num_workers",
-        f"num_workers={nw} exceeds the {cpus} usable CPU(s) of this process (affinity mask and "
-        "cgroup quota): workers time-share the cores, each adding memory and start-up time "
-        "without adding throughput.",
-        f"Use num_workers={max(1, cpus - 1)} (usable CPUs minus one for the training loop), or "
-        "measure: wellfed tune <target>.",
-        f"static: usable CPUs = {cpus} (os.cpu_count() = {ctx.platform.cpu_count})",
+        f"num_workers={nw} exceeds {where}: workers time-share the cores, each adding memory "
+        "and start-up time without adding throughput.",
+        f"Use num_workers={max(1, cpus - 1)} (usable CPUs per rank minus one for the training "
+        "loop), or measure: wellfed tune <target>.",
+        f"static: usable CPUs = {ctx.platform.usable_cpus} (os.cpu_count() = "
+        f"{ctx.platform.cpu_count}), local ranks = {ranks}",
     )
     return [f] if f is not None else []
 
 
-def check_pickled_size(ctx: Context, measured: tuple[int, float] | None = None) -> list[Finding]:
-    """WF120: a dataset whose pickle is large (each spawn worker unpickles its own copy).
+def check_pickled_size(
+    ctx: Context, measured: tuple[int, float, float] | None = None
+) -> list[Finding]:
+    """WF120: a dataset whose pickle is large or slow to load (each spawn worker unpickles
+    its own copy at every start).
 
-    Statically the size is estimated from the walk (sampled containers scaled up); the live
-    probe measures it.
+    Statically the size is estimated from the walk (sampled containers scaled up). The live
+    probe measures (bytes, pickle seconds, unpickle seconds); then a measured unpickle time of
+    UNPICKLE_SLOW_S or more is reported too, whatever the size.
     """
     if not any(m in ctx.start_methods for m in _SPAWNISH):
         return []
     w = ctx.walks.get("dataset")
     if w is None:
         return []
+    unpickle_s = 0.0
     if measured is not None:
-        size, seconds = measured
-        evidence = f"confirmed live: pickled in {seconds:.2f} s to {_mb(size)} (tensors excluded)"
+        size, seconds, unpickle_s = measured
+        evidence = (
+            f"confirmed live: pickled in {seconds:.2f} s to {_mb(size)}, unpickled in "
+            f"{unpickle_s:.2f} s (tensors excluded)"
+        )
     else:
         size = int(sum(_approx_bytes(n) for n in w.nodes if n.pickled))
         evidence = (
             "static: estimated from the object graph (tensors excluded: they travel "
             "through shared memory)"
         )
-    if size < PICKLED_SLOW_BYTES:
+    big, slow = size >= PICKLED_SLOW_BYTES, unpickle_s >= UNPICKLE_SLOW_S
+    if not big and not slow:
         return []
     nw = ctx.num_workers or 2
+    cost = (
+        f"unpickling it took {unpickle_s:.1f} s here, paid by each worker"
+        if slow
+        else "costing seconds"
+    )
     f = ctx.finding(
         "WF120",
         "warning",
         "dataset",
         f"The dataset pickles to ~{_mb(size)}: under spawn/forkserver each of the {nw} workers "
         "receives and unpickles its own copy at every start (every epoch unless "
-        "persistent_workers=True), costing seconds and num_workers copies of the memory.",
+        f"persistent_workers=True), {cost}, and num_workers copies of the memory.",
         "Keep bulk data out of the pickle: store file paths or an np.memmap path and open it "
         "in the worker, or keep data in torch tensors (they travel through shared memory); "
-        "use persistent_workers=True so workers start once.",
+        "move costly rebuilding out of __setstate__ (do it lazily in the worker); use "
+        "persistent_workers=True so workers start once.",
         evidence,
         _SPAWNISH,
     )

@@ -1,33 +1,42 @@
 """The live probe: run the target in real DataLoader workers and look at what comes back.
 
-Each start method runs in its own isolated child process (``wellfed.measure.run_isolated``:
+Each start method runs in its own isolated child process (``wellfed._isolate.run_isolated``:
 fork of this process where possible, its own process group, the whole tree killed on
 timeout), so a crash, a deadlock or a CUDA error in a worker never reaches the caller and
-no process is left behind.
+no process is left behind. When that child cannot start at all (spawn, because CUDA is
+initialised here, and the dataset does not pickle), or there is nothing to fetch (an empty
+dataset or sampler), the run is "not_probed" with the reason, and nothing is judged live.
 
 What one run does, with 2 workers (the fewest that can disagree):
 
-- map-style: fetch index 0 2 x REPEATS times, then a few other indices, batch_size=1, with
-  the user's collate_fn and worker_init_fn. Even batches come from worker 0, odd ones from
-  worker 1 (DataLoader hands out batches round-robin), so the k-th sample of worker 0 equals
-  the k-th of worker 1 for every k, while main-process calls of ``dataset[0]`` vary enough
-  that chance cannot explain it, means the workers share one RNG state: rng-duplication,
-  confirmed. One differing pair refutes it.
+- map-style: take the first indices the loader itself would fetch (from the user's sampler
+  or batch_sampler, else 0, 1, 2...), fetch the first one 2 x REPEATS times, then the others,
+  one sample per batch with the user's collate_fn and worker_init_fn (``batch_size=None``
+  when the loader has automatic batching off, so the collate_fn gets one sample, as it
+  would). Even batches come from worker 0, odd ones from worker 1 (DataLoader hands out
+  batches round-robin), so the k-th sample of worker 0 equals the k-th of worker 1 for
+  every k, while main-process fetches of that sample vary enough that chance cannot explain
+  it, means the workers share one RNG state: rng-duplication, confirmed. One differing pair
+  refutes it.
 - iterable: read up to ITERABLE_ITEMS items, each tagged with the worker that produced it,
   and count samples that more than one worker yields: iterable-sharding, confirmed.
 - both: bytes and tensors per sample (for /dev/shm), private memory (USS) of each worker
-  after the first and the last batch, and for spawn/forkserver the pickled size.
+  after the first and the last batch, and for spawn/forkserver the pickled size with the
+  time to pickle and to unpickle it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import time
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from wellfed import _isolate
+from wellfed._isolate import run_isolated
 from wellfed.doctor._report import ProbeRun
+from wellfed.repro import batch_digest
 
 __all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
 
@@ -38,7 +47,7 @@ PROBE_WORKERS = 2
 #: Items read from an iterable dataset (per run, all workers together).
 ITERABLE_ITEMS = 64
 
-#: Times each of the two workers fetches index 0 (and times the main process does). A
+#: Times each of the two workers fetches the first index (and times the main process does). A
 #: duplicated RNG shows as REPEATS identical pairs; with a coin-flip augmentation the chance of
 #: that by luck is 0.5**8 = 0.4%.
 REPEATS = 8
@@ -46,8 +55,11 @@ REPEATS = 8
 #: Identical pairs confirm rng-duplication only when chance explains them less often than this.
 CHANCE_LEVEL = 1e-3
 
-#: Extra map-style indices fetched after the repeats of index 0.
+#: Extra map-style indices fetched after the repeats of the first one.
 MAP_EXTRA = 8
+
+#: How ``run_isolated``'s error starts when its child process could not start at all.
+NOT_STARTED = "the isolated process could not start"
 
 
 class TagWorkerIterable(IterableDataset):  # type: ignore[type-arg]
@@ -63,45 +75,28 @@ class TagWorkerIterable(IterableDataset):  # type: ignore[type-arg]
             yield wid, item
 
 
-def _digest(obj: Any, h: Any = None) -> str:
-    """A content hash of a sample or batch: tensors, arrays, images, numbers, containers."""
-    top = h is None
-    h = hashlib.sha1() if h is None else h
-    try:
-        import torch
+def _digest(obj: Any) -> str:
+    """A content hash of a sample or batch: ``wellfed.repro.batch_digest`` (one implementation).
 
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach()
-            if t.device.type != "cpu":
-                t = t.cpu()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(
-                t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-            )
-            return h.hexdigest() if top else ""
-    except Exception:
-        pass
-    if hasattr(obj, "tobytes") and callable(obj.tobytes):
-        try:
-            h.update(obj.tobytes())
-            h.update(str(getattr(obj, "shape", getattr(obj, "size", ""))).encode())
-            return h.hexdigest() if top else ""
-        except Exception:
-            pass
+    Objects exposing the array interface (PIL images) are hashed as arrays: their ``repr``
+    names a memory address, which differs between two equal images.
+    """
+    return batch_digest(_as_content(obj))
+
+
+def _as_content(obj: Any) -> Any:
     if isinstance(obj, dict):
-        for k in sorted(obj, key=repr):
-            h.update(repr(k).encode())
-            _digest(obj[k], h)
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"{type(obj).__name__}{len(obj)}".encode())
-        for x in obj:
-            _digest(x, h)
-    elif isinstance(obj, (str, bytes, int, float, bool, type(None))):
-        h.update(repr(obj).encode())
-    else:
-        h.update(type(obj).__qualname__.encode())
-        h.update(repr(getattr(obj, "__dict__", "")).encode())
-    return h.hexdigest() if top else ""
+        return {k: _as_content(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_as_content(x) for x in obj]  # batch_digest hashes lists and tuples alike
+    if hasattr(obj, "__array_interface__") and not hasattr(obj, "dtype"):
+        try:
+            import numpy as np
+
+            return np.asarray(obj)
+        except Exception:
+            return obj
+    return obj
 
 
 def _payload(obj: Any) -> tuple[int, int]:
@@ -127,15 +122,43 @@ def _payload(obj: Any) -> tuple[int, int]:
 
 
 def _worker_uss(iterator: Any) -> list[int]:
-    import psutil
-
+    """Private memory (USS) of each live worker of a DataLoader iterator, in bytes."""
     out = []
     for w in getattr(iterator, "_workers", []) or []:
-        try:
-            out.append(int(psutil.Process(w.pid).memory_full_info().uss))
-        except (psutil.Error, AttributeError, ValueError):
-            continue
+        pid = getattr(w, "pid", None)
+        uss = _isolate.private_memory_bytes(pid) if pid is not None else None
+        if uss is not None:
+            out.append(uss)
     return out
+
+
+def auto_batching(settings: dict[str, Any]) -> bool:
+    """Whether DataLoader batches samples: False for ``batch_size=None`` without batch_sampler."""
+    if settings.get("batch_sampler") is not None:
+        return True
+    return not ("batch_size" in settings and settings["batch_size"] is None)
+
+
+def probe_indices(dataset: Any, settings: dict[str, Any]) -> list[Any]:
+    """The first 1 + MAP_EXTRA indices the loader would fetch, in its own order.
+
+    From the user's batch_sampler (its first batches, flattened) or sampler when given, so
+    keys that are not integers, and index ranges that do not start at 0, stay valid; else
+    ``range(len(dataset))``. Empty when there is nothing to fetch.
+    """
+    want = 1 + MAP_EXTRA
+    batch_sampler = settings.get("batch_sampler")
+    sampler = settings.get("sampler")
+    if batch_sampler is not None:
+        batches = itertools.islice(iter(batch_sampler), want)
+        return list(itertools.islice(itertools.chain.from_iterable(batches), want))
+    if sampler is not None:
+        return list(itertools.islice(iter(sampler), want))
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = want
+    return list(range(min(n, want)))
 
 
 def probe_one(
@@ -179,7 +202,7 @@ def _probe_one(
     loader_timeout_s: float,
     measure_pickle: bool,
 ) -> dict[str, Any]:
-    from torch.utils.data import DataLoader, IterableDataset, default_collate
+    from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert
 
     obs: dict[str, Any] = {}
     if measure_pickle:
@@ -187,7 +210,7 @@ def _probe_one(
 
         measured = pickled_size(dataset)
         if measured is not None:
-            obs["pickled_bytes"], obs["pickle_s"] = measured
+            obs["pickled_bytes"], obs["pickle_s"], obs["unpickle_s"] = measured
     common: dict[str, Any] = {
         "num_workers": PROBE_WORKERS,
         "worker_init_fn": settings.get("worker_init_fn"),
@@ -224,10 +247,29 @@ def _probe_one(
         obs["duplicate_samples"] = sum(1 for ws in owners.values() if len(ws) > 1)
         obs["distinct_samples"] = len(owners)
         return {"batches": batches, "observations": obs}
-    n = len(dataset)
-    indices = [0] * (2 * REPEATS) + list(range(1, min(n, 1 + MAP_EXTRA)))
-    collate = settings.get("collate_fn") or default_collate
-    it = iter(DataLoader(dataset, batch_size=1, sampler=indices, collate_fn=collate, **common))
+    keys = probe_indices(dataset, settings)
+    if not keys:
+        return {"batches": 0, "observations": obs, "not_probed": "the sampler yields no index"}
+    first = keys[0]
+    indices = [first] * (2 * REPEATS) + keys[1:]
+    fetch = getattr(dataset, "__getitems__", None)
+    if auto_batching(settings):
+        # One sample per batch, through the user's collate_fn (as DataLoader would fetch it).
+        collate = settings.get("collate_fn") or default_collate
+
+        def main_fetch() -> Any:
+            return collate(fetch([first]) if callable(fetch) else [dataset[first]])
+
+        loader = DataLoader(dataset, batch_size=1, sampler=indices, collate_fn=collate, **common)
+    else:
+        # batch_size=None: the collate_fn receives one sample, not a list.
+        collate = settings.get("collate_fn") or default_convert
+
+        def main_fetch() -> Any:
+            return collate(dataset[first])
+
+        loader = DataLoader(dataset, batch_size=None, sampler=indices, collate_fn=collate, **common)
+    it = iter(loader)
     batch_digests: list[str] = []
     try:
         for batch in it:
@@ -243,8 +285,8 @@ def _probe_one(
             shutdown()
         del it
     obs["kind"] = "map"
-    # Main process, after the workers: is dataset[0] random at all, and how random?
-    main = [_digest(collate([dataset[0]])) for _ in range(REPEATS)]
+    # Main process, after the workers: is the first sample random at all, and how random?
+    main = [_digest(main_fetch()) for _ in range(REPEATS)]
     obs["main_random"] = len(set(main)) > 1
     if len(batch_digests) >= 2 * REPEATS and obs["main_random"]:
         b = batch_digests
@@ -275,11 +317,12 @@ def probe_all(
     Returns:
         One ProbeRun per method.
     """
-    from wellfed.measure import run_isolated
-
     runs: list[ProbeRun] = []
     if not methods:
         return runs
+    empty = _empty_reason(dataset, settings)
+    if empty is not None:
+        return [ProbeRun(m, "not_probed", 0.0, 0, empty, {}) for m in methods]
     share = max(1.0, timeout_s / len(methods))
     measured_pickle = False
     for method in methods:
@@ -296,7 +339,14 @@ def probe_all(
             timeout_s=share,
         )
         elapsed = time.perf_counter() - start
-        if result.status == "ok" and isinstance(result.value, dict):
+        if (
+            result.status == "ok"
+            and isinstance(result.value, dict)
+            and result.value.get("not_probed")
+        ):
+            reason = str(result.value["not_probed"])
+            runs.append(ProbeRun(method, "not_probed", elapsed, 0, reason, {}))
+        elif result.status == "ok" and isinstance(result.value, dict):
             runs.append(
                 ProbeRun(
                     method,
@@ -307,11 +357,28 @@ def probe_all(
                     dict(result.value.get("observations", {})),
                 )
             )
+        elif result.status == "failed" and (result.error or "").startswith(NOT_STARTED):
+            # The isolated child never ran (e.g. spawn, because CUDA is initialised here, and
+            # the dataset does not pickle): nothing was seen in workers, so nothing is judged.
+            runs.append(ProbeRun(method, "not_probed", elapsed, 0, _trim(result.error or ""), {}))
         else:
             runs.append(
                 ProbeRun(method, result.status, elapsed, 0, _trim(result.error or "no result"), {})
             )
     return runs
+
+
+def _empty_reason(dataset: Any, settings: dict[str, Any]) -> str | None:
+    """Why a map-style dataset has nothing to probe (len 0, no sampler of its own), or None."""
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
+        return None
+    if settings.get("sampler") is not None or settings.get("batch_sampler") is not None:
+        return None
+    try:
+        n = len(dataset)
+    except Exception:
+        return None
+    return "the dataset is empty (len(dataset) == 0)" if n == 0 else None
 
 
 def _trim(text: str, max_chars: int = 4000) -> str:

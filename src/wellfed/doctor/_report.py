@@ -58,6 +58,7 @@ CODES: dict[str, tuple[str, str]] = {
     "WF120": ("worker-config", "large pickled dataset: slow start-up under spawn/forkserver"),
     "WF121": ("worker-config", "script without the __main__ guard that spawn needs"),
     "WF122": ("worker-config", "workers crashed or hung in the live probe"),
+    "WF123": ("worker-config", "live probe not run for a start method (static findings only)"),
 }
 
 
@@ -108,13 +109,16 @@ class ProbeRun:
 
     Attributes:
         start_method: "fork", "spawn" or "forkserver".
-        status: "ok", "failed" (an exception or a crash) or "timeout" (hung; killed).
+        status: "ok", "failed" (an exception or a crash), "timeout" (hung; killed) or
+            "not_probed" (nothing ran in workers: the isolated child could not start, or
+            there was nothing to fetch; ``error`` says why).
         elapsed_s: Wall seconds of the run, worker start-up included.
         batches: Batches received from the workers.
         error: The error text when not ok, else None.
         observations: What was measured: ``sample_bytes``, ``tensors_per_sample``,
             ``worker_uss_bytes`` (private memory per worker), ``duplicate_samples``,
-            ``pickled_bytes``, ``pickle_s``... (keys depend on the dataset kind).
+            ``pickled_bytes``, ``pickle_s``, ``unpickle_s``... (keys depend on the dataset
+            kind).
     """
 
     start_method: str
@@ -233,7 +237,7 @@ def render_text(report: DoctorReport) -> str:
         for p in report.probes:
             extra = f": {p.error.splitlines()[0][:160]}" if p.error else ""
             lines.append(
-                f"  {p.start_method:<10} {p.status:<8} {p.elapsed_s:6.2f} s  "
+                f"  {p.start_method:<10} {p.status:<10} {p.elapsed_s:6.2f} s  "
                 f"{p.batches} batches{extra}"
             )
     lines.append("")
