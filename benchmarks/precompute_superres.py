@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from note001_superres import ESPCN, LowResPhotos, NaiveSRDataset  # noqa: E402
+from note001_superres import ESPCN, LowResPhotos, NaiveSRDataset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,8 +71,12 @@ def _tree_cpu_s() -> float:
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-            check=False, cwd=Path(__file__).parent,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            cwd=Path(__file__).parent,
         )
     except OSError:
         return None
@@ -96,8 +100,7 @@ class _Threads:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print a table; append one JSON line to the results file."""
     import wellfed
-    from wellfed.cache._store import commit_shard
-    from wellfed.cache._store import FieldSpec
+    from wellfed.cache._store import FieldSpec, commit_shard
     from wellfed.platform import usable_cpu_count
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             c0 = time.process_time()
             samples = [source[i] for i in range(n)]
             c_read = (time.process_time() - c0) / n
-        batches = [torch.utils.data.default_collate(samples[lo : lo + bs]) for lo in range(0, n, bs)]
+        batches = [
+            torch.utils.data.default_collate(samples[lo : lo + bs]) for lo in range(0, n, bs)
+        ]
         model.eval()
         with _Threads(1), torch.inference_mode():
             c0 = time.process_time()
@@ -157,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         c0 = time.process_time()
         commit_shard(wdir, 0, 0, {"output": out_all, "source_1": labels}, specs)
         c_write = (time.process_time() - c0) / n
-        read_loader = DataLoader(source, batch_size=bs, num_workers=src_workers, timeout=120 if src_workers else 0)
+        read_loader = DataLoader(
+            source, batch_size=bs, num_workers=src_workers, timeout=120 if src_workers else 0
+        )
         _epoch_s(read_loader)  # warm: page cache
         read_rate = n / _epoch_s(read_loader)
         bound = cpus / (c_read + c_fn + c_write)
@@ -174,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = work / "sr"
         r0 = _tree_cpu_s()
         t0 = time.perf_counter()
-        cache = wellfed.precompute(source, model, out, batch_size=bs, device=args.device, num_workers=src_workers)
+        cache = wellfed.precompute(
+            source, model, out, batch_size=bs, device=args.device, num_workers=src_workers
+        )
         pre_s = time.perf_counter() - t0
         pre_cpu = _tree_cpu_s() - r0  # main process + its (joined) workers
         rec.update(
@@ -234,13 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "usable_cpus": cpus,
         "load_avg_1m_at_end": os.getloadavg()[0],
         "os": f"{platform.system()} {platform.release()}",
-        "command": "python benchmarks/precompute_superres.py" + (" " + " ".join(argv) if argv else ""),
+        "command": "python benchmarks/precompute_superres.py"
+        + (" " + " ".join(argv) if argv else ""),
     }
     rows = [
         ("source read, CPU ms/sample", f"{rec['read_cpu_ms_per_sample']:.2f}"),
         ("fn (ESPCN x2), CPU ms/sample", f"{rec['fn_cpu_ms_per_sample']:.2f}"),
         ("write, CPU ms/sample", f"{rec['write_cpu_ms_per_sample']:.2f}"),
-        (f"source alone, {src_workers} tuned workers, samples/s", f"{rec['read_samples_per_s_alone']:.0f}"),
+        (
+            f"source alone, {src_workers} tuned workers, samples/s",
+            f"{rec['read_samples_per_s_alone']:.0f}",
+        ),
         ("fn alone, default threads, samples/s", f"{rec['fn_samples_per_s_alone']:.0f}"),
         (f"bound: {cpus} CPUs / summed CPU cost, samples/s", f"{bound:.1f}"),
         ("precompute end to end, samples/s", f"{rec['precompute_samples_per_s']:.1f}"),
@@ -252,7 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("(a) model in __getitem__, workers=0, s/epoch", f"{rec['a_epoch_s']:.2f}"),
         (f"(b) CachedDataset, {cache_workers} tuned workers, s/epoch", f"{rec['b_epoch_s']:.3f}"),
         ("speed-up per epoch (a)/(b)", f"{rec['speedup_per_epoch']:.0f}x"),
-        ("break-even epochs", f"{rec['break_even_epochs']:.2f}" if rec["break_even_epochs"] else "-"),
+        (
+            "break-even epochs",
+            f"{rec['break_even_epochs']:.2f}" if rec["break_even_epochs"] else "-",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -136,13 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="store directory (default: a temp dir)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="store directory (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     source = LowResPhotos()
     model = ESPCN()
-    naive = DataLoader(NaiveSRDataset(source, model, args.device), batch_size=args.batch_size, num_workers=0)
+    naive = DataLoader(
+        NaiveSRDataset(source, model, args.device), batch_size=args.batch_size, num_workers=0
+    )
     a = epoch_s(naive)
-    print(f"(a) model in __getitem__, num_workers=0: {a:.2f} s/epoch ({len(source) / a:.0f} samples/s)")
+    print(
+        f"(a) model in __getitem__, num_workers=0: {a:.2f} s/epoch ({len(source) / a:.0f} samples/s)"
+    )
     out = args.out or Path(tempfile.mkdtemp(prefix="note001-")) / "sr"
     t0 = time.perf_counter()
     cache = wellfed.precompute(source, model, out, batch_size=args.batch_size, device=args.device)
@@ -158,8 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     first = epoch_s(loader)
     b = epoch_s(loader)
-    print(f"(b) CachedDataset, {args.num_workers} workers: {b:.3f} s/epoch (first epoch {first:.3f} s)")
-    print(f"speed-up per epoch: {a / b:.0f}x; precompute pays for itself after {pre / (a - b):.2f} epochs")
+    print(
+        f"(b) CachedDataset, {args.num_workers} workers: {b:.3f} s/epoch (first epoch {first:.3f} s)"
+    )
+    print(
+        f"speed-up per epoch: {a / b:.0f}x; precompute pays for itself after {pre / (a - b):.2f} epochs"
+    )
     return 0
 
 

@@ -20,7 +20,9 @@ from tests.helpers_cache import RampDataset, run_slow_precompute, store_arrays, 
 from wellfed.cache import CachedDataset, PrecomputeError, precompute
 
 REPO = Path(__file__).resolve().parents[2]
-START_METHODS = [m for m in ("spawn", "fork", "forkserver") if m in multiprocessing.get_all_start_methods()]
+START_METHODS = [
+    m for m in ("spawn", "fork", "forkserver") if m in multiprocessing.get_all_start_methods()
+]
 
 
 def _committed(path: Path) -> int:
@@ -30,7 +32,9 @@ def _committed(path: Path) -> int:
 @pytest.mark.workers
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("after_shards", [1, 5])
-def test_kill_9_then_same_call_resumes_to_identical_store(tmp_path: Path, after_shards: int) -> None:
+def test_kill_9_then_same_call_resumes_to_identical_store(
+    tmp_path: Path, after_shards: int
+) -> None:
     reference = tmp_path / "ref"
     run_slow_precompute(str(reference), delay_s=0.0)
     out = tmp_path / "killed"
@@ -65,11 +69,24 @@ def test_kill_9_then_same_call_resumes_to_identical_store(tmp_path: Path, after_
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", START_METHODS)
 def test_workers_read_cached_dataset(tmp_path: Path, method: str) -> None:
-    ds = precompute(RampDataset(40), torch.nn.Identity(), tmp_path / "s", batch_size=8, num_workers=0, device="cpu", shard_bytes=1)
+    ds = precompute(
+        RampDataset(40),
+        torch.nn.Identity(),
+        tmp_path / "s",
+        batch_size=8,
+        num_workers=0,
+        device="cpu",
+        shard_bytes=1,
+    )
     ds[3]  # opened in the parent before the workers start: each worker must map its own
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0),
-        num_workers=2, multiprocessing_context=method, timeout=60,
+        ds,
+        batch_size=5,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=2,
+        multiprocessing_context=method,
+        timeout=60,
     )
     seen = []
     for x, y in loader:
@@ -81,21 +98,43 @@ def test_workers_read_cached_dataset(tmp_path: Path, method: str) -> None:
 @pytest.mark.workers
 @pytest.mark.timeout(120)
 def test_precompute_with_spawn_source_workers(tmp_path: Path) -> None:
-    ds = precompute(RampDataset(24), torch.nn.Identity(), tmp_path / "s", batch_size=4, num_workers=2, device="cpu", multiprocessing_context="spawn", shard_bytes=1)
-    ref = precompute(RampDataset(24), torch.nn.Identity(), tmp_path / "r", batch_size=4, num_workers=0, device="cpu", shard_bytes=1)
+    ds = precompute(
+        RampDataset(24),
+        torch.nn.Identity(),
+        tmp_path / "s",
+        batch_size=4,
+        num_workers=2,
+        device="cpu",
+        multiprocessing_context="spawn",
+        shard_bytes=1,
+    )
+    ref = precompute(
+        RampDataset(24),
+        torch.nn.Identity(),
+        tmp_path / "r",
+        batch_size=4,
+        num_workers=0,
+        device="cpu",
+        shard_bytes=1,
+    )
     assert len(ds) == 24
     a, b = store_digest(tmp_path / "s"), store_digest(tmp_path / "r")
-    assert a == b and ref[23][1] == 23
+    assert a == b
+    assert ref[23][1] == 23
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):  # noqa: ANN201
+def small_tmpfs(tmp_path: Path):
     """A 256 KiB tmpfs (root only); skipped where mount is not allowed."""
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, check=False)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
@@ -107,8 +146,17 @@ def small_tmpfs(tmp_path: Path):  # noqa: ANN201
 @pytest.mark.timeout(60)
 def test_full_disk_on_tmpfs_is_clear_and_resumable(tmp_path: Path, small_tmpfs: Path) -> None:
     """A real ENOSPC: a 256 KiB tmpfs, a store of ~400 KiB; then grow the tmpfs and resume."""
+
     def run(out: Path) -> CachedDataset:
-        return precompute(RampDataset(64, side=16), torch.nn.Identity(), out, batch_size=8, num_workers=0, device="cpu", shard_bytes=16 * 1024)
+        return precompute(
+            RampDataset(64, side=16),
+            torch.nn.Identity(),
+            out,
+            batch_size=8,
+            num_workers=0,
+            device="cpu",
+            shard_bytes=16 * 1024,
+        )
 
     reference = run(tmp_path / "ref")
     out = small_tmpfs / "s"
@@ -131,21 +179,54 @@ def test_cli_precompute(tmp_path: Path) -> None:
 
     target = tmp_path / "src.py"
     target.write_text(
-        "from tests.helpers_cache import RampDataset, double\n"
-        "dataset = RampDataset(20)\n"
+        "from tests.helpers_cache import RampDataset, double\ndataset = RampDataset(20)\n"
     )
     out = tmp_path / "s"
-    rc = main([
-        "precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:double", "--out", str(out),
-        "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--json",
-    ])
+    rc = main(
+        [
+            "precompute",
+            f"{target}:dataset",
+            "--fn",
+            "tests.helpers_cache:double",
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert rc == 0
     ds = CachedDataset(out)
     assert float(ds[3][0][0, 0, 0]) == 7.0
-    rc = main([
-        "precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:double", "--out", str(out),
-        "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
-    ])
+    rc = main(
+        [
+            "precompute",
+            f"{target}:dataset",
+            "--fn",
+            "tests.helpers_cache:double",
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 3  # another fingerprint: a runtime state error, not usage
-    rc = main(["precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:nothing", "--out", str(out)])
+    rc = main(
+        [
+            "precompute",
+            f"{target}:dataset",
+            "--fn",
+            "tests.helpers_cache:nothing",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2

@@ -18,8 +18,8 @@ from tests.helpers_cache import (
     RandomDataset,
     TinyNet,
     double,
-    raises_on_13,
     ragged,
+    raises_on_13,
     shape_changes_at_20,
     store_arrays,
     store_digest,
@@ -30,7 +30,7 @@ from wellfed.errors import ConfigError, StateError
 SMALL_SHARDS = 8 * (3 * 4 * 4 * 4 + 8)  # two batches of 4 samples (output + label) per shard
 
 
-def build(path: Path, dataset=None, fn=double, **kw):  # noqa: ANN001, ANN201
+def build(path: Path, dataset=None, fn=double, **kw):
     kw.setdefault("batch_size", 4)
     kw.setdefault("num_workers", 0)
     kw.setdefault("device", "cpu")
@@ -56,17 +56,19 @@ def test_store_is_plain_numpy_and_json(tmp_path: Path) -> None:
     build(tmp_path / "s")
     manifest = json.loads((tmp_path / "s" / "wellfed-cache.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["rows_per_shard"] == 8 and len(manifest["shards"]) == 5
+    assert manifest["rows_per_shard"] == 8
+    assert len(manifest["shards"]) == 5
     shard = manifest["shards"][1]
     x = np.load(tmp_path / "s" / shard["dir"] / "output.npy", mmap_mode="r", allow_pickle=False)
-    assert x.shape == (8, 3, 4, 4) and x.dtype == np.float32
+    assert x.shape == (8, 3, 4, 4)
+    assert x.dtype == np.float32
     assert x[0, 0, 0, 0] == 2 * 8 + 1
 
 
 def test_dataloader_reads_match(tmp_path: Path) -> None:
     ds = build(tmp_path / "s")
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=False)
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader, strict=False)
     assert torch.equal(torch.cat(ys), torch.arange(40))
     assert torch.equal(torch.cat(xs)[:, 0, 0, 0], torch.arange(40).float() * 2 + 1)
 
@@ -168,13 +170,15 @@ def test_fn_raising_names_the_sample(tmp_path: Path) -> None:
 def test_variable_shape_field(tmp_path: Path) -> None:
     ds = build(tmp_path / "s", fn=ragged)
     spec = ds.fields[0]
-    assert spec.variable and spec.ndim == 1
+    assert spec.variable
+    assert spec.ndim == 1
     for i in (0, 4, 7, 39):
-        x, y = ds[i]
+        x, _y = ds[i]
         assert x.shape == (i % 5 + 1,)
         assert torch.equal(x, torch.arange(i % 5 + 1, dtype=torch.float32) * i)
     got = ds.__getitems__([7, 39])
-    assert got[0][0].shape == (3,) and int(got[1][1]) == 39
+    assert got[0][0].shape == (3,)
+    assert int(got[1][1]) == 39
 
 
 def test_dict_source_with_input_key(tmp_path: Path) -> None:
@@ -188,12 +192,16 @@ def test_dict_source_with_input_key(tmp_path: Path) -> None:
 
 
 def test_keep_source_false_and_whole_batch(tmp_path: Path) -> None:
-    ds = build(tmp_path / "s", dataset=DictDataset(8), fn=lambda b: {"y": b["image"].sum(dim=(1, 2, 3))})
+    ds = build(
+        tmp_path / "s", dataset=DictDataset(8), fn=lambda b: {"y": b["image"].sum(dim=(1, 2, 3))}
+    )
     assert set(ds[2]) == {"y"}
     assert float(ds[2]["y"]) == 2 * 48
 
 
-def test_disk_full_injected_keeps_store_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_injected_keeps_store_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ENOSPC injected through the store's write hook (the tmpfs variant is in integration)."""
     from wellfed.cache import _store
 
@@ -202,7 +210,7 @@ def test_disk_full_injected_keeps_store_resumable(tmp_path: Path, monkeypatch: p
     real = _store.write_file
     writes = {"n": 0}
 
-    def full_after_some(path, header, data):  # noqa: ANN001, ANN202
+    def full_after_some(path, header, data):
         writes["n"] += 1
         if writes["n"] > 7:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -219,7 +227,12 @@ def test_disk_full_injected_keeps_store_resumable(tmp_path: Path, monkeypatch: p
 
 
 def test_bad_options(tmp_path: Path) -> None:
-    for kw in ({"batch_size": 0}, {"engine": "spark"}, {"shard_bytes": "lots"}, {"num_workers": -1}):
+    for kw in (
+        {"batch_size": 0},
+        {"engine": "spark"},
+        {"shard_bytes": "lots"},
+        {"num_workers": -1},
+    ):
         with pytest.raises(ConfigError) as exc:
             build(tmp_path / "s", **kw)
         assert exc.value.code == "WF010"

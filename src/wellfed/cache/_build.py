@@ -7,6 +7,7 @@ shards from a background thread so that writing overlaps computing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,8 +68,13 @@ def _qualname(obj: Any) -> str:
 
     if isinstance(obj, functools.partial):
         return f"functools.partial({_qualname(obj.func)})"
-    target = obj if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__") else type(obj)
-    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+    target = (
+        obj
+        if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
+        else type(obj)
+    )
+    name = getattr(target, "__qualname__", type(target).__name__)
+    return f"{getattr(target, '__module__', '?')}.{name}"
 
 
 def _hash_value(digest: Any, value: Any, depth: int = 0) -> None:
@@ -128,7 +134,9 @@ def source_fingerprint(dataset: Any, n: int) -> dict[str, Any]:
     elif n <= FINGERPRINT_ITEMS:
         picks = list(range(n))
     else:
-        picks = sorted({round(i * (n - 1) / (FINGERPRINT_ITEMS - 1)) for i in range(FINGERPRINT_ITEMS)})
+        picks = sorted(
+            {round(i * (n - 1) / (FINGERPRINT_ITEMS - 1)) for i in range(FINGERPRINT_ITEMS)}
+        )
     digest = hashlib.sha256()
     hashes: dict[int, str] = {}
     for i in picks:
@@ -147,7 +155,12 @@ def source_fingerprint(dataset: Any, n: int) -> dict[str, Any]:
                 attribute="dataset",
                 value=type(dataset).__name__,
             )
-    return {"type": _qualname(dataset), "length": n, "items_sha256": digest.hexdigest(), "items": picks}
+    return {
+        "type": _qualname(dataset),
+        "length": n,
+        "items_sha256": digest.hexdigest(),
+        "items": picks,
+    }
 
 
 def fn_fingerprint(fn: Any, version: str | None) -> dict[str, Any]:
@@ -189,7 +202,13 @@ def _slice(batch: Any, i: int) -> Any:
     if isinstance(batch, tuple):
         return tuple(_slice(v, i) for v in batch)
     if isinstance(batch, list):
-        return [_slice(v, i) for v in batch] if batch and isinstance(batch[0], (torch.Tensor, np.ndarray, Mapping, tuple, list)) and len(batch) != 1 else batch[i : i + 1]
+        return (
+            [_slice(v, i) for v in batch]
+            if batch
+            and isinstance(batch[0], (torch.Tensor, np.ndarray, Mapping, tuple, list))
+            and len(batch) != 1
+            else batch[i : i + 1]
+        )
     return batch
 
 
@@ -212,7 +231,7 @@ def _as_numpy(value: Any, name: str, indices: Sequence[int]) -> np.ndarray | lis
     def one(v: Any) -> np.ndarray:
         if isinstance(v, torch.Tensor):
             t = v.detach()
-            if t.dtype == torch.bfloat16 or t.is_complex() and t.dtype == torch.complex32:
+            if t.dtype == torch.bfloat16 or (t.is_complex() and t.dtype == torch.complex32):
                 raise ConfigError(
                     f"Unstorable output: field {name!r} has dtype={t.dtype}, which NumPy cannot "
                     "hold, so the store could not be read without torch. Return "
@@ -279,7 +298,6 @@ class BatchProcessor:
 
     def _split(self, batch: Any) -> tuple[Any, list[tuple[str, Any]], dict[str, Any]]:
         """(fn input, kept source fields, layout template) for a collated batch."""
-        import torch
 
         sel = self.input
         if isinstance(batch, (tuple, list)) and not (batch and isinstance(batch[0], (int, float))):
@@ -298,7 +316,11 @@ class BatchProcessor:
                 )
             sel %= len(batch)
             kept = [(f"source_{j}", v) for j, v in enumerate(batch) if j != sel]
-            return batch[sel], kept if self.keep_source else [], {"kind": "tuple", "at": sel, "n": len(batch)}
+            return (
+                batch[sel],
+                kept if self.keep_source else [],
+                {"kind": "tuple", "at": sel, "n": len(batch)},
+            )
         if isinstance(batch, Mapping):
             if sel in ("auto", None):
                 return batch, [], {"kind": "whole"}
@@ -311,7 +333,11 @@ class BatchProcessor:
                     value=sel,
                 )
             kept = [(str(k), v) for k, v in batch.items() if k != sel]
-            return batch[sel], kept if self.keep_source else [], {"kind": "dict", "at": str(sel), "keys": [str(k) for k in batch]}
+            return (
+                batch[sel],
+                kept if self.keep_source else [],
+                {"kind": "dict", "at": str(sel), "keys": [str(k) for k in batch]},
+            )
         return batch, [], {"kind": "whole"}
 
     def call_fn(self, fn_input: Any) -> Any:
@@ -335,9 +361,10 @@ class BatchProcessor:
             out = self.call_fn(fn_input)
         except Exception as exc:
             bad = self._failing_samples(fn_input, len(indices), indices)
+            alone = f"alone, samples {_ranges(bad)} raise too" if bad else "no sample raises alone"
             raise PrecomputeError(
                 f"fn raised {type(exc).__name__}: {exc} on the batch of samples "
-                f"{_ranges(indices)}; {'alone, samples ' + _ranges(bad) + ' raise too' if bad else 'no sample raises alone'}. "
+                f"{_ranges(indices)}; {alone}. "
                 "fn must accept every batch the source gives; fix fn or the samples named "
                 "(dataset[i] shows them), then run the same call again: committed shards are kept.",
                 code="WF403",
@@ -403,7 +430,9 @@ def _combine(
     kind = template["kind"]
     out_names = [name for name, _, _ in outputs]
     if kind == "whole":
-        if len(outputs) == 1 and isinstance(outputs[0][1], (list,)) or len(outputs) == 1 and outputs[0][0] == "output":
+        if (len(outputs) == 1 and isinstance(outputs[0][1], (list,))) or (
+            len(outputs) == 1 and outputs[0][0] == "output"
+        ):
             layout: dict[str, Any] = {"kind": "tensor", "fields": out_names}
         elif outputs and outputs[0][0].startswith("output_"):
             layout = {"kind": "tuple", "fields": out_names}
@@ -473,12 +502,20 @@ def infer_specs(batch: ProcessedBatch) -> tuple[FieldSpec, ...]:
             specs.append(FieldSpec(name, str(first.dtype), None, first.ndim, batch.origins[name]))
         else:
             specs.append(
-                FieldSpec(name, str(value.dtype), tuple(int(s) for s in value.shape[1:]), value.ndim - 1, batch.origins[name])
+                FieldSpec(
+                    name,
+                    str(value.dtype),
+                    tuple(int(s) for s in value.shape[1:]),
+                    value.ndim - 1,
+                    batch.origins[name],
+                )
             )
     return tuple(specs)
 
 
-def check_batch(batch: ProcessedBatch, specs: Sequence[FieldSpec], layout: Mapping[str, Any]) -> None:
+def check_batch(
+    batch: ProcessedBatch, specs: Sequence[FieldSpec], layout: Mapping[str, Any]
+) -> None:
     """Raise PrecomputeError (WF404) when a batch does not match the store's schema."""
     rows = len(batch.indices)
     names = [s.name for s in specs]
@@ -493,14 +530,27 @@ def check_batch(batch: ProcessedBatch, specs: Sequence[FieldSpec], layout: Mappi
         if spec.variable:
             if not isinstance(value, list) or len(value) != rows:
                 got = f"a list of {len(value)}" if isinstance(value, list) else "an array"
-                _inconsistent(batch.indices, f"field {spec.name!r} is {got}, expected a list of {rows} per-sample arrays")
-            bad = [batch.indices[i] for i, v in enumerate(value) if str(v.dtype) != spec.dtype or v.ndim != spec.ndim]
+                _inconsistent(
+                    batch.indices,
+                    f"field {spec.name!r} is {got}, expected a list of {rows} per-sample arrays",
+                )
+            bad = [
+                batch.indices[i]
+                for i, v in enumerate(value)
+                if str(v.dtype) != spec.dtype or v.ndim != spec.ndim
+            ]
             if bad:
                 v = value[batch.indices.index(bad[0])]
-                _inconsistent(bad, f"field {spec.name!r} has dtype {v.dtype} and {v.ndim} dims, expected {spec.dtype} and {spec.ndim}")
+                _inconsistent(
+                    bad,
+                    f"field {spec.name!r} has dtype {v.dtype} and {v.ndim} dims, expected "
+                    f"{spec.dtype} and {spec.ndim}",
+                )
             continue
         if isinstance(value, list):
-            _inconsistent(batch.indices, f"field {spec.name!r} is a list, expected an array of {spec.dtype}")
+            _inconsistent(
+                batch.indices, f"field {spec.name!r} is a list, expected an array of {spec.dtype}"
+            )
         assert isinstance(value, np.ndarray)
         if value.ndim < 1 or value.shape[0] != rows:
             _inconsistent(
@@ -620,10 +670,8 @@ class ShardWriter:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
-        except queue.Full:
-            pass
         self._thread.join(timeout=60)
 
     def _wrap(self, exc: BaseException) -> BaseException:
@@ -671,7 +719,9 @@ class ShardWriter:
                 k = batch.indices[0] // self.rows
                 if k != current:
                     if pieces:
-                        raise RuntimeError(f"internal: shard {current} incomplete when shard {k} began")
+                        raise RuntimeError(
+                            f"internal: shard {current} incomplete when shard {k} began"
+                        )
                     current, have = k, 0
                 pieces.append(batch)
                 have += len(batch.indices)
@@ -692,9 +742,9 @@ class ShardWriter:
         for spec in self.specs:
             parts = [p.fields[spec.name] for p in pieces]
             if spec.variable:
-                columns[spec.name] = [a for part in parts for a in part]  # type: ignore[union-attr]
+                columns[spec.name] = [a for part in parts for a in part]
             else:
-                columns[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)  # type: ignore[arg-type]
+                columns[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         record = commit_shard(self.root, k, k * self.rows, columns, self.specs)
         self.committed.append(k)
         logger.debug("committed shard %d (%d rows)", k, record["rows"])
@@ -723,5 +773,3 @@ def fingerprint_sha256(fingerprint: Mapping[str, Any]) -> str:
 def ceil_div(a: int, b: int) -> int:
     """Integer ceiling of a / b."""
     return -(-a // b) if b else 0
-
-

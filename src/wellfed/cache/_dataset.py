@@ -181,7 +181,10 @@ class CachedDataset:
             if kind == "tensor":
                 sample = values[names[0]]
             elif kind == "dict":
-                sample = {key: values[name] for key, name in zip(self._layout["keys"], names)}
+                sample = {
+                    key: values[name]
+                    for key, name in zip(self._layout["keys"], names, strict=True)
+                }
             else:
                 sample = tuple(values[name] for name in names)
         if self.transform is not None:
@@ -189,10 +192,7 @@ class CachedDataset:
         return sample
 
     def _needed(self) -> tuple[FieldSpec, ...]:
-        if self._fields_arg is None:
-            wanted = set(self._layout["fields"])
-        else:
-            wanted = set(self._fields_arg)
+        wanted = set(self._layout["fields"]) if self._fields_arg is None else set(self._fields_arg)
         return tuple(f for f in self.fields if f.name in wanted)
 
     def __getitem__(self, index: int) -> Any:
@@ -233,14 +233,14 @@ class CachedDataset:
             for spec in self._needed():
                 if spec.variable:
                     data, offsets, shapes = arrays[spec.name]
-                    for p, r in zip(positions, rows):
+                    for p, r in zip(positions, rows, strict=True):
                         a, b = int(offsets[r]), int(offsets[r + 1])
                         per_sample[p][spec.name] = torch.from_numpy(
                             data[a:b].reshape(tuple(shapes[r]))
                         )
                 else:
                     block = torch.from_numpy(np.ascontiguousarray(arrays[spec.name][rows]))
-                    for p, t in zip(positions, block.unbind(0)):
+                    for p, t in zip(positions, block.unbind(0), strict=True):
                         per_sample[p][spec.name] = t
         return [self._assemble(values) for values in per_sample]
 

@@ -122,7 +122,9 @@ def _unwrap_source(dataset: Any) -> tuple[Any, Any, str | None]:
         return dataset.dataset, dataset.collate_fn, ctx
     if isinstance(dataset, DataLoader):
         ctx = dataset.multiprocessing_context
-        name = ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else None
+        name = (
+            ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else None
+        )
         return dataset.dataset, dataset.collate_fn, name
     return dataset, None, None
 
@@ -263,8 +265,10 @@ def precompute(
             attribute="out_dir",
             value=str(root),
         )
-    if root.is_dir() and not is_store(root) and any(
-        not p.name.startswith(".tmp-") for p in root.iterdir()
+    if (
+        root.is_dir()
+        and not is_store(root)
+        and any(not p.name.startswith(".tmp-") for p in root.iterdir())
     ):
         raise ConfigError(
             f"Bad out_dir: {str(root)!r} is not empty and holds no wellfed store, and wellfed "
@@ -333,7 +337,15 @@ def precompute(
 
         run_ray(job, source, collate_fn, processor, ray_address=ray_address, actors=ray_actors)
     else:
-        _run_local(job, source, collate_fn, processor, workers, multiprocessing_context or source_ctx, timeout_s)
+        _run_local(
+            job,
+            source,
+            collate_fn,
+            processor,
+            workers,
+            multiprocessing_context or source_ctx,
+            timeout_s,
+        )
     return job.finish()
 
 
@@ -356,7 +368,9 @@ class _Job:
         self.shard_bytes = shard_bytes
         self.progress = progress
         self.specs: tuple[FieldSpec, ...] | None = (
-            tuple(FieldSpec.from_dict(f) for f in manifest["fields"]) if manifest.get("fields") else None
+            tuple(FieldSpec.from_dict(f) for f in manifest["fields"])
+            if manifest.get("fields")
+            else None
         )
         self.rows: int | None = manifest.get("rows_per_shard")
         self.layout: dict[str, Any] | None = manifest.get("layout")
@@ -379,7 +393,10 @@ class _Job:
     def _looks_whole(self, record: dict[str, Any]) -> bool:
         folder = self.root / str(record["dir"])
         try:
-            return all((folder / name).stat().st_size == info["bytes"] for name, info in record["files"].items())
+            return all(
+                (folder / name).stat().st_size == info["bytes"]
+                for name, info in record["files"].items()
+            )
         except OSError:
             return False
 
@@ -387,7 +404,10 @@ class _Job:
         """Index batches still to compute, in order."""
         missing = self.missing_shards()
         if missing is None:
-            return [list(range(lo, min(lo + self.batch_size, self.n))) for lo in range(0, self.n, self.batch_size)]
+            return [
+                list(range(lo, min(lo + self.batch_size, self.n)))
+                for lo in range(0, self.n, self.batch_size)
+            ]
         if self.progress is not None and self.done:
             self.progress(self.done, self.n)
         assert self.rows is not None
@@ -471,7 +491,7 @@ def _run_local(
     loader = DataLoader(source, **kwargs)
     ok = False
     try:
-        for indices, batch in zip(batches, loader):
+        for indices, batch in zip(batches, loader, strict=True):
             job.accept(processor(batch, indices))
         job.close()
         ok = True

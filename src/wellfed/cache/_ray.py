@@ -30,7 +30,7 @@ __all__ = ["run_ray"]
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         raise DependencyError(
             f"Ray is not installed: engine='ray' needs ray[data] ({exc}). Install it with "
@@ -72,9 +72,13 @@ class _FnActor:
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
         results = []
-        for j, payload in zip(rows["b"], rows["batch"]):
+        for j, payload in zip(rows["b"], rows["batch"], strict=True):
             done = self.processor(pickle.loads(payload), self.batches[int(j)])
-            results.append(pickle.dumps((done.fields, done.origins, done.layout), protocol=pickle.HIGHEST_PROTOCOL))
+            results.append(
+                pickle.dumps(
+                    (done.fields, done.origins, done.layout), protocol=pickle.HIGHEST_PROTOCOL
+                )
+            )
         return {"b": rows["b"], "result": results}
 
 
@@ -134,7 +138,9 @@ def _run_ray(
         gpus = float(ray.cluster_resources().get("GPU", 0))
         use_gpu = processor.device.startswith("cuda") and gpus >= 1
         n_actors = actors or (int(gpus) if use_gpu else 1)
-        ds = ray.data.from_items([{"b": j} for j in range(len(batches))], override_num_blocks=len(batches))
+        ds = ray.data.from_items(
+            [{"b": j} for j in range(len(batches))], override_num_blocks=len(batches)
+        )
         read = ds.map_batches(_ReadBatch(source, collate_fn, batches), batch_size=1)
         computed = read.map_batches(
             _FnActor,
@@ -143,7 +149,9 @@ def _run_ray(
             concurrency=n_actors,
             num_gpus=1 if use_gpu else 0,
         )
-        logger.info("precompute on Ray: %d batches, %d fn actor(s), gpu=%s", len(batches), n_actors, use_gpu)
+        logger.info(
+            "precompute on Ray: %d batches, %d fn actor(s), gpu=%s", len(batches), n_actors, use_gpu
+        )
         expected = 0
         ok = False
         try:
@@ -153,7 +161,11 @@ def _run_ray(
                     raise RuntimeError(f"internal: Ray returned batch {j}, expected {expected}")
                 expected += 1
                 fields, origins, layout = pickle.loads(row["result"])
-                job.accept(ProcessedBatch(indices=batches[j], fields=fields, origins=origins, layout=layout))
+                job.accept(
+                    ProcessedBatch(
+                        indices=batches[j], fields=fields, origins=origins, layout=layout
+                    )
+                )
             job.close()
             ok = True
         finally:

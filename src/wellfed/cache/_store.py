@@ -171,10 +171,12 @@ def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
     """Write one .npy file, fsync it, and return its size and sha256 (hashed while written)."""
     array = np.ascontiguousarray(array)
     header_buf = _NpyBuffer()
-    np.lib.format.write_array_header_1_0(header_buf, np.lib.format.header_data_from_array_1_0(array))
+    np.lib.format.write_array_header_1_0(
+        header_buf, np.lib.format.header_data_from_array_1_0(array)
+    )
     header = header_buf.getvalue()
     digest = hashlib.sha256(header)
-    data = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    data = memoryview(array.reshape(-1).view(np.uint8).data) if array.size else memoryview(b"")
     digest.update(data)
     write_file(path, header, data)
     return {"bytes": len(header) + data.nbytes, "sha256": digest.hexdigest()}
@@ -254,7 +256,7 @@ def commit_shard(
                     if n
                     else np.zeros(0, dtype=spec.dtype)
                 )
-                arrays = (data, offsets, shapes)
+                arrays: tuple[np.ndarray, ...] = (data, offsets, shapes)
             else:
                 arr = np.asarray(col)
                 n = int(arr.shape[0])
@@ -262,7 +264,7 @@ def commit_shard(
             if rows not in (-1, n):
                 raise ValueError(f"shard {index}: field {spec.name} has {n} rows, expected {rows}")
             rows = n
-            for name, arr in zip(spec.files(), arrays):
+            for name, arr in zip(spec.files(), arrays, strict=True):
                 files[name] = _write_npy(tmp / name, arr)
         record = {
             "dir": final.name,
