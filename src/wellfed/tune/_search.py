@@ -218,16 +218,18 @@ def _config_for(spec: LoaderSpec, workers: int, method: str, pin: bool) -> Loade
     )
 
 
-def _safety_findings(spec: LoaderSpec, method: str) -> tuple[dict[str, Any], ...]:
-    """Error findings of the doctor's static checks for this start method (empty if none)."""
-    try:
-        from wellfed.doctor import diagnose
-    except ImportError:  # the doctor is optional at this stage of the package
-        return ()
-    kwargs = spec.loader_kwargs(_config_for(spec, 2, method, False))
-    kwargs.pop("batch_sampler", None)
-    report = diagnose(spec.dataset, loader_kwargs=kwargs, live=False, start_methods=[method])
-    return tuple(f.to_dict() for f in report.findings if f.severity == "error")
+def _safety_findings(spec: LoaderSpec, method: str, has_cuda: bool) -> tuple[dict[str, Any], ...]:
+    """Errors of the doctor's static checks for the worker configurations tune would measure.
+
+    Judged at 2 persistent workers, the smallest multi-worker configuration the sweep runs:
+    what breaks there (unpicklable state, CUDA in workers, duplicated RNGs, stale state)
+    breaks at any worker count.
+    """
+    from wellfed.doctor import static_errors
+
+    kwargs = spec.loader_kwargs(_config_for(spec, 2, method, has_cuda))
+    errors = static_errors(spec.dataset, loader_kwargs=kwargs, start_method=method)
+    return tuple(f.to_dict() for f in errors)
 
 
 def tune(
@@ -325,7 +327,7 @@ def tune(
     findings: tuple[dict[str, Any], ...] = ()
     if check_safety:
         report("doctor: static checks")
-        findings = _safety_findings(spec, method)
+        findings = _safety_findings(spec, method, has_cuda)
         if findings:
             cap = 0
 
