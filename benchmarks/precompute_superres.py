@@ -179,10 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # 4. precompute end to end
         out = work / "sr"
+        from wellfed.cache._precompute import _resolve_workers
+
+        rec["precompute_workers"], rec["precompute_workers_from"] = _resolve_workers(
+            "auto", source, bs
+        )
         r0 = _tree_cpu_s()
         t0 = time.perf_counter()
         cache = wellfed.precompute(
-            source, model, out, batch_size=bs, device=args.device, num_workers=src_workers
+            source, model, out, batch_size=bs, device=args.device, num_workers="auto"
         )
         pre_s = time.perf_counter() - t0
         pre_cpu = _tree_cpu_s() - r0  # main process + its (joined) workers
@@ -256,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         ("fn alone, default threads, samples/s", f"{rec['fn_samples_per_s_alone']:.0f}"),
         (f"bound: {cpus} CPUs / summed CPU cost, samples/s", f"{bound:.1f}"),
+        (f"precompute workers (auto: {rec['precompute_workers']})", rec["precompute_workers_from"][:60]),
         ("precompute end to end, samples/s", f"{rec['precompute_samples_per_s']:.1f}"),
         ("precompute / bound", f"{rec['precompute_vs_bound']:.0%}"),
         ("precompute, s", f"{rec['precompute_s']:.2f}"),

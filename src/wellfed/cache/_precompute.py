@@ -94,11 +94,18 @@ def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> t
     if num_workers == "auto":
         from wellfed.loader import _stored_tune_result, recommend_num_workers
 
+        from wellfed.platform import usable_cpu_count
+
         stored = _stored_tune_result(dataset, batch_size)
         if stored is not None:
             n = int(stored[0].recommended.config.num_workers)
-            return n, f"from the stored `wellfed tune` result {stored[1]}"
-        n, reason = recommend_num_workers()
+            reason = f"from the stored `wellfed tune` result {stored[1]}"
+        else:
+            n, reason = recommend_num_workers()
+        if n == 0 and usable_cpu_count() >= 2:
+            # Reading alone may be fastest in the main process, but here the main process
+            # runs fn: one worker lets reading overlap it.
+            return 1, reason + "; at least 1 so that reading overlaps fn"
         return n, reason
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(
@@ -489,6 +496,16 @@ def _run_local(
         if context is not None:
             kwargs["multiprocessing_context"] = context
     loader = DataLoader(source, **kwargs)
+    import torch
+
+    threads = torch.get_num_threads()
+    if processor.device == "cpu" and workers > 0:
+        from wellfed.platform import usable_cpu_count
+
+        # fn shares the cores with the workers: one intra-op thread per core they leave.
+        # Source: benchmarks/results/published/precompute_superres.md (OpenMP threads that
+        # wait for cores the workers hold burn CPU: +50% main-process CPU at 2 threads).
+        torch.set_num_threads(max(1, usable_cpu_count() - workers))
     ok = False
     try:
         for indices, batch in zip(batches, loader, strict=True):
@@ -496,5 +513,6 @@ def _run_local(
         job.close()
         ok = True
     finally:
+        torch.set_num_threads(threads)
         if not ok:
             job.abort()
