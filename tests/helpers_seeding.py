@@ -118,3 +118,73 @@ def _feed(h: Any, obj: Any) -> None:
             _feed(h, x)
     else:
         h.update(repr(obj).encode())
+
+
+class ThreadYieldingDataset(Dataset[torch.Tensor]):
+    """Draws from the three global RNGs and lets other threads run between the draws."""
+
+    def __init__(self, n: int = 64) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import time
+
+        a = random.random()
+        time.sleep(0)  # release the GIL: another thread may run here (not synchronisation)
+        b = float(np.random.rand())
+        time.sleep(0)
+        return torch.tensor([float(index), a, b, float(torch.rand(1))])
+
+
+class StaleStateDataset(Dataset[torch.Tensor]):
+    """A curriculum: ``set_difficulty`` changes state that ``__getitem__`` reads (WF111)."""
+
+    def __init__(self, n: int = 8) -> None:
+        self.n = n
+        self.difficulty = 0
+
+    def set_difficulty(self, difficulty: int) -> None:
+        self.difficulty = difficulty
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index, self.difficulty])
+
+
+class NumpyShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with numpy's global RNG (not a function of the epoch on its own)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        return iter(np.random.permutation(self.n).tolist())
+
+
+class StreamDataset(torch.utils.data.IterableDataset[torch.Tensor]):
+    """An iterable-style dataset (no indices, so no per-sample seeds)."""
+
+    def __iter__(self) -> Any:
+        return iter(torch.arange(8, dtype=torch.float32).reshape(8, 1))
+
+
+class HangInWorkerDataset(Dataset[int]):
+    """Never returns in a worker process (a deadlock in the dataset); fine in the main one."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import threading
+
+        if torch.utils.data.get_worker_info() is not None:
+            threading.Event().wait()
+        return index

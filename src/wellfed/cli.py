@@ -411,8 +411,9 @@ def _run_repro(args: argparse.Namespace) -> int:
     spec = resolve_target(args.target) if args.target else builtin_spec(args.data)
     if args.batch_size is not None:
         spec = spec.with_batch_size(args.batch_size)
-    make_loader = _repro_factory(spec, seed=args.seed, plain=args.plain)
-    from wellfed.repro import verify_reproducibility
+    from wellfed.repro import loader_factory, verify_reproducibility
+
+    make_loader = loader_factory(spec, seed=args.seed, plain=args.plain)
 
     report = verify_reproducibility(
         make_loader,
@@ -426,51 +427,6 @@ def _run_repro(args: argparse.Namespace) -> int:
     if args.json != "-":
         _render_repro(report, spec.description)
     return EXIT_OK if report.reproducible else EXIT_FOUND
-
-
-def _repro_factory(spec: Any, *, seed: int, plain: bool) -> Callable[..., Any]:
-    """make_loader for verify_reproducibility from a LoaderSpec (library calls only)."""
-    from wellfed import create_dataloader, set_seed
-    from wellfed.measure import LoaderConfig
-
-    def make(num_workers: int, multiprocessing_context: str | None) -> Any:
-        if plain:
-            set_seed(seed)
-            config = LoaderConfig(
-                num_workers=num_workers,
-                batch_size=spec.batch_size,
-                multiprocessing_context=multiprocessing_context,
-            )
-            return spec.make_loader(config)
-        import warnings
-
-        from wellfed.loader import WorkerSafetyWarning
-
-        kwargs = spec.loader_kwargs()
-        for name in (
-            "generator",
-            "num_workers",
-            "multiprocessing_context",
-            "persistent_workers",
-            "prefetch_factor",
-            "pin_memory",
-            "timeout",
-        ):
-            kwargs.pop(name, None)
-        with warnings.catch_warnings():  # the report names the findings itself
-            warnings.simplefilter("ignore", WorkerSafetyWarning)
-            return create_dataloader(
-                spec.dataset,
-                seed=seed,
-                num_workers=num_workers,
-                multiprocessing_context=multiprocessing_context,
-                persistent_workers=False,
-                timeout=120 if num_workers else 0,
-                on_unsafe="warn",  # run it anyway: the report shows what the hazard does
-                **kwargs,
-            )
-
-    return make
 
 
 def _render_repro(report: Any, description: str) -> None:

@@ -25,22 +25,23 @@ import multiprocessing
 import os
 import sys
 import warnings
-import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any, TypeGuard, cast
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Sampler, Subset
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
 from torch.utils.data.dataloader import (
     _BaseDataLoaderIter,
     _MultiProcessingDataLoaderIter,
     _SingleProcessDataLoaderIter,
 )
 
+from wellfed import platform as _platform
 from wellfed.errors import ConfigError, StateError, WellfedWarning, WorkerSafetyError
 from wellfed.seeding import (
+    _RNG_LOCK,
     _SALT_COLLATE,
     _SALT_SAMPLER,
     _SALT_SHUFFLE,
@@ -53,6 +54,7 @@ from wellfed.seeding import (
     _mix,
     _purpose_seed,
     _sample_seed_from_key,
+    _SeededGlobals,
 )
 
 __all__ = [
@@ -73,6 +75,8 @@ _STATE_FORMAT = "wellfed.loader/1"
 _ON_UNSAFE = ("raise", "warn", "fallback")
 _AUTO = "auto"
 _MAX_AUTO_WORKERS = 8
+#: Only to name the variable in the "auto" reason; ``wellfed.platform.local_world_size`` reads them.
+_RANK_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 class WorkerSafetyWarning(WellfedWarning):
@@ -106,22 +110,6 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
-def _local_world_size() -> tuple[int, str]:
-    """Processes sharing this machine's CPUs, and the variable it came from."""
-    for var in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
-        raw = os.environ.get(var)
-        if not raw:
-            continue
-        digits = ""
-        for ch in raw:  # SLURM may say "4(x2)"
-            if not ch.isdigit():
-                break
-            digits += ch
-        if digits and int(digits) >= 1:
-            return int(digits), var
-    return 1, ""
-
-
 def recommend_num_workers() -> tuple[int, str]:
     """Worker count from usable CPUs per local rank, with the reason in words.
 
@@ -131,18 +119,19 @@ def recommend_num_workers() -> tuple[int, str]:
     Source:
         Heuristic, not a measurement: one CPU per local rank stays with the main process (it
         collates, pins and runs the training step); the cap of 8 is note 002's
-        ``min(cpu_count, 8)``. ``wellfed tune`` replaces it with a measured value.
+        ``min(cpu_count, 8)``. ``wellfed tune`` replaces it with a measured value. CPUs and
+        local ranks come from ``wellfed.platform`` (``usable_cpus_per_rank``).
     """
-    from wellfed.platform import usable_cpu_count
-
-    cpus = usable_cpu_count()
-    ranks, var = _local_world_size()
-    per_rank = max(1, cpus // ranks)
+    per_rank = _platform.usable_cpus_per_rank()
+    ranks = _platform.local_world_size()
     n = max(0, min(per_rank - 1, _MAX_AUTO_WORKERS))
-    where = f" ({var}={ranks})" if var else ""
+    where = ""
+    if ranks > 1:
+        var = next((v for v in _RANK_VARS if os.environ.get(v, "").strip() == str(ranks)), None)
+        where = f" ({var}={ranks})" if var else ""
     reason = (
-        f"{cpus} usable CPUs / {ranks} local rank(s){where} = {per_rank} per rank, "
-        f"minus 1 for the main process, capped at {_MAX_AUTO_WORKERS}"
+        f"{_platform.usable_cpu_count()} usable CPUs / {ranks} local rank(s){where} = "
+        f"{per_rank} per rank, minus 1 for the main process, capped at {_MAX_AUTO_WORKERS}"
     )
     return n, reason
 
@@ -236,7 +225,16 @@ class _SeededFetch:
     def __getitems__(self, pairs: Sequence[tuple[Any, int]]) -> Any:
         from torch.utils.data import get_worker_info
 
-        snapshot = _GlobalRngSnapshot() if get_worker_info() is None else None
+        if get_worker_info() is not None:  # a worker process: its RNGs are its own
+            return self._load_batch(pairs)
+        with _RNG_LOCK:  # the main process: other threads share the global RNGs
+            snapshot = _GlobalRngSnapshot()
+            try:
+                return self._load_batch(pairs)
+            finally:
+                snapshot.restore()
+
+    def _load_batch(self, pairs: Sequence[tuple[Any, int]]) -> Any:
         try:
             if self.batched:
                 batch_seed = _fold(p[1] for p in pairs)
@@ -253,15 +251,22 @@ class _SeededFetch:
             return self.collate_fn(samples)
         finally:
             _leave_sample()
-            if snapshot is not None:
-                snapshot.restore()
 
     def __getitem__(self, pair: tuple[Any, int]) -> Any:
         # No automatic batching (batch_size=None): one sample, then the loader's collate_fn
         # (default_convert unless the user gave one).
         from torch.utils.data import get_worker_info
 
-        snapshot = _GlobalRngSnapshot() if get_worker_info() is None else None
+        if get_worker_info() is not None:
+            return self._load_one(pair)
+        with _RNG_LOCK:
+            snapshot = _GlobalRngSnapshot()
+            try:
+                return self._load_one(pair)
+            finally:
+                snapshot.restore()
+
+    def _load_one(self, pair: tuple[Any, int]) -> Any:
         try:
             index, seed = pair
             _enter_sample(seed)
@@ -270,126 +275,81 @@ class _SeededFetch:
             return self.collate_fn(sample)
         finally:
             _leave_sample()
-            if snapshot is not None:
-                snapshot.restore()
 
 
-# --- samplers --------------------------------------------------------------------------------
+# --- the index stream ------------------------------------------------------------------------
 
 
-class _FixedTorchRng:
-    """Run a block with torch's global CPU generator seeded, then restore it.
+class _SeededIndex:
+    """What the DataLoader's iterators draw from: the loader's own index sampler, each index
+    paired with its sample seed, ``(index, sample_seed)`` (lists of them for batches).
 
-    Used once per epoch around the first ``next()`` of a user's sampler: RandomSampler,
-    SubsetRandomSampler and WeightedRandomSampler without a ``generator`` draw their seed from
-    torch's global RNG there, so this makes them a function of (seed, epoch) too.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def __enter__(self) -> None:
-        self.state = torch.default_generator.get_state()
-        torch.default_generator.manual_seed(self.seed)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.default_generator.set_state(self.state)
-
-
-class _SeededSampler(Sampler[Any]):
-    """Yields ``(index, sample_seed)`` pairs (or lists of them, wrapping a batch sampler).
+    Never public: ``loader.sampler`` and ``loader.batch_sampler`` stay the user's objects (or
+    torch's ``SequentialSampler``/``RandomSampler``/``BatchSampler``), so code that rebuilds a
+    DataLoader from them (Accelerate, Lightning) gets plain indices. The loader hands this
+    object to its iterators through ``_index_sampler``. It holds no reference to the loader
+    (persistent workers stop when the loader is deleted, not at the next garbage collection).
 
     Args:
         seed: The loader's seed.
-        data_source: The user's dataset (its length decides the order when ``base`` is None).
-        shuffle: Permute the indices with a Generator seeded from (seed, epoch).
-        base: The user's sampler or batch sampler; its order is kept, seeds are attached.
-        batches: True when ``base`` is a batch sampler (yields lists of indices).
+        base: The loader's ``batch_sampler`` (automatic batching) or ``sampler``.
+        batches: True when ``base`` yields lists of indices.
+        shuffle_gen: The generator of wellfed's own RandomSampler (``shuffle=True``),
+            reseeded from (seed, epoch) each epoch; None otherwise.
     """
 
     def __init__(
-        self,
-        seed: int,
-        data_source: Any,
-        *,
-        shuffle: bool = False,
-        base: Any = None,
-        batches: bool = False,
+        self, seed: int, base: Any, batches: bool, shuffle_gen: torch.Generator | None
     ) -> None:
         self.seed = seed
-        self.data_source = data_source
-        self.shuffle = shuffle
         self.base = base
         self.batches = batches
+        self.shuffle_gen = shuffle_gen
         self.epoch = 0
-        self._skip = 0  # items (samples, or batches when wrapping a batch sampler)
-        self._forwarded_epoch: int | None = getattr(base, "epoch", None)
-        self._owner: weakref.ReferenceType[SeededDataLoader] | None = None
-
-    @property
-    def base_sampler(self) -> Any:
-        """The user's sampler or batch sampler, or None when wellfed orders the indices."""
-        return self.base
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next iteration (the same as ``loader.set_epoch``)."""
-        owner = self._owner() if self._owner is not None else None
-        if owner is not None:
-            owner.set_epoch(epoch)
-        else:
-            self.epoch = epoch
-
-    def _resolve_epoch(self, requested: int) -> int:
-        """The epoch to run: the loader's, unless the user set the base sampler's own."""
-        base_epoch = getattr(self.base, "epoch", None)
-        if (
-            isinstance(base_epoch, int)
-            and self._forwarded_epoch is not None
-            and base_epoch != self._forwarded_epoch
-        ):
-            logger.debug("sampler.set_epoch(%d) was called directly; following it", base_epoch)
-            return base_epoch
-        return requested
-
-    def _prepare(self, epoch: int, skip: int) -> None:
-        self.epoch = epoch
-        self._skip = skip
+        self.skip = 0  # items (batches, or samples with batch_size=None) to skip (a resume)
 
     def __len__(self) -> int:
-        if self.base is not None:
-            return len(self.base)
-        return len(self.data_source)
+        return len(self.base)
 
     def __iter__(self) -> Iterator[Any]:
-        epoch, skip = self.epoch, self._skip
-        self._skip = 0
-        key = _epoch_key(self.seed, epoch)
-        order: Iterable[Any]
-        if self.base is None:
-            n = len(self.data_source)
-            if self.shuffle:
-                g = torch.Generator()
-                g.manual_seed(_purpose_seed(self.seed, epoch, _SALT_SHUFFLE))
-                order = torch.randperm(n, generator=g).tolist()
-            else:
-                order = range(n)
-        else:
-            if hasattr(self.base, "set_epoch"):
-                self.base.set_epoch(epoch)
-                self._forwarded_epoch = getattr(self.base, "epoch", epoch)
-            with _FixedTorchRng(_purpose_seed(self.seed, epoch, _SALT_SAMPLER) & 0xFFFFFFFF):
-                it = iter(self.base)
-                first = list(itertools.islice(it, 1))
-            order = itertools.chain(first, it)
+        # Lazy, like torch's BatchSampler: the multiprocessing iterator calls iter() twice (in
+        # its base __init__ and in _reset) and only draws from the second one.
+        return self._pairs()
+
+    def _pairs(self) -> Iterator[Any]:
+        epoch, skip = self.epoch, self.skip
+        seed = self.seed
+        key = _epoch_key(seed, epoch)
+        if self.shuffle_gen is not None:
+            self.shuffle_gen.manual_seed(_purpose_seed(seed, epoch, _SALT_SHUFFLE))
+        # A user's sampler may draw its order from any global RNG at iter() or its first
+        # next() (RandomSampler, WeightedRandomSampler without a generator; a numpy
+        # permutation): seed all three from (seed, epoch) there, then restore them.
+        with _SeededGlobals(_purpose_seed(seed, epoch, _SALT_SAMPLER)):
+            it = iter(self.base)
+            first = list(itertools.islice(it, 1))
+        order: Iterable[Any] = itertools.chain(first, it)
         if skip:
             order = itertools.islice(order, skip, None)
         if self.batches:
-            batches = cast("Iterable[Iterable[Any]]", order)
-            return (
-                [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch]
-                for batch in batches
-            )
-        return ((i, _sample_seed_from_key(key, _index_key(i))) for i in order)
+            for batch in cast("Iterable[Iterable[Any]]", order):
+                yield [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch]
+        else:
+            for i in order:
+                yield (i, _sample_seed_from_key(key, _index_key(i)))
+
+
+def _epoch_target(user: Any) -> Any:
+    """The object whose ``set_epoch`` wellfed forwards to: the user's sampler or batch sampler,
+    or the sampler inside the user's batch sampler (a BatchSampler over a DistributedSampler)."""
+    for obj in (user, getattr(user, "sampler", None)):
+        if obj is not None and callable(getattr(obj, "set_epoch", None)):
+            return obj
+    return None
+
+
+def _valid_epoch(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # --- iterators -------------------------------------------------------------------------------
@@ -463,33 +423,60 @@ class SeededDataLoader(DataLoader[Any]):
         epoch: The epoch of the latest iteration (-1 before the first).
         plan: The LoaderPlan ``create_dataloader`` resolved, or None.
 
-    Each ``iter(loader)`` starts the next epoch, from 0. ``set_epoch(e)`` makes the next one
-    ``e``; with a sampler that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the
-    epoch to it on every iteration, and a direct ``sampler.set_epoch(e)`` call by the user is
-    followed. One live iterator per loader at a time (torch's rule for persistent workers too).
+    Epochs: the first iteration is epoch 0. An epoch advances when its iteration ends (all its
+    batches delivered), or when ``set_epoch(e)`` is called; an iteration abandoned early (a
+    peek with ``next(iter(loader))``, a ``break``) does not count, and the next
+    ``iter(loader)`` repeats it from where it started (logged once at INFO). With a sampler
+    that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the epoch to it on every
+    iteration, and follows the user's own ``sampler.set_epoch(e)``, also one made before the
+    loader was built. One live iterator per loader at a time (torch's rule for persistent
+    workers too).
+
+    ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects, or torch's
+    (``SequentialSampler``, ``RandomSampler``, ``BatchSampler``): the seeds are attached to the
+    indices inside the loader's iterator, so a DataLoader rebuilt from them works (unseeded).
+
+    Seeded loading in the main process (``num_workers=0``) seeds and restores the process-wide
+    RNGs under a lock, so loaders iterated from several threads do not mix their seeds. Other
+    code drawing from the global RNGs in another thread at the same time is not locked out:
+    with several threads, give each its own generator, or load with workers.
     """
 
+    _POSITIONAL = (
+        "batch_size",
+        "shuffle",
+        "sampler",
+        "batch_sampler",
+        "num_workers",
+        "collate_fn",
+        "pin_memory",
+        "drop_last",
+        "timeout",
+        "worker_init_fn",
+        "multiprocessing_context",
+        "generator",
+    )
+
     def __init__(self, dataset: Any, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
-        if args:  # DataLoader's positional order; normalise into kwargs
-            names = (
-                "batch_size",
-                "shuffle",
-                "sampler",
-                "batch_sampler",
-                "num_workers",
-                "collate_fn",
-                "pin_memory",
-                "drop_last",
-                "timeout",
-                "worker_init_fn",
+        if len(args) > len(self._POSITIONAL):
+            raise TypeError(
+                f"SeededDataLoader takes at most {len(self._POSITIONAL) + 1} positional "
+                f"arguments (dataset, {', '.join(self._POSITIONAL)}) but {len(args) + 1} were "
+                "given; pass the others by keyword"
             )
-            for name, value in zip(names, args, strict=False):
-                kwargs[name] = value
+        for name, value in zip(self._POSITIONAL, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"SeededDataLoader got multiple values for argument {name!r}")
+            kwargs[name] = value
         self._wf_fetch: _SeededFetch | None = None
-        self._wf_sampler: _SeededSampler | None = None
-        self._wf_next_epoch = 0
-        self._wf_resume_batches = 0
+        self._wf_index: _SeededIndex | None = None
+        self._wf_user_sampler: Any = None
+        self._wf_epoch_target: Any = None
+        self._wf_forwarded: int | None = None
+        self._wf_pending: tuple[int, int] | None = (0, 0)  # (epoch, batches to skip)
         self._wf_progress: _Progress | None = None
+        self._wf_repeat_logged = False
+        self._wf_shuffle = False
         self.seed: int | None = None
         self.plan: LoaderPlan | None = None
         if seed is None:
@@ -536,28 +523,49 @@ class SeededDataLoader(DataLoader[Any]):
                 attribute="shuffle",
                 value=True,
             )
+        if batch_sampler is not None and sampler is not None:
+            raise ConfigError(
+                "Conflicting options: sampler and batch_sampler are both set; the batch "
+                "sampler decides the batches. Pass only one.",
+                code="WF203",
+                attribute="sampler",
+                value=sampler,
+            )
+        user = batch_sampler if batch_sampler is not None else sampler
+        shuffle_gen: torch.Generator | None = None
+        if shuffle:
+            # torch's own RandomSampler, with a generator wellfed reseeds from (seed, epoch)
+            shuffle_gen = torch.Generator()
+            sampler = RandomSampler(dataset, generator=shuffle_gen)
         if batch_sampler is not None:
-            if sampler is not None:
-                raise ConfigError(
-                    "Conflicting options: sampler and batch_sampler are both set; the batch "
-                    "sampler decides the batches. Pass only one.",
-                    code="WF203",
-                    attribute="sampler",
-                    value=sampler,
-                )
-            wrapped = _SeededSampler(self.seed, dataset, base=batch_sampler, batches=True)
-            kwargs["batch_sampler"] = wrapped
-        else:
-            wrapped = _SeededSampler(self.seed, dataset, shuffle=shuffle, base=sampler)
-            kwargs["sampler"] = wrapped
+            kwargs["batch_sampler"] = batch_sampler
+        elif sampler is not None:
+            kwargs["sampler"] = sampler
         collate_fn = kwargs.get("collate_fn")
         super().__init__(dataset, **kwargs)
-        wrapped._owner = weakref.ref(self)
-        self._wf_sampler = wrapped
+        base = self.batch_sampler if self._auto_collation else self.sampler
+        self._wf_index = _SeededIndex(self.seed, base, self._auto_collation, shuffle_gen)
+        self._wf_user_sampler = user
+        self._wf_shuffle = shuffle
+        target = _epoch_target(user)
+        self._wf_epoch_target = target
+        start = getattr(target, "epoch", None)
+        if _valid_epoch(start):
+            # an epoch the user set on the sampler before building the loader is followed
+            self._wf_forwarded = start
+            self._wf_pending = (start, 0)
+            if start:
+                logger.debug("sampler.epoch=%d was set before the loader: starting there", start)
         if collate_fn is None:
             collate_fn = self.collate_fn  # default_collate or default_convert, as torch chose
         self._wf_fetch = _SeededFetch(dataset, collate_fn, _has_batched_fetch(dataset))
-        self._wf_shuffle = shuffle
+
+    @property
+    def _index_sampler(self) -> Any:
+        # DataLoader's iterators read their indices from here; see _SeededIndex.
+        if self._wf_index is not None:
+            return self._wf_index
+        return super()._index_sampler
 
     # -- epochs ----------------------------------------------------------------------------
 
@@ -570,22 +578,57 @@ class SeededDataLoader(DataLoader[Any]):
         """Make the next ``iter(loader)`` run epoch ``epoch`` (then ``epoch + 1``, ...).
 
         Forwards to the sampler's ``set_epoch`` (``DistributedSampler``: each rank keeps its
-        own shard) when the loader has no seed.
+        own shard): at once when the loader has no seed, at the next iteration otherwise.
 
         Raises:
             ConfigError: ``epoch`` is not a non-negative int (WF203).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        if not _valid_epoch(epoch):
             raise ConfigError(
                 f"Invalid epoch: epoch={epoch!r} is not a non-negative int. Epochs count from 0.",
                 code="WF203",
                 attribute="epoch",
                 value=epoch,
             )
-        self._wf_next_epoch = epoch
-        self._wf_resume_batches = 0
-        if self._wf_sampler is None and hasattr(self.sampler, "set_epoch"):
+        self._wf_pending = (epoch, 0)
+        if self._wf_index is None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+    def _total_batches(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:
+            return None
+
+    def _finished(self, p: _Progress) -> bool:
+        """Whether an iteration delivered its whole epoch (StopIteration, or every batch)."""
+        if p.exhausted:
+            return True
+        total = self._total_batches()
+        return total is not None and p.start + p.yielded >= total
+
+    def _next_start(self) -> tuple[int, int]:
+        """(epoch, batches to skip) of the next iteration."""
+        p = self._wf_progress
+        if self._wf_pending is not None:
+            return self._wf_pending
+        if p is None:
+            return 0, 0
+        if self._finished(p):
+            return p.epoch + 1, 0
+        if not self._wf_repeat_logged and _is_rank_zero():
+            self._wf_repeat_logged = True
+            logger.info(
+                "iter(loader) repeats epoch %d from batch %d: the previous iteration stopped "
+                "after %d of %s batches, and an epoch advances only when its iteration ends. "
+                "Call loader.set_epoch(%d) before iterating to move on.",
+                p.epoch,
+                p.start,
+                p.start + p.yielded,
+                self._total_batches(),
+                p.epoch + 1,
+            )
+        return p.epoch, p.start
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
         if self.num_workers == 0:
@@ -594,17 +637,32 @@ class SeededDataLoader(DataLoader[Any]):
         return _SeededMultiProcessingIter(self)
 
     def __iter__(self) -> _BaseDataLoaderIter:
-        epoch = self._wf_next_epoch
-        skip = self._wf_resume_batches
-        if self._wf_sampler is not None:
-            epoch = self._wf_sampler._resolve_epoch(epoch)
-            per_batch = 1
-            if not self._wf_sampler.batches and self.batch_size is not None:
-                per_batch = self.batch_size
-            self._wf_sampler._prepare(epoch, skip * per_batch)
-        self._wf_next_epoch = epoch + 1
-        self._wf_resume_batches = 0
-        it = super().__iter__()
+        epoch, skip = self._next_start()
+        index = self._wf_index
+        if index is not None:
+            target = self._wf_epoch_target
+            if target is not None:
+                current = getattr(target, "epoch", None)
+                if (
+                    _valid_epoch(current)
+                    and self._wf_forwarded is not None
+                    and current != self._wf_forwarded
+                ):
+                    logger.debug("sampler.set_epoch(%d) was called directly; following it", current)
+                    if current != epoch:
+                        skip = 0
+                    epoch = current
+                target.set_epoch(epoch)
+                self._wf_forwarded = getattr(target, "epoch", epoch)
+            index.epoch, index.skip = epoch, skip
+        self._wf_pending = None
+        if index is not None:
+            # torch draws the iterator's base seed from the global generator here: not while
+            # another thread is between seeding and using it
+            with _RNG_LOCK:
+                it = super().__iter__()
+        else:
+            it = super().__iter__()
         progress = _Progress(epoch=epoch, start=skip)
         it._wf_progress = progress  # type: ignore[attr-defined]
         self._wf_progress = progress
@@ -614,8 +672,7 @@ class SeededDataLoader(DataLoader[Any]):
 
     def _identity(self) -> dict[str, Any]:
         """Facts a saved state must match to resume with the same batches."""
-        sampler = self._wf_sampler
-        base = sampler.base if sampler is not None else None
+        base = self._wf_user_sampler
         return {
             "seed": self.seed,
             "num_samples": len(self.dataset),  # type: ignore[arg-type]
@@ -652,14 +709,14 @@ class SeededDataLoader(DataLoader[Any]):
                 value=None,
             )
         p = self._wf_progress
-        if p is None:
-            epoch, done = self._wf_next_epoch, self._wf_resume_batches
-        elif p.exhausted:
+        if self._wf_pending is not None:  # set_epoch/load_state_dict since, or not iterated
+            epoch, done = self._wf_pending
+        elif p is None:
+            epoch, done = 0, 0
+        elif self._finished(p):
             epoch, done = p.epoch + 1, 0
         else:
             epoch, done = p.epoch, p.start + p.yielded
-            if self._wf_next_epoch != p.epoch + 1:  # set_epoch/load_state_dict since
-                epoch, done = self._wf_next_epoch, self._wf_resume_batches
         return {
             "format": _STATE_FORMAT,
             "epoch": epoch,
@@ -731,8 +788,7 @@ class SeededDataLoader(DataLoader[Any]):
                 attribute="batches_done",
                 value=done,
             )
-        self._wf_next_epoch = epoch
-        self._wf_resume_batches = done
+        self._wf_pending = (epoch, done)
         self._wf_progress = None
 
 
@@ -807,7 +863,7 @@ class LoaderPlan:
             "start_method": self.start_method,
             "on_unsafe": self.on_unsafe,
             "safety_checked": self.safety_checked,
-            "findings": [_finding_dict(f) for f in self.findings],
+            "findings": [f.to_dict() for f in self.findings],
             "action": self.action,
         }
 
@@ -816,22 +872,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
-
-
-def _finding_dict(f: Any) -> dict[str, Any]:
-    to_dict = getattr(f, "to_dict", None)
-    if callable(to_dict):
-        return dict(to_dict())
-    return {
-        k: _jsonable(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")
-    }
-
-
-def _default_start_method() -> str:
-    method = multiprocessing.get_start_method(allow_none=True)
-    if method is None:
-        method = multiprocessing.get_context().get_start_method()
-    return str(method)
 
 
 def _check_choice(name: str, value: Any, ok: bool, expected: str) -> None:
@@ -857,22 +897,11 @@ def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tup
     return n, reason, None
 
 
-def _resolve_start_method(context: Any, num_workers: int) -> tuple[Any, str | None, str]:
-    """(value for DataLoader, start method name, reason)."""
-    if num_workers == 0:
-        if context not in (_AUTO, None):
-            raise ConfigError(
-                f"Conflicting options: multiprocessing_context={context!r} with num_workers=0: "
-                "there are no worker processes to start. Drop multiprocessing_context or set "
-                "num_workers >= 1.",
-                code="WF203",
-                attribute="multiprocessing_context",
-                value=context,
-            )
-        return None, None, "no workers" if context == _AUTO else "given"
+def _resolve_start_method(context: Any) -> tuple[Any, str | None, str]:
+    """(value for DataLoader, start method name, reason), for num_workers >= 1."""
     cuda_up = bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
     if context == _AUTO or context is None:
-        default = _default_start_method()
+        default = _platform.default_start_method()
         if context == _AUTO and cuda_up and default == "fork":
             available = multiprocessing.get_all_start_methods()
             method = "forkserver" if "forkserver" in available else "spawn"
@@ -899,27 +928,25 @@ def _resolve_start_method(context: Any, num_workers: int) -> tuple[Any, str | No
 def _safety_check(
     dataset: Any, loader_kwargs: dict[str, Any], method: str
 ) -> tuple[bool, tuple[Any, ...]]:
-    """Run the doctor's static checks; (ran, error findings)."""
-    try:
-        from wellfed.doctor import diagnose
-    except ImportError:
-        logger.debug("wellfed.doctor is not available; worker safety not checked")
-        return False, ()
+    """Run the doctor's static checks with the resolved DataLoader options; (ran, errors).
+
+    A missing or broken doctor is an error, never a silently skipped check.
+    """
+    from wellfed.doctor import diagnose
+
     report = diagnose(dataset, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
-    errors = getattr(report, "errors", None)
-    if errors is None:
-        errors = [f for f in report.findings if getattr(f, "severity", "") == "error"]
-    return True, tuple(errors)
+    return True, tuple(report.errors)
 
 
 def _findings_text(findings: Sequence[Any]) -> str:
+    """One line per finding: path, message (which ends with its code), fix."""
     lines = []
     for f in findings:
+        message = str(getattr(f, "message", "")).rstrip()
         code = getattr(f, "code", "")
-        lines.append(
-            f"  - {getattr(f, 'path', '?')}: {getattr(f, 'message', '')} "
-            f"Fix: {getattr(f, 'fix', '')}" + (f" [{code}]" if code else "")
-        )
+        if code and f"[{code}]" not in message:
+            message = f"{message} [{code}]"
+        lines.append(f"  - {getattr(f, 'path', '?')}: {message} Fix: {getattr(f, 'fix', '')}")
     return "\n".join(lines)
 
 
@@ -1028,30 +1055,97 @@ def create_dataloader(
     if seed is not None:
         _check_seed(seed)
 
-    settings: list[ResolvedSetting] = []
+    settings: dict[str, ResolvedSetting] = {}
     n, reason, stored = _resolve_num_workers(num_workers, dataset, batch_size)
-    settings.append(ResolvedSetting("num_workers", num_workers, n, reason))
+    settings["num_workers"] = ResolvedSetting("num_workers", num_workers, n, reason)
+    timeout = kwargs.get("timeout", 0)
 
-    context, method, reason = _resolve_start_method(multiprocessing_context, n)
-    settings.append(
-        ResolvedSetting(
-            "multiprocessing_context", multiprocessing_context, method if n else None, reason
+    # pinned memory (does not depend on workers)
+    if pin_memory == _AUTO:
+        cuda = bool(torch.cuda.is_available())
+        pin = cuda
+        reason = "a CUDA device is present" if cuda else "no CUDA device"
+    else:
+        pin, reason = bool(pin_memory), "given"
+    settings["pin_memory"] = ResolvedSetting("pin_memory", pin_memory, pin, reason)
+
+    requested = {
+        "multiprocessing_context": multiprocessing_context,
+        "persistent_workers": persistent_workers,
+        "prefetch_factor": prefetch_factor,
+        "timeout": timeout,
+    }
+    context: Any = None
+    method: str | None = None
+    persistent = False
+    prefetch: int | None = None
+    if n == 0:
+        why = "num_workers=auto resolved to 0" if num_workers == _AUTO else None
+        settings.update(_without_workers(requested, why))
+    else:
+        context, method, reason = _resolve_start_method(multiprocessing_context)
+        settings["multiprocessing_context"] = ResolvedSetting(
+            "multiprocessing_context", multiprocessing_context, method, reason
         )
-    )
+        if persistent_workers == _AUTO:
+            persistent = True
+            reason = "workers are kept between epochs instead of restarted"
+        else:
+            persistent, reason = bool(persistent_workers), "given"
+        settings["persistent_workers"] = ResolvedSetting(
+            "persistent_workers", persistent_workers, persistent, reason
+        )
+        if prefetch_factor == _AUTO:
+            stored_pf = getattr(
+                getattr(getattr(stored, "recommended", None), "config", None),
+                "prefetch_factor",
+                None,
+            )
+            if isinstance(stored_pf, int):
+                prefetch, reason = stored_pf, "stored wellfed tune result"
+            else:
+                prefetch, reason = 2, "torch's default"
+        else:
+            prefetch, reason = cast("int | None", prefetch_factor), "given"
+        settings["prefetch_factor"] = ResolvedSetting(
+            "prefetch_factor", prefetch_factor, prefetch, reason
+        )
 
-    # worker safety, before any worker exists
+    # worker safety, before any worker exists, judged with every resolved option
     findings: tuple[Any, ...] = ()
     checked = False
     action = "none"
     if n > 0 and method is not None:
-        loader_kwargs = {
-            k: v
-            for k, v in kwargs.items()
-            if k in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler") and v is not None
+        loader_kwargs: dict[str, Any] = {
+            name: kwargs.get(name)
+            for name in ("sampler", "batch_sampler", "collate_fn", "worker_init_fn")
         }
-        loader_kwargs["num_workers"] = n
-        loader_kwargs["multiprocessing_context"] = method
+        loader_kwargs.update(
+            num_workers=n,
+            multiprocessing_context=method,
+            persistent_workers=persistent,
+            prefetch_factor=prefetch,
+            pin_memory=pin,
+            batch_size=batch_size,
+            timeout=timeout,
+            seed=seed,
+        )
         checked, findings = _safety_check(dataset, loader_kwargs, method)
+        stale = [f for f in findings if getattr(f, "code", "") == "WF111"]
+        if stale and persistent_workers == _AUTO:
+            # Persistent workers would keep the stale copy for every epoch; restarted workers
+            # get a fresh copy each epoch (the doctor then judges WF111 a warning, not an error).
+            findings = tuple(f for f in findings if getattr(f, "code", "") != "WF111")
+            paths = ", ".join(sorted({str(getattr(f, "path", "?")) for f in stale}))
+            persistent = False
+            settings["persistent_workers"] = ResolvedSetting(
+                "persistent_workers",
+                _AUTO,
+                False,
+                f"{paths} is changed after the workers copy the dataset (WF111): persistent "
+                "workers would keep the stale copy for every epoch, so workers restart each "
+                "epoch instead",
+            )
         if findings:
             text = _findings_text(findings)
             head = (
@@ -1062,7 +1156,7 @@ def create_dataloader(
                 raise WorkerSafetyError(
                     f"Worker safety check failed: {head}.\n{text}\nFix each one, or pass "
                     "on_unsafe='fallback' to load in the main process (num_workers=0), or "
-                    "on_unsafe='warn' to go on anyway.",
+                    "on_unsafe='warn' to go on anyway. [WF205]",
                     code="WF205",
                     findings=list(findings),
                     num_workers=n,
@@ -1079,88 +1173,28 @@ def create_dataloader(
                     )
             else:
                 action = "fell_back"
+                why = f"on_unsafe='fallback': {len(findings)} worker hazard(s) found"
+                settings["num_workers"] = ResolvedSetting("num_workers", num_workers, 0, why)
+                n, context, method, persistent, prefetch = 0, None, None, False, None
+                settings.update(_without_workers(requested, why))
+                unused = [
+                    f"{s.name}={s.requested!r}"
+                    for s in settings.values()
+                    if s.reason.startswith("not used") and s.requested not in (_AUTO, None)
+                ]
+                also = f" Also not used without workers: {', '.join(unused)}." if unused else ""
                 if _is_rank_zero():
                     warnings.warn(
                         f"Loading in the main process (on_unsafe='fallback'): {head}.\n{text}\n"
-                        f"num_workers {n} -> 0. Fix each finding to get the workers back. "
-                        "[WF207]",
+                        f"num_workers {settings['num_workers'].requested} -> 0.{also} Fix each "
+                        "finding to get the workers back. [WF207]",
                         WorkerSafetyWarning,
                         stacklevel=2,
                     )
-                settings[0] = ResolvedSetting(
-                    "num_workers",
-                    num_workers,
-                    0,
-                    f"on_unsafe='fallback': {len(findings)} worker hazard(s) found",
-                )
-                n = 0
-                context, method = None, None
-                settings[1] = ResolvedSetting(
-                    "multiprocessing_context", multiprocessing_context, None, "no workers"
-                )
-                if persistent_workers is True:
-                    persistent_workers = _AUTO
-                if prefetch_factor not in (_AUTO, None):
-                    prefetch_factor = _AUTO
-
-    # pinned memory
-    if pin_memory == _AUTO:
-        cuda = bool(torch.cuda.is_available())
-        pin = cuda
-        reason = "a CUDA device is present" if cuda else "no CUDA device"
-    else:
-        pin, reason = bool(pin_memory), "given"
-    settings.append(ResolvedSetting("pin_memory", pin_memory, pin, reason))
-
-    # persistent workers
-    if persistent_workers == _AUTO:
-        persistent = n > 0
-        reason = (
-            "workers are kept between epochs instead of restarted" if persistent else "no workers"
-        )
-    else:
-        persistent, reason = bool(persistent_workers), "given"
-        if persistent and n == 0:
-            raise ConfigError(
-                "Conflicting options: persistent_workers=True with num_workers=0: there are no "
-                "workers to keep. Drop persistent_workers or set num_workers >= 1.",
-                code="WF203",
-                attribute="persistent_workers",
-                value=True,
-            )
-    settings.append(ResolvedSetting("persistent_workers", persistent_workers, persistent, reason))
-
-    # prefetch
-    prefetch: int | None
-    if prefetch_factor == _AUTO:
-        if n == 0:
-            prefetch, reason = None, "no workers"
-        else:
-            stored_pf = getattr(
-                getattr(getattr(stored, "recommended", None), "config", None),
-                "prefetch_factor",
-                None,
-            )
-            if isinstance(stored_pf, int):
-                prefetch, reason = stored_pf, "stored wellfed tune result"
-            else:
-                prefetch, reason = 2, "torch's default"
-    else:
-        prefetch = prefetch_factor  # type: ignore[assignment]
-        reason = "given"
-        if prefetch is not None and n == 0:
-            raise ConfigError(
-                f"Conflicting options: prefetch_factor={prefetch} with num_workers=0: only "
-                "workers prefetch. Drop prefetch_factor or set num_workers >= 1.",
-                code="WF203",
-                attribute="prefetch_factor",
-                value=prefetch,
-            )
-    settings.append(ResolvedSetting("prefetch_factor", prefetch_factor, prefetch, reason))
 
     if _is_rank_zero():
-        for s in settings:
-            if s.requested == _AUTO or s.reason.startswith("on_unsafe"):
+        for s in settings.values():
+            if s.requested == _AUTO or s.reason.startswith(("on_unsafe", "not used")):
                 logger.info("%s=%s -> %r (%s)", s.name, s.requested, s.value, s.reason)
 
     loader_args: dict[str, Any] = dict(kwargs)
@@ -1174,13 +1208,19 @@ def create_dataloader(
     )
     if n > 0 and context is not None:
         loader_args["multiprocessing_context"] = context
-    if n == 0 and loader_args.get("timeout"):
-        # torch asserts timeout == 0 without workers; there is nothing to wait for.
-        logger.info("timeout=%s s not used: no workers to wait for", loader_args["timeout"])
-        loader_args["timeout"] = 0
+    if n == 0 and "timeout" in loader_args:
+        loader_args["timeout"] = 0  # torch asserts timeout == 0 without workers (named above)
     loader = SeededDataLoader(dataset, seed=seed, **loader_args)
+    order = (
+        "num_workers",
+        "multiprocessing_context",
+        "pin_memory",
+        "persistent_workers",
+        "prefetch_factor",
+        "timeout",
+    )
     loader.plan = LoaderPlan(
-        settings=tuple(settings),
+        settings=tuple(settings[name] for name in order if name in settings),
         seed=seed,
         start_method=method if n else None,
         on_unsafe=on_unsafe,
@@ -1189,6 +1229,46 @@ def create_dataloader(
         action=action,
     )
     return loader
+
+
+def _without_workers(requested: Mapping[str, Any], why: str | None) -> dict[str, ResolvedSetting]:
+    """Settings of the worker-only options when there are no workers.
+
+    ``why`` says where the 0 came from when the user did not ask for it ("auto", or the
+    fallback): options the user set then cannot apply and are marked "not used: <why>" (logged
+    at INFO, named in the plan). With an explicit ``num_workers=0`` (``why`` None) they
+    conflict with it (WF203). A ``timeout`` is never an error: there is nothing to wait for.
+    """
+    out: dict[str, ResolvedSetting] = {}
+    for name, value in requested.items():
+        if name == "timeout":
+            if value:
+                out[name] = ResolvedSetting(
+                    name, value, 0, "not used: no workers to wait for (torch requires 0)"
+                )
+            continue
+        unset = value in (_AUTO, None) or (name == "persistent_workers" and value is False)
+        if unset:
+            out[name] = ResolvedSetting(
+                name, value, False if name == "persistent_workers" else None, "no workers"
+            )
+        elif why is not None:
+            empty = False if name == "persistent_workers" else None
+            out[name] = ResolvedSetting(name, value, empty, f"not used: {why}")
+        else:
+            what = {
+                "multiprocessing_context": "there are no worker processes to start",
+                "persistent_workers": "there are no workers to keep",
+                "prefetch_factor": "only workers prefetch",
+            }[name]
+            raise ConfigError(
+                f"Conflicting options: {name}={value!r} with num_workers=0: {what}. "
+                f"Drop {name} or set num_workers >= 1. [WF203]",
+                code="WF203",
+                attribute=name,
+                value=value,
+            )
+    return out
 
 
 def print_dataloader_config(
@@ -1209,8 +1289,6 @@ def print_dataloader_config(
     Returns:
         The text printed (without the trailing newline).
     """
-    from wellfed.platform import usable_cpu_count
-
     rows: list[tuple[str, str]] = []
     if loader is not None:
         rows.append(("dataset", type(loader.dataset).__name__))
@@ -1230,7 +1308,7 @@ def print_dataloader_config(
                 ctx = loader.multiprocessing_context
                 value: Any = None if ctx is None else ctx.get_start_method()
                 if value is None and loader.num_workers > 0:
-                    value = f"{_default_start_method()} (platform default)"
+                    value = f"{_platform.default_start_method()} (platform default)"
             else:
                 value = getattr(loader, name, None)
             text = repr(value) if not isinstance(value, str) else value
@@ -1246,7 +1324,7 @@ def print_dataloader_config(
         (
             "platform",
             f"{sys.platform}, default start method "
-            f"{_default_start_method()}, {usable_cpu_count()} usable CPUs",
+            f"{_platform.default_start_method()}, {_platform.usable_cpu_count()} usable CPUs",
         )
     )
     width = max(len(r[0]) for r in rows)

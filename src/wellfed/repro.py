@@ -17,11 +17,19 @@ from typing import Any
 
 from wellfed.errors import ConfigError
 
-__all__ = ["ReproMismatch", "ReproReport", "ReproRun", "batch_digest", "verify_reproducibility"]
+__all__ = [
+    "ReproMismatch",
+    "ReproReport",
+    "ReproRun",
+    "batch_digest",
+    "loader_factory",
+    "verify_reproducibility",
+]
 
 logger = logging.getLogger(__name__)
 
-_RNG_WORDS = ("rng", "random", "seed", "generator")
+_RNG_CATEGORY = "rng-duplication"
+_DEFAULT_TIMEOUT_S = 120.0
 _SAMPLE_RNG_HINT = (
     "With create_dataloader(seed=...), draw from wellfed.sample_rng() / "
     "wellfed.sample_generator() inside __getitem__ instead: those are seeded per sample, while "
@@ -129,15 +137,8 @@ class ReproReport:
             "runs": [r.to_dict() for r in self.runs],
             "mismatch": None if self.mismatch is None else self.mismatch.to_dict(),
             "likely_cause": self.likely_cause,
-            "findings": [_finding_dict(f) for f in self.findings],
+            "findings": [f.to_dict() for f in self.findings],
         }
-
-
-def _finding_dict(f: Any) -> dict[str, Any]:
-    to_dict = getattr(f, "to_dict", None)
-    if callable(to_dict):
-        return dict(to_dict())
-    return {k: str(getattr(f, k, None)) for k in ("code", "severity", "path", "message", "fix")}
 
 
 # --- digests ---------------------------------------------------------------------------------
@@ -234,6 +235,9 @@ class _Trace:
 def _run(loader: Any, epochs: int, max_batches: int | None) -> _Trace:
     trace = _Trace([], [])
     for epoch in range(epochs):
+        if epoch and getattr(loader, "seed", None) is not None:
+            # a seeded loader repeats an epoch cut short by max_batches; move on explicitly
+            loader.set_epoch(loader.epoch + 1)
         it = iter(loader)
         try:
             for b, batch in enumerate(it):
@@ -282,22 +286,21 @@ def _compare(ref: _Trace, other: _Trace, label: str) -> ReproMismatch | None:
 
 
 def _rng_findings(loader: Any) -> tuple[Any, ...]:
-    """Doctor findings about RNG objects in the dataset, when the doctor is available."""
+    """The doctor's rng-duplication findings (WF107, WF108) for the loader.
+
+    The loader itself is judged, not only its dataset, so its ``worker_init_fn``, sampler and
+    collate function count too.
+    """
+    from wellfed.doctor import diagnose
+
     try:
-        from wellfed.doctor import diagnose
-    except ImportError:
-        return ()
-    try:
-        report = diagnose(getattr(loader, "dataset", loader), live=False)
+        report = diagnose(loader, live=False)
     except Exception as exc:  # the diagnosis must not hide the repro result
         logger.debug("diagnose failed during verify_reproducibility: %r", exc)
         return ()
-    out = []
-    for f in getattr(report, "findings", ()):
-        text = " ".join(str(getattr(f, k, "")) for k in ("code", "category", "message")).lower()
-        if any(w in text for w in _RNG_WORDS):
-            out.append(f)
-    return tuple(out)
+    return tuple(
+        f for f in getattr(report, "findings", ()) if getattr(f, "category", "") == _RNG_CATEGORY
+    )
 
 
 def _likely_cause(
@@ -343,6 +346,7 @@ def verify_reproducibility(
     num_workers: int | Sequence[int] = (0, 2),
     start_methods: str | Sequence[str] | None = None,
     max_batches: int | None = None,
+    timeout_s: float = _DEFAULT_TIMEOUT_S,
 ) -> ReproReport:
     """Check that a loader gives the same batches under several worker configurations.
 
@@ -360,14 +364,20 @@ def verify_reproducibility(
         num_workers: Worker counts to try; one int is one count.
         start_methods: Start methods for the counts above 0; None: the platform default only.
         max_batches: Compare only the first ``max_batches`` batches of each epoch; None: all.
+        timeout_s: Seconds a loader with workers may wait for one batch. A loader built with
+            workers and ``timeout=0`` (wait forever) gets this one, so a hung worker ends its
+            run as failed ("DataLoader timed out") instead of hanging; a loader's own
+            non-zero timeout is kept. 0 leaves every loader as built. Loading in the main
+            process (``num_workers=0``) cannot be bounded this way: a dataset that hangs there
+            hangs the call.
 
     Returns:
         ReproReport: per-run results, the first mismatch (epoch, batch, sample) and the likely
         cause (naming a doctor finding about an RNG object when there is one).
 
     Raises:
-        ConfigError: ``epochs`` < 1, an empty or negative ``num_workers``, or an unknown start
-            method (WF211).
+        ConfigError: ``epochs`` < 1, an empty or negative ``num_workers``, an unknown start
+            method, or a negative ``timeout_s`` (WF211).
 
     Example:
         >>> report = wellfed.verify_reproducibility(
@@ -412,6 +422,18 @@ def verify_reproducibility(
             attribute="max_batches",
             value=max_batches,
         )
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not timeout_s >= 0  # also NaN
+    ):
+        raise ConfigError(
+            f"Invalid option: timeout_s={timeout_s!r} is not a number of seconds >= 0. Pass "
+            f"e.g. timeout_s={_DEFAULT_TIMEOUT_S}, or 0 to leave the loaders' timeouts as built.",
+            code="WF211",
+            attribute="timeout_s",
+            value=timeout_s,
+        )
     bad = [m for m in methods if m is not None and m not in available]
     if not methods or bad:
         raise ConfigError(
@@ -441,6 +463,7 @@ def verify_reproducibility(
         loader = None
         try:
             loader = make_loader(num_workers=n, multiprocessing_context=m)
+            _bound_waits(loader, timeout_s)
             trace = _run(loader, epochs, max_batches)
         except Exception as exc:  # a failing configuration is a result, not a crash
             error = f"{type(exc).__name__}: {exc}"
@@ -511,3 +534,98 @@ def verify_reproducibility(
         likely_cause=cause,
         findings=findings,
     )
+
+
+def _bound_waits(loader: Any, timeout_s: float) -> None:
+    """Give a worker loader without a timeout ``timeout_s`` (see verify_reproducibility)."""
+    if not timeout_s or getattr(loader, "num_workers", 0) <= 0 or getattr(loader, "timeout", 1):
+        return
+    logger.info(
+        "timeout=0 -> %s s for this check (a hung worker fails the run instead of hanging it)",
+        timeout_s,
+    )
+    loader.timeout = float(timeout_s)  # read by each new iterator; not a guarded attribute
+
+
+def loader_factory(
+    spec: Any, *, seed: int, plain: bool = False, timeout_s: float = _DEFAULT_TIMEOUT_S
+) -> Callable[..., Any]:
+    """The ``make_loader`` that ``wellfed repro`` checks, built from a ``wellfed.LoaderSpec``.
+
+    Seeded (default): ``wellfed.create_dataloader(spec.dataset, seed=seed, ...)`` with the
+    spec's sampler, batch size, collate_fn, drop_last and worker_init_fn, no persistent workers,
+    and ``on_unsafe="warn"`` (the hazard runs, so the report shows what it does; the warning
+    itself is suppressed, the report names the findings). ``plain=True``: the target's own
+    torch DataLoader settings, after ``wellfed.set_seed(seed)`` at each build. Every loader
+    with workers gets ``timeout=timeout_s``.
+
+    Args:
+        spec: A ``wellfed.LoaderSpec`` (``wellfed.target.resolve_target`` makes one).
+        seed: Seed of the loader (seeded) or of ``set_seed`` (plain), >= 0.
+        plain: Check the plain torch DataLoader instead of a seeded one.
+        timeout_s: Seconds a worker loader may wait for one batch, > 0.
+
+    Returns:
+        ``make_loader(num_workers=..., multiprocessing_context=...)`` for
+        ``verify_reproducibility``.
+
+    Raises:
+        ConfigError: A seeded check of an iterable-style dataset, which has no sample indices
+            to seed from (WF204); check it with ``plain=True`` (``wellfed repro --plain``).
+    """
+    if not plain and getattr(spec, "is_iterable", False):
+        name = type(spec.dataset).__name__
+        raise ConfigError(
+            f"Cannot check per-sample seeding: dataset={name} is an iterable-style dataset, "
+            "which has no sample indices to derive seeds from. Check its own DataLoader with "
+            "plain=True (wellfed repro --plain), or use a map-style dataset "
+            "(__getitem__ + __len__).",
+            code="WF204",
+            attribute="dataset",
+            value=name,
+        )
+
+    def make(num_workers: int, multiprocessing_context: str | None) -> Any:
+        timeout = float(timeout_s) if num_workers else 0
+        if plain:
+            from torch.utils.data import DataLoader
+
+            from wellfed.measure import LoaderConfig
+            from wellfed.seeding import set_seed
+
+            set_seed(seed)
+            config = LoaderConfig(
+                num_workers=num_workers,
+                batch_size=spec.batch_size,
+                multiprocessing_context=multiprocessing_context,
+            )
+            return DataLoader(spec.dataset, **spec.loader_kwargs(config), timeout=timeout)
+        import warnings
+
+        from wellfed.loader import WorkerSafetyWarning, create_dataloader
+
+        kwargs = spec.loader_kwargs()
+        for name in (
+            "generator",
+            "num_workers",
+            "multiprocessing_context",
+            "persistent_workers",
+            "prefetch_factor",
+            "pin_memory",
+            "timeout",
+        ):
+            kwargs.pop(name, None)
+        with warnings.catch_warnings():  # the report names the findings itself
+            warnings.simplefilter("ignore", WorkerSafetyWarning)
+            return create_dataloader(
+                spec.dataset,
+                seed=seed,
+                num_workers=num_workers,
+                multiprocessing_context=multiprocessing_context,
+                persistent_workers=False,
+                timeout=timeout,
+                on_unsafe="warn",  # run it anyway: the report shows what the hazard does
+                **kwargs,
+            )
+
+    return make

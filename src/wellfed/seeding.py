@@ -213,6 +213,48 @@ def sample_generator() -> torch.Generator:
     return st.torch_gen  # type: ignore[no-any-return]
 
 
+#: Held in the main process while wellfed seeds, uses and restores the process-wide RNGs (the
+#: fetch of a batch with num_workers=0, the first draw of a user's sampler). Python ``random``,
+#: numpy's global RNG and torch's default generator are shared by all threads, so two threads
+#: loading seeded batches at once would otherwise draw from each other's seeds. Re-entrant (a
+#: dataset may load from another seeded loader). Never taken in worker processes: a worker
+#: forked while another thread held it would inherit it locked.
+_RNG_LOCK = threading.RLock()
+
+
+class _SeededGlobals:
+    """Run a block with the three global RNGs seeded from ``seed``, then restore them.
+
+    Holds ``_RNG_LOCK`` throughout. Used around the first ``next()`` of a user's sampler, so a
+    sampler that draws its order from Python ``random``, numpy's global RNG or torch's global
+    generator (``RandomSampler`` without a generator, a numpy permutation) is a function of
+    (seed, epoch).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.snapshot: _GlobalRngSnapshot | None = None
+        self.sample: tuple[Any, Any, Any] = (None, None, None)
+
+    def __enter__(self) -> None:
+        _RNG_LOCK.acquire()
+        try:
+            self.snapshot = _GlobalRngSnapshot()
+            self.sample = (_STATE.seed, _STATE.np_rng, _STATE.torch_gen)
+            _enter_sample(self.seed)
+        except BaseException:
+            _RNG_LOCK.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _STATE.seed, _STATE.np_rng, _STATE.torch_gen = self.sample
+            if self.snapshot is not None:
+                self.snapshot.restore()
+        finally:
+            _RNG_LOCK.release()
+
+
 class _GlobalRngSnapshot:
     """The state of the three global RNGs, to restore after loading in the main process.
 

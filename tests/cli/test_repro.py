@@ -48,3 +48,20 @@ def test_plain_loader_is_checked_too(capsys: pytest.CaptureFixture[str]) -> None
 def test_bad_worker_list_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["repro", SEEDED, "--num-workers", "zero"]) == 2
     assert "WF211" in capsys.readouterr().err
+
+
+def test_iterable_target_is_a_usage_error_suggesting_plain(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["repro", "tests/helpers_seeding.py:StreamDataset", "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--plain" in err
+    assert "WF204" in err
+
+
+def test_the_cli_calls_the_library_factory() -> None:
+    import wellfed.cli
+    import wellfed.repro
+
+    assert not hasattr(wellfed.cli, "_repro_factory")
+    assert callable(wellfed.repro.loader_factory)
