@@ -2,9 +2,11 @@
 
 How it works (see ``docs/reproducibility.md``):
 
-* The sampler runs in the main process, as in every DataLoader. wellfed wraps it so that each
-  index travels to the worker together with its seed, ``(index, sample_seed(seed, epoch,
-  index))``. The shuffle order comes from a ``torch.Generator`` seeded from (seed, epoch).
+* The sampler runs in the main process, as in every DataLoader. ``loader.sampler`` and
+  ``loader.batch_sampler`` stay the user's (or torch's own) objects; inside the loader's
+  iterator each index they yield travels to the worker together with its seed, ``(index,
+  sample_seed(seed, epoch, index))``. The shuffle order comes from a ``torch.Generator``
+  seeded from (seed, epoch).
 * In the fetch path (main process or worker), a small wrapper seeds Python ``random``, numpy's
   global RNG and torch's CPU generator from that seed, then calls the user's ``__getitem__``
   with the plain index (or ``__getitems__`` with plain indices, seeding once per batch). The
@@ -932,10 +934,9 @@ def _safety_check(
 
     A missing or broken doctor is an error, never a silently skipped check.
     """
-    from wellfed.doctor import diagnose
+    from wellfed.doctor import static_errors
 
-    report = diagnose(dataset, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
-    return True, tuple(report.errors)
+    return True, static_errors(dataset, loader_kwargs=loader_kwargs, start_method=method)
 
 
 def _findings_text(findings: Sequence[Any]) -> str:
@@ -971,11 +972,16 @@ def create_dataloader(
     seeded from (seed, epoch, index), and the shuffle order from (seed, epoch). The sequence of
     batches is then bit-identical for any ``num_workers``, under fork, spawn and forkserver,
     with or without persistent workers, and after ``load_state_dict`` into a loader with
-    another ``num_workers``. Each ``iter(loader)`` is the next epoch.
+    another ``num_workers``. An epoch advances when its iteration ends or on ``set_epoch``
+    (a peek with ``next(iter(loader))`` does not move it; see ``SeededDataLoader``).
 
     "auto" values are resolved once, here, and each is logged at INFO with its reason (on rank
     0 only); ``loader.plan`` keeps them. Before workers start, the doctor's static checks run
-    for the chosen start method.
+    for the chosen start method with every resolved DataLoader option. When "auto" gives no
+    workers, worker-only options the caller set (``multiprocessing_context``,
+    ``persistent_workers``, ``prefetch_factor``, ``timeout``) cannot apply: each is dropped
+    with an INFO line and marked "not used" in ``loader.plan`` (with an explicit
+    ``num_workers=0`` the first three conflict, WF203; a ``timeout`` is dropped the same way).
 
     Args:
         dataset: Map-style dataset (required with ``seed``); ``loader.dataset`` is this object.
@@ -991,7 +997,10 @@ def create_dataloader(
             ``state_dict``).
         pin_memory: Page-locked batches, or "auto": True when a CUDA device is present.
         persistent_workers: Keep workers between epochs, or "auto": True when there are
-            workers (a spawn start re-imports the dataset's modules in every worker, each epoch).
+            workers (a spawn start re-imports the dataset's modules in every worker, each epoch),
+            except when the doctor finds dataset state changed after the workers copy it
+            (WF111: persistent workers would keep the stale copy for good); then False, and the
+            reason is logged.
         prefetch_factor: Batches loaded ahead per worker, or "auto": the stored tune result's,
             else torch's default (2); None with no workers.
         multiprocessing_context: "fork", "spawn", "forkserver", a context, None (platform
@@ -1010,6 +1019,7 @@ def create_dataloader(
     Raises:
         ConfigError: An invalid option (WF202), a seed that is not a non-negative int (WF201),
             conflicting options (WF203), or ``seed`` with an IterableDataset (WF204).
+        ImportError: ``wellfed.doctor`` cannot be imported: the safety check is never skipped.
         WorkerSafetyError: ``on_unsafe="raise"`` and the doctor found errors; the message lists
             each finding's path and fix, ``.findings`` holds them (WF205).
 
@@ -1175,6 +1185,7 @@ def create_dataloader(
                 action = "fell_back"
                 why = f"on_unsafe='fallback': {len(findings)} worker hazard(s) found"
                 settings["num_workers"] = ResolvedSetting("num_workers", num_workers, 0, why)
+                had = n
                 n, context, method, persistent, prefetch = 0, None, None, False, None
                 settings.update(_without_workers(requested, why))
                 unused = [
@@ -1186,7 +1197,7 @@ def create_dataloader(
                 if _is_rank_zero():
                     warnings.warn(
                         f"Loading in the main process (on_unsafe='fallback'): {head}.\n{text}\n"
-                        f"num_workers {settings['num_workers'].requested} -> 0.{also} Fix each "
+                        f"num_workers {had} -> 0.{also} Fix each "
                         "finding to get the workers back. [WF207]",
                         WorkerSafetyWarning,
                         stacklevel=2,
