@@ -261,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         ("fn alone, default threads, samples/s", f"{rec['fn_samples_per_s_alone']:.0f}"),
         (f"bound: {cpus} CPUs / summed CPU cost, samples/s", f"{bound:.1f}"),
-        (f"precompute workers (auto: {rec['precompute_workers']})", rec["precompute_workers_from"][:60]),
+        (
+            f"precompute workers (auto: {rec['precompute_workers']})",
+            rec["precompute_workers_from"][:60],
+        ),
         ("precompute end to end, samples/s", f"{rec['precompute_samples_per_s']:.1f}"),
         ("precompute / bound", f"{rec['precompute_vs_bound']:.0%}"),
         ("precompute, s", f"{rec['precompute_s']:.2f}"),

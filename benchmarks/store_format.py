@@ -315,12 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(
-        f"{'format':<12} {'write MB/s':>10} {'getitem us p50':>15} {'p90':>8} {'read/s w0':>10} {'read/s w2':>10}"
+        f"{'format':<12} {'write MB/s':>10} {'getitem us p50':>15} {'p90':>8} "
+        f"{'read/s w0':>10} {'read/s w2':>10}"
     )
     for r in records:
         print(
             f"{r['format']:<12} {r['write_mb_per_s']:>10.0f} {r['getitem_us_p50']:>15.1f} "
-            f"{r['getitem_us_p90']:>8.1f} {r['read_samples_per_s_w0']:>10.0f} {r['read_samples_per_s_w2']:>10.0f}"
+            f"{r['getitem_us_p90']:>8.1f} {r['read_samples_per_s_w0']:>10.0f} "
+            f"{r['read_samples_per_s_w2']:>10.0f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:

@@ -1,4 +1,4 @@
-"""Note 001, option 2, built: precompute a super-resolution model's outputs, train from them with workers.
+"""Note 001, option 2: precompute a super-resolution model's outputs, train from them with workers.
 
 The user's note (``../shared/seeds/001_*.txt``) kept a CUDA super-resolution model inside the
 Dataset, so ``__getitem__`` ran the model one sample at a time and the DataLoader had to use
@@ -82,7 +82,7 @@ def photo_paths(root: Path | None = None) -> list[tuple[str, int]]:
 
 
 class LowResPhotos(Dataset):
-    """The source: photo i decoded and downscaled to (3, 56, 56) float32 in [0, 1], with its label."""
+    """The source: photo i downscaled to (3, 56, 56) float32 in [0, 1], with its label."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.samples = photo_paths(root)
@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     a = epoch_s(naive)
     print(
-        f"(a) model in __getitem__, num_workers=0: {a:.2f} s/epoch ({len(source) / a:.0f} samples/s)"
+        f"(a) model in __getitem__, num_workers=0: {a:.2f} s/epoch "
+        f"({len(source) / a:.0f} samples/s)"
     )
     out = args.out or Path(tempfile.mkdtemp(prefix="note001-")) / "sr"
     t0 = time.perf_counter()
@@ -165,10 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = epoch_s(loader)
     b = epoch_s(loader)
     print(
-        f"(b) CachedDataset, {args.num_workers} workers: {b:.3f} s/epoch (first epoch {first:.3f} s)"
+        f"(b) CachedDataset, {args.num_workers} workers: {b:.3f} s/epoch "
+        f"(first epoch {first:.3f} s)"
     )
     print(
-        f"speed-up per epoch: {a / b:.0f}x; precompute pays for itself after {pre / (a - b):.2f} epochs"
+        f"speed-up per epoch: {a / b:.0f}x; precompute pays for itself after "
+        f"{pre / (a - b):.2f} epochs"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""Module-level datasets and fns for the precompute and CachedDataset tests (spawn can import them)."""
+"""Module-level datasets and fns for the precompute tests (so spawn workers can import them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Integration tests of precompute: kill -9 resume, spawn/fork workers over a CachedDataset, full disk, CLI."""
+"""precompute integration: kill -9 resume, workers over a CachedDataset, full disk, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of wellfed.cache: store layout, fingerprints, errors, CachedDataset reads (no workers)."""
+"""Unit tests of wellfed.cache: store layout, fingerprints, errors, reads (no workers)."""
 
 from __future__ import annotations
 

@@ -182,8 +182,7 @@ class CachedDataset:
                 sample = values[names[0]]
             elif kind == "dict":
                 sample = {
-                    key: values[name]
-                    for key, name in zip(self._layout["keys"], names, strict=True)
+                    key: values[name] for key, name in zip(self._layout["keys"], names, strict=True)
                 }
             else:
                 sample = tuple(values[name] for name in names)
