@@ -93,7 +93,6 @@ def _resolve_device(device: str | Any) -> str:
 def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> tuple[int, str]:
     if num_workers == "auto":
         from wellfed.loader import _stored_tune_result, recommend_num_workers
-
         from wellfed.platform import usable_cpu_count
 
         stored = _stored_tune_result(dataset, batch_size)
