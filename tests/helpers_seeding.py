@@ -188,3 +188,16 @@ class HangInWorkerDataset(Dataset[int]):
         if torch.utils.data.get_worker_info() is not None:
             threading.Event().wait()
         return index
+
+
+class NestedSeededDataset(Dataset[torch.Tensor]):
+    """Each item iterates a small seeded loader in the main process of wherever it runs."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        inner = wellfed.create_dataloader(
+            GlobalAugmentDataset(4), batch_size=2, shuffle=True, seed=index, num_workers=0
+        )
+        return torch.cat([b.reshape(-1) for b in inner])

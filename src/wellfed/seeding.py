@@ -213,13 +213,38 @@ def sample_generator() -> torch.Generator:
     return st.torch_gen  # type: ignore[no-any-return]
 
 
-#: Held in the main process while wellfed seeds, uses and restores the process-wide RNGs (the
-#: fetch of a batch with num_workers=0, the first draw of a user's sampler). Python ``random``,
-#: numpy's global RNG and torch's default generator are shared by all threads, so two threads
-#: loading seeded batches at once would otherwise draw from each other's seeds. Re-entrant (a
-#: dataset may load from another seeded loader). Never taken in worker processes: a worker
-#: forked while another thread held it would inherit it locked.
-_RNG_LOCK = threading.RLock()
+class _ForkSafeRLock:
+    """A re-entrant lock that a forked child process gets fresh (unlocked)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reinit)
+
+    def _reinit(self) -> None:
+        self._lock = threading.RLock()
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+#: Held while wellfed seeds, uses and restores the process-wide RNGs in the main process (the
+#: fetch of a batch with num_workers=0, the first draw of a user's sampler, torch's draw of an
+#: iterator's base seed). Python ``random``, numpy's global RNG and torch's default generator
+#: are shared by all threads, so two threads loading seeded batches at once would otherwise
+#: draw from each other's seeds. Re-entrant (a dataset may load from another seeded loader).
+#: The fetch in a worker process does not take it (a worker's RNGs are its own), and a child
+#: forked while another thread held it gets a fresh one, so it cannot deadlock a worker.
+_RNG_LOCK = _ForkSafeRLock()
 
 
 class _SeededGlobals:
