@@ -425,10 +425,10 @@ class SeededDataLoader(DataLoader[Any]):
         epoch: The epoch of the latest iteration (-1 before the first).
         plan: The LoaderPlan ``create_dataloader`` resolved, or None.
 
-    Epochs: the first iteration is epoch 0. An epoch advances when its iteration ends (all its
-    batches delivered), or when ``set_epoch(e)`` is called; an iteration abandoned early (a
-    peek with ``next(iter(loader))``, a ``break``) does not count, and the next
-    ``iter(loader)`` repeats it from where it started (logged once at INFO). With a sampler
+    Epochs: the first iteration is epoch 0 and each new ``iter(loader)`` is the next epoch,
+    also after an iteration stopped early (a step-limited epoch); ``set_epoch(e)`` makes the
+    next iteration epoch ``e``. A peek with ``next(iter(loader))`` therefore uses up epoch 0:
+    call ``loader.set_epoch(0)`` after it to start training at epoch 0. With a sampler
     that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the epoch to it on every
     iteration, and follows the user's own ``sampler.set_epoch(e)``, also one made before the
     loader was built. One live iterator per loader at a time (torch's rule for persistent
@@ -477,7 +477,6 @@ class SeededDataLoader(DataLoader[Any]):
         self._wf_forwarded: int | None = None
         self._wf_pending: tuple[int, int] | None = (0, 0)  # (epoch, batches to skip)
         self._wf_progress: _Progress | None = None
-        self._wf_repeat_logged = False
         self._wf_shuffle = False
         self.seed: int | None = None
         self.plan: LoaderPlan | None = None
@@ -610,27 +609,18 @@ class SeededDataLoader(DataLoader[Any]):
         return total is not None and p.start + p.yielded >= total
 
     def _next_start(self) -> tuple[int, int]:
-        """(epoch, batches to skip) of the next iteration."""
+        """(epoch, batches to skip) of the next iteration.
+
+        Each new iteration is the next epoch, whether or not the previous one was consumed to
+        the end (a step-limited epoch, Lightning's ``limit_train_batches``), unless
+        ``set_epoch`` or ``load_state_dict`` said otherwise since.
+        """
         p = self._wf_progress
         if self._wf_pending is not None:
             return self._wf_pending
         if p is None:
             return 0, 0
-        if self._finished(p):
-            return p.epoch + 1, 0
-        if not self._wf_repeat_logged and _is_rank_zero():
-            self._wf_repeat_logged = True
-            logger.info(
-                "iter(loader) repeats epoch %d from batch %d: the previous iteration stopped "
-                "after %d of %s batches, and an epoch advances only when its iteration ends. "
-                "Call loader.set_epoch(%d) before iterating to move on.",
-                p.epoch,
-                p.start,
-                p.start + p.yielded,
-                self._total_batches(),
-                p.epoch + 1,
-            )
-        return p.epoch, p.start
+        return p.epoch + 1, 0
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
         if self.num_workers == 0:
