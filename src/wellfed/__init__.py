@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "wellfed.errors",
     "DependencyError": "wellfed.errors",
     "PerformanceWarning": "wellfed.errors",
+    "PrecomputeError": "wellfed.errors",
     "StateError": "wellfed.errors",
     "TargetError": "wellfed.errors",
     "WellfedError": "wellfed.errors",
@@ -25,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "WorkerCrashedError": "wellfed.errors",
     "WorkerError": "wellfed.errors",
     "WorkerSafetyError": "wellfed.errors",
+    "WorkerSafetyWarning": "wellfed.errors",
     "WorkerStartError": "wellfed.errors",
     "WorkerTimeoutError": "wellfed.errors",
     # platform
@@ -50,7 +52,6 @@ _EXPORTS: dict[str, str] = {
     "ResolvedSetting": "wellfed.loader",
     "SeedInfo": "wellfed.seeding",
     "SeededDataLoader": "wellfed.loader",
-    "WorkerSafetyWarning": "wellfed.loader",
     "create_dataloader": "wellfed.loader",
     "get_recommended_num_workers": "wellfed.loader",
     "is_windows": "wellfed.loader",

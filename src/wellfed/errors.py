@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "DependencyError",
     "PerformanceWarning",
+    "PrecomputeError",
     "StateError",
     "TargetError",
     "WellfedError",
@@ -22,6 +23,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerError",
     "WorkerSafetyError",
+    "WorkerSafetyWarning",
     "WorkerStartError",
     "WorkerTimeoutError",
 ]
@@ -75,6 +77,15 @@ class BadFileError(WellfedError, ValueError):
     """
 
 
+class PrecomputeError(WellfedError, RuntimeError):
+    """precompute failed: fn raised or returned inconsistent outputs, or the disk is full.
+
+    Attributes:
+        indices: The sample indices concerned (a list of ints), when known.
+        code: WF403 (fn raised), WF404 (inconsistent outputs), WF405 (disk full).
+    """
+
+
 class WorkerError(WellfedError, RuntimeError):
     """A DataLoader worker failed."""
 
@@ -105,3 +116,8 @@ class WellfedWarning(UserWarning):
 
 class PerformanceWarning(WellfedWarning):
     """Legal but probably slow, and the user can change it."""
+
+
+class WorkerSafetyWarning(WellfedWarning):
+    """``create_dataloader`` found hazards for workers and went on (``on_unsafe="warn"``), fell
+    back to ``num_workers=0`` (``on_unsafe="fallback"``), or kept an explicit risky choice."""

@@ -41,7 +41,12 @@ from torch.utils.data.dataloader import (
 )
 
 from wellfed import platform as _platform
-from wellfed.errors import ConfigError, StateError, WellfedWarning, WorkerSafetyError
+from wellfed.errors import (
+    ConfigError,
+    StateError,
+    WorkerSafetyError,
+    WorkerSafetyWarning,
+)
 from wellfed.seeding import (
     _RNG_LOCK,
     _SALT_COLLATE,
@@ -79,11 +84,6 @@ _AUTO = "auto"
 _MAX_AUTO_WORKERS = 8
 #: Only to name the variable in the "auto" reason; ``wellfed.platform.local_world_size`` reads them.
 _RANK_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
-
-
-class WorkerSafetyWarning(WellfedWarning):
-    """``create_dataloader`` found hazards for workers and went on (``on_unsafe="warn"``), fell
-    back to ``num_workers=0`` (``on_unsafe="fallback"``), or kept an explicit risky choice."""
 
 
 # --- small helpers ---------------------------------------------------------------------------

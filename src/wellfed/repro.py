@@ -602,7 +602,8 @@ def loader_factory(
             return DataLoader(spec.dataset, **spec.loader_kwargs(config), timeout=timeout)
         import warnings
 
-        from wellfed.loader import WorkerSafetyWarning, create_dataloader
+        from wellfed.errors import WorkerSafetyWarning
+        from wellfed.loader import create_dataloader
 
         kwargs = spec.loader_kwargs()
         for name in (

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wellfed.cache._store import FieldSpec, commit_shard, is_disk_full
-from wellfed.errors import ConfigError, WellfedError
+from wellfed.errors import ConfigError, PrecomputeError, WellfedError
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ FINGERPRINT_ITEMS = 8
 MAX_BISECT_SAMPLES = 256
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-
-
-class PrecomputeError(WellfedError, RuntimeError):
-    """precompute failed: fn raised or returned inconsistent outputs, or the disk is full.
-
-    Attributes:
-        indices: The sample indices concerned (a list of ints), when known.
-        code: WF403 (fn raised), WF404 (inconsistent outputs), WF405 (disk full).
-    """
 
 
 # ----------------------------------------------------------------------------- fingerprints
