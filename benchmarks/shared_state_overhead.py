@@ -8,11 +8,14 @@ drift in machine load falls on both. Two loader settings:
 
 * ``workers``: the example's loader: ``--workers`` persistent workers (default 2, fork).
 * ``main``: ``num_workers=0``, where nothing hides the per-sample cost.
+* ``main``, batched fetch: both datasets with ``__getitems__`` (one ``read()`` per batch).
 
 Plus a micro-benchmark of one ``read()`` against one attribute access (ns).
 
-Reported per setting: epoch seconds, median and p90 over ``--repeats`` epochs after one warm-up
-epoch, and the overhead ``median(shared) / median(plain) - 1`` in percent (target <= 2%).
+Reported per setting, for wall time and for CPU time (this process plus its workers, which the
+load of other processes on a shared machine disturbs less): median and p90 over ``--repeats``
+epochs after one warm-up epoch, the overhead ``median(shared) / median(plain) - 1`` and the
+median of the per-pair ratios, in percent (target <= 2%).
 
 Usage::
 
@@ -24,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from torch.utils.data import DataLoader
 
@@ -47,16 +52,47 @@ import note000_drifting_values as example  # noqa: E402
 import wellfed  # noqa: E402
 
 
+class BatchedPlain(example.DriftingValuesDataset):
+    """The plain dataset with a batched fetch (``__getitems__``): one call per batch."""
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        values = self.values
+        return [(self.x[i], values[i]) for i in indices]
+
+
+class BatchedShared(example.SharedDriftingValuesDataset):
+    """The SharedState dataset with a batched fetch: one ``read()`` per batch, not per sample."""
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        values = self.state.read()["values"]
+        return [(self.x[i], values[i]) for i in indices]
+
+
 def _p90(xs: list[float]) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(0.9 * (len(xs) - 1)))]
 
 
-def _epoch_s(loader: DataLoader) -> float:
-    t0 = time.perf_counter()
+def _cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process and its live children.
+
+    This process: ``time.process_time()`` (ns resolution). Workers: /proc, in clock ticks
+    (10 ms), so CPU figures of worker settings need epochs well above 10 ms per worker.
+    """
+    total = time.process_time()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def _epoch(loader: DataLoader) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process + its workers) of one epoch."""
+    c0, t0 = _cpu_s(), time.perf_counter()
     for _ in loader:
         pass
-    return time.perf_counter() - t0
+    t1 = time.perf_counter()
+    return t1 - t0, _cpu_s() - c0
 
 
 def _loader(ds: Any, workers: int, start_method: str, batch_size: int) -> DataLoader:
@@ -78,32 +114,44 @@ def compare(
         "plain": _loader(plain, workers, start_method, batch_size),
         "shared": _loader(shared, workers, start_method, batch_size),
     }
-    times: dict[str, list[float]] = {"plain": [], "shared": []}
+    wall: dict[str, list[float]] = {"plain": [], "shared": []}
+    cpu: dict[str, list[float]] = {"plain": [], "shared": []}
     for name in ("plain", "shared"):  # warm-up: worker start, first mapping of the state
-        _epoch_s(loaders[name])
+        _epoch(loaders[name])
     for r in range(repeats):
         order = ("plain", "shared") if r % 2 == 0 else ("shared", "plain")
         for name in order:
-            times[name].append(_epoch_s(loaders[name]))
+            w, c = _epoch(loaders[name])
+            wall[name].append(w)
+            cpu[name].append(c)
     for loader in loaders.values():
         it = getattr(loader, "_iterator", None)
         if it is not None:
             it._shutdown_workers()
-    med = {k: statistics.median(v) for k, v in times.items()}
-    paired = [s / p for s, p in zip(times["shared"], times["plain"], strict=False)]
-    return {
+    out: dict[str, Any] = {
+        "fetch": "batched" if hasattr(plain, "__getitems__") else "per-sample",
         "num_workers": workers,
         "start_method": start_method if workers else None,
         "batches_per_epoch": len(loaders["plain"]),
-        "epoch_s_p50_plain": med["plain"],
-        "epoch_s_p90_plain": _p90(times["plain"]),
-        "epoch_s_p50_shared": med["shared"],
-        "epoch_s_p90_shared": _p90(times["shared"]),
-        "overhead_pct_p50": 100.0 * (med["shared"] / med["plain"] - 1.0),
-        "overhead_pct_paired_p50": 100.0 * (statistics.median(paired) - 1.0),
-        "epoch_s_plain": times["plain"],
-        "epoch_s_shared": times["shared"],
     }
+    for metric, data in (("epoch_s", wall), ("epoch_cpu_s", cpu)):
+        med = {k: statistics.median(v) for k, v in data.items()}
+        paired = [s / p for s, p in zip(data["shared"], data["plain"], strict=True) if p > 0]
+        out.update(
+            {
+                f"{metric}_p50_plain": med["plain"],
+                f"{metric}_p90_plain": _p90(data["plain"]),
+                f"{metric}_p50_shared": med["shared"],
+                f"{metric}_p90_shared": _p90(data["shared"]),
+                f"{metric}_overhead_pct_p50": 100.0 * (med["shared"] / med["plain"] - 1.0),
+                f"{metric}_overhead_pct_paired_p50": (
+                    100.0 * (statistics.median(paired) - 1.0) if paired else None
+                ),
+                f"{metric}_plain": data["plain"],
+                f"{metric}_shared": data["shared"],
+            }
+        )
+    return out
 
 
 def read_cost_ns(state: wellfed.SharedState, number: int) -> dict[str, float]:
@@ -167,33 +215,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = example.make_inputs(args.samples)
     plain = example.DriftingValuesDataset(x)
     shared = example.SharedDriftingValuesDataset(x)
+    batched_plain, batched_shared = BatchedPlain(x), BatchedShared(x)
+    pairs = [(plain, shared, args.workers), (plain, shared, 0), (batched_plain, batched_shared, 0)]
     try:
         record = _environment(args)
         record["read_cost"] = read_cost_ns(shared.state, 20_000 if args.smoke else 200_000)
         record["settings"] = [
             compare(
-                plain,
-                shared,
+                a,
+                b,
                 workers=w,
                 start_method=args.start_method,
                 batch_size=args.batch_size,
                 repeats=args.repeats,
             )
-            for w in (args.workers, 0)
+            for a, b, w in pairs
         ]
     finally:
         shared.state.close()
+        batched_shared.state.close()
 
     rc = record["read_cost"]
     print(f"read(): {rc['read_ns_p50']:.0f} ns vs attribute {rc['attribute_ns_p50']:.0f} ns")
     for s in record["settings"]:
-        ms = {k: v * 1e3 for k, v in s.items() if k.startswith("epoch_s_p")}
-        print(
-            f"num_workers={s['num_workers']}: epoch p50 plain {ms['epoch_s_p50_plain']:.1f} ms"
-            f" (p90 {ms['epoch_s_p90_plain']:.1f}), shared {ms['epoch_s_p50_shared']:.1f} ms"
-            f" (p90 {ms['epoch_s_p90_shared']:.1f}); overhead {s['overhead_pct_p50']:+.2f}%"
-            f" (paired {s['overhead_pct_paired_p50']:+.2f}%)"
-        )
+        print(f"num_workers={s['num_workers']} {s['fetch']} fetch:")
+        for metric, label in (("epoch_s", "wall"), ("epoch_cpu_s", "CPU ")):
+            print(
+                f"  {label} ms/epoch p50 (p90): plain {s[metric + '_p50_plain'] * 1e3:.1f}"
+                f" ({s[metric + '_p90_plain'] * 1e3:.1f}), shared"
+                f" {s[metric + '_p50_shared'] * 1e3:.1f} ({s[metric + '_p90_shared'] * 1e3:.1f});"
+                f" overhead {s[metric + '_overhead_pct_p50']:+.2f}%"
+                f" (paired {s[metric + '_overhead_pct_paired_p50'] or 0.0:+.2f}%)"
+            )
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:
