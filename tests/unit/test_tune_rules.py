@@ -1,0 +1,85 @@
+"""tune's recommendation rule on synthetic trials (no processes)."""
+
+from __future__ import annotations
+
+from tests.helpers import SquaresDataset
+from wellfed.measure import LoaderConfig, Trial
+from wellfed.platform import collect_platform_info
+from wellfed.target import spec_from_object
+from wellfed.tune._search import _recommend
+
+
+def _trial(workers: int, windows: tuple[float, ...]) -> Trial:
+    from wellfed.measure import summarize_windows
+
+    median, spread = summarize_windows(windows)
+    cfg = LoaderConfig(num_workers=workers, batch_size=8, persistent_workers=workers > 0)
+    return Trial(
+        config=cfg,
+        status="ok",
+        samples_per_s=median,
+        samples_per_s_spread=spread,
+        window_samples_per_s=windows,
+        first_batch_s=0.1,
+        peak_memory_bytes=100 + workers,
+    )
+
+
+def _choose(*trials: Trial) -> int:
+    spec = spec_from_object(SquaresDataset(8))
+    best = max(trials, key=lambda t: t.samples_per_s or 0.0)
+    rec = _recommend(
+        spec,
+        list(trials),
+        best,
+        trials[0],
+        collect_platform_info(include_gpus=False),
+        False,
+        "fork",
+        "",
+        (),
+    )
+    assert rec is not None
+    return rec.config.num_workers
+
+
+def test_within_three_percent_prefers_fewer_workers() -> None:
+    quiet = (100.0, 100.0, 100.0, 100.0, 100.0, 100.0)
+    assert (
+        _choose(
+            _trial(0, tuple(v * 0.5 for v in quiet)),
+            _trial(2, tuple(v * 0.98 for v in quiet)),
+            _trial(4, quiet),
+        )
+        == 2
+    )
+
+
+def test_clearly_slower_is_not_chosen() -> None:
+    quiet = (100.0, 100.0, 100.0, 100.0, 100.0, 100.0)
+    assert (
+        _choose(
+            _trial(0, tuple(v * 0.5 for v in quiet)),
+            _trial(2, tuple(v * 0.9 for v in quiet)),
+            _trial(4, quiet),
+        )
+        == 4
+    )
+
+
+def test_noise_makes_close_trials_equal_but_never_beyond_five_percent() -> None:
+    noisy = (80.0, 90.0, 100.0, 110.0, 120.0, 100.0)
+    four_pct_slower = tuple(v * 0.96 for v in noisy)
+    eight_pct_slower = tuple(v * 0.92 for v in noisy)
+    assert (
+        _choose(
+            _trial(0, tuple(v * 0.5 for v in noisy)), _trial(2, four_pct_slower), _trial(4, noisy)
+        )
+        == 2
+    )
+    assert (
+        _choose(
+            _trial(0, tuple(v * 0.5 for v in noisy)), _trial(2, eight_pct_slower), _trial(4, noisy)
+        )
+        == 4
+    )
