@@ -266,7 +266,7 @@ def _render_tune(result: Any) -> None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
         return
     out.print(f"\n[bold]Recommended[/] ({rec.reason})\n")
-    out.print(rec.code, markup=False)
+    out.print(rec.code, markup=False, soft_wrap=True)  # never wrap: it must paste as Python
     if result.stored_path:
         out.print(f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]")
 

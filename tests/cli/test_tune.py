@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
     text = capsys.readouterr().out
     assert "Recommended" in text
-    assert "DataLoader(" in text
+    call = text[text.index("DataLoader(") :]
+    ast.parse(call[: call.index("\n)\n") + 2])  # the printed call pastes as Python
 
 
 @pytest.mark.workers
