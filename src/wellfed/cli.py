@@ -55,6 +55,43 @@ def _write_json(data: dict[str, Any], dest: str) -> None:
         Path(dest).write_text(text + "\n")
 
 
+def _spec_from_args(args: argparse.Namespace, *, purpose: str) -> Any:
+    """The LoaderSpec a command works on: its TARGET, or the built-in pipeline (over --data).
+
+    Reads ``target`` and, where the command has them, ``data``, ``on_bad_file`` and
+    ``batch_size``. ``purpose`` completes "both name what to ..." in the conflict error.
+
+    Raises:
+        ConfigError: a TARGET and --data together (WF011), or --batch-size < 1 (WF010).
+    """
+    from wellfed.errors import ConfigError
+    from wellfed.target import resolve_target
+    from wellfed.workloads import builtin_spec
+
+    data = getattr(args, "data", None)
+    if args.target and data:
+        raise ConfigError(
+            f"Conflicting options: TARGET={args.target!r} and --data={data!r} both name "
+            f"what to {purpose}. Give a TARGET, or --data for the built-in pipeline, not both.",
+            code="WF011",
+            attribute="data",
+            value=data,
+        )
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(
+            f"Invalid option: --batch-size={batch_size} is below 1. Use 1 or more.",
+            code="WF010",
+            attribute="batch_size",
+            value=batch_size,
+        )
+    if args.target:
+        spec = resolve_target(args.target)
+    else:
+        spec = builtin_spec(data, on_bad_file=getattr(args, "on_bad_file", "fail"))
+    return spec.with_batch_size(batch_size) if batch_size is not None else spec
+
+
 # ----------------------------------------------------------------------------- info
 
 
@@ -141,36 +178,13 @@ def _add_tune(sub: Any) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from wellfed.errors import ConfigError
-    from wellfed.target import resolve_target
     from wellfed.tune import DEFAULT_BUDGET_S, tune
-    from wellfed.workloads import builtin_spec
 
-    if args.target and args.data:
-        raise ConfigError(
-            f"Conflicting options: TARGET={args.target!r} and --data={args.data!r} both name "
-            "what to measure. Give a TARGET, or --data for the built-in pipeline, not both.",
-            code="WF011",
-            attribute="data",
-            value=args.data,
-        )
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(
-            f"Invalid option: --batch-size={args.batch_size} is below 1. Use 1 or more.",
-            code="WF010",
-            attribute="batch_size",
-            value=args.batch_size,
-        )
     err = _console(stderr=True)
-    if args.target:
-        spec = resolve_target(args.target)
-    else:
-        spec = builtin_spec(args.data, on_bad_file=args.on_bad_file)
-        skipped = getattr(spec.dataset, "skipped", ())
-        for path, reason in skipped:
+    spec = _spec_from_args(args, purpose="measure")
+    if not args.target:
+        for path, reason in getattr(spec.dataset, "skipped", ()):
             err.print(f"[yellow]left out[/] {path}: {reason}")
-    if args.batch_size is not None:
-        spec = spec.with_batch_size(args.batch_size)
     quiet = args.json == "-"
     budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S
     if not quiet:
@@ -302,14 +316,8 @@ def _add_doctor(sub: Any) -> None:
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from wellfed.doctor import diagnose, render_text
-    from wellfed.target import resolve_target
 
-    if args.target:
-        spec = resolve_target(args.target)
-    else:
-        from wellfed.workloads import builtin_spec
-
-        spec = builtin_spec()
+    spec = _spec_from_args(args, purpose="check")
     report = diagnose(
         spec, live=not args.static_only, start_methods=args.start_method, timeout_s=args.timeout_s
     )
@@ -387,17 +395,7 @@ def _add_repro(sub: Any) -> None:
 
 def _run_repro(args: argparse.Namespace) -> int:
     from wellfed.errors import ConfigError
-    from wellfed.target import resolve_target
-    from wellfed.workloads import builtin_spec
 
-    if args.target and args.data:
-        raise ConfigError(
-            f"Conflicting options: TARGET={args.target!r} and --data={args.data!r} both name "
-            "what to check. Give a TARGET, or --data for the built-in pipeline, not both.",
-            code="WF011",
-            attribute="data",
-            value=args.data,
-        )
     try:
         counts = tuple(int(x) for x in args.num_workers.split(",") if x.strip())
     except ValueError:
@@ -408,9 +406,7 @@ def _run_repro(args: argparse.Namespace) -> int:
             attribute="num_workers",
             value=args.num_workers,
         ) from None
-    spec = resolve_target(args.target) if args.target else builtin_spec(args.data)
-    if args.batch_size is not None:
-        spec = spec.with_batch_size(args.batch_size)
+    spec = _spec_from_args(args, purpose="check")
     from wellfed.repro import loader_factory, verify_reproducibility
 
     make_loader = loader_factory(spec, seed=args.seed, plain=args.plain)
@@ -530,7 +526,14 @@ def _run_precompute(args: argparse.Namespace) -> int:
     spec = resolve_target(args.target)
     fn = resolve_fn(args.fn)
     err = _console(stderr=True)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     started = time.perf_counter()
     with Progress(
