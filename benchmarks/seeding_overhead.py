@@ -27,14 +27,29 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
+from benchmarks._env import git_sha  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _Indices:
+    """A map-style dataset whose sample i is i: reads a loader's sample order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
 def _p90(values: Sequence[float]) -> float:
@@ -115,21 +130,6 @@ def _seeding_cost_us(batch_size: int, batches: int) -> float:
     return (best["seeded"] - best["plain"]) / (batch_size * batches) * 1e6
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table; append a JSON line to the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,7 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The same sample order as seeded(seed): photos differ in size and decode cost, so
         # both loaders must time the same samples. A list as the sampler costs what
         # RandomSampler's does.
-        order = [i for i, _ in iter(seeded(seed).sampler)]
+        # The shuffle order is a function of (seed, epoch, len): read it through a seeded
+        # loader over the indices themselves.
+        indices = wellfed.create_dataloader(
+            _Indices(len(dataset)), seed=seed, batch_size=batch_size, shuffle=True
+        )
+        order = [int(i) for batch in indices for i in batch]
         kwargs = {k: v for k, v in common.items() if k != "shuffle"}
         torch.manual_seed(seed)  # the main process' augmentation draws with num_workers=0
         return DataLoader(dataset, sampler=order, **kwargs)
@@ -255,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "wellfed": wellfed.__version__,
-            "git_sha": _git_sha(),
+            "git_sha": git_sha(),
             "cpu": platform.processor() or platform.machine(),
             "usable_cpus": info.usable_cpus,
             "os": f"{info.os} {info.os_release}",
