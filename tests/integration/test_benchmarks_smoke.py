@@ -74,3 +74,14 @@ def test_smoke_run_covers_every_workload_and_contender(tmp_path: Path) -> None:
     markdown = (tmp_path / "suite_test.md").read_text()
     for name in WORKLOADS:
         assert f"## {name}" in markdown
+
+
+@pytest.mark.workers
+def test_seeding_overhead_smoke(tmp_path: Path) -> None:
+    """The seeding benchmark behind issue 4's figure runs on the current loader (no speed)."""
+    from benchmarks.seeding_overhead import main as seeding_main
+
+    out = tmp_path / "seeding.jsonl"
+    assert seeding_main(["--smoke", "--out", str(out)]) == 0
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["env"]["git_sha"]
