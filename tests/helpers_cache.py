@@ -90,6 +90,23 @@ class TinyNet(torch.nn.Module):
         return self.conv(x)
 
 
+class UnevenNet(TinyNet):
+    """TinyNet that sleeps 30 ms on a batch starting at a multiple of 8 (0, 8, ...), so that
+    batches run at once finish out of order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int(x[0, 0, 0, 0]) % 8 == 0:
+            time.sleep(0.03)
+        return self.conv(x)
+
+
+class RaisingNet(TinyNet):
+    """TinyNet that raises ValueError on a batch holding sample 13."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(raises_on_13(x))
+
+
 def store_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every .npy file of a store, concatenated per file name across shards (for equality)."""
     root = Path(path)
@@ -110,8 +127,15 @@ def store_digest(path: str | Path) -> dict[str, str]:
     }
 
 
-def run_slow_precompute(out_dir: str, n: int = 48, delay_s: float = 0.05) -> None:
-    """The job the kill -9 test interrupts and reruns: one batch of 4 per shard."""
+def run_slow_precompute(
+    out_dir: str,
+    n: int = 48,
+    delay_s: float = 0.05,
+    batches_per_shard: int = 1,
+    fn_concurrency: int = 1,
+) -> None:
+    """The job the kill -9 test interrupts and reruns: batches of 4, ``batches_per_shard``
+    of them per shard, fn on ``fn_concurrency`` batches at once."""
     from wellfed.cache import precompute
 
     precompute(
@@ -121,5 +145,6 @@ def run_slow_precompute(out_dir: str, n: int = 48, delay_s: float = 0.05) -> Non
         batch_size=4,
         num_workers=0,
         device="cpu",
-        shard_bytes=4 * 3 * 4 * 4 * 4,
+        shard_bytes=batches_per_shard * 4 * (3 * 4 * 4 * 4 + 8),
+        fn_concurrency=fn_concurrency,
     )

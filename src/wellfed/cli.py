@@ -487,6 +487,7 @@ def _add_precompute(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per FN call (default 64)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--num-workers", default="auto", metavar="N", help="source-reading workers, or auto (default)")
+    p.add_argument("--fn-concurrency", default="auto", metavar="N", help="batches FN works on at once, in threads (auto: one per CPU for a Module on the CPU, else 1)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)")
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="engine ray: an existing cluster (default: local Ray)")
     p.add_argument("--input", default="auto", metavar="SEL", help="the part of each batch FN gets: auto, an int position, a dict key, or none")
@@ -498,26 +499,34 @@ def _add_precompute(sub: Any) -> None:
     p.set_defaults(handler=_run_precompute)
 
 
+def _auto_or_int(text: str, name: str, example: str) -> int | str:
+    """An option that takes 'auto' or an int, as the API gets it."""
+    from wellfed.errors import ConfigError
+
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(
+            f"Invalid option: {flag}={text!r} is not 'auto' or an int. "
+            f"Use auto or a count such as {example}.",
+            code="WF010",
+            attribute=name,
+            value=text,
+        ) from None
+
+
 def _run_precompute(args: argparse.Namespace) -> int:
     import time
 
     from wellfed.cache import precompute
     from wellfed.cache._cli import resolve_fn
-    from wellfed.errors import ConfigError
     from wellfed.target import resolve_target
 
-    workers: int | str = args.num_workers
-    if workers != "auto":
-        try:
-            workers = int(workers)
-        except ValueError:
-            raise ConfigError(
-                f"Invalid option: --num-workers={args.num_workers!r} is not 'auto' or an int. "
-                "Use auto or a count such as 2.",
-                code="WF010",
-                attribute="num_workers",
-                value=args.num_workers,
-            ) from None
+    workers = _auto_or_int(args.num_workers, "num_workers", "2")
+    concurrency = _auto_or_int(args.fn_concurrency, "fn_concurrency", "1")
     selection: int | str | None = args.input
     if selection == "none":
         selection = None
@@ -559,6 +568,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             num_workers=workers,
+            fn_concurrency=concurrency,
             engine=args.engine,
             overwrite=args.overwrite,
             input=selection,

@@ -31,14 +31,22 @@ def _committed(path: Path) -> int:
 
 @pytest.mark.workers
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("after_shards", [1, 5])
+@pytest.mark.parametrize(
+    ("after_shards", "batches_per_shard", "fn_concurrency"),
+    [(1, 1, 1), (5, 1, 1), (2, 2, 3)],  # the last: shards streamed in pieces, fn in threads
+)
 def test_kill_9_then_same_call_resumes_to_identical_store(
-    tmp_path: Path, after_shards: int
+    tmp_path: Path, after_shards: int, batches_per_shard: int, fn_concurrency: int
 ) -> None:
+    shape = {"batches_per_shard": batches_per_shard}
     reference = tmp_path / "ref"
-    run_slow_precompute(str(reference), delay_s=0.0)
+    run_slow_precompute(str(reference), delay_s=0.0, **shape)
     out = tmp_path / "killed"
-    code = f"from tests.helpers_cache import run_slow_precompute; run_slow_precompute({str(out)!r})"
+    code = (
+        "from tests.helpers_cache import run_slow_precompute; "
+        f"run_slow_precompute({str(out)!r}, batches_per_shard={batches_per_shard}, "
+        f"fn_concurrency={fn_concurrency})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:
         deadline = time.monotonic() + 90
@@ -52,12 +60,13 @@ def test_kill_9_then_same_call_resumes_to_identical_store(
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     done = _committed(out)
-    assert after_shards <= done < 12, done
+    assert after_shards <= done < 12 // batches_per_shard, done
     manifest = json.loads((out / "wellfed-cache.json").read_text())
     assert manifest["status"] == "building"
     with pytest.raises(Exception, match="WF406"):
         CachedDataset(out)
-    run_slow_precompute(str(out), delay_s=0.0)  # the same call (delay is not part of fn's identity)
+    # The same call (neither the delay nor the concurrency is part of the fingerprint).
+    run_slow_precompute(str(out), delay_s=0.0, **shape)
     assert store_digest(out) == store_digest(reference)  # byte for byte, manifest included
     ds = CachedDataset(out)
     ds.verify()
@@ -196,6 +205,8 @@ def test_cli_precompute(tmp_path: Path) -> None:
             "0",
             "--device",
             "cpu",
+            "--fn-concurrency",
+            "2",
             "--json",
         ]
     )
@@ -229,4 +240,9 @@ def test_cli_precompute(tmp_path: Path) -> None:
             str(out),
         ]
     )
+    assert rc == 2
+    rc = main(
+        ["precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:double", "--out",
+         str(out), "--fn-concurrency", "many"]
+    )  # fmt: skip
     assert rc == 2

@@ -14,9 +14,11 @@ import torch
 import wellfed
 from tests.helpers_cache import (
     DictDataset,
+    RaisingNet,
     RampDataset,
     RandomDataset,
     TinyNet,
+    UnevenNet,
     double,
     ragged,
     raises_on_13,
@@ -207,23 +209,91 @@ def test_disk_full_injected_keeps_store_resumable(
 
     reference = tmp_path / "ref"
     build(reference)
-    real = _store.write_file
+    real = _store.write_bytes
     writes = {"n": 0}
 
-    def full_after_some(path, header, data):
+    def full_after_some(f, data):
         writes["n"] += 1
-        if writes["n"] > 7:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(path, header, data)
+        if writes["n"] > 20:  # 8 writes a shard: fails inside the third
+            raise OSError(errno.ENOSPC, "No space left on device", f.name)
+        real(f, data)
 
-    monkeypatch.setattr(_store, "write_file", full_after_some)
+    monkeypatch.setattr(_store, "write_bytes", full_after_some)
     with pytest.raises(PrecomputeError) as exc:
         build(tmp_path / "s")
     assert exc.value.code == "WF405"
     assert not list((tmp_path / "s").glob(".tmp-*"))
-    monkeypatch.setattr(_store, "write_file", real)
+    assert sorted(p.name for p in (tmp_path / "s").glob("shard-*")) == [
+        "shard-00000",
+        "shard-00001",
+    ]
+    monkeypatch.setattr(_store, "write_bytes", real)
     build(tmp_path / "s")
     assert store_digest(tmp_path / "s") == store_digest(reference)
+
+
+def test_fn_in_threads_gives_the_same_store(tmp_path: Path) -> None:
+    """Batches that finish out of order still reach the store in index order."""
+    build(tmp_path / "one", dataset=RampDataset(40), fn=UnevenNet(), fn_concurrency=1)
+    build(tmp_path / "three", dataset=RampDataset(40), fn=UnevenNet(), fn_concurrency=3)
+    build(tmp_path / "auto", dataset=RampDataset(40), fn=UnevenNet())  # a Module: threads
+    assert store_digest(tmp_path / "three") == store_digest(tmp_path / "one")
+    assert store_digest(tmp_path / "auto") == store_digest(tmp_path / "one")
+
+
+def test_fn_raising_in_a_thread_names_the_samples_and_keeps_the_store(tmp_path: Path) -> None:
+    with pytest.raises(PrecomputeError) as exc:
+        build(tmp_path / "s", fn=RaisingNet(), fn_concurrency=3)
+    assert exc.value.code == "WF403"
+    assert exc.value.indices == [13]
+    assert "samples 13" in str(exc.value)
+    # Shards before the failing batch were committed; none after it, none half-written.
+    committed = sorted(p.name for p in (tmp_path / "s").glob("shard-*"))
+    assert committed == ["shard-00000"]
+    assert not list((tmp_path / "s").glob(".tmp-*"))
+
+
+def test_resolve_fn_concurrency() -> None:
+    from wellfed.cache._precompute import resolve_fn_concurrency
+    from wellfed.platform import usable_cpu_count
+
+    cpus = usable_cpu_count()
+    n, threads, _ = resolve_fn_concurrency("auto", TinyNet(), "cpu", 2)
+    assert (n, threads) == ((cpus, 1) if cpus > 1 else (1, 1))
+    n, threads, why = resolve_fn_concurrency("auto", double, "cpu", 0)
+    assert (n, threads) == (1, None)
+    assert "plain callable" in why
+    assert resolve_fn_concurrency("auto", double, "cpu", 1)[:2] == (1, max(1, cpus - 1))
+    assert resolve_fn_concurrency("auto", TinyNet(), "cuda:0", 2)[:2] == (1, None)
+    assert resolve_fn_concurrency(4, double, "cpu", 2)[:2] == (4, max(1, cpus // 4))
+    for bad in (0, -1, True, "2", 1.5):
+        with pytest.raises(ConfigError) as exc:
+            resolve_fn_concurrency(bad, double, "cpu", 0)
+        assert exc.value.code == "WF010"
+
+
+def test_streamed_shard_files_equal_numpy_save(tmp_path: Path) -> None:
+    """A shard written in pieces holds exactly the bytes np.save writes for the whole array."""
+    import io
+
+    from wellfed.cache._store import FieldSpec, ShardBuilder
+
+    x = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    specs = (FieldSpec("x", "float32", (2, 3), 2, "fn"),)
+    builder = ShardBuilder(tmp_path, 0, 0, 5, specs)
+    builder.append({"x": x[:2]})
+    builder.append({"x": x[2:]})
+    record = builder.commit()
+    expected = io.BytesIO()
+    np.save(expected, x)
+    assert (tmp_path / "shard-00000" / "x.npy").read_bytes() == expected.getvalue()
+    assert record["files"]["x.npy"]["bytes"] == len(expected.getvalue())
+    short = ShardBuilder(tmp_path, 1, 5, 5, specs)
+    short.append({"x": x[:2]})
+    with pytest.raises(ValueError, match="2 rows appended, 5 expected"):
+        short.commit()
+    short.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000"]
 
 
 def test_bad_options(tmp_path: Path) -> None:
@@ -232,6 +302,7 @@ def test_bad_options(tmp_path: Path) -> None:
         {"engine": "spark"},
         {"shard_bytes": "lots"},
         {"num_workers": -1},
+        {"fn_concurrency": 0},
     ):
         with pytest.raises(ConfigError) as exc:
             build(tmp_path / "s", **kw)

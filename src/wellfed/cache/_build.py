@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wellfed.cache._store import FieldSpec, commit_shard, is_disk_full
+from wellfed.cache._store import FieldSpec, ShardBuilder, is_disk_full
 from wellfed.errors import ConfigError, PrecomputeError, WellfedError
 
 logger = logging.getLogger(__name__)
@@ -280,9 +280,12 @@ class BatchProcessor:
         self.keep_source = keep_source
         self._ready = False
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Move a Module fn to the device in eval mode (done on the first call otherwise)."""
         import torch
 
+        if self._ready:
+            return
         if isinstance(self.fn, torch.nn.Module):
             self.fn = self.fn.to(self.device).eval()
         self._ready = True
@@ -336,7 +339,7 @@ class BatchProcessor:
         import torch
 
         if not self._ready:
-            self._prepare()
+            self.prepare()
         with torch.inference_mode():
             return self.fn(_to_device(fn_input, self.device))
 
@@ -699,26 +702,29 @@ class ShardWriter:
         return err2
 
     def _run(self) -> None:
-        current = -1
-        pieces: list[ProcessedBatch] = []
-        have = 0
+        builder: ShardBuilder | None = None
         try:
             while True:
                 batch = self._queue.get()
                 if batch is None or self.error is not None:
                     return
                 k = batch.indices[0] // self.rows
-                if k != current:
-                    if pieces:
-                        raise RuntimeError(
-                            f"internal: shard {current} incomplete when shard {k} began"
-                        )
-                    current, have = k, 0
-                pieces.append(batch)
-                have += len(batch.indices)
-                if have == self.shard_rows(k):
-                    self._commit(k, pieces)
-                    pieces, have, current = [], 0, -1
+                if builder is not None and builder.index != k:
+                    raise RuntimeError(
+                        f"internal: shard {builder.index} incomplete when shard {k} began"
+                    )
+                if builder is None:
+                    builder = ShardBuilder(
+                        self.root, k, k * self.rows, self.shard_rows(k), self.specs
+                    )
+                builder.append(batch.fields)
+                if builder.appended == builder.rows:
+                    record = builder.commit()
+                    builder = None
+                    self.committed.append(k)
+                    logger.debug("committed shard %d (%d rows)", k, record["rows"])
+                    if self.on_commit is not None:
+                        self.on_commit(record)
         except BaseException as exc:
             self.error = exc
             # Unblock a producer waiting on a full queue.
@@ -727,20 +733,9 @@ class ShardWriter:
                     self._queue.get_nowait()
             except queue.Empty:
                 pass
-
-    def _commit(self, k: int, pieces: list[ProcessedBatch]) -> None:
-        columns: dict[str, Any] = {}
-        for spec in self.specs:
-            parts = [p.fields[spec.name] for p in pieces]
-            if spec.variable:
-                columns[spec.name] = [a for part in parts for a in part]
-            else:
-                columns[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        record = commit_shard(self.root, k, k * self.rows, columns, self.specs)
-        self.committed.append(k)
-        logger.debug("committed shard %d (%d rows)", k, record["rows"])
-        if self.on_commit is not None:
-            self.on_commit(record)
+        finally:
+            if builder is not None:  # a partial shard: never committed
+                builder.discard()
 
 
 class _Aborted(Exception):

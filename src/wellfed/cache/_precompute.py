@@ -117,6 +117,64 @@ def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> t
     return num_workers, "given"
 
 
+def resolve_fn_concurrency(
+    fn_concurrency: int | str, fn: Any, device: str, workers: int
+) -> tuple[int, int | None, str]:
+    """How fn runs in the local engine: (batches at once, torch intra-op threads, reason).
+
+    On a GPU one batch at a time, at torch's default threads (None): the device is the
+    stage, and its kernels queue behind each other anyway. On the CPU, fn shares the cores
+    with the source workers. A torch.nn.Module then runs on up to ``usable_cpu_count()``
+    batches at once, each in its own thread with one torch thread (inter-op rather than
+    intra-op parallelism): a thread that loses its core to a worker delays only its own
+    batch, where intra-op threads wait for each other at every operator and, when workers
+    hold the cores, spin. Any other callable runs one batch at a time (it may keep state)
+    with one torch thread per core the workers leave.
+
+    Source: benchmarks/results/published/precompute_superres.md, 2 CPUs, 2 source workers:
+    one batch at a time on torch's 2 default threads used 10.8 CPU ms/sample for 7.8 of
+    stage work; on one thread it kept only 1.47 CPUs busy (67% of the bound); two batches at
+    once on one thread each reach the figures published there.
+
+    Raises:
+        ConfigError: fn_concurrency is not "auto" or an int >= 1 (WF010).
+    """
+    import torch
+
+    from wellfed.platform import usable_cpu_count
+
+    cpus = usable_cpu_count()
+    on_cpu = device.split(":")[0] == "cpu"
+    if fn_concurrency == "auto":
+        if not on_cpu:
+            return 1, None, f"device {device}: one batch at a time"
+        if isinstance(fn, torch.nn.Module):
+            if cpus == 1:
+                return 1, 1, "1 usable CPU"
+            return cpus, 1, f"a Module on {cpus} CPUs: one batch per CPU, one torch thread each"
+        concurrency = 1
+        why = "a plain callable may keep state: one batch at a time"
+    elif (
+        isinstance(fn_concurrency, bool)
+        or not isinstance(fn_concurrency, int)
+        or fn_concurrency < 1
+    ):
+        raise ConfigError(
+            f"Invalid option: fn_concurrency={fn_concurrency!r} is not 'auto' or an int >= 1. "
+            "Use 'auto', 1 (fn called from one thread), or the batches to run at once.",
+            code="WF010",
+            attribute="fn_concurrency",
+            value=fn_concurrency,
+        )
+    else:
+        concurrency, why = fn_concurrency, "given"
+    if not on_cpu:
+        return concurrency, None, why
+    if concurrency > 1:
+        return concurrency, max(1, cpus // concurrency), why
+    return 1, max(1, cpus - workers) if workers else None, why
+
+
 def _unwrap_source(dataset: Any) -> tuple[Any, Any, str | None]:
     """(dataset, collate_fn, start method) of a Dataset, DataLoader or LoaderSpec."""
     from torch.utils.data import DataLoader
@@ -150,6 +208,7 @@ def precompute(
     fn_version: str | None = None,
     shard_bytes: int | str = DEFAULT_SHARD_BYTES,
     multiprocessing_context: str | None = None,
+    fn_concurrency: int | str = "auto",
     timeout_s: float = 300.0,
     ray_address: str | None = None,
     ray_actors: int | None = None,
@@ -197,6 +256,11 @@ def precompute(
         shard_bytes: Target shard size, bytes or a string like "64MB" (powers of 1024).
         multiprocessing_context: Start method of the source workers; None: the source
             DataLoader's, else the platform default.
+        fn_concurrency: Batches fn works on at once, each in its own thread of this
+            process, or "auto": on a CPU device with a torch.nn.Module fn, one per usable
+            CPU, each on one torch thread (see ``resolve_fn_concurrency``); else 1. More
+            than 1 requires fn to be safe to call from several threads at once, as a Module
+            in eval mode is; pass 1 for a fn that keeps state between calls.
         timeout_s: Seconds to wait for one source batch from the workers (0: forever).
         ray_address: engine="ray": address of an existing cluster; None starts local Ray.
         ray_actors: engine="ray": fn actors (default: 1 per GPU, else 1).
@@ -261,7 +325,19 @@ def precompute(
         )
     dev = _resolve_device(device)
     workers, why = _resolve_workers(num_workers, source, batch_size)
-    logger.info("precompute: num_workers=%s -> %d (%s); device=%s", num_workers, workers, why, dev)
+    concurrency, threads, why_c = resolve_fn_concurrency(fn_concurrency, fn, dev, workers)
+    logger.info(
+        "precompute: num_workers=%s -> %d (%s); device=%s; fn_concurrency=%s -> %d batches "
+        "at once, %s torch threads (%s)",
+        num_workers,
+        workers,
+        why,
+        dev,
+        fn_concurrency,
+        concurrency,
+        threads or "default",
+        why_c,
+    )
 
     root = Path(out_dir).resolve()
     if root.exists() and not root.is_dir():
@@ -351,6 +427,8 @@ def precompute(
             workers,
             multiprocessing_context or source_ctx,
             timeout_s,
+            concurrency,
+            threads,
         )
     return job.finish()
 
@@ -480,7 +558,14 @@ def _run_local(
     workers: int,
     context: str | None,
     timeout_s: float,
+    concurrency: int = 1,
+    torch_threads: int | None = None,
 ) -> None:
+    """Read the planned batches with workers and run fn on them in ``concurrency`` threads.
+
+    Outputs reach the writer in index order whatever order the threads finish in; at most
+    ``concurrency`` batches are being computed at once.
+    """
     from torch.utils.data import DataLoader
 
     batches = job.plan()
@@ -498,21 +583,45 @@ def _run_local(
     import torch
 
     threads = torch.get_num_threads()
-    if processor.device == "cpu" and workers > 0:
-        from wellfed.platform import usable_cpu_count
-
-        # fn shares the cores with the workers: one intra-op thread per core they leave.
-        # Source: benchmarks/results/published/precompute_superres.md: with torch's default
-        # threads, OpenMP threads waiting for cores the workers hold burned CPU (10.8 ms per
-        # sample, 77% of it useful); with this rule 7.9 ms, 99% useful.
-        torch.set_num_threads(max(1, usable_cpu_count() - workers))
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     ok = False
     try:
-        for indices, batch in zip(batches, loader, strict=True):
-            job.accept(processor(batch, indices))
+        if concurrency <= 1:
+            for indices, batch in zip(batches, loader, strict=True):
+                job.accept(processor(batch, indices))
+        else:
+            _run_concurrent(job, zip(batches, loader, strict=True), processor, concurrency)
         job.close()
         ok = True
     finally:
         torch.set_num_threads(threads)
         if not ok:
             job.abort()
+
+
+def _run_concurrent(job: _Job, batches: Any, processor: BatchProcessor, concurrency: int) -> None:
+    """Run fn on up to ``concurrency`` batches at once; accept the results in order."""
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    processor.prepare()  # move a Module to the device once, before the threads share it
+    pending: deque[Future[Any]] = deque()
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="wellfed-fn")
+    try:
+        for indices, batch in batches:
+            # Hand finished batches to the writer in order, then wait while every thread is
+            # busy or finished batches queue behind a slow first one (at most 2 x
+            # concurrency held, which bounds memory).
+            while True:
+                while pending and pending[0].done():
+                    job.accept(pending.popleft().result())
+                running = [f for f in pending if not f.done()]
+                if len(running) < concurrency and len(pending) < 2 * concurrency:
+                    break
+                wait(running, return_when=FIRST_COMPLETED)
+            pending.append(pool.submit(processor, batch, indices))
+        while pending:
+            job.accept(pending.popleft().result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -32,6 +32,7 @@ Source:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -49,6 +50,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "FieldSpec",
+    "ShardBuilder",
     "commit_shard",
     "is_store",
     "read_manifest",
@@ -167,19 +169,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
-    """Write one .npy file, fsync it, and return its size and sha256 (hashed while written)."""
-    array = np.ascontiguousarray(array)
-    header_buf = _NpyBuffer()
+def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """The .npy (format 1.0) header of a C-order array of this dtype and shape."""
+    buf = _NpyBuffer()
     np.lib.format.write_array_header_1_0(
-        header_buf, np.lib.format.header_data_from_array_1_0(array)
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     )
-    header = header_buf.getvalue()
-    digest = hashlib.sha256(header)
-    data = memoryview(array.reshape(-1).view(np.uint8).data) if array.size else memoryview(b"")
-    digest.update(data)
-    write_file(path, header, data)
-    return {"bytes": len(header) + data.nbytes, "sha256": digest.hexdigest()}
+    return buf.getvalue()
 
 
 class _NpyBuffer:
@@ -196,11 +192,87 @@ class _NpyBuffer:
         return b"".join(self.parts)
 
 
+def write_bytes(f: Any, data: bytes | memoryview) -> None:
+    """Write to an open store file (the one place bytes reach the disk; tests replace it
+    to inject ENOSPC)."""
+    f.write(data)
+
+
+def _as_bytes(array: np.ndarray) -> memoryview:
+    array = np.ascontiguousarray(array)
+    return memoryview(array.reshape(-1).view(np.uint8).data) if array.size else memoryview(b"")
+
+
+class _StreamedNpy:
+    """One .npy file written in pieces: header first (the row count is known), then rows.
+
+    The SHA-256 is computed as the bytes go out, and ``sync_bytes`` bytes at most wait for
+    an fdatasync, so the commit's final fsync finds little left to flush.
+    """
+
+    def __init__(self, path: Path, dtype: str, shape: tuple[int, ...], sync_bytes: int) -> None:
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.sync_bytes = sync_bytes
+        self.rows = 0
+        self.bytes = 0
+        self._unsynced = 0
+        self._digest = hashlib.sha256()
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._put(_npy_header(self.dtype, shape))
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self._digest.update(data)
+        write_bytes(self._f, data)
+        self.bytes += len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= self.sync_bytes:
+            self._f.flush()
+            os.fdatasync(self._f.fileno())
+            self._unsynced = 0
+
+    def append(self, array: np.ndarray) -> None:
+        """Append rows (n, *shape[1:]) of the file's dtype."""
+        if array.dtype != self.dtype or array.shape[1:] != self.shape[1:]:
+            raise ValueError(
+                f"{self.path.name}: rows {array.dtype}{array.shape[1:]} do not match "
+                f"{self.dtype}{self.shape[1:]}"
+            )
+        self._put(_as_bytes(array))
+        self.rows += int(array.shape[0])
+
+    def finish(self) -> dict[str, Any]:
+        """fsync and close; return the file's size and sha256."""
+        if self.rows != self.shape[0]:
+            raise ValueError(
+                f"{self.path.name}: {self.rows} rows written, {self.shape[0]} expected"
+            )
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return {"bytes": self.bytes, "sha256": self._digest.hexdigest()}
+
+    def close(self) -> None:
+        """Close without finishing (the shard is being discarded)."""
+        self._f.close()
+
+
+def _write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Write one .npy file, fsync it, and return its size and sha256 (hashed while written)."""
+    f = _StreamedNpy(path, array.dtype.str, tuple(array.shape), sync_bytes=1 << 62)
+    try:
+        f.append(array)  # 1-D or more: data, offsets and shapes arrays
+        return f.finish()
+    finally:
+        f.close()
+
+
 def write_file(path: Path, header: bytes, data: memoryview) -> None:
-    """Write header + data to a new file and fsync it (tests replace this to inject ENOSPC)."""
+    """Write header + data to a new file and fsync it."""
     with open(path, "wb") as f:
-        f.write(header)
-        f.write(data)
+        write_bytes(f, header)
+        write_bytes(f, data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -208,6 +280,131 @@ def write_file(path: Path, header: bytes, data: memoryview) -> None:
 def is_disk_full(exc: BaseException) -> bool:
     """True for ENOSPC (no space) and EDQUOT (quota exceeded)."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: Unsynced bytes a streamed shard file may hold before an fdatasync (a background
+#: thread's work; the commit then flushes at most this much while the pipeline waits).
+SYNC_BYTES = 8 * 2**20
+
+
+class ShardBuilder:
+    """Writes shard ``index`` as its rows arrive, then commits it atomically.
+
+    Fixed-shape fields stream to their files (header first: the shard's row count is
+    known), hashed and fdatasync'ed as they go, so that writing overlaps computing instead
+    of happening all at once when the shard is full. Variable-shape fields are kept in
+    memory and written at commit (their sizes are not known before).
+
+    Args:
+        root: The store directory.
+        index: Shard number.
+        start: Index of the shard's first sample.
+        rows: Rows the shard will hold.
+        specs: The store's fields, in order.
+
+    Attributes:
+        appended: Rows appended so far; ``commit`` needs ``rows`` of them.
+
+    Raises:
+        OSError: from the filesystem (ENOSPC included), from any method; call ``discard``
+            then (``commit_shard`` does).
+    """
+
+    def __init__(
+        self, root: Path, index: int, start: int, rows: int, specs: Sequence[FieldSpec]
+    ) -> None:
+        self.root = root
+        self.index = index
+        self.start = start
+        self.rows = rows
+        self.specs = tuple(specs)
+        self.final = root / shard_dir_name(index)
+        self.tmp = root / f"{TMP_PREFIX}{shard_dir_name(index)}.{os.getpid()}"
+        self._files: dict[str, _StreamedNpy] = {}
+        self._held: dict[str, list[np.ndarray]] = {}
+        self.appended = 0
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        try:
+            for spec in self.specs:
+                if spec.variable:
+                    self._held[spec.name] = []
+                else:
+                    assert spec.shape is not None
+                    self._files[spec.name] = _StreamedNpy(
+                        self.tmp / spec.files()[0], spec.dtype, (rows, *spec.shape), SYNC_BYTES
+                    )
+        except BaseException:
+            self.discard()
+            raise
+
+    def append(self, columns: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
+        """Add the next rows: per field, an array (n, *shape) or a list of n arrays."""
+        n = -1
+        for spec in self.specs:
+            col = columns[spec.name]
+            if spec.variable:
+                parts = [np.ascontiguousarray(a, dtype=spec.dtype) for a in col]
+                self._held[spec.name].extend(parts)
+                m = len(parts)
+            else:
+                arr = np.asarray(col)
+                self._files[spec.name].append(arr)
+                m = int(arr.shape[0])
+            if n not in (-1, m):
+                raise ValueError(
+                    f"shard {self.index}: field {spec.name} has {m} rows, expected {n}"
+                )
+            n = m
+        self.appended += max(n, 0)
+
+    def commit(self) -> dict[str, Any]:
+        """Finish every file, write the commit record, rename into place; return the record."""
+        if self.appended != self.rows:
+            raise ValueError(
+                f"shard {self.index}: {self.appended} rows appended, {self.rows} expected"
+            )
+        files: dict[str, Any] = {}
+        for spec in self.specs:
+            if not spec.variable:
+                files[spec.files()[0]] = self._files[spec.name].finish()
+                continue
+            parts = self._held[spec.name]
+            n = len(parts)
+            sizes = np.array([p.size for p in parts], dtype=np.int64)
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+            shapes = np.array([p.shape for p in parts], dtype=np.int64).reshape(n, spec.ndim)
+            data = (
+                np.concatenate([p.reshape(-1) for p in parts])
+                if n
+                else np.zeros(0, dtype=spec.dtype)
+            )
+            for name, arr in zip(spec.files(), (data, offsets, shapes), strict=True):
+                files[name] = _write_npy(self.tmp / name, arr)
+        record = {
+            "dir": self.final.name,
+            "index": self.index,
+            "start": self.start,
+            "rows": self.rows,
+            "files": files,
+        }
+        rec_text = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
+        write_file(self.tmp / SHARD_RECORD, rec_text, memoryview(b""))
+        _fsync_dir(self.tmp)
+        if self.final.exists():  # a stale copy from another run of the same fingerprint
+            shutil.rmtree(self.final)
+        os.rename(self.tmp, self.final)
+        _fsync_dir(self.root)
+        return record
+
+    def discard(self) -> None:
+        """Close the files and delete the temporary directory (no shard appears)."""
+        for f in self._files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def commit_shard(
@@ -234,56 +431,15 @@ def commit_shard(
         OSError: from the filesystem (ENOSPC included); the temporary directory is removed
             and no shard directory appears.
     """
-    final = root / shard_dir_name(index)
-    tmp = root / f"{TMP_PREFIX}{shard_dir_name(index)}.{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    rows = -1
-    files: dict[str, Any] = {}
+    first = columns[specs[0].name]
+    rows = len(first)
+    builder = ShardBuilder(root, index, start, rows, specs)
     try:
-        tmp.mkdir()
-        for spec in specs:
-            col = columns[spec.name]
-            if spec.variable:
-                parts = [np.ascontiguousarray(a, dtype=spec.dtype) for a in col]
-                n = len(parts)
-                sizes = np.array([p.size for p in parts], dtype=np.int64)
-                offsets = np.zeros(n + 1, dtype=np.int64)
-                np.cumsum(sizes, out=offsets[1:])
-                shapes = np.array([p.shape for p in parts], dtype=np.int64).reshape(n, spec.ndim)
-                data = (
-                    np.concatenate([p.reshape(-1) for p in parts])
-                    if n
-                    else np.zeros(0, dtype=spec.dtype)
-                )
-                arrays: tuple[np.ndarray, ...] = (data, offsets, shapes)
-            else:
-                arr = np.asarray(col)
-                n = int(arr.shape[0])
-                arrays = (arr,)
-            if rows not in (-1, n):
-                raise ValueError(f"shard {index}: field {spec.name} has {n} rows, expected {rows}")
-            rows = n
-            for name, arr in zip(spec.files(), arrays, strict=True):
-                files[name] = _write_npy(tmp / name, arr)
-        record = {
-            "dir": final.name,
-            "index": index,
-            "start": start,
-            "rows": rows,
-            "files": files,
-        }
-        rec_text = json.dumps(record, indent=1, sort_keys=True).encode() + b"\n"
-        write_file(tmp / SHARD_RECORD, rec_text, memoryview(b""))
-        _fsync_dir(tmp)
-        if final.exists():  # a stale copy from another run of the same fingerprint
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        builder.append(columns)
+        return builder.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        builder.discard()
         raise
-    return record
 
 
 def read_shard_record(root: Path, index: int) -> dict[str, Any] | None:
