@@ -16,8 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers_cache import RampDataset, run_slow_precompute, store_arrays, store_digest
+from tests.helpers_cache import (
+    RampDataset,
+    RandomDataset,
+    double,
+    run_slow_precompute,
+    store_arrays,
+    store_digest,
+)
 from wellfed.cache import CachedDataset, PrecomputeError, precompute
+from wellfed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 START_METHODS = [
@@ -72,6 +80,17 @@ def test_kill_9_then_same_call_resumes_to_identical_store(
     ds.verify()
     assert len(ds) == 48
     assert np.array_equal(store_arrays(out)["source_1.npy"], np.arange(48))
+
+
+@pytest.mark.workers
+@pytest.mark.timeout(60)
+def test_failing_fingerprint_stops_the_workers_started_early(tmp_path: Path) -> None:
+    """A new store's source workers start before the fingerprint is taken; when taking it
+    fails (a random source), they are shut down, not left behind."""
+    with pytest.raises(ConfigError) as exc:
+        precompute(RandomDataset(8), double, tmp_path / "s", batch_size=4, num_workers=2)
+    assert exc.value.code == "WF402"
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.workers

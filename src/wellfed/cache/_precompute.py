@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -360,77 +360,85 @@ def precompute(
             value=str(root),
         )
 
-    fingerprint = {
-        "source": source_fingerprint(source, n),
-        "fn": fn_fingerprint(fn, fn_version),
-        "options": {
-            "batch_size": batch_size,
-            "input": input,
-            "keep_source": keep_source,
-            "shard_bytes": shard_size,
-            "device_type": dev.split(":")[0],
-        },
-    }
-    manifest: dict[str, Any] | None = None
-    if is_store(root):
-        old = read_manifest(root)
-        if old.get("fingerprint") != fingerprint or old.get("format_version") != FORMAT_VERSION:
-            diff = fingerprint_diff(old.get("fingerprint") or {}, fingerprint)
-            if not overwrite:
-                raise StateError(
-                    f"Store mismatch: out_dir={str(root)!r} holds a store built with another "
-                    f"fingerprint (differs in: {', '.join(diff) or 'format version'}), so its "
-                    "rows are not this call's. Pass overwrite=True (--overwrite) to rebuild it, "
-                    "or choose another out_dir.",
-                    code="WF401",
-                    attribute="fingerprint",
-                    value=diff,
-                )
-            logger.info("precompute: rebuilding %s (fingerprint differs in %s)", root, diff)
-            remove_store(root)
-        else:
-            manifest = old
-            if old.get("status") == "complete":
-                logger.info("precompute: %s is complete; nothing to do", root)
-                if progress is not None:
-                    progress(n, n)
-                return CachedDataset(root)
-    root.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(root)
-    if manifest is None:
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "status": "building",
-            "fingerprint": fingerprint,
-            "num_samples": n,
-            "batch_size": batch_size,
-            "rows_per_shard": None,
-            "fields": None,
-            "layout": None,
-            "shards": [],
-        }
-        write_manifest(root, manifest)
-
-    job = _Job(root, manifest, n, batch_size, shard_size, progress)
-    processor = BatchProcessor(fn, dev, input, keep_source)
-    if engine == "ray":
-        from wellfed.cache._ray import run_ray
-
-        run_ray(job, source, collate_fn, processor, ray_address=ray_address, actors=ray_actors)
-    else:
-        _run_local(
-            job,
-            source,
-            collate_fn,
-            processor,
-            workers,
-            multiprocessing_context or source_ctx,
-            timeout_s,
-            concurrency,
-            threads,
+    context = multiprocessing_context or source_ctx
+    reader: _SourceBatches | None = None
+    if engine == "local" and not is_store(root):
+        # A new store computes every batch: start the source workers now, so that they read
+        # while the fingerprint is taken (a few __getitem__ calls in this process).
+        # Source: benchmarks/results/published/precompute_superres.md: on the 396-photo job
+        # the fingerprint took ~50 ms of one core and starting the workers ~30 ms, ~5% of
+        # the 1.5 s run, with the other core idle.
+        reader = _SourceBatches(
+            source, collate_fn, _all_batches(n, batch_size), workers, context, timeout_s
         )
-    return job.finish()
+    try:
+        fingerprint = {
+            "source": source_fingerprint(source, n),
+            "fn": fn_fingerprint(fn, fn_version),
+            "options": {
+                "batch_size": batch_size,
+                "input": input,
+                "keep_source": keep_source,
+                "shard_bytes": shard_size,
+                "device_type": dev.split(":")[0],
+            },
+        }
+        manifest: dict[str, Any] | None = None
+        if is_store(root):
+            old = read_manifest(root)
+            same = old.get("fingerprint") == fingerprint
+            if not same or old.get("format_version") != FORMAT_VERSION:
+                diff = fingerprint_diff(old.get("fingerprint") or {}, fingerprint)
+                if not overwrite:
+                    raise StateError(
+                        f"Store mismatch: out_dir={str(root)!r} holds a store built with another "
+                        f"fingerprint (differs in: {', '.join(diff) or 'format version'}), so its "
+                        "rows are not this call's. Pass overwrite=True (--overwrite) to rebuild "
+                        "it, or choose another out_dir.",
+                        code="WF401",
+                        attribute="fingerprint",
+                        value=diff,
+                    )
+                logger.info("precompute: rebuilding %s (fingerprint differs in %s)", root, diff)
+                remove_store(root)
+            else:
+                manifest = old
+                if old.get("status") == "complete":
+                    logger.info("precompute: %s is complete; nothing to do", root)
+                    if progress is not None:
+                        progress(n, n)
+                    return CachedDataset(root)
+        root.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(root)
+        if manifest is None:
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "status": "building",
+                "fingerprint": fingerprint,
+                "num_samples": n,
+                "batch_size": batch_size,
+                "rows_per_shard": None,
+                "fields": None,
+                "layout": None,
+                "shards": [],
+            }
+            write_manifest(root, manifest)
+
+        job = _Job(root, manifest, n, batch_size, shard_size, progress)
+        processor = BatchProcessor(fn, dev, input, keep_source)
+        if engine == "ray":
+            from wellfed.cache._ray import run_ray
+
+            run_ray(job, source, collate_fn, processor, ray_address=ray_address, actors=ray_actors)
+        else:
+            if reader is None:
+                reader = _SourceBatches(source, collate_fn, job.plan(), workers, context, timeout_s)
+            _run_local(job, reader, processor, concurrency, threads)
+        return job.finish()
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 class _Job:
@@ -488,10 +496,7 @@ class _Job:
         """Index batches still to compute, in order."""
         missing = self.missing_shards()
         if missing is None:
-            return [
-                list(range(lo, min(lo + self.batch_size, self.n)))
-                for lo in range(0, self.n, self.batch_size)
-            ]
+            return _all_batches(self.n, self.batch_size)
         if self.progress is not None and self.done:
             self.progress(self.done, self.n)
         assert self.rows is not None
@@ -550,36 +555,70 @@ class _Job:
         return CachedDataset(self.root)
 
 
+def _all_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Index batches of a whole store, in order."""
+    return [list(range(lo, min(lo + batch_size, n))) for lo in range(0, n, batch_size)]
+
+
+class _SourceBatches:
+    """The planned index batches of the source, read by a DataLoader in order.
+
+    The workers start (and begin reading ahead) when this is constructed; ``close`` shuts
+    them down, also when the batches were never consumed.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        collate_fn: Any,
+        batches: list[list[int]],
+        workers: int,
+        context: str | None,
+        timeout_s: float,
+    ) -> None:
+        from torch.utils.data import DataLoader
+
+        self.batches = batches
+        self._it: Any = None
+        if not batches:
+            return
+        kwargs: dict[str, Any] = {"batch_sampler": batches, "num_workers": workers}
+        if collate_fn is not None:
+            kwargs["collate_fn"] = collate_fn
+        if workers > 0:
+            kwargs["timeout"] = timeout_s
+            kwargs["prefetch_factor"] = 2
+            if context is not None:
+                kwargs["multiprocessing_context"] = context
+        self._it = iter(DataLoader(source, **kwargs))
+
+    def __iter__(self) -> Iterator[tuple[list[int], Any]]:
+        if self._it is None:
+            return iter(())
+        return zip(self.batches, self._it, strict=True)
+
+    def close(self) -> None:
+        """Stop the workers (torch's own shutdown: the same as the iterator's end)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def _run_local(
     job: _Job,
-    source: Any,
-    collate_fn: Any,
+    reader: _SourceBatches,
     processor: BatchProcessor,
-    workers: int,
-    context: str | None,
-    timeout_s: float,
     concurrency: int = 1,
     torch_threads: int | None = None,
 ) -> None:
-    """Read the planned batches with workers and run fn on them in ``concurrency`` threads.
+    """Run fn on the reader's batches in ``concurrency`` threads and hand them to the writer.
 
     Outputs reach the writer in index order whatever order the threads finish in; at most
     ``concurrency`` batches are being computed at once.
     """
-    from torch.utils.data import DataLoader
-
-    batches = job.plan()
-    if not batches:
+    if not reader.batches:
         return
-    kwargs: dict[str, Any] = {"batch_sampler": batches, "num_workers": workers}
-    if collate_fn is not None:
-        kwargs["collate_fn"] = collate_fn
-    if workers > 0:
-        kwargs["timeout"] = timeout_s
-        kwargs["prefetch_factor"] = 2
-        if context is not None:
-            kwargs["multiprocessing_context"] = context
-    loader = DataLoader(source, **kwargs)
     import torch
 
     threads = torch.get_num_threads()
@@ -588,10 +627,10 @@ def _run_local(
     ok = False
     try:
         if concurrency <= 1:
-            for indices, batch in zip(batches, loader, strict=True):
+            for indices, batch in reader:
                 job.accept(processor(batch, indices))
         else:
-            _run_concurrent(job, zip(batches, loader, strict=True), processor, concurrency)
+            _run_concurrent(job, reader, processor, concurrency)
         job.close()
         ok = True
     finally:
