@@ -211,44 +211,13 @@ def test_cli_precompute(tmp_path: Path) -> None:
         "from tests.helpers_cache import RampDataset, double\ndataset = RampDataset(20)\n"
     )
     out = tmp_path / "s"
-    rc = main(
-        [
-            "precompute",
-            f"{target}:dataset",
-            "--fn",
-            "tests.helpers_cache:double",
-            "--out",
-            str(out),
-            "--batch-size",
-            "4",
-            "--num-workers",
-            "0",
-            "--device",
-            "cpu",
-            "--fn-concurrency",
-            "2",
-            "--json",
-        ]
-    )
+    job = ["precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:double"]
+    job += ["--out", str(out), "--num-workers", "0", "--device", "cpu"]
+    rc = main([*job, "--batch-size", "4", "--fn-concurrency", "2", "--json"])
     assert rc == 0
     ds = CachedDataset(out)
     assert float(ds[3][0][0, 0, 0]) == 7.0
-    rc = main(
-        [
-            "precompute",
-            f"{target}:dataset",
-            "--fn",
-            "tests.helpers_cache:double",
-            "--out",
-            str(out),
-            "--batch-size",
-            "8",
-            "--num-workers",
-            "0",
-            "--device",
-            "cpu",
-        ]
-    )
+    rc = main([*job, "--batch-size", "8"])
     assert rc == 3  # another fingerprint: a runtime state error, not usage
     rc = main(
         [
@@ -261,8 +230,5 @@ def test_cli_precompute(tmp_path: Path) -> None:
         ]
     )
     assert rc == 2
-    rc = main(
-        ["precompute", f"{target}:dataset", "--fn", "tests.helpers_cache:double", "--out",
-         str(out), "--fn-concurrency", "many"]
-    )  # fmt: skip
+    rc = main([*job, "--fn-concurrency", "many"])
     assert rc == 2

@@ -589,11 +589,12 @@ def rows_per_shard(batch_size: int, bytes_per_sample: float, shard_bytes: int) -
 
 
 class ShardWriter:
-    """Collects checked batches into shards and commits each from a background thread.
+    """Writes checked batches to shards from a background thread; commits each when full.
 
     Batches arrive in index order, each inside one shard (rows_per_shard is a multiple of
-    the batch size). ``put`` blocks when ``max_pending`` batches wait, so memory stays
-    bounded and a slow disk slows the producer rather than filling RAM.
+    the batch size), and go to the disk as they arrive (``ShardBuilder``). A shard cut short
+    by an error is discarded, never committed. ``put`` blocks when ``max_pending`` batches
+    wait, so memory stays bounded and a slow disk slows the producer rather than filling RAM.
 
     Args:
         root: The store directory.
