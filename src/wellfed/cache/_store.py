@@ -219,8 +219,12 @@ class _StreamedNpy:
         self.bytes = 0
         self._unsynced = 0
         self._digest = hashlib.sha256()
-        self._f = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self._put(_npy_header(self.dtype, shape))
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by finish() or close())
+        try:
+            self._put(_npy_header(self.dtype, shape))
+        except BaseException:
+            self._f.close()
+            raise
 
     def _put(self, data: bytes | memoryview) -> None:
         self._digest.update(data)
