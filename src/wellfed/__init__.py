@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "LoaderSpec": "wellfed.target",
     "resolve_target": "wellfed.target",
     # measure
-    "LoaderConfig": "wellfed.measure",
+    "LoaderConfig": "wellfed.target",
     "Trial": "wellfed.measure",
     "measure": "wellfed.measure",
     # tune

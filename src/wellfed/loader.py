@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
-import os
 import sys
 import warnings
 import zlib
@@ -47,6 +46,7 @@ from wellfed.errors import (
     WorkerSafetyError,
     WorkerSafetyWarning,
 )
+from wellfed.platform import is_rank_zero, is_windows
 from wellfed.seeding import (
     _RNG_LOCK,
     _SALT_COLLATE,
@@ -63,6 +63,7 @@ from wellfed.seeding import (
     _sample_seed_from_key,
     _SeededGlobals,
 )
+from wellfed.tune import auto_workers, cpu_worker_rule
 
 __all__ = [
     "LoaderPlan",
@@ -81,67 +82,26 @@ logger = logging.getLogger(__name__)
 _STATE_FORMAT = "wellfed.loader/1"
 _ON_UNSAFE = ("raise", "warn", "fallback")
 _AUTO = "auto"
-_MAX_AUTO_WORKERS = 8
-#: Only to name the variable in the "auto" reason; ``wellfed.platform.local_world_size`` reads them.
-_RANK_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 
 # --- small helpers ---------------------------------------------------------------------------
 
 
-def is_windows() -> bool:
-    """True on Windows (note 002's helper).
-
-    Windows is not a reason for ``num_workers=0``: its start method is spawn, like macOS, and
-    spawn workers work when the dataset pickles and the script guards its entry point with
-    ``if __name__ == "__main__":``. ``create_dataloader`` keeps workers on Windows unless the
-    doctor finds a hazard; ``wellfed doctor TARGET`` names each one with its fix.
-    """
-    return sys.platform == "win32"
-
-
-def _is_rank_zero() -> bool:
-    """True unless this process is a non-zero rank of a distributed job (torchrun's RANK)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return bool(dist.get_rank() == 0)
-    except (ImportError, RuntimeError):
-        pass
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
 def recommend_num_workers() -> tuple[int, str]:
-    """Worker count from usable CPUs per local rank, with the reason in words.
+    """Worker count from usable CPUs per local rank, with the reason: the CPU rule alone.
 
-    Returns:
-        (num_workers, reason). ``usable CPUs // local ranks - 1``, between 0 and 8.
-
-    Source:
-        Heuristic, not a measurement: one CPU per local rank stays with the main process (it
-        collates, pins and runs the training step); the cap of 8 is note 002's
-        ``min(cpu_count, 8)``. ``wellfed tune`` replaces it with a measured value. CPUs and
-        local ranks come from ``wellfed.platform`` (``usable_cpus_per_rank``).
+    Kept as an alias of ``wellfed.tune.cpu_worker_rule`` (one rule, one implementation);
+    ``get_recommended_num_workers`` is the public name, and it asks a stored tune result first.
     """
-    per_rank = _platform.usable_cpus_per_rank()
-    ranks = _platform.local_world_size()
-    n = max(0, min(per_rank - 1, _MAX_AUTO_WORKERS))
-    where = ""
-    if ranks > 1:
-        var = next((v for v in _RANK_VARS if os.environ.get(v, "").strip() == str(ranks)), None)
-        where = f" ({var}={ranks})" if var else ""
-    reason = (
-        f"{_platform.usable_cpu_count()} usable CPUs / {ranks} local rank(s){where} = "
-        f"{per_rank} per rank, minus 1 for the main process, capped at {_MAX_AUTO_WORKERS}"
-    )
-    return n, reason
+    return cpu_worker_rule()
 
 
 def get_recommended_num_workers(dataset: Any = None, *, batch_size: int | None = None) -> int:
     """Worker count to use here (note 002's helper): a stored tune result, else the CPU rule.
 
-    Unlike note 002's version it does not return 0 on Windows (see ``is_windows``).
+    Unlike note 002's version it does not return 0 on Windows (see ``is_windows``). The rule
+    is ``wellfed.tune.auto_workers``, the same one ``create_dataloader(num_workers="auto")``
+    and ``precompute(num_workers="auto")`` use.
 
     Args:
         dataset: When given, a ``wellfed tune`` result stored for this dataset is used first.
@@ -150,37 +110,7 @@ def get_recommended_num_workers(dataset: Any = None, *, batch_size: int | None =
     Returns:
         Number of worker processes, >= 0.
     """
-    if dataset is not None:
-        stored = _stored_tune_result(dataset, batch_size)
-        if stored is not None:
-            return int(stored[0].recommended.config.num_workers)
-    return recommend_num_workers()[0]
-
-
-def _stored_tune_result(dataset: Any, batch_size: int | None) -> tuple[Any, str] | None:
-    """(TuneResult, its path) stored by ``wellfed tune`` for this dataset, or None.
-
-    A result measured at this batch size first, else the latest at any batch size.
-    """
-    try:
-        from wellfed.tune import load_stored_result
-    except (ImportError, AttributeError):
-        return None
-    result = None
-    for size in (batch_size, None) if batch_size is not None else (None,):
-        try:
-            result = load_stored_result(dataset, batch_size=size)
-        except (OSError, ValueError) as exc:  # a corrupt or foreign file must not stop loading
-            logger.debug("stored tune result unreadable: %s", exc)
-            return None
-        if result is not None:
-            break
-    if result is None:
-        return None
-    recommended: Any = getattr(result, "recommended", None)
-    if not isinstance(getattr(getattr(recommended, "config", None), "num_workers", None), int):
-        return None
-    return result, str(getattr(result, "stored_path", "?"))
+    return auto_workers(dataset, batch_size).num_workers
 
 
 def _index_key(index: Any) -> int:
@@ -880,13 +810,8 @@ def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tup
     """(num_workers, reason, stored TuneResult or None)."""
     if num_workers != _AUTO:
         return int(num_workers), "given", None
-    stored = _stored_tune_result(dataset, batch_size if isinstance(batch_size, int) else None)
-    if stored is not None:
-        result, path = stored
-        n = int(result.recommended.config.num_workers)
-        return n, f"stored wellfed tune result for this dataset ({path})", result
-    n, reason = recommend_num_workers()
-    return n, reason, None
+    auto = auto_workers(dataset, batch_size if isinstance(batch_size, int) else None)
+    return auto.num_workers, auto.reason, auto.result
 
 
 def _resolve_start_method(context: Any) -> tuple[Any, str | None, str]:
@@ -905,7 +830,7 @@ def _resolve_start_method(context: Any) -> tuple[Any, str | None, str]:
             )
         return None, default, "platform default" if context == _AUTO else "given (None)"
     method = context if isinstance(context, str) else context.get_start_method()
-    if method == "fork" and cuda_up and _is_rank_zero():
+    if method == "fork" and cuda_up and is_rank_zero():
         warnings.warn(
             "Risky start method kept: multiprocessing_context='fork' was given while CUDA is "
             "initialised in this process; a forked worker that touches CUDA fails with "
@@ -1164,7 +1089,7 @@ def create_dataloader(
                 )
             if on_unsafe == "warn":
                 action = "warned"
-                if _is_rank_zero():
+                if is_rank_zero():
                     warnings.warn(
                         f"Going on despite worker hazards (on_unsafe='warn'): {head}.\n{text}\n"
                         "Fix each one, or pass on_unsafe='fallback'. [WF206]",
@@ -1184,7 +1109,7 @@ def create_dataloader(
                     if s.reason.startswith("not used") and s.requested not in (_AUTO, None)
                 ]
                 also = f" Also not used without workers: {', '.join(unused)}." if unused else ""
-                if _is_rank_zero():
+                if is_rank_zero():
                     warnings.warn(
                         f"Loading in the main process (on_unsafe='fallback'): {head}.\n{text}\n"
                         f"num_workers {had} -> 0.{also} Fix each "
@@ -1193,7 +1118,7 @@ def create_dataloader(
                         stacklevel=2,
                     )
 
-    if _is_rank_zero():
+    if is_rank_zero():
         for s in settings.values():
             if s.requested == _AUTO or s.reason.startswith(("on_unsafe", "not used")):
                 logger.info("%s=%s -> %r (%s)", s.name, s.requested, s.value, s.reason)

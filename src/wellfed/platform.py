@@ -11,16 +11,21 @@ import math
 import os
 import platform as _stdlib_platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LOCAL_WORLD_SIZE_VARS",
     "GPUInfo",
     "PlatformInfo",
     "collect_platform_info",
     "default_start_method",
+    "is_rank_zero",
+    "is_windows",
     "local_world_size",
+    "local_world_size_source",
     "usable_cpu_count",
     "usable_cpus_per_rank",
 ]
@@ -155,17 +160,54 @@ def usable_cpu_count() -> int:
     return max(1, cpus)
 
 
+#: Where the local world size is read from, in order: torchrun, Slurm, Open MPI (the variables
+#: Lightning and Accelerate read too).
+LOCAL_WORLD_SIZE_VARS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
 def local_world_size() -> int:
     """Training processes on this machine: ``LOCAL_WORLD_SIZE`` (torchrun), else 1.
 
     Falls back to ``SLURM_NTASKS_PER_NODE`` and ``OMPI_COMM_WORLD_LOCAL_SIZE`` (Slurm,
     Open MPI), the variables Lightning and Accelerate read too.
     """
-    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+    for name in LOCAL_WORLD_SIZE_VARS:
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+def local_world_size_source() -> str | None:
+    """The environment variable ``local_world_size`` read its value from, or None (1 rank)."""
+    for name in LOCAL_WORLD_SIZE_VARS:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return name
+    return None
+
+
+def is_windows() -> bool:
+    """True on Windows (note 002's helper).
+
+    Windows is not a reason for ``num_workers=0``: its start method is spawn, like macOS, and
+    spawn workers work when the dataset pickles and the script guards its entry point with
+    ``if __name__ == "__main__":``. ``create_dataloader`` keeps workers on Windows unless the
+    doctor finds a hazard; ``wellfed doctor TARGET`` names each one with its fix.
+    """
+    return sys.platform == "win32"
+
+
+def is_rank_zero() -> bool:
+    """True unless this process is a non-zero rank of a distributed job (torchrun's RANK)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return bool(dist.get_rank() == 0)
+    except (ImportError, RuntimeError):
+        pass
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def usable_cpus_per_rank() -> int:

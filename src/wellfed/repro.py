@@ -8,13 +8,13 @@ sample differ and the likely cause.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wellfed._digest import batch_digest
 from wellfed.errors import ConfigError
 
 __all__ = [
@@ -142,39 +142,6 @@ class ReproReport:
 
 
 # --- digests ---------------------------------------------------------------------------------
-
-
-def _feed(h: Any, obj: Any) -> None:
-    import numpy as np
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, np.ndarray):
-        a = np.ascontiguousarray(obj)
-        h.update(f"A{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)}".encode())
-        for k in sorted(obj, key=repr):
-            h.update(repr(k).encode())
-            _feed(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)}".encode())
-        for x in obj:
-            _feed(h, x)
-    else:
-        h.update(repr(obj).encode())
-
-
-def batch_digest(batch: Any) -> str:
-    """blake2b-128 hex digest of a batch: tensors and arrays by dtype, shape and bytes;
-    dicts by sorted key; lists and tuples in order; anything else by ``repr``."""
-    h = hashlib.blake2b(digest_size=16)
-    _feed(h, batch)
-    return h.hexdigest()
 
 
 def _leading(obj: Any) -> int | None:

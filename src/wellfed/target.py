@@ -16,14 +16,110 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wellfed.errors import TargetError
-from wellfed.measure import LoaderConfig
+from wellfed.errors import ConfigError, TargetError
 
-__all__ = ["DEFAULT_BATCH_SIZE", "LoaderSpec", "resolve_target", "spec_from_object"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "LoaderConfig",
+    "LoaderSpec",
+    "resolve_target",
+    "spec_from_object",
+]
 
 #: Batch size used for a bare dataset, which carries none. 32 is the default of the most
 #: common training recipes (torchvision's ImageNet reference scripts use 32 per GPU).
 DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The DataLoader settings a trial measures (the rest come from the LoaderSpec).
+
+    Attributes:
+        num_workers: Worker processes; 0 loads in the main process.
+        batch_size: Samples per batch.
+        pin_memory: Copy batches into page-locked memory (useful only with a CUDA device).
+        persistent_workers: Keep workers alive between epochs (needs num_workers > 0).
+        prefetch_factor: Batches each worker loads ahead; None: PyTorch's default (2), and
+            must be None when num_workers is 0.
+        multiprocessing_context: Start method of the workers ("fork", "spawn",
+            "forkserver"), or None for the platform default.
+    """
+
+    num_workers: int = 0
+    batch_size: int = 1
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    multiprocessing_context: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(
+                f"Invalid loader configuration: num_workers={self.num_workers} is negative. "
+                "Use 0 (main process) or more.",
+                code="WF010",
+                attribute="num_workers",
+                value=self.num_workers,
+            )
+        if self.batch_size < 1:
+            raise ConfigError(
+                f"Invalid loader configuration: batch_size={self.batch_size} is below 1. "
+                "Use a batch size of at least 1.",
+                code="WF010",
+                attribute="batch_size",
+                value=self.batch_size,
+            )
+        if self.num_workers == 0 and (self.persistent_workers or self.prefetch_factor is not None):
+            raise ConfigError(
+                "Invalid loader configuration: persistent_workers and prefetch_factor need "
+                "num_workers > 0, as in torch.utils.data.DataLoader. "
+                "Leave them unset for 0 workers.",
+                code="WF010",
+                attribute="num_workers",
+                value=0,
+            )
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``torch.utils.data.DataLoader`` (unset ones left out)."""
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "pin_memory": self.pin_memory,
+        }
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = self.persistent_workers
+            if self.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = self.prefetch_factor
+            if self.multiprocessing_context is not None:
+                kwargs["multiprocessing_context"] = self.multiprocessing_context
+        return kwargs
+
+    def label(self) -> str:
+        """A short human label, e.g. ``"4 workers, persistent, fork"``."""
+        if self.num_workers == 0:
+            parts = ["main process"]
+        else:
+            parts = [f"{self.num_workers} worker{'s' if self.num_workers != 1 else ''}"]
+            if self.persistent_workers:
+                parts.append("persistent")
+            if self.prefetch_factor is not None:
+                parts.append(f"prefetch {self.prefetch_factor}")
+            if self.multiprocessing_context:
+                parts.append(self.multiprocessing_context)
+        if self.pin_memory:
+            parts.append("pinned")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderConfig:
+        """Build a LoaderConfig from ``to_dict()`` output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)

@@ -316,7 +316,7 @@ def test_no_info_logs_on_other_ranks(
 
 
 def test_auto_uses_a_stored_tune_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    import wellfed.tune
+    import wellfed.tune._auto
 
     config = SimpleNamespace(num_workers=1, prefetch_factor=6)
     stored = SimpleNamespace(recommended=SimpleNamespace(config=config), stored_path="/x.json")
@@ -326,7 +326,8 @@ def test_auto_uses_a_stored_tune_result(monkeypatch: pytest.MonkeyPatch) -> None
         seen.append(batch_size)
         return stored if batch_size is None else None
 
-    monkeypatch.setattr(wellfed.tune, "load_stored_result", fake)
+    # The auto rule's one lookup (wellfed.tune._auto), which loader and precompute share.
+    monkeypatch.setattr(wellfed.tune._auto, "load_stored_result", fake)
     loader = wellfed.create_dataloader(AugmentDataset(8), batch_size=2, seed=0)
     assert loader.num_workers == 1
     assert loader.prefetch_factor == 6

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from wellfed._digest import feed, qualname
 from wellfed.cache._store import FieldSpec, ShardBuilder, is_disk_full
 from wellfed.errors import ConfigError, PrecomputeError, WellfedError
 
@@ -54,62 +55,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 # ----------------------------------------------------------------------------- fingerprints
 
 
-def _qualname(obj: Any) -> str:
-    import functools
-
-    if isinstance(obj, functools.partial):
-        return f"functools.partial({_qualname(obj.func)})"
-    target = (
-        obj
-        if isinstance(obj, type) or (callable(obj) and hasattr(obj, "__qualname__"))
-        else type(obj)
-    )
-    name = getattr(target, "__qualname__", type(target).__name__)
-    return f"{getattr(target, '__module__', '?')}.{name}"
-
-
-def _hash_value(digest: Any, value: Any, depth: int = 0) -> None:
-    """Feed a sample's content into a hash: tensors and arrays by dtype, shape and bytes."""
-    import torch
-
-    if depth > 20:
-        digest.update(b"<deep>")
-        return
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(value, np.ndarray):
-        a = np.ascontiguousarray(value)
-        digest.update(f"A{a.dtype}{a.shape}".encode())
-        if a.dtype != object:
-            digest.update(a.tobytes())
-        else:
-            for v in a.reshape(-1):
-                _hash_value(digest, v, depth + 1)
-    elif isinstance(value, Mapping):
-        digest.update(b"{")
-        for key in sorted(value, key=repr):
-            digest.update(repr(key).encode())
-            _hash_value(digest, value[key], depth + 1)
-        digest.update(b"}")
-    elif isinstance(value, (list, tuple)):
-        digest.update(b"(" if isinstance(value, tuple) else b"[")
-        for v in value:
-            _hash_value(digest, v, depth + 1)
-        digest.update(b")")
-    elif isinstance(value, (int, float, bool, str, bytes, type(None))):
-        digest.update(f"{type(value).__name__}:{value!r}".encode())
-    elif hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):
-        digest.update(f"PIL{value.mode}{value.size}".encode())  # a PIL image
-        digest.update(value.tobytes())
-    else:
-        digest.update(_qualname(value).encode())  # repr may hold addresses: type only
-
-
 def _item_hash(dataset: Any, index: int) -> str:
     digest = hashlib.sha256()
-    _hash_value(digest, dataset[index])
+    feed(digest, dataset[index])
     return digest.hexdigest()
 
 
@@ -147,7 +95,7 @@ def source_fingerprint(dataset: Any, n: int) -> dict[str, Any]:
                 value=type(dataset).__name__,
             )
     return {
-        "type": _qualname(dataset),
+        "type": qualname(dataset),
         "length": n,
         "items_sha256": digest.hexdigest(),
         "items": picks,
@@ -163,9 +111,9 @@ def fn_fingerprint(fn: Any, version: str | None) -> dict[str, Any]:
         digest = hashlib.sha256()
         for name, tensor in fn.state_dict().items():
             digest.update(name.encode())
-            _hash_value(digest, tensor)
+            feed(digest, tensor)
         params = digest.hexdigest()
-    return {"qualname": _qualname(fn), "params_sha256": params, "version": version}
+    return {"qualname": qualname(fn), "params_sha256": params, "version": version}
 
 
 def fingerprint_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

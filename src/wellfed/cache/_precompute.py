@@ -92,15 +92,11 @@ def _resolve_device(device: str | Any) -> str:
 
 def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> tuple[int, str]:
     if num_workers == "auto":
-        from wellfed.loader import _stored_tune_result, recommend_num_workers
         from wellfed.platform import usable_cpu_count
+        from wellfed.tune import auto_workers
 
-        stored = _stored_tune_result(dataset, batch_size)
-        if stored is not None:
-            n = int(stored[0].recommended.config.num_workers)
-            reason = f"from the stored `wellfed tune` result {stored[1]}"
-        else:
-            n, reason = recommend_num_workers()
+        auto = auto_workers(dataset, batch_size)
+        n, reason = auto.num_workers, auto.reason
         if n == 0 and usable_cpu_count() >= 2:
             # Reading alone may be fastest in the main process, but here the main process
             # runs fn: one worker lets reading overlap it.

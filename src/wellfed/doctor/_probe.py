@@ -34,9 +34,9 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from wellfed import _isolate
+from wellfed._digest import batch_digest
 from wellfed._isolate import run_isolated
 from wellfed.doctor._report import ProbeRun
-from wellfed.repro import batch_digest
 
 __all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
 
@@ -76,7 +76,7 @@ class TagWorkerIterable(IterableDataset):  # type: ignore[type-arg]
 
 
 def _digest(obj: Any) -> str:
-    """A content hash of a sample or batch: ``wellfed.repro.batch_digest`` (one implementation).
+    """A content hash of a sample or batch: ``wellfed._digest.batch_digest`` (one implementation).
 
     Objects exposing the array interface (PIL images) are hashed as arrays: their ``repr``
     names a memory address, which differs between two equal images.

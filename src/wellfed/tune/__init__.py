@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from wellfed.tune._auto import AutoWorkers, auto_workers, cpu_worker_rule
+from wellfed.tune._result import Recommendation, TuneResult
 from wellfed.tune._search import (
     CLEAR_GAIN,
     DEFAULT_BUDGET_S,
     NEAR_BEST,
-    Recommendation,
-    TuneResult,
     tune,
 )
 from wellfed.tune._store import dataset_fingerprint, load_stored_result, store_dir
@@ -16,8 +16,11 @@ __all__ = [
     "CLEAR_GAIN",
     "DEFAULT_BUDGET_S",
     "NEAR_BEST",
+    "AutoWorkers",
     "Recommendation",
     "TuneResult",
+    "auto_workers",
+    "cpu_worker_rule",
     "dataset_fingerprint",
     "load_stored_result",
     "store_dir",

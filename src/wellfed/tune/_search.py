@@ -7,12 +7,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
+from wellfed.tune._result import Recommendation, TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -60,122 +60,6 @@ MAX_WORKERS = 64
 MAX_REPEAT_ROUNDS = 2
 
 ProgressFn = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The configuration wellfed recommends, and why.
-
-    Attributes:
-        config: The recommended configuration.
-        samples_per_s: Its measured throughput (median over windows), samples/s.
-        speedup: samples_per_s over the num_workers=0 baseline's.
-        reason: One paragraph: the evidence behind the choice.
-        reasons: Per setting (``num_workers``, ``persistent_workers``, ...), the reason for its
-            value and whether it was measured or detected.
-        code: A ready-to-paste ``DataLoader(...)`` call.
-    """
-
-    config: LoaderConfig
-    samples_per_s: float
-    speedup: float | None
-    reason: str
-    reasons: dict[str, str] = field(default_factory=dict)
-    code: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        out = dataclasses.asdict(self)
-        out["config"] = self.config.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recommendation:
-        """Build from ``to_dict()`` output."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["config"] = LoaderConfig.from_dict(data["config"])
-        return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """What ``tune`` measured and recommends.
-
-    Attributes:
-        platform: The machine (see PlatformInfo).
-        workload: description, samples (len of the dataset or None), source, target,
-            batch_size, start_method, and user_config (the target's own settings or None).
-        trials: Every measured configuration, in the order measured (repeats pooled).
-        baseline: The num_workers=0 trial, or None when it was not measured.
-        recommended: The recommendation, or None when no configuration could be measured.
-        best: The fastest trial.
-        ceiling_samples_per_s: The best single-process rate (num_workers 0 or 1) times the
-            usable CPUs: what perfect scaling over the cores would give (storage-bound data
-            can beat it).
-        tuning_time_s: Wall seconds the whole run took.
-        budget_s: The time bound it ran under.
-        stopped_because: Why the sweep ended (a fact, e.g. "4 workers gained < 5% over 2").
-        findings: Doctor findings (as dicts) that made tune refuse worker configurations.
-        stored_path: Where the result was stored for ``create_dataloader``'s "auto", or None.
-    """
-
-    platform: PlatformInfo
-    workload: dict[str, Any]
-    trials: tuple[Trial, ...]
-    baseline: Trial | None
-    recommended: Recommendation | None
-    best: Trial | None
-    ceiling_samples_per_s: float | None
-    tuning_time_s: float
-    budget_s: float
-    stopped_because: str
-    findings: tuple[dict[str, Any], ...] = ()
-    stored_path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON contract: platform, workload, trials, baseline, recommended, ..."""
-        return {
-            "platform": self.platform.to_dict(),
-            "workload": dict(self.workload),
-            "trials": [t.to_dict() for t in self.trials],
-            "baseline": self.baseline.to_dict() if self.baseline else None,
-            "recommended": self.recommended.to_dict() if self.recommended else None,
-            "best": self.best.to_dict() if self.best else None,
-            "ceiling_samples_per_s": self.ceiling_samples_per_s,
-            "tuning_time_s": self.tuning_time_s,
-            "budget_s": self.budget_s,
-            "stopped_because": self.stopped_because,
-            "findings": list(self.findings),
-            "stored_path": self.stored_path,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TuneResult:
-        """Build a TuneResult from ``to_dict()`` output (as stored on disk)."""
-        from wellfed.platform import GPUInfo
-
-        pdata = dict(data["platform"])
-        pdata["start_methods"] = tuple(pdata["start_methods"])
-        pdata["gpus"] = tuple(GPUInfo(**g) for g in pdata.get("gpus", ()))
-        names = {f.name for f in dataclasses.fields(PlatformInfo)}
-        platform = PlatformInfo(**{k: v for k, v in pdata.items() if k in names})
-        return cls(
-            platform=platform,
-            workload=dict(data["workload"]),
-            trials=tuple(Trial.from_dict(t) for t in data["trials"]),
-            baseline=Trial.from_dict(data["baseline"]) if data.get("baseline") else None,
-            recommended=Recommendation.from_dict(data["recommended"])
-            if data.get("recommended")
-            else None,
-            best=Trial.from_dict(data["best"]) if data.get("best") else None,
-            ceiling_samples_per_s=data.get("ceiling_samples_per_s"),
-            tuning_time_s=data.get("tuning_time_s", 0.0),
-            budget_s=data.get("budget_s", 0.0),
-            stopped_because=data.get("stopped_because", ""),
-            findings=tuple(data.get("findings", ())),
-            stored_path=data.get("stored_path"),
-        )
 
 
 def _standard_error(trial: Trial) -> float:

@@ -16,10 +16,9 @@ import logging
 import os
 import platform as _stdlib_platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from wellfed.tune._search import TuneResult
+from wellfed.tune._result import TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +105,6 @@ def load_stored_result(dataset: Any, *, batch_size: int | None = None) -> TuneRe
         The TuneResult (its ``stored_path`` says which file), or None when none matches or
         the file cannot be read.
     """
-    from wellfed.tune._search import TuneResult
-
     path = store_dir() / f"{_key(dataset_fingerprint(dataset), batch_size)}.json"
     if not path.is_file():
         return None
