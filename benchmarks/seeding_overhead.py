@@ -103,7 +103,7 @@ def _seeding_cost_us(batch_size: int, batches: int) -> float:
     batch: the num_workers=0 worst case) against a plain list comprehension + collate over a
     dataset that does nothing.
     """
-    from wellfed.loader import _SeededFetch
+    from wellfed.seeded_loader import _SeededFetch
     from wellfed.seeding import _epoch_key, _sample_seed_from_key
 
     ds = _Trivial()

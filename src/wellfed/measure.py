@@ -1,4 +1,9 @@
-"""The one measuring core: run a loader configuration for a bounded time and report what it did.
+"""The one measuring core and loader driver: run a loader for a bounded time, close it for certain.
+
+The driver (``open_batches``, ``iterate``, ``stream``, ``close_loader``) is the one place that
+iterates a DataLoader and stops its workers: tune's trials, the doctor's live probe, repro,
+precompute's source stage and the benchmarks all drive loaders through it, so a loader cut
+short never keeps workers alive until garbage collection.
 
 Every trial runs in a fresh child process (see ``run_isolated``), so worker start-up is
 measured as a user pays it, memory is that configuration's alone, and a crash or a hang ends
@@ -12,14 +17,103 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._isolate import IsolatedResult, run_isolated
 from wellfed.target import LoaderConfig, LoaderSpec
 
-__all__ = ["IsolatedResult", "LoaderConfig", "Trial", "measure", "run_isolated"]
+__all__ = [
+    "IsolatedResult",
+    "LoaderConfig",
+    "Trial",
+    "close_iterator",
+    "close_loader",
+    "iterate",
+    "measure",
+    "open_batches",
+    "run_isolated",
+    "stream",
+]
+
+
+# --- the loader driver -----------------------------------------------------------------------
+
+
+def close_iterator(it: Any) -> None:
+    """Stop a DataLoader iterator's workers now (torch's own shutdown, as at an epoch's end)."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def close_loader(loader: Any) -> None:
+    """Stop the persistent workers a loader keeps between epochs (``loader._iterator``), if any.
+
+    The loader stays usable: its next ``iter()`` starts new workers.
+    """
+    it = getattr(loader, "_iterator", None)
+    if it is not None:
+        close_iterator(it)
+        loader._iterator = None
+
+
+@contextmanager
+def open_batches(loader: Any, *, keep_workers: bool = False) -> Iterator[Iterator[Any]]:
+    """``iter(loader)``, with its workers stopped for certain when the block ends.
+
+    Args:
+        loader: Any iterable; a DataLoader's workers (started by ``iter``) are stopped on exit,
+            also when the block raises or stops early.
+        keep_workers: Keep a persistent-workers loader's workers for its next epoch (stop
+            them later with ``close_loader``). Non-persistent workers are stopped either way.
+    """
+    it = iter(loader)
+    try:
+        yield it
+    finally:
+        if not (keep_workers and getattr(loader, "persistent_workers", False)):
+            close_iterator(it)
+            if getattr(loader, "_iterator", None) is it:
+                loader._iterator = None
+        del it
+
+
+def iterate(
+    loader: Any, *, max_batches: int | None = None, keep_workers: bool = False
+) -> Iterator[Any]:
+    """Yield one epoch of ``loader`` (at most ``max_batches`` batches); workers stopped after.
+
+    See ``open_batches`` for ``keep_workers``. Closing the generator early (``break`` out of a
+    ``for`` loop, then dropping it) stops the workers too.
+    """
+    with open_batches(loader, keep_workers=keep_workers) as it:
+        for count, batch in enumerate(it):
+            if max_batches is not None and count >= max_batches:
+                return
+            yield batch
+
+
+def stream(loader: Any) -> Generator[Any, None, None]:
+    """Yield batches epoch after epoch, as a training loop would, until the consumer stops.
+
+    Each new epoch's start-up (workers restarted unless persistent) happens inside ``next``,
+    so it counts as data wait, as in training. An empty epoch ends the stream. When the
+    generator is closed (``.close()`` or garbage collection), every worker is stopped.
+    """
+    try:
+        while True:
+            delivered = False
+            with open_batches(loader, keep_workers=True) as it:
+                for batch in it:
+                    delivered = True
+                    yield batch
+            if not delivered:
+                return
+    finally:
+        close_loader(loader)
 
 
 @dataclass(frozen=True)
@@ -164,42 +258,33 @@ def _run_trial(
         loader = make_loader(config)
         clock = time.perf_counter
         start = clock()
-        it = iter(loader)
-        next(it)
-        first_batch_s = clock() - start
-        warm = 0
-        # Warm-up: at least one batch per worker beyond the prefetched queue, so that the
-        # measured span sees steady state rather than batches already waiting.
-        target_warm = max(warmup_batches, config.num_workers)
-        while warm < target_warm:
-            try:
-                next(it)
-            except StopIteration:
-                it = iter(loader)
-                continue
-            warm += 1
-        stamps: list[float] = []
-        sizes: list[int] = []
-        waits: list[float] = []
-        t0 = clock()
-        last = t0
-        deadline = t0 + measure_s
-        min_batches = max(min_batches, 3 * max(3, 2 * config.num_workers))
-        while len(stamps) < min_batches or last < deadline:
-            before = clock()
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)  # next epoch; its start-up cost counts, as in training
-                continue
-            last = clock()
-            waits.append(last - before)
-            stamps.append(last)
-            sizes.append(batch_length(batch))
-            del batch
-            if len(stamps) > 100_000:
-                break
-        del it
+        batches = stream(loader)
+        try:
+            next(batches)
+            first_batch_s = clock() - start
+            # Warm-up: at least one batch per worker beyond the prefetched queue, so that the
+            # measured span sees steady state rather than batches already waiting.
+            for _ in range(max(warmup_batches, config.num_workers)):
+                next(batches)
+            stamps: list[float] = []
+            sizes: list[int] = []
+            waits: list[float] = []
+            t0 = clock()
+            last = t0
+            deadline = t0 + measure_s
+            min_batches = max(min_batches, 3 * max(3, 2 * config.num_workers))
+            while len(stamps) < min_batches or last < deadline:
+                before = clock()
+                batch = next(batches)  # a new epoch's start-up counts, as in training
+                last = clock()
+                waits.append(last - before)
+                stamps.append(last)
+                sizes.append(batch_length(batch))
+                del batch
+                if len(stamps) > 100_000:
+                    break
+        finally:
+            batches.close()
         caught = [f"{r.category.__name__}: {r.message}" for r in records]
     n = len(stamps)
     # A window spans at least two rounds of the workers (batches arrive in bursts of about

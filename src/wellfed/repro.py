@@ -200,25 +200,19 @@ class _Trace:
 
 
 def _run(loader: Any, epochs: int, max_batches: int | None) -> _Trace:
+    from wellfed.measure import close_loader, iterate
+
     trace = _Trace([], [])
-    for epoch in range(epochs):
-        if epoch and getattr(loader, "seed", None) is not None:
-            # a seeded loader repeats an epoch cut short by max_batches; move on explicitly
-            loader.set_epoch(loader.epoch + 1)
-        it = iter(loader)
-        try:
-            for b, batch in enumerate(it):
-                if max_batches is not None and b >= max_batches:
-                    break
+    try:
+        for epoch in range(epochs):
+            if epoch and getattr(loader, "seed", None) is not None:
+                # a seeded loader repeats an epoch cut short by max_batches; move on explicitly
+                loader.set_epoch(loader.epoch + 1)
+            for b, batch in enumerate(iterate(loader, max_batches=max_batches, keep_workers=True)):
                 trace.digests.append((epoch, b, batch_digest(batch)))
                 trace.samples.append(_sample_digests(batch))
-        finally:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if callable(shutdown) and not getattr(loader, "persistent_workers", False):
-                shutdown()  # stops workers of an epoch cut short by max_batches
-    it_persistent = getattr(loader, "_iterator", None)
-    if it_persistent is not None and callable(getattr(it_persistent, "_shutdown_workers", None)):
-        it_persistent._shutdown_workers()  # persistent workers: stop them now, not at GC
+    finally:
+        close_loader(loader)  # persistent workers: stop them now, not at GC
     return trace
 
 

@@ -185,10 +185,16 @@ class LoaderSpec:
         return kwargs
 
     def make_loader(self, config: LoaderConfig | None = None) -> Any:
-        """Build the ``torch.utils.data.DataLoader`` for a configuration."""
-        from torch.utils.data import DataLoader
+        """Build the loader for a configuration: the class ``create_dataloader`` builds.
 
-        return DataLoader(self.dataset, **self.loader_kwargs(config))
+        A ``wellfed.seeded_loader.SeededDataLoader`` without a seed, which is a
+        ``torch.utils.data.DataLoader`` subclass and loads as one: what tune measures is what
+        its recommendation (a pasted ``DataLoader(...)`` call, or ``create_dataloader``'s
+        "auto") runs.
+        """
+        from wellfed.seeded_loader import SeededDataLoader
+
+        return SeededDataLoader(self.dataset, **self.loader_kwargs(config))
 
     def with_batch_size(self, batch_size: int) -> LoaderSpec:
         """A copy with another batch size, marked as given by the user."""

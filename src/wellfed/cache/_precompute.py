@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from wellfed.cache._store import (
     write_manifest,
 )
 from wellfed.errors import ConfigError, StateError
+from wellfed.measure import open_batches
 
 logger = logging.getLogger(__name__)
 
@@ -576,6 +578,7 @@ class _SourceBatches:
 
         self.batches = batches
         self._it: Any = None
+        self._stack = contextlib.ExitStack()
         if not batches:
             return
         kwargs: dict[str, Any] = {"batch_sampler": batches, "num_workers": workers}
@@ -586,7 +589,8 @@ class _SourceBatches:
             kwargs["prefetch_factor"] = 2
             if context is not None:
                 kwargs["multiprocessing_context"] = context
-        self._it = iter(DataLoader(source, **kwargs))
+        # Entered now, so that the workers start reading ahead at once; close() exits it.
+        self._it = self._stack.enter_context(open_batches(DataLoader(source, **kwargs)))
 
     def __iter__(self) -> Iterator[tuple[list[int], Any]]:
         if self._it is None:
@@ -594,11 +598,9 @@ class _SourceBatches:
         return zip(self.batches, self._it, strict=True)
 
     def close(self) -> None:
-        """Stop the workers (torch's own shutdown: the same as the iterator's end)."""
-        it, self._it = self._it, None
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        """Stop the workers (the loader driver's shutdown: the same as the iterator's end)."""
+        self._it = None
+        self._stack.close()
 
 
 def _run_local(

@@ -37,6 +37,7 @@ from wellfed import _isolate
 from wellfed._digest import batch_digest
 from wellfed._isolate import run_isolated
 from wellfed.doctor._report import ProbeRun
+from wellfed.measure import open_batches
 
 __all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
 
@@ -221,9 +222,8 @@ def _probe_one(
     batches = 0
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
         tagged = TagWorkerIterable(dataset)
-        it = iter(DataLoader(tagged, batch_size=None, **common))
         by_worker: dict[int, list[str]] = {}
-        try:
+        with open_batches(DataLoader(tagged, batch_size=None, **common)) as it:
             for wid, item in it:
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
@@ -233,11 +233,6 @@ def _probe_one(
                 if batches >= ITERABLE_ITEMS:
                     break
             obs["worker_uss_last_bytes"] = _worker_uss(it)
-        finally:
-            shutdown = getattr(it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            del it
         owners: dict[str, set[int]] = {}
         for wid, digests in by_worker.items():
             for d in digests:
@@ -269,9 +264,8 @@ def _probe_one(
             return collate(dataset[first])
 
         loader = DataLoader(dataset, batch_size=None, sampler=indices, collate_fn=collate, **common)
-    it = iter(loader)
     batch_digests: list[str] = []
-    try:
+    with open_batches(loader) as it:
         for batch in it:
             if batches == 0:
                 obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
@@ -279,11 +273,6 @@ def _probe_one(
             batch_digests.append(_digest(batch))
             batches += 1
         obs["worker_uss_last_bytes"] = _worker_uss(it)
-    finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        del it
     obs["kind"] = "map"
     # Main process, after the workers: is the first sample random at all, and how random?
     main = [_digest(main_fetch()) for _ in range(REPEATS)]

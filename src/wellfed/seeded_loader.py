@@ -1,0 +1,664 @@
+"""``SeededDataLoader``: a DataLoader whose batches are a pure function of (seed, epoch, indices).
+
+How it works (see ``docs/reproducibility.md``):
+
+* The sampler runs in the main process, as in every DataLoader. ``loader.sampler`` and
+  ``loader.batch_sampler`` stay the user's (or torch's own) objects; inside the loader's
+  iterator each index they yield travels to the worker together with its seed, ``(index,
+  sample_seed(seed, epoch, index))``. The shuffle order comes from a ``torch.Generator``
+  seeded from (seed, epoch).
+* In the fetch path (main process or worker), a small wrapper seeds Python ``random``, numpy's
+  global RNG and torch's CPU generator from that seed, then calls the user's ``__getitem__``
+  with the plain index (or ``__getitems__`` with plain indices, seeding once per batch). The
+  collate function runs next, seeded from the batch.
+* No worker state is involved, so the batches are identical for num_workers 0..N,
+  fork/spawn/forkserver, persistent workers or not, and after a resume into a loader with
+  another ``num_workers``.
+
+``loader.dataset`` is the user's dataset: the wrapper is handed to the DataLoader's iterator
+only, never stored on the loader. With ``seed=None`` it is a plain ``torch.utils.data.DataLoader``
+(what ``wellfed tune`` measures, and what ``create_dataloader`` builds). ``create_dataloader``
+(``wellfed.loader``) resolves the "auto" settings and the worker-safety policy around it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeGuard, cast
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
+from torch.utils.data.dataloader import (
+    _BaseDataLoaderIter,
+    _MultiProcessingDataLoaderIter,
+    _SingleProcessDataLoaderIter,
+)
+
+from wellfed.errors import ConfigError, StateError
+from wellfed.seeding import (
+    _RNG_LOCK,
+    _SALT_COLLATE,
+    _SALT_SAMPLER,
+    _SALT_SHUFFLE,
+    _check_seed,
+    _enter_sample,
+    _epoch_key,
+    _fold,
+    _GlobalRngSnapshot,
+    _leave_sample,
+    _mix,
+    _purpose_seed,
+    _sample_seed_from_key,
+    _SeededGlobals,
+)
+
+__all__ = ["SeededDataLoader"]
+
+logger = logging.getLogger("wellfed.loader")
+
+_STATE_FORMAT = "wellfed.loader/1"
+
+
+def _index_key(index: Any) -> int:
+    """An int for any index: ints as themselves, others by CRC32 of their repr (not hash(),
+    which differs between processes for str)."""
+    try:
+        return int(index.__index__())
+    except (AttributeError, TypeError):
+        return zlib.crc32(repr(index).encode())
+
+
+# --- the fetch path --------------------------------------------------------------------------
+
+
+def _passthrough(batch: Any) -> Any:
+    """The iterator's collate: the seeded fetch wrapper has already collated."""
+    return batch
+
+
+def _has_batched_fetch(dataset: Any) -> bool:
+    """True when the dataset has its own ``__getitems__`` (Subset's only forwards one)."""
+    if isinstance(dataset, Subset):
+        return _has_batched_fetch(dataset.dataset)
+    return callable(getattr(dataset, "__getitems__", None))
+
+
+class _SeededFetch:
+    """Stands in for the dataset inside the DataLoader's iterator (main process and workers).
+
+    Receives ``(index, sample_seed)`` pairs, seeds the global RNGs, calls the user's dataset
+    with the plain index, then collates (seeded from the batch). In the main process it
+    restores the global RNG state afterwards, so the training loop's randomness does not depend
+    on ``num_workers``. Picklable when the dataset and collate function are.
+    """
+
+    def __init__(self, dataset: Any, collate_fn: Callable[[Any], Any], batched: bool) -> None:
+        self.dataset = dataset
+        self.collate_fn = collate_fn
+        self.batched = batched
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, pairs: Sequence[tuple[Any, int]]) -> Any:
+        from torch.utils.data import get_worker_info
+
+        if get_worker_info() is not None:  # a worker process: its RNGs are its own
+            return self._load_batch(pairs)
+        with _RNG_LOCK:  # the main process: other threads share the global RNGs
+            snapshot = _GlobalRngSnapshot()
+            try:
+                return self._load_batch(pairs)
+            finally:
+                snapshot.restore()
+
+    def _load_batch(self, pairs: Sequence[tuple[Any, int]]) -> Any:
+        try:
+            if self.batched:
+                batch_seed = _fold(p[1] for p in pairs)
+                _enter_sample(batch_seed)
+                samples = self.dataset.__getitems__([p[0] for p in pairs])
+            else:
+                dataset = self.dataset
+                samples = []
+                for index, seed in pairs:
+                    _enter_sample(seed)
+                    samples.append(dataset[index])
+                batch_seed = _fold(p[1] for p in pairs)
+            _enter_sample(_mix(batch_seed ^ _SALT_COLLATE))
+            return self.collate_fn(samples)
+        finally:
+            _leave_sample()
+
+    def __getitem__(self, pair: tuple[Any, int]) -> Any:
+        # No automatic batching (batch_size=None): one sample, then the loader's collate_fn
+        # (default_convert unless the user gave one).
+        from torch.utils.data import get_worker_info
+
+        if get_worker_info() is not None:
+            return self._load_one(pair)
+        with _RNG_LOCK:
+            snapshot = _GlobalRngSnapshot()
+            try:
+                return self._load_one(pair)
+            finally:
+                snapshot.restore()
+
+    def _load_one(self, pair: tuple[Any, int]) -> Any:
+        try:
+            index, seed = pair
+            _enter_sample(seed)
+            sample = self.dataset[index]
+            _enter_sample(_mix(seed ^ _SALT_COLLATE))
+            return self.collate_fn(sample)
+        finally:
+            _leave_sample()
+
+
+# --- the index stream ------------------------------------------------------------------------
+
+
+class _SeededIndex:
+    """What the DataLoader's iterators draw from: the loader's own index sampler, each index
+    paired with its sample seed, ``(index, sample_seed)`` (lists of them for batches).
+
+    Never public: ``loader.sampler`` and ``loader.batch_sampler`` stay the user's objects (or
+    torch's ``SequentialSampler``/``RandomSampler``/``BatchSampler``), so code that rebuilds a
+    DataLoader from them (Accelerate, Lightning) gets plain indices. The loader hands this
+    object to its iterators through ``_index_sampler``. It holds no reference to the loader
+    (persistent workers stop when the loader is deleted, not at the next garbage collection).
+
+    Args:
+        seed: The loader's seed.
+        base: The loader's ``batch_sampler`` (automatic batching) or ``sampler``.
+        batches: True when ``base`` yields lists of indices.
+        shuffle_gen: The generator of wellfed's own RandomSampler (``shuffle=True``),
+            reseeded from (seed, epoch) each epoch; None otherwise.
+    """
+
+    def __init__(
+        self, seed: int, base: Any, batches: bool, shuffle_gen: torch.Generator | None
+    ) -> None:
+        self.seed = seed
+        self.base = base
+        self.batches = batches
+        self.shuffle_gen = shuffle_gen
+        self.epoch = 0
+        self.skip = 0  # items (batches, or samples with batch_size=None) to skip (a resume)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator[Any]:
+        # Lazy, like torch's BatchSampler: the multiprocessing iterator calls iter() twice (in
+        # its base __init__ and in _reset) and only draws from the second one.
+        return self._pairs()
+
+    def _pairs(self) -> Iterator[Any]:
+        epoch, skip = self.epoch, self.skip
+        seed = self.seed
+        key = _epoch_key(seed, epoch)
+        if self.shuffle_gen is not None:
+            self.shuffle_gen.manual_seed(_purpose_seed(seed, epoch, _SALT_SHUFFLE))
+        # A user's sampler may draw its order from any global RNG at iter() or its first
+        # next() (RandomSampler, WeightedRandomSampler without a generator; a numpy
+        # permutation): seed all three from (seed, epoch) there, then restore them.
+        with _SeededGlobals(_purpose_seed(seed, epoch, _SALT_SAMPLER)):
+            it = iter(self.base)
+            first = list(itertools.islice(it, 1))
+        order: Iterable[Any] = itertools.chain(first, it)
+        if skip:
+            order = itertools.islice(order, skip, None)
+        if self.batches:
+            for batch in cast("Iterable[Iterable[Any]]", order):
+                yield [(i, _sample_seed_from_key(key, _index_key(i))) for i in batch]
+        else:
+            for i in order:
+                yield (i, _sample_seed_from_key(key, _index_key(i)))
+
+
+def _epoch_target(user: Any) -> Any:
+    """The object whose ``set_epoch`` wellfed forwards to: the user's sampler or batch sampler,
+    or the sampler inside the user's batch sampler (a BatchSampler over a DistributedSampler)."""
+    for obj in (user, getattr(user, "sampler", None)):
+        if obj is not None and callable(getattr(obj, "set_epoch", None)):
+            return obj
+    return None
+
+
+def _valid_epoch(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --- iterators -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    epoch: int
+    start: int  # batches skipped by a resume
+    yielded: int = 0
+    exhausted: bool = False
+
+
+class _SeededIterMixin(_BaseDataLoaderIter):
+    """Hands the seeded fetch wrapper to the fetcher and counts delivered batches."""
+
+    _wf_progress: _Progress | None
+
+    def __init__(self, loader: DataLoader[Any]) -> None:
+        super().__init__(loader)
+        self._wf_progress = None
+        fetch = getattr(loader, "_wf_fetch", None)
+        if fetch is not None:
+            self._dataset = fetch
+            self._collate_fn = _passthrough
+
+    def __next__(self) -> Any:
+        try:
+            data = super().__next__()
+        except StopIteration:
+            if self._wf_progress is not None:
+                self._wf_progress.exhausted = True
+            raise
+        if self._wf_progress is not None:
+            self._wf_progress.yielded += 1
+        return data
+
+
+class _SeededSingleProcessIter(_SingleProcessDataLoaderIter, _SeededIterMixin):
+    pass
+
+
+class _SeededMultiProcessingIter(_MultiProcessingDataLoaderIter, _SeededIterMixin):
+    pass
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+
+class SeededDataLoader(DataLoader[Any]):
+    """A ``torch.utils.data.DataLoader`` whose batches are a pure function of (seed, epoch, index).
+
+    Build it with ``create_dataloader`` (which also resolves "auto" values and checks worker
+    safety); constructing it directly takes DataLoader's arguments plus ``seed``.
+
+    What to load: ``dataset`` (map-style; ``loader.dataset`` is this very object), ``batch_size``,
+    ``shuffle``, ``sampler`` or ``batch_sampler``, ``collate_fn``, ``drop_last``. How to
+    parallelise: ``num_workers``, ``multiprocessing_context``, ``persistent_workers``,
+    ``prefetch_factor``, ``pin_memory``, ``worker_init_fn``, ``timeout``. How to reproduce and
+    resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
+
+    Args:
+        dataset: The user's dataset. With ``seed``, it must be map-style.
+        *args: DataLoader's positional arguments after ``dataset``.
+        seed: Non-negative int. None: a plain DataLoader (no per-sample seeding, no resume).
+        **kwargs: DataLoader's keyword arguments. With ``seed``, ``generator`` must be None
+            (the shuffle order comes from the seed) and ``in_order`` must stay True.
+
+    Attributes:
+        seed: The seed, or None.
+        epoch: The epoch of the latest iteration (-1 before the first).
+        plan: The LoaderPlan ``create_dataloader`` resolved, or None.
+
+    Epochs: the first iteration is epoch 0 and each new ``iter(loader)`` is the next epoch,
+    also after an iteration stopped early (a step-limited epoch); ``set_epoch(e)`` makes the
+    next iteration epoch ``e``. A peek with ``next(iter(loader))`` therefore uses up epoch 0:
+    call ``loader.set_epoch(0)`` after it to start training at epoch 0. With a sampler
+    that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the epoch to it on every
+    iteration, and follows the user's own ``sampler.set_epoch(e)``, also one made before the
+    loader was built. One live iterator per loader at a time (torch's rule for persistent
+    workers too).
+
+    ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects, or torch's
+    (``SequentialSampler``, ``RandomSampler``, ``BatchSampler``): the seeds are attached to the
+    indices inside the loader's iterator, so a DataLoader rebuilt from them works (unseeded).
+
+    Seeded loading in the main process (``num_workers=0``) seeds and restores the process-wide
+    RNGs under a lock, so loaders iterated from several threads do not mix their seeds. Other
+    code drawing from the global RNGs in another thread at the same time is not locked out:
+    with several threads, give each its own generator, or load with workers.
+    """
+
+    _POSITIONAL = (
+        "batch_size",
+        "shuffle",
+        "sampler",
+        "batch_sampler",
+        "num_workers",
+        "collate_fn",
+        "pin_memory",
+        "drop_last",
+        "timeout",
+        "worker_init_fn",
+        "multiprocessing_context",
+        "generator",
+    )
+
+    def __init__(self, dataset: Any, *args: Any, seed: int | None = None, **kwargs: Any) -> None:
+        if len(args) > len(self._POSITIONAL):
+            raise TypeError(
+                f"SeededDataLoader takes at most {len(self._POSITIONAL) + 1} positional "
+                f"arguments (dataset, {', '.join(self._POSITIONAL)}) but {len(args) + 1} were "
+                "given; pass the others by keyword"
+            )
+        for name, value in zip(self._POSITIONAL, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"SeededDataLoader got multiple values for argument {name!r}")
+            kwargs[name] = value
+        self._wf_fetch: _SeededFetch | None = None
+        self._wf_index: _SeededIndex | None = None
+        self._wf_user_sampler: Any = None
+        self._wf_epoch_target: Any = None
+        self._wf_forwarded: int | None = None
+        self._wf_pending: tuple[int, int] | None = (0, 0)  # (epoch, batches to skip)
+        self._wf_progress: _Progress | None = None
+        self._wf_shuffle = False
+        self.seed: int | None = None
+        self.plan: Any = None  # a wellfed.loader.LoaderPlan when create_dataloader built it
+        if seed is None:
+            super().__init__(dataset, **kwargs)
+            return
+        self.seed = _check_seed(seed)
+        if isinstance(dataset, IterableDataset):
+            raise ConfigError(
+                f"Cannot seed per sample: dataset={type(dataset).__name__} is an "
+                "IterableDataset, which has no sample indices to derive seeds from. Use a "
+                "map-style dataset (__getitem__ + __len__), or pass seed=None.",
+                code="WF204",
+                attribute="dataset",
+                value=type(dataset).__name__,
+            )
+        if kwargs.get("generator") is not None:
+            raise ConfigError(
+                "Conflicting options: generator=<torch.Generator> and seed="
+                f"{seed} both decide the shuffle order. Pass one of them: with seed, wellfed "
+                "derives the order from (seed, epoch).",
+                code="WF203",
+                attribute="generator",
+                value=kwargs["generator"],
+            )
+        if kwargs.get("in_order", True) is False:
+            raise ConfigError(
+                f"Conflicting options: in_order=False with seed={seed}: batches would arrive in "
+                "the order workers finish them, so the sequence of batches is not reproducible. "
+                "Drop in_order=False, or pass seed=None.",
+                code="WF203",
+                attribute="in_order",
+                value=False,
+            )
+        shuffle = bool(kwargs.pop("shuffle", False) or False)
+        sampler = kwargs.pop("sampler", None)
+        batch_sampler = kwargs.pop("batch_sampler", None)
+        if shuffle and (sampler is not None or batch_sampler is not None):
+            raise ConfigError(
+                "Conflicting options: shuffle=True with a "
+                f"{'sampler' if sampler is not None else 'batch_sampler'}: the sampler decides "
+                "the order. Pass shuffle=False (and shuffle inside the sampler), or drop the "
+                "sampler.",
+                code="WF203",
+                attribute="shuffle",
+                value=True,
+            )
+        if batch_sampler is not None and sampler is not None:
+            raise ConfigError(
+                "Conflicting options: sampler and batch_sampler are both set; the batch "
+                "sampler decides the batches. Pass only one.",
+                code="WF203",
+                attribute="sampler",
+                value=sampler,
+            )
+        user = batch_sampler if batch_sampler is not None else sampler
+        shuffle_gen: torch.Generator | None = None
+        if shuffle:
+            # torch's own RandomSampler, with a generator wellfed reseeds from (seed, epoch)
+            shuffle_gen = torch.Generator()
+            sampler = RandomSampler(dataset, generator=shuffle_gen)
+        if batch_sampler is not None:
+            kwargs["batch_sampler"] = batch_sampler
+        elif sampler is not None:
+            kwargs["sampler"] = sampler
+        collate_fn = kwargs.get("collate_fn")
+        super().__init__(dataset, **kwargs)
+        base = self.batch_sampler if self._auto_collation else self.sampler
+        self._wf_index = _SeededIndex(self.seed, base, self._auto_collation, shuffle_gen)
+        self._wf_user_sampler = user
+        self._wf_shuffle = shuffle
+        target = _epoch_target(user)
+        self._wf_epoch_target = target
+        start = getattr(target, "epoch", None)
+        if _valid_epoch(start):
+            # an epoch the user set on the sampler before building the loader is followed
+            self._wf_forwarded = start
+            self._wf_pending = (start, 0)
+            if start:
+                logger.debug("sampler.epoch=%d was set before the loader: starting there", start)
+        if collate_fn is None:
+            collate_fn = self.collate_fn  # default_collate or default_convert, as torch chose
+        self._wf_fetch = _SeededFetch(dataset, collate_fn, _has_batched_fetch(dataset))
+
+    @property
+    def _index_sampler(self) -> Any:
+        # DataLoader's iterators read their indices from here; see _SeededIndex.
+        if self._wf_index is not None:
+            return self._wf_index
+        return super()._index_sampler
+
+    # -- epochs ----------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the latest iteration; -1 before the first."""
+        return self._wf_progress.epoch if self._wf_progress is not None else -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter(loader)`` run epoch ``epoch`` (then ``epoch + 1``, ...).
+
+        Forwards to the sampler's ``set_epoch`` (``DistributedSampler``: each rank keeps its
+        own shard): at once when the loader has no seed, at the next iteration otherwise.
+
+        Raises:
+            ConfigError: ``epoch`` is not a non-negative int (WF203).
+        """
+        if not _valid_epoch(epoch):
+            raise ConfigError(
+                f"Invalid epoch: epoch={epoch!r} is not a non-negative int. Epochs count from 0.",
+                code="WF203",
+                attribute="epoch",
+                value=epoch,
+            )
+        self._wf_pending = (epoch, 0)
+        if self._wf_index is None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _total_batches(self) -> int | None:
+        try:
+            return len(self)
+        except TypeError:
+            return None
+
+    def _finished(self, p: _Progress) -> bool:
+        """Whether an iteration delivered its whole epoch (StopIteration, or every batch)."""
+        if p.exhausted:
+            return True
+        total = self._total_batches()
+        return total is not None and p.start + p.yielded >= total
+
+    def _next_start(self) -> tuple[int, int]:
+        """(epoch, batches to skip) of the next iteration.
+
+        Each new iteration is the next epoch, whether or not the previous one was consumed to
+        the end (a step-limited epoch, Lightning's ``limit_train_batches``), unless
+        ``set_epoch`` or ``load_state_dict`` said otherwise since.
+        """
+        p = self._wf_progress
+        if self._wf_pending is not None:
+            return self._wf_pending
+        if p is None:
+            return 0, 0
+        return p.epoch + 1, 0
+
+    def _get_iterator(self) -> _BaseDataLoaderIter:
+        if self.num_workers == 0:
+            return _SeededSingleProcessIter(self)
+        self.check_worker_number_rationality()
+        return _SeededMultiProcessingIter(self)
+
+    def __iter__(self) -> _BaseDataLoaderIter:
+        epoch, skip = self._next_start()
+        index = self._wf_index
+        if index is not None:
+            target = self._wf_epoch_target
+            if target is not None:
+                current = getattr(target, "epoch", None)
+                if (
+                    _valid_epoch(current)
+                    and self._wf_forwarded is not None
+                    and current != self._wf_forwarded
+                ):
+                    logger.debug("sampler.set_epoch(%d) was called directly; following it", current)
+                    if current != epoch:
+                        skip = 0
+                    epoch = current
+                target.set_epoch(epoch)
+                self._wf_forwarded = getattr(target, "epoch", epoch)
+            index.epoch, index.skip = epoch, skip
+        self._wf_pending = None
+        if index is not None:
+            # torch draws the iterator's base seed from the global generator here: not while
+            # another thread is between seeding and using it
+            with _RNG_LOCK:
+                it = super().__iter__()
+        else:
+            it = super().__iter__()
+        progress = _Progress(epoch=epoch, start=skip)
+        it._wf_progress = progress  # type: ignore[attr-defined]
+        self._wf_progress = progress
+        return it
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """Facts a saved state must match to resume with the same batches."""
+        base = self._wf_user_sampler
+        return {
+            "seed": self.seed,
+            "num_samples": len(self.dataset),  # type: ignore[arg-type]
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "shuffle": getattr(self, "_wf_shuffle", False),
+            "sampler": None
+            if base is None
+            else f"{type(base).__module__}.{type(base).__qualname__}",
+            "rank": getattr(base, "rank", None),
+            "num_replicas": getattr(base, "num_replicas", None),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: the epoch and the batches already delivered in it.
+
+        Save it with the model checkpoint; ``load_state_dict`` into a loader built the same
+        way (any ``num_workers``, start method or persistence) resumes with the identical
+        remaining batches. Batches prefetched by workers but not yet delivered are not counted.
+
+        Returns:
+            A dict of plain ints, strings and None (JSON- and ``torch.save``-friendly).
+
+        Raises:
+            StateError: The loader has no seed, so its batches cannot be replayed (WF208).
+        """
+        if self.seed is None:
+            raise StateError(
+                "Cannot save a resume state: seed=None, so shuffle order and augmentations "
+                "come from unseeded RNGs and cannot be replayed. Build the loader with "
+                "create_dataloader(..., seed=<int>).",
+                code="WF208",
+                attribute="seed",
+                value=None,
+            )
+        p = self._wf_progress
+        if self._wf_pending is not None:  # set_epoch/load_state_dict since, or not iterated
+            epoch, done = self._wf_pending
+        elif p is None:
+            epoch, done = 0, 0
+        elif self._finished(p):
+            epoch, done = p.epoch + 1, 0
+        else:
+            epoch, done = p.epoch, p.start + p.yielded
+        return {
+            "format": _STATE_FORMAT,
+            "epoch": epoch,
+            "batches_done": done,
+            **self._identity(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next ``iter(loader)`` yields the remaining batches of the saved epoch.
+
+        Args:
+            state: A dict from ``state_dict()`` of a loader built with the same dataset
+                length, seed, batch size, drop_last, shuffle, sampler type and rank.
+                ``num_workers``, start method, persistence and prefetching may differ.
+
+        Raises:
+            StateError: The state is not wellfed's, or one of the facts above differs (the
+                message names it, with both values) (WF209).
+        """
+        if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
+            got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise StateError(
+                f"Cannot resume: state format={got!r} is not {_STATE_FORMAT!r}, so it was not "
+                "saved by a wellfed loader of this version. Pass the dict that "
+                "loader.state_dict() returned.",
+                code="WF209",
+                attribute="format",
+                value=got,
+            )
+        if self.seed is None:
+            raise StateError(
+                "Cannot resume: this loader has seed=None, so it cannot replay the saved "
+                f"batches (saved with seed={state.get('seed')}). Build it with "
+                f"create_dataloader(..., seed={state.get('seed')}).",
+                code="WF208",
+                attribute="seed",
+                value=None,
+            )
+        mine = self._identity()
+        for name, value in mine.items():
+            if state.get(name) != value:
+                raise StateError(
+                    f"Cannot resume: {name}={state.get(name)!r} in the saved state but "
+                    f"{value!r} in this loader, so the remaining batches would differ. Build "
+                    f"the loader with {name}={state.get(name)!r} (num_workers may differ).",
+                    code="WF209",
+                    attribute=name,
+                    value=value,
+                    saved=state.get(name),
+                )
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and done >= 0):
+            raise StateError(
+                f"Cannot resume: epoch={epoch!r}, batches_done={done!r} are not non-negative "
+                "ints. Pass the dict that loader.state_dict() returned, unmodified.",
+                code="WF209",
+                attribute="batches_done",
+                value=done,
+            )
+        try:
+            total = len(self)
+        except TypeError:
+            total = None
+        if total is not None and done > total:
+            raise StateError(
+                f"Cannot resume: batches_done={done} but an epoch of this loader has {total} "
+                "batches. Pass the state saved by a loader over the same data.",
+                code="WF209",
+                attribute="batches_done",
+                value=done,
+            )
+        self._wf_pending = (epoch, done)
+        self._wf_progress = None
