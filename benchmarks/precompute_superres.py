@@ -48,19 +48,21 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from wellfed.measure import iterate
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from note001_superres import ESPCN, LowResPhotos, NaiveSRDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
-from benchmarks._env import git_sha  # noqa: E402
+from benchmarks._env import git_sha
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _epoch_s(loader: Any) -> float:
     t0 = time.perf_counter()
-    for _ in loader:
+    for _ in iterate(loader, keep_workers=True):
         pass
     return time.perf_counter() - t0
 

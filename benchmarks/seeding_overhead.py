@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
-from benchmarks._env import git_sha  # noqa: E402
+from benchmarks._env import git_sha
+from wellfed.measure import iterate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,20 +69,12 @@ def _time_loader(loader: Any, warmup: int, batches: int) -> tuple[float, float, 
     """
     t0 = c0 = 0.0
     samples = 0
-    it = iter(loader)
-    try:
-        for i, batch in enumerate(it):
-            if i == warmup:
-                t0, c0 = time.perf_counter(), time.process_time()
-            if i >= warmup:
-                samples += int(batch[0].shape[0])
-            if i + 1 >= warmup + batches:
-                break
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
+    for i, batch in enumerate(iterate(loader, max_batches=warmup + batches)):
+        if i == warmup:
+            t0, c0 = time.perf_counter(), time.process_time()
+        if i >= warmup:
+            samples += int(batch[0].shape[0])
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return elapsed, cpu, samples
 
 

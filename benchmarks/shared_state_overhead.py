@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import note000_drifting_values as example  # noqa: E402
 
 import wellfed  # noqa: E402
+from wellfed.measure import close_loader, iterate  # noqa: E402
 
 
 class BatchedPlain(example.DriftingValuesDataset):
@@ -89,7 +90,7 @@ def _cpu_s() -> float:
 def _epoch(loader: DataLoader) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process + its workers) of one epoch."""
     c0, t0 = _cpu_s(), time.perf_counter()
-    for _ in loader:
+    for _ in iterate(loader, keep_workers=True):
         pass
     t1 = time.perf_counter()
     return t1 - t0, _cpu_s() - c0
@@ -125,9 +126,7 @@ def compare(
             wall[name].append(w)
             cpu[name].append(c)
     for loader in loaders.values():
-        it = getattr(loader, "_iterator", None)
-        if it is not None:
-            it._shutdown_workers()
+        close_loader(loader)
     out: dict[str, Any] = {
         "fetch": "batched" if hasattr(plain, "__getitems__") else "per-sample",
         "num_workers": workers,

@@ -44,8 +44,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from wellfed.measure import iterate
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
-from benchmarks._env import git_sha  # noqa: E402
+from benchmarks._env import git_sha
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARD_BYTES = 64 * 2**20
@@ -197,11 +199,11 @@ def _epoch(ds: Dataset, workers: int, seed: int) -> tuple[float, int]:
     if workers:
         kwargs.update(multiprocessing_context="fork", timeout=120)
     loader = DataLoader(ds, **kwargs)
-    it = iter(loader)
-    next(it)  # warm-up: worker start, first maps
+    batches = iterate(loader)  # the loader driver: workers stopped when the epoch ends
+    next(batches)  # warm-up: worker start, first maps
     t0 = time.perf_counter()
     samples = 0
-    for x, _ in it:
+    for x, _ in batches:
         samples += x.shape[0]
     return time.perf_counter() - t0, samples
 

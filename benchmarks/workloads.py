@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from wellfed.measure import LoaderConfig
+from wellfed.measure import LoaderConfig, iterate
 from wellfed.target import LoaderSpec
 from wellfed.workloads import PHOTOS_DIR, builtin_spec
 
@@ -105,7 +105,7 @@ def _image_files(root: Path) -> list[Path]:
 def _sample_bytes(spec: LoaderSpec) -> int:
     """Bytes of one sample as collated: the first batch's tensors divided by its length."""
     loader = DataLoader(spec.dataset, **spec.loader_kwargs(LoaderConfig(batch_size=2)))
-    batch = next(iter(loader))
+    batch = next(iterate(loader, max_batches=1))
     total = 0
     stack = [batch]
     while stack:
