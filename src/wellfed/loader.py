@@ -39,6 +39,7 @@ __all__ = [
     "SeededDataLoader",
     "WorkerSafetyWarning",
     "create_dataloader",
+    "format_dataloader_config",
     "get_recommended_num_workers",
     "is_windows",
     "print_dataloader_config",
@@ -568,10 +569,8 @@ def print_dataloader_config(
 ) -> str:
     """Print and return a DataLoader's configuration (note 002's debugging helper).
 
-    Pass a loader (its resolved ``plan`` is shown when ``create_dataloader`` built it, with
-    the reason for each "auto" value), or note 002's keyword settings
-    (``num_workers=0, batch_size=32, seed=42, shuffle=True``). This is the one wellfed
-    function meant to print.
+    The text is ``format_dataloader_config``'s; this is note 002's name for printing it, and
+    the one wellfed function meant to print (the rest of the library returns text).
 
     Args:
         loader: A DataLoader, or None to show ``settings`` only.
@@ -580,6 +579,25 @@ def print_dataloader_config(
 
     Returns:
         The text printed (without the trailing newline).
+    """
+    text = format_dataloader_config(loader, **settings)
+    print(text, file=file if file is not None else sys.stdout)
+    return text
+
+
+def format_dataloader_config(loader: DataLoader[Any] | None = None, **settings: Any) -> str:
+    """A DataLoader's configuration as text, one setting a line; nothing is printed.
+
+    Pass a loader (its resolved ``plan`` is shown when ``create_dataloader`` built it, with
+    the reason for each "auto" value), or note 002's keyword settings
+    (``num_workers=0, batch_size=32, seed=42, shuffle=True``).
+
+    Args:
+        loader: A DataLoader, or None to show ``settings`` only.
+        **settings: Extra name=value pairs to show.
+
+    Returns:
+        The text, starting "DataLoader configuration" (no trailing newline).
     """
     rows: list[tuple[str, str]] = []
     if loader is not None:
@@ -620,6 +638,4 @@ def print_dataloader_config(
         )
     )
     width = max(len(r[0]) for r in rows)
-    text = "DataLoader configuration\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
-    print(text, file=file if file is not None else sys.stdout)
-    return text
+    return "DataLoader configuration\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -174,20 +174,20 @@ def resolve_fn_concurrency(
 
 
 def _unwrap_source(dataset: Any) -> tuple[Any, Any, str | None]:
-    """(dataset, collate_fn, start method) of a Dataset, DataLoader or LoaderSpec."""
+    """(dataset, collate_fn, start method) of a Dataset, DataLoader or LoaderSpec.
+
+    A DataLoader is read through ``wellfed.target.spec_from_object``, the one way wellfed turns
+    a loader into (dataset, settings).
+    """
     from torch.utils.data import DataLoader
 
-    from wellfed.target import LoaderSpec
+    from wellfed.target import LoaderSpec, spec_from_object
 
+    if isinstance(dataset, DataLoader):
+        dataset = spec_from_object(dataset)
     if isinstance(dataset, LoaderSpec):
         ctx = dataset.user_config.multiprocessing_context if dataset.user_config else None
         return dataset.dataset, dataset.collate_fn, ctx
-    if isinstance(dataset, DataLoader):
-        ctx = dataset.multiprocessing_context
-        name = (
-            ctx.get_start_method() if ctx is not None and hasattr(ctx, "get_start_method") else None
-        )
-        return dataset.dataset, dataset.collate_fn, name
     return dataset, None, None
 
 
