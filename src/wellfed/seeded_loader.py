@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
+import signal
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +40,14 @@ from torch.utils.data.dataloader import (
     _SingleProcessDataLoaderIter,
 )
 
-from wellfed.errors import ConfigError, StateError
+from wellfed.errors import (
+    ConfigError,
+    StateError,
+    WorkerCrashedError,
+    WorkerError,
+    WorkerStartError,
+    WorkerTimeoutError,
+)
 from wellfed.seeding import (
     _RNG_LOCK,
     _SALT_COLLATE,
@@ -234,6 +243,86 @@ def _valid_epoch(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+# --- worker failures -------------------------------------------------------------------------
+
+#: What a worker's death by signal usually means, and what to do (the signal is a fact; the
+#: cause is the common one: SIGKILL from the kernel's OOM killer, SIGBUS from a full /dev/shm).
+_SIGNAL_HINTS = {
+    "SIGKILL": "likely the out-of-memory killer (see `dmesg`); lower num_workers, the batch "
+    "size or the dataset's per-worker memory",
+    "SIGSEGV": "a crash in native code called by __getitem__ (a C extension, OpenCV, a "
+    "corrupt file); run the dataset with num_workers=0 to see where",
+    "SIGBUS": "often /dev/shm exhausted (Docker's default is 64 MB); raise it "
+    "(docker run --shm-size=8g) or lower num_workers",
+    "SIGABRT": "an abort in native code (an assertion in a C extension)",
+}
+_WORKER_DIED = re.compile(
+    r"DataLoader worker \(pids?\(?s?\)? ?([\d, ]+)\) "
+    r"(?:exited unexpectedly|is killed by signal: (.+))"
+)
+
+
+def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
+    """The wellfed error for a worker failure torch reported as ``exc``, or None (not one).
+
+    torch reports a dead worker as ``RuntimeError("DataLoader worker (pid(s) N) exited
+    unexpectedly")`` or "... is killed by signal: Killed.", and a missing batch as
+    "DataLoader timed out after T seconds". This names the signal (from the worker's exit
+    code), what it usually means and the fix, and keeps torch's text. Before the iterator
+    delivered its first batch the error is a ``WorkerStartError``, later a
+    ``WorkerCrashedError``; a timeout is a ``WorkerTimeoutError``. All subclass RuntimeError.
+    """
+    text = str(exc)
+    if isinstance(exc, WorkerError):
+        return None
+    progress = getattr(it, "_wf_progress", None)
+    delivered = progress.yielded if progress is not None else 0
+    if text.startswith("DataLoader timed out after"):
+        timeout = getattr(it, "_timeout", None)
+        return WorkerTimeoutError(
+            f"No batch within timeout={timeout} s: a worker is hung or slower than the "
+            f"timeout ({delivered} batch(es) delivered this epoch). Fix: raise `timeout`, or "
+            "run `wellfed doctor TARGET` to look for a deadlock (a lock or thread pool "
+            f"inherited through fork). PyTorch said: {text} [WF303]",
+            code="WF303",
+            timeout_s=timeout,
+            batches_delivered=delivered,
+        )
+    match = _WORKER_DIED.search(text)
+    if match is None:
+        return None
+    pids = [int(p) for p in re.findall(r"\d+", match.group(1))]
+    exitcode: int | None = None
+    for worker in getattr(it, "_workers", ()):
+        if getattr(worker, "pid", None) in pids and worker.exitcode is not None:
+            exitcode = worker.exitcode
+            break
+    name: str | None = None
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+    elif match.group(2):
+        said = match.group(2).strip().rstrip(".")
+        name = {"Killed": "SIGKILL", "Segmentation fault": "SIGSEGV", "Bus error": "SIGBUS",
+                "Aborted": "SIGABRT"}.get(said, said)
+    how = f"was killed by {name}" if name else f"exited (exit code {exitcode})"
+    hint = _SIGNAL_HINTS.get(name or "", "see the worker's own output above")
+    pid_text = ", ".join(str(p) for p in pids)
+    cls = WorkerStartError if delivered == 0 else WorkerCrashedError
+    when = "before the first batch" if delivered == 0 else f"after {delivered} batch(es)"
+    code = "WF301" if delivered == 0 else "WF302"
+    return cls(
+        f"DataLoader worker (pid {pid_text}) {how} {when}: {hint}. PyTorch said: {text} [{code}]",
+        code=code,
+        pid=pids[0] if pids else None,
+        exitcode=exitcode,
+        signal=name,
+        batches_delivered=delivered,
+    )
+
+
 # --- iterators -------------------------------------------------------------------------------
 
 
@@ -265,6 +354,11 @@ class _SeededIterMixin(_BaseDataLoaderIter):
             if self._wf_progress is not None:
                 self._wf_progress.exhausted = True
             raise
+        except RuntimeError as exc:
+            failure = worker_failure(self, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         if self._wf_progress is not None:
             self._wf_progress.yielded += 1
         return data
