@@ -121,3 +121,38 @@ class PerformanceWarning(WellfedWarning):
 class WorkerSafetyWarning(WellfedWarning):
     """``create_dataloader`` found hazards for workers and went on (``on_unsafe="warn"``), fell
     back to ``num_workers=0`` (``on_unsafe="fallback"``), or kept an explicit risky choice."""
+
+
+# --- option validation: the one helper ---------------------------------------------------------
+
+
+def is_count(value: Any, minimum: int = 0) -> bool:
+    """True for an int (not a bool) >= ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_auto_or_count(value: Any, minimum: int = 0) -> bool:
+    """True for "auto" or an int (not a bool) >= ``minimum``."""
+    return value == "auto" or is_count(value, minimum)
+
+
+def check_option(
+    name: str, value: Any, ok: bool, expected: str, *, code: str, fix: str | None = None
+) -> None:
+    """Raise the ConfigError for an invalid option value unless ``ok``.
+
+    The message is "Invalid option: NAME=VALUE is not EXPECTED. FIX" (FIX defaults to "Pass
+    EXPECTED."), with ``attribute`` and ``value`` as facts. Every room validates its options
+    through this one helper; the code names the room's option family (docs/errors.md: WF010
+    for the measuring core and precompute, WF202 for create_dataloader, WF211 for repro).
+
+    Raises:
+        ConfigError: ``ok`` is False.
+    """
+    if not ok:
+        raise ConfigError(
+            f"Invalid option: {name}={value!r} is not {expected}. {fix or f'Pass {expected}.'}",
+            code=code,
+            attribute=name,
+            value=value,
+        )

@@ -27,6 +27,8 @@ from wellfed.errors import (
     ConfigError,
     WorkerSafetyError,
     WorkerSafetyWarning,
+    check_option,
+    is_auto_or_count,
 )
 from wellfed.platform import is_rank_zero, is_windows
 from wellfed.seeded_loader import SeededDataLoader
@@ -164,13 +166,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _check_choice(name: str, value: Any, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ConfigError(
-            f"Invalid option: {name}={value!r} is not {expected}. Pass {expected}.",
-            code="WF202",
-            attribute=name,
-            value=value,
-        )
+    check_option(name, value, ok, expected, code="WF202")
 
 
 def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tuple[int, str, Any]:
@@ -315,10 +311,7 @@ def create_dataloader(
     _check_choice(
         "num_workers",
         num_workers,
-        num_workers == _AUTO
-        or (
-            isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0
-        ),
+        is_auto_or_count(num_workers),
         "'auto' or an int >= 0",
     )
     _check_choice(
@@ -336,12 +329,7 @@ def create_dataloader(
     _check_choice(
         "prefetch_factor",
         prefetch_factor,
-        prefetch_factor in (_AUTO, None)
-        or (
-            isinstance(prefetch_factor, int)
-            and not isinstance(prefetch_factor, bool)
-            and prefetch_factor >= 1
-        ),
+        prefetch_factor is None or is_auto_or_count(prefetch_factor, 1),
         "'auto', None or an int >= 1",
     )
     if seed is not None:

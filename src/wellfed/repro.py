@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._digest import batch_digest
-from wellfed.errors import ConfigError
+from wellfed.errors import ConfigError, check_option, is_count
 
 __all__ = [
     "ReproMismatch",
@@ -357,15 +357,15 @@ def verify_reproducibility(
     else:
         methods = tuple(start_methods)
     available = multiprocessing.get_all_start_methods()
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(
-            f"Invalid option: epochs={epochs!r} is not an int >= 1; nothing would be compared. "
-            "Pass epochs=2 (the default) or more.",
-            code="WF211",
-            attribute="epochs",
-            value=epochs,
-        )
-    if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+    check_option(
+        "epochs",
+        epochs,
+        is_count(epochs, 1),
+        "an int >= 1; nothing would be compared",
+        code="WF211",
+        fix="Pass epochs=2 (the default) or more.",
+    )
+    if not counts or not all(is_count(c) for c in counts):
         raise ConfigError(
             f"Invalid option: num_workers={num_workers!r} must be one or more ints >= 0. "
             "Pass e.g. num_workers=(0, 2).",
@@ -373,16 +373,14 @@ def verify_reproducibility(
             attribute="num_workers",
             value=num_workers,
         )
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ConfigError(
-            f"Invalid option: max_batches={max_batches!r} is not an int >= 1 or None. Pass "
-            "e.g. max_batches=10, or None for whole epochs.",
-            code="WF211",
-            attribute="max_batches",
-            value=max_batches,
-        )
+    check_option(
+        "max_batches",
+        max_batches,
+        max_batches is None or is_count(max_batches, 1),
+        "an int >= 1 or None",
+        code="WF211",
+        fix="Pass e.g. max_batches=10, or None for whole epochs.",
+    )
     if (
         isinstance(timeout_s, bool)
         or not isinstance(timeout_s, (int, float))

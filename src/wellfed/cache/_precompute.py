@@ -35,7 +35,7 @@ from wellfed.cache._store import (
     remove_temporaries,
     write_manifest,
 )
-from wellfed.errors import ConfigError, StateError
+from wellfed.errors import ConfigError, StateError, check_option, is_count
 from wellfed.measure import open_batches
 
 logger = logging.getLogger(__name__)
@@ -104,14 +104,15 @@ def _resolve_workers(num_workers: int | str, dataset: Any, batch_size: int) -> t
             # runs fn: one worker lets reading overlap it.
             return 1, reason + "; at least 1 so that reading overlaps fn"
         return n, reason
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(
-            f"Invalid option: num_workers={num_workers!r} is not 'auto' or an int >= 0. "
-            "Use 'auto' (a stored tune result, else the CPU rule) or a count.",
-            code="WF010",
-            attribute="num_workers",
-            value=num_workers,
-        )
+    check_option(
+        "num_workers",
+        num_workers,
+        is_count(num_workers),
+        "'auto' or an int >= 0",
+        code="WF010",
+        fix="Use 'auto' (a stored tune result, else the CPU rule) or a count.",
+    )
+    assert isinstance(num_workers, int)
     return num_workers, "given"
 
 
@@ -152,19 +153,16 @@ def resolve_fn_concurrency(
             return cpus, 1, f"a Module on {cpus} CPUs: one batch per CPU, one torch thread each"
         concurrency = 1
         why = "a plain callable may keep state: one batch at a time"
-    elif (
-        isinstance(fn_concurrency, bool)
-        or not isinstance(fn_concurrency, int)
-        or fn_concurrency < 1
-    ):
-        raise ConfigError(
-            f"Invalid option: fn_concurrency={fn_concurrency!r} is not 'auto' or an int >= 1. "
-            "Use 'auto', 1 (fn called from one thread), or the batches to run at once.",
-            code="WF010",
-            attribute="fn_concurrency",
-            value=fn_concurrency,
-        )
     else:
+        check_option(
+            "fn_concurrency",
+            fn_concurrency,
+            is_count(fn_concurrency, 1),
+            "'auto' or an int >= 1",
+            code="WF010",
+            fix="Use 'auto', 1 (fn called from one thread), or the batches to run at once.",
+        )
+        assert isinstance(fn_concurrency, int)
         concurrency, why = fn_concurrency, "given"
     if not on_cpu:
         return concurrency, None, why
