@@ -522,8 +522,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
     import time
 
     from wellfed.cache import precompute
-    from wellfed.cache._cli import resolve_fn
-    from wellfed.target import resolve_target
+    from wellfed.target import resolve_fn, resolve_target
 
     workers = _auto_or_int(args.num_workers, "num_workers", "2")
     concurrency = _auto_or_int(args.fn_concurrency, "fn_concurrency", "1")
