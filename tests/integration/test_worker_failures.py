@@ -71,7 +71,8 @@ def test_a_hung_worker_is_a_timeout_error() -> None:
     with pytest.raises(wellfed.WorkerTimeoutError) as info:
         _consume(_loader(HangingDataset(16, hang_at=2), timeout=2))
     err = info.value
-    assert isinstance(err, TimeoutError) and isinstance(err, RuntimeError)
+    assert isinstance(err, TimeoutError)
+    assert isinstance(err, RuntimeError)
     assert err.code == "WF303"
     assert err.timeout_s == 2
     assert "wellfed doctor" in str(err)
