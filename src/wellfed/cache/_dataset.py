@@ -245,6 +245,22 @@ class CachedDataset:
 
     # -- checking -----------------------------------------------------------------------
 
+    def summary(self) -> dict[str, Any]:
+        """What the store holds: path, samples, shards, bytes (on disk), fields, fingerprint.
+
+        Returns:
+            A JSON-ready dict (``wellfed precompute --json`` prints it, with ``elapsed_s``).
+        """
+        shards = self.manifest["shards"]
+        return {
+            "path": self.path,
+            "samples": len(self),
+            "shards": len(shards),
+            "bytes": sum(f["bytes"] for s in shards for f in s["files"].values()),
+            "fields": [f.to_dict() for f in self.fields],
+            "fingerprint": self.manifest["fingerprint"],
+        }
+
     def verify(self) -> None:
         """Check every file's size and SHA-256 against the shard records.
 
