@@ -55,49 +55,63 @@ def _write_json(data: dict[str, Any], dest: str) -> None:
         Path(dest).write_text(text + "\n")
 
 
-def _spec_from_args(args: argparse.Namespace, *, purpose: str) -> Any:
-    """The LoaderSpec a command works on: its TARGET, or the built-in pipeline (over --data).
+def _spec_from_args(args: argparse.Namespace, *, purpose: str, batch_size: bool = True) -> Any:
+    """The LoaderSpec a command works on: ``wellfed.workloads.resolve_spec`` of its arguments.
 
-    Reads ``target`` and, where the command has them, ``data``, ``on_bad_file`` and
-    ``batch_size``. ``purpose`` completes "both name what to ..." in the conflict error.
-
-    Raises:
-        ConfigError: a TARGET and --data together (WF011), or --batch-size < 1 (WF010).
+    Reads ``target`` and, where the command has them, ``data``, ``on_bad_file`` and (when
+    ``batch_size``) ``batch_size``. ``purpose`` completes "both name what to ..." in the
+    conflict error (WF011).
     """
-    from wellfed.errors import ConfigError
-    from wellfed.target import resolve_target
-    from wellfed.workloads import builtin_spec
+    from wellfed.workloads import resolve_spec
 
-    data = getattr(args, "data", None)
-    if args.target and data:
-        raise ConfigError(
-            f"Conflicting options: TARGET={args.target!r} and --data={data!r} both name "
-            f"what to {purpose}. Give a TARGET, or --data for the built-in pipeline, not both.",
-            code="WF011",
-            attribute="data",
-            value=data,
+    return resolve_spec(
+        args.target,
+        data=getattr(args, "data", None),
+        on_bad_file=getattr(args, "on_bad_file", "fail"),
+        batch_size=getattr(args, "batch_size", None) if batch_size else None,
+        purpose=purpose,
+    )
+
+
+TARGET_HELP = "pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)"
+
+
+def _add_target(p: Any, *, data: bool) -> None:
+    """TARGET (optional: the built-in workload), and --data/--on-bad-file, the same everywhere."""
+    p.add_argument("target", nargs="?", help=TARGET_HELP)
+    if data:
+        p.add_argument(
+            "--data",
+            metavar="DIR",
+            help="run the built-in pipeline over this ImageFolder directory",
         )
-    batch_size = getattr(args, "batch_size", None)
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(
-            f"Invalid option: --batch-size={batch_size} is below 1. Use 1 or more.",
-            code="WF010",
-            attribute="batch_size",
-            value=batch_size,
+        p.add_argument(
+            "--on-bad-file",
+            choices=("fail", "skip"),
+            default="fail",
+            help="built-in pipeline: stop at an unreadable image (fail) or leave it out (skip)",
         )
-    if args.target:
-        spec = resolve_target(args.target)
-    else:
-        spec = builtin_spec(data, on_bad_file=getattr(args, "on_bad_file", "fail"))
-    return spec.with_batch_size(batch_size) if batch_size is not None else spec
+
+
+def _add_json(p: Any, what: str) -> None:
+    """``--json [FILE]``, the same on every command."""
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help=f"write {what} as JSON to FILE (or stdout with no FILE or '-')",
+    )
 
 
 # ----------------------------------------------------------------------------- info
 
 
 def _add_info(sub: Any) -> None:
-    p = sub.add_parser("info", help="show the facts of this machine that decide DataLoader settings")
-    p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p = sub.add_parser(
+        "info", help="show the facts of this machine that decide DataLoader settings"
+    )
+    _add_json(p, "the facts")
     p.set_defaults(handler=_run_info)
 
 
@@ -106,8 +120,9 @@ def _run_info(args: argparse.Namespace) -> int:
 
     info = collect_platform_info()
     if args.json:
-        _write_json(info.to_dict(), "-")
-        return EXIT_OK
+        _write_json(info.to_dict(), args.json)
+        if args.json == "-":
+            return EXIT_OK
     from rich.table import Table
 
     table = Table(title="wellfed info", show_header=False, title_justify="left")
@@ -119,9 +134,16 @@ def _run_info(args: argparse.Namespace) -> int:
         ("Python", info.python_version),
         ("torch", info.torch_version or "not installed"),
         ("numpy", info.numpy_version or "not installed"),
-        ("start methods", ", ".join(info.start_methods) + f" (default {info.default_start_method})"),
+        (
+            "start methods",
+            ", ".join(info.start_methods) + f" (default {info.default_start_method})",
+        ),
         ("usable CPUs", f"{info.usable_cpus} of {info.cpu_count}{quota}"),
-        ("RAM", f"{_fmt_bytes(info.ram_available_bytes)} available of {_fmt_bytes(info.ram_total_bytes)}"),
+        (
+            "RAM",
+            f"{_fmt_bytes(info.ram_available_bytes)} available of "
+            f"{_fmt_bytes(info.ram_total_bytes)}",
+        ),
         (
             "/dev/shm",
             f"{_fmt_bytes(info.shm_free_bytes)} free of {_fmt_bytes(info.shm_total_bytes)}"
@@ -154,26 +176,24 @@ def _add_tune(sub: Any) -> None:
             "ImageFolder JPEG decode + augment over real photos shipped with wellfed."
         ),
     )
-    p.add_argument("target", nargs="?", help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)")
-    p.add_argument("--data", metavar="DIR", help="run the built-in pipeline over this ImageFolder directory")
+    _add_target(p, data=True)
     p.add_argument(
-        "--on-bad-file",
-        choices=("fail", "skip"),
-        default="fail",
-        help="built-in pipeline: stop at an unreadable image (fail) or leave it out (skip)",
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="samples per batch (default: the target's, else 32)",
     )
-    p.add_argument("--batch-size", type=int, metavar="N", help="samples per batch (default: the target's, else 32)")
-    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method")
+    p.add_argument(
+        "--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method"
+    )
     p.add_argument("--max-workers", type=int, metavar="N", help="highest num_workers to try")
-    p.add_argument("--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)")
     p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="write the result as JSON to FILE (or stdout with no FILE or '-')",
+        "--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)"
     )
-    p.add_argument("--no-store", action="store_true", help="do not store the result for create_dataloader")
+    _add_json(p, "the result")
+    p.add_argument(
+        "--no-store", action="store_true", help="do not store the result for create_dataloader"
+    )
     p.set_defaults(handler=_run_tune)
 
 
@@ -230,7 +250,11 @@ def _render_tune(result: Any) -> None:
     from rich.table import Table
 
     out = _console()
-    base = result.baseline.samples_per_s if result.baseline is not None and result.baseline.ok else None
+    base = (
+        result.baseline.samples_per_s
+        if result.baseline is not None and result.baseline.ok
+        else None
+    )
     rec = result.recommended
     table = Table(title=f"wellfed tune: {result.workload['description']}", title_justify="left")
     table.add_column("configuration")
@@ -238,7 +262,10 @@ def _render_tune(result: Any) -> None:
     table.add_column("± (IQR)", justify="right")
     table.add_column("vs 0 workers", justify="right")
     table.add_column("first batch s", justify="right")
-    table.add_column(f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory", justify="right")
+    table.add_column(
+        f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory",
+        justify="right",
+    )
     table.add_column("")
     for t in result.trials:
         mark = ""
@@ -258,7 +285,15 @@ def _render_tune(result: Any) -> None:
             )
         else:
             first_line = (t.error or "").strip().splitlines()[0] if t.error else ""
-            table.add_row(t.config.label(), f"[red]{t.status}[/]", "", "", "", _fmt_bytes(t.peak_memory_bytes), first_line[:60])
+            table.add_row(
+                t.config.label(),
+                f"[red]{t.status}[/]",
+                "",
+                "",
+                "",
+                _fmt_bytes(t.peak_memory_bytes),
+                first_line[:60],
+            )
     if result.ceiling_samples_per_s is not None:
         table.add_row(
             f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs[/]",
@@ -274,7 +309,10 @@ def _render_tune(result: Any) -> None:
         if not t.ok and t.error:
             out.print(f"[red]{t.config.label()} {t.status}[/]:\n{t.error.strip()}\n")
     for f in result.findings:
-        out.print(f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n  fix: {f.get('fix')}")
+        out.print(
+            f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n"
+            f"  fix: {f.get('fix')}"
+        )
     out.print(f"[dim]sweep ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
     if rec is None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
@@ -282,7 +320,9 @@ def _render_tune(result: Any) -> None:
     out.print(f"\n[bold]Recommended[/] ({rec.reason})\n")
     out.print(rec.code, markup=False, soft_wrap=True)  # never wrap: it must paste as Python
     if result.stored_path:
-        out.print(f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]")
+        out.print(
+            f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]"
+        )
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -300,17 +340,26 @@ def _add_doctor(sub: Any) -> None:
             "built-in workload. Exit 0: no errors; 1: errors found; 2: usage; 3: runtime failure."
         ),
     )
-    p.add_argument("target", nargs="?", help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--static-only", action="store_true", help="skip the live probe (static checks only, < 2 s)")
+    _add_target(p, data=False)
+    _add_json(p, "the report")
+    p.add_argument(
+        "--static-only", action="store_true", help="skip the live probe (static checks only, < 2 s)"
+    )
     p.add_argument(
         "--start-method",
         action="append",
         choices=("fork", "spawn", "forkserver"),
         metavar="NAME",
-        help="judge this start method (fork, spawn, forkserver; repeatable); default: all available",
+        help="judge this start method (fork, spawn, forkserver; repeatable); "
+        "default: all available",
     )
-    p.add_argument("--timeout-s", type=float, default=60.0, metavar="S", help="live-probe budget, seconds (default 60)")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="live-probe budget, seconds (default 60)",
+    )
     p.set_defaults(handler=_run_doctor)
 
 
@@ -322,8 +371,8 @@ def _run_doctor(args: argparse.Namespace) -> int:
         spec, live=not args.static_only, start_methods=args.start_method, timeout_s=args.timeout_s
     )
     if args.json:
-        _write_json(report.to_dict(), "-")
-    else:
+        _write_json(report.to_dict(), args.json)
+    if args.json != "-":
         sys.stdout.write(render_text(report) + "\n")
     return EXIT_FOUND if report.has_errors else EXIT_OK
 
@@ -343,14 +392,7 @@ def _add_repro(sub: Any) -> None:
             "With no TARGET, checks the built-in workload."
         ),
     )
-    p.add_argument(
-        "target",
-        nargs="?",
-        help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)",
-    )
-    p.add_argument(
-        "--data", metavar="DIR", help="check the built-in pipeline over this ImageFolder directory"
-    )
+    _add_target(p, data=True)
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed (default 0)")
     p.add_argument(
         "--plain", action="store_true", help="check a plain torch DataLoader seeded with set_seed"
@@ -383,13 +425,7 @@ def _add_repro(sub: Any) -> None:
         metavar="N",
         help="batches compared per epoch (default 10; 0: all)",
     )
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="FILE",
-        help="write the report as JSON to FILE (or stdout with no FILE or '-')",
-    )
+    _add_json(p, "the report")
     p.set_defaults(handler=_run_repro)
 
 
@@ -481,21 +517,75 @@ def _add_precompute(sub: Any) -> None:
             "command resumes an interrupted run. Exit 0: done; 2: usage; 3: runtime failure."
         ),
     )
-    p.add_argument("target", help="pkg.module:attr or path/to/file.py:attr (Dataset, DataLoader or factory)")
-    p.add_argument("--fn", required=True, metavar="MODULE:ATTR", help="the transform: a callable, a torch.nn.Module, or a Module class (built with no arguments)")
-    p.add_argument("--out", required=True, metavar="DIR", help="store directory (new, empty, or a store to resume)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per FN call (default 64)")
+    _add_target(p, data=True)
+    p.add_argument(
+        "--fn",
+        required=True,
+        metavar="MODULE:ATTR",
+        help="the transform: a callable, a torch.nn.Module, or a Module class "
+        "(built with no arguments)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="store directory (new, empty, or a store to resume)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="samples per FN call (default 64)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--num-workers", default="auto", metavar="N", help="source-reading workers, or auto (default)")
-    p.add_argument("--fn-concurrency", default="auto", metavar="N", help="batches FN works on at once, in threads (auto: one per CPU for a Module on the CPU, else 1)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)")
-    p.add_argument("--ray-address", default=None, metavar="ADDR", help="engine ray: an existing cluster (default: local Ray)")
-    p.add_argument("--input", default="auto", metavar="SEL", help="the part of each batch FN gets: auto, an int position, a dict key, or none")
-    p.add_argument("--no-keep-source", action="store_true", help="do not store the source's other fields (labels)")
-    p.add_argument("--fn-version", default=None, metavar="V", help="your version of FN, recorded in the fingerprint")
-    p.add_argument("--shard-bytes", default="64MB", metavar="SIZE", help="target shard size (default 64MB)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild OUT when it holds a store with another fingerprint")
-    p.add_argument("--json", action="store_true", help="print the store's manifest summary as JSON")
+    p.add_argument(
+        "--num-workers",
+        default="auto",
+        metavar="N",
+        help="source-reading workers, or auto (default)",
+    )
+    p.add_argument(
+        "--fn-concurrency",
+        default="auto",
+        metavar="N",
+        help="batches FN works on at once, in threads "
+        "(auto: one per CPU for a Module on the CPU, else 1)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default) or ray (Ray Data)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="engine ray: an existing cluster (default: local Ray)",
+    )
+    p.add_argument(
+        "--input",
+        default="auto",
+        metavar="SEL",
+        help="the part of each batch FN gets: auto, an int position, a dict key, or none",
+    )
+    p.add_argument(
+        "--no-keep-source",
+        action="store_true",
+        help="do not store the source's other fields (labels)",
+    )
+    p.add_argument(
+        "--fn-version",
+        default=None,
+        metavar="V",
+        help="your version of FN, recorded in the fingerprint",
+    )
+    p.add_argument(
+        "--shard-bytes", default="64MB", metavar="SIZE", help="target shard size (default 64MB)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild OUT when it holds a store with another fingerprint",
+    )
+    _add_json(p, "the store's summary")
     p.set_defaults(handler=_run_precompute)
 
 
@@ -522,7 +612,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
     import time
 
     from wellfed.cache import precompute
-    from wellfed.target import resolve_fn, resolve_target
+    from wellfed.target import resolve_fn
 
     workers = _auto_or_int(args.num_workers, "num_workers", "2")
     concurrency = _auto_or_int(args.fn_concurrency, "fn_concurrency", "1")
@@ -531,7 +621,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
         selection = None
     elif isinstance(selection, str) and selection.lstrip("-").isdigit():
         selection = int(selection)
-    spec = resolve_target(args.target)
+    spec = _spec_from_args(args, purpose="precompute", batch_size=False)
     fn = resolve_fn(args.fn)
     err = _console(stderr=True)
     from rich.progress import (
@@ -578,18 +668,11 @@ def _run_precompute(args: argparse.Namespace) -> int:
             progress=progress,
         )
     elapsed = time.perf_counter() - started
-    summary = {
-        "path": cache.path,
-        "samples": len(cache),
-        "shards": len(cache.manifest["shards"]),
-        "bytes": sum(f["bytes"] for s in cache.manifest["shards"] for f in s["files"].values()),
-        "fields": [f.to_dict() for f in cache.fields],
-        "elapsed_s": elapsed,
-        "fingerprint": cache.manifest["fingerprint"],
-    }
+    summary = {**cache.summary(), "elapsed_s": elapsed}
     if args.json:
-        _write_json(summary, "-")
-        return EXIT_OK
+        _write_json(summary, args.json)
+        if args.json == "-":
+            return EXIT_OK
     fields = ", ".join(
         f"{f.name} {f.dtype}{list(f.shape) if f.shape is not None else ' (variable shape)'}"
         for f in cache.fields
@@ -606,7 +689,13 @@ def _run_precompute(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- main
 
 #: One entry per subcommand: adds its parser (and sets ``handler``).
-COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_tune, _add_doctor, _add_repro, _add_precompute]
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_info,
+    _add_tune,
+    _add_doctor,
+    _add_repro,
+    _add_precompute,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -637,7 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     from wellfed.errors import BadFileError, ConfigError, WellfedError
 
     handler: Handler = args.handler
