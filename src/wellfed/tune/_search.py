@@ -251,7 +251,8 @@ def tune(
                 room = MEMORY_SHARE * platform.ram_available_bytes - trials[0].peak_memory_bytes
                 if workers * per_worker_bytes > room:
                     stopped = (
-                        f"{workers} workers would need ~{workers * per_worker_bytes / 2**30:.1f} GiB "
+                        f"{workers} workers would need "
+                        f"~{workers * per_worker_bytes / 2**30:.1f} GiB "
                         f"(measured {per_worker_bytes / 2**20:.0f} MiB per worker), more than "
                         f"{MEMORY_SHARE:.0%} of available RAM"
                     )
@@ -261,7 +262,8 @@ def tune(
         order.append(workers)
         if not trial.ok:
             what = "hung" if trial.status == "timeout" else "failed"
-            stopped = f"num_workers={workers} {what}: {(trial.error or '').splitlines()[0] if trial.error else ''}"
+            first_line = (trial.error or "").splitlines()[0] if trial.error else ""
+            stopped = f"num_workers={workers} {what}: {first_line}"
             break
         base = trials.get(0)
         if (
@@ -439,7 +441,8 @@ def _recommend(
     reasons["batch_size"] = (
         f"{spec.batch_size} (yours; not tuned: it changes training)"
         if spec.batch_size_given
-        else f"{spec.batch_size} (wellfed's default for a bare dataset; set yours with --batch-size)"
+        else f"{spec.batch_size} (wellfed's default for a bare dataset; "
+        "set yours with --batch-size)"
     )
     reason = (
         f"{cfg.label()}: {chosen.samples_per_s:.0f} samples/s"
