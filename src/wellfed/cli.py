@@ -93,6 +93,16 @@ def _add_target(p: Any, *, data: bool) -> None:
         )
 
 
+def _add_batch_size(p: Any) -> None:
+    """``--batch-size N`` for commands that load the TARGET's batches (tune, repro)."""
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="samples per batch (default: the target's, else 32)",
+    )
+
+
 def _add_json(p: Any, what: str) -> None:
     """``--json [FILE]``, the same on every command."""
     p.add_argument(
@@ -177,12 +187,7 @@ def _add_tune(sub: Any) -> None:
         ),
     )
     _add_target(p, data=True)
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        metavar="N",
-        help="samples per batch (default: the target's, else 32)",
-    )
+    _add_batch_size(p)
     p.add_argument(
         "--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method"
     )
@@ -412,12 +417,7 @@ def _add_repro(sub: Any) -> None:
         choices=("fork", "spawn", "forkserver"),
         help="start method for counts above 0 (repeat for several; default: the platform's)",
     )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        metavar="N",
-        help="samples per batch (default: the target's, else 32)",
-    )
+    _add_batch_size(p)
     p.add_argument(
         "--max-batches",
         type=int,
