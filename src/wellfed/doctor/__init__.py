@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wellfed.doctor._checks import (
-    Context,
     check_pickled_size,
     check_shared_memory,
     rng_fix,
     run_checks,
 )
+from wellfed.doctor._context import Context
 from wellfed.doctor._graph import walk
 from wellfed.doctor._report import (
     CATEGORIES,

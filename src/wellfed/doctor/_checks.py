@@ -8,31 +8,50 @@ under 2 s for a dataset of a million items, because large containers are sampled
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from wellfed.doctor._graph import Node, Walk, is_shared_state, module_of
-from wellfed.doctor._report import CODES, Finding
+from wellfed.doctor._classify import (
+    HANDLE_FIXES,
+    cuda_kind,
+    handle_kind,
+    inside,
+    is_container,
+    mb,
+    pretty_type,
+    rng_kind,
+    safe_getattr,
+    source_text,
+    thread_kind,
+    user_classes,
+)
+from wellfed.doctor._context import SPAWNISH, Context
+from wellfed.doctor._graph import Node, is_shared_state
+from wellfed.doctor._pickling import (
+    direct_pickle_target,
+    fix_unpicklable,
+    pickle_error,
+    why_unpicklable,
+)
+from wellfed.doctor._report import Finding
 from wellfed.doctor._source import analyze_class, is_user_code, seed_calls
-from wellfed.platform import PlatformInfo, local_world_size
+from wellfed.platform import local_world_size
 
 __all__ = [
     "ALL_CHECKS",
     "COPY_ON_READ_ITEMS",
     "PICKLED_SLOW_BYTES",
     "UNPICKLE_SLOW_S",
-    "Context",
     "run_checks",
 ]
 
 logger = logging.getLogger(__name__)
+
 
 #: A container of at least this many Python objects is reported as copy-on-read memory growth.
 #: Every read of an item writes its reference count, so under fork each worker slowly gets a
@@ -68,474 +87,6 @@ SHM_WARN_FRACTION = 0.5
 #: Shared tensors per sample assumed when nothing better is known (file_descriptor strategy).
 FD_MARGIN = 64
 
-_SPAWNISH = ("spawn", "forkserver")
-
-_HANDLE_FIXES = {
-    "open file": "self.path = path; self._fh = None  # in __init__\n"
-    "in __getitem__: if self._fh is None: self._fh = open(self.path, 'rb')",
-    "zip archive": "self.zip_path = path; self._zip = None  # in __init__\n"
-    "in __getitem__: if self._zip is None: self._zip = zipfile.ZipFile(self.zip_path)",
-    "tar archive": "store the archive path; open tarfile.open(path) lazily in __getitem__",
-    "SQLite connection": "self.db_path = path; self._conn = None  # in __init__\n"
-    "in __getitem__: if self._conn is None: self._conn = sqlite3.connect(self.db_path)",
-    "HDF5 file": "self.h5_path = path; self._h5 = None  # in __init__ (read len, then close)\n"
-    "in __getitem__: if self._h5 is None: self._h5 = h5py.File(self.h5_path, 'r')",
-    "LMDB environment": "self.lmdb_path = path; self._env = None  # in __init__\n"
-    "in __getitem__: if self._env is None: self._env = lmdb.open(self.lmdb_path, readonly=True,"
-    " lock=False)",
-    "socket": "store the address; connect lazily in __getitem__ (one connection per worker)",
-    "database connection": "store the connection URL; connect lazily in __getitem__ or in "
-    "worker_init_fn (one connection per worker)",
-    "video handle": "store the video path; open the reader lazily in __getitem__",
-}
-
-
-@dataclass
-class Context:
-    """Everything the checks read.
-
-    Attributes:
-        dataset: The dataset.
-        from_loader: True when a DataLoader was given (paths say ``loader.``).
-        settings: DataLoader settings: num_workers, batch_size, prefetch_factor,
-            persistent_workers, collate_fn, worker_init_fn, sampler, batch_sampler,
-            multiprocessing_context; absent keys are unknown.
-        start_methods: The start methods judged.
-        platform: Facts about this machine.
-        walks: Root path -> its Walk ("dataset", "loader.collate_fn", ...).
-        length: len(dataset), or None.
-    """
-
-    dataset: Any
-    from_loader: bool
-    settings: dict[str, Any]
-    start_methods: tuple[str, ...]
-    platform: PlatformInfo
-    walks: dict[str, Walk] = field(default_factory=dict)
-    length: int | None = None
-
-    @property
-    def num_workers(self) -> int | None:
-        """num_workers as given, or None when no loader settings were given."""
-        nw = self.settings.get("num_workers")
-        return int(nw) if isinstance(nw, int) else None
-
-    def worker_nodes(self) -> Iterable[Node]:
-        """Nodes that reach workers: dataset, collate_fn, worker_init_fn (not the sampler)."""
-        for root, w in self.walks.items():
-            if root != "loader.sampler" and root != "loader.batch_sampler":
-                yield from w.nodes
-
-    def finding(
-        self,
-        code: str,
-        severity: str,
-        path: str,
-        message: str,
-        fix: str,
-        evidence: str,
-        methods: Iterable[str] | None = None,
-    ) -> Finding | None:
-        """Build a finding for the judged start methods it affects; None if it affects none."""
-        wanted = tuple(self.start_methods if methods is None else methods)
-        affected = tuple(m for m in self.start_methods if m in wanted)
-        if not affected:
-            return None
-        category = CODES[code][0]
-        if not message.rstrip().endswith(f"[{code}]"):
-            message = f"{message.rstrip()} [{code}]"
-        return Finding(code, category, severity, path, affected, message, fix, evidence)
-
-
-# --------------------------------------------------------------------------------------------
-# classification helpers
-
-
-def _type_name(obj: Any) -> str:
-    t = type(obj)
-    return f"{getattr(t, '__module__', '?')}.{getattr(t, '__qualname__', t.__name__)}"
-
-
-def handle_kind(obj: Any) -> tuple[str, bool] | None:
-    """(kind, is_open) for an OS handle (file, archive, connection, socket...), else None."""
-    mod = module_of(obj)
-    name = type(obj).__name__
-    if isinstance(obj, io.IOBase):
-        return "open file", not obj.closed
-    if mod == "zipfile" and name == "ZipFile":
-        return "zip archive", getattr(obj, "fp", None) is not None
-    if mod == "tarfile" and name == "TarFile":
-        return "tar archive", not getattr(obj, "closed", False)
-    if mod == "sqlite3" and name == "Connection":
-        try:
-            obj.total_changes  # noqa: B018  # raises ProgrammingError once closed
-        except Exception:
-            return "SQLite connection", False
-        return "SQLite connection", True
-    if mod in ("socket", "ssl") and hasattr(obj, "fileno"):
-        try:
-            return "socket", obj.fileno() != -1
-        except Exception:
-            return "socket", False
-    if mod.startswith("h5py") and name in ("File", "Dataset", "Group"):
-        try:
-            return "HDF5 file", bool(obj)
-        except Exception:
-            return "HDF5 file", True
-    if mod.startswith("lmdb") and name in ("Environment", "Transaction", "Cursor"):
-        return "LMDB environment", True
-    if mod.startswith(("psycopg2", "pymongo", "redis", "pymysql", "MySQLdb")):
-        return "database connection", True
-    if mod.startswith(("av.", "decord")) or (mod.startswith("cv2") and name == "VideoCapture"):
-        return "video handle", True
-    return None
-
-
-def _thread_kind(obj: Any) -> str | None:
-    mod = module_of(obj)
-    fmod = getattr(obj, "__module__", None) if callable(obj) else None
-    if mod.startswith("cv2") or (isinstance(fmod, str) and fmod.startswith("cv2")):
-        return "opencv"
-    if mod.startswith("tokenizers") or (isinstance(fmod, str) and fmod.startswith("tokenizers")):
-        return "tokenizers"
-    if mod == "concurrent.futures.thread" and type(obj).__name__ == "ThreadPoolExecutor":
-        return "thread pool"
-    if mod == "multiprocessing.pool" and type(obj).__name__ in ("ThreadPool", "Pool"):
-        return "thread pool"
-    if isinstance(obj, threading.Thread) and obj.is_alive():
-        return "running thread"
-    return None
-
-
-def _rng_kind(obj: Any) -> str | None:
-    """Name of an RNG object that is copied into workers, or None (global RNGs excluded)."""
-    import random
-
-    if isinstance(obj, random.Random):
-        if isinstance(obj, random.SystemRandom) or obj is getattr(random, "_inst", None):
-            return None
-        return "random.Random"
-    mod = module_of(obj)
-    if mod.startswith("numpy.random"):
-        name = type(obj).__name__
-        if name == "RandomState":
-            np = sys.modules.get("numpy")
-            if np is not None and obj is getattr(np.random.mtrand, "_rand", None):
-                return None
-            return "numpy.random.RandomState"
-        if name == "Generator":
-            return "numpy.random.Generator"
-        if name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
-            return f"numpy.random.{name}"
-        return None
-    if mod == "torch._C" and type(obj).__name__ == "Generator":
-        import torch
-
-        if obj is torch.default_generator:
-            return None
-        try:
-            if obj.device.type == "cuda":
-                return "torch.Generator(cuda)"
-        except Exception:
-            pass
-        return "torch.Generator"
-    if mod.startswith("imgaug") and "RNG" in type(obj).__name__:
-        return "imgaug RNG"
-    return None
-
-
-def _cuda_kind(node: Node) -> str | None:
-    obj = node.obj
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        if isinstance(obj, torch.Tensor):
-            return "CUDA tensor" if obj.is_cuda else None
-        if isinstance(obj, torch.device):
-            return "CUDA device" if obj.type == "cuda" else None
-        if isinstance(obj, torch.nn.Module):
-            for t in _first_tensors(obj):
-                if t.is_cuda:
-                    return "CUDA module"
-            return None
-    if isinstance(obj, str):
-        if node.attr and "device" in node.attr.lower() and obj.startswith("cuda"):
-            return "CUDA device string"
-        return None
-    # Tensor-likes from other libraries (cupy, jax, a wrapped tensor): is_cuda / device.type.
-    cls = type(obj)
-    if any("is_cuda" in k.__dict__ for k in cls.__mro__):
-        try:
-            if getattr(obj, "is_cuda", False) is True:
-                return "CUDA tensor"
-        except Exception:
-            return None
-    if any("device" in k.__dict__ for k in cls.__mro__):
-        try:
-            dev = obj.device
-            if getattr(dev, "type", None) == "cuda" or (
-                isinstance(dev, str) and dev.startswith("cuda")
-            ):
-                return "CUDA tensor"
-        except Exception:
-            return None
-    return None
-
-
-def _first_tensors(module: Any) -> list[Any]:
-    out = []
-    for t in module.parameters():
-        out.append(t)
-        break
-    for t in module.buffers():
-        out.append(t)
-        break
-    return out
-
-
-def _is_container(obj: Any) -> bool:
-    return isinstance(obj, (list, tuple, dict, set, frozenset)) or type(obj).__name__ == "deque"
-
-
-def _inside(path: str, prefix: str) -> bool:
-    return path != prefix and path.startswith(prefix) and path[len(prefix)] in ".["
-
-
-def _pretty_type(obj: Any) -> str:
-    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
-        return f"function {getattr(obj, '__qualname__', obj.__name__)!r}"
-    if isinstance(obj, type):
-        return f"class {obj.__module__}.{obj.__qualname__}"
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-# --------------------------------------------------------------------------------------------
-# pickling, judged with the pickler DataLoader workers use
-
-
-def _placeholder() -> None:
-    return None
-
-
-def _reduce_placeholder(obj: Any) -> tuple[Any, tuple[()]]:
-    return (_placeholder, ())
-
-
-class _FakeDupFd:
-    """Stands for a duplicated file descriptor while judging (never sent anywhere)."""
-
-    def detach(self) -> int:
-        return -1
-
-
-class _FakeSpawningPopen:
-    """What multiprocessing's spawning Popen offers while it pickles a Process's arguments.
-
-    DataLoader pickles the dataset while starting a worker, inside that context, so
-    multiprocessing locks, queues and sockets cross; outside it they refuse. Judging inside
-    the same context gives the verdict a real worker start would.
-    """
-
-    def duplicate_for_child(self, fd: int) -> int:
-        return fd
-
-    def DupFd(self, fd: int) -> _FakeDupFd:
-        return _FakeDupFd()
-
-
-def _judge_pickler_class() -> type:
-    from multiprocessing.reduction import ForkingPickler
-
-    class JudgePickler(ForkingPickler):
-        """ForkingPickler with tensors and arrays replaced by a placeholder.
-
-        torch registers reducers that move a tensor's storage into shared memory when it is
-        pickled; judging must not do that to the user's tensors (nor copy big arrays).
-        """
-
-        def __init__(self, file: Any) -> None:
-            super().__init__(file, None)
-            table = dict(self.dispatch_table)
-            for t, red in table.items():
-                if getattr(red, "__module__", "") == "torch.multiprocessing.reductions":
-                    table[t] = _reduce_placeholder
-            np = sys.modules.get("numpy")
-            if np is not None:
-                table[np.ndarray] = _reduce_placeholder
-                table[np.memmap] = _reduce_placeholder
-            self.dispatch_table = table
-
-    return JudgePickler
-
-
-_JUDGE: list[type] = []
-
-
-def pickle_error(obj: Any) -> str | None:
-    """Pickle obj as a spawn/forkserver worker start would; the error text, or None if it pickles.
-
-    Tensors and arrays are not serialised (they always pickle); everything else is.
-    """
-    from multiprocessing import context as mp_context
-
-    if not _JUDGE:
-        _JUDGE.append(_judge_pickler_class())
-    buf = io.BytesIO()
-    previous = mp_context.get_spawning_popen()
-    mp_context.set_spawning_popen(_FakeSpawningPopen())  # type: ignore[arg-type]
-    try:
-        _JUDGE[0](buf).dump(obj)
-    except RecursionError:
-        return "RecursionError: object graph too deep to pickle"
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        mp_context.set_spawning_popen(previous)
-    return None
-
-
-def pickled_size(obj: Any) -> tuple[int, float, float] | None:
-    """(bytes, pickle seconds, unpickle seconds) of obj as sent to a spawn worker.
-
-    Tensors and arrays are excluded (they travel through shared memory). None on error.
-    """
-    import pickle
-    import time
-    from multiprocessing import context as mp_context
-
-    if not _JUDGE:
-        _JUDGE.append(_judge_pickler_class())
-    buf = io.BytesIO()
-    previous = mp_context.get_spawning_popen()
-    mp_context.set_spawning_popen(_FakeSpawningPopen())  # type: ignore[arg-type]
-    start = time.perf_counter()
-    try:
-        _JUDGE[0](buf).dump(obj)
-    except Exception:
-        return None
-    finally:
-        mp_context.set_spawning_popen(previous)
-    pickle_s = time.perf_counter() - start
-    data = buf.getvalue()
-    start = time.perf_counter()
-    try:
-        pickle.loads(data)
-    except Exception:
-        return len(data), pickle_s, 0.0
-    return len(data), pickle_s, time.perf_counter() - start
-
-
-def _direct_pickle_target(node: Node) -> tuple[Any, str] | None:
-    """What to pickle to judge this node on its own, and the path to report a failure at."""
-    obj = node.obj
-    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, bytearray, range)):
-        return None
-    if is_shared_state(obj) or _is_container(obj):
-        return None
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, (torch.Tensor, torch.device, torch.dtype)):
-        return None
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, (np.ndarray, np.generic)):
-        return None
-    if type(obj).__name__ == "partial" and module_of(obj) == "functools":
-        return None
-    if isinstance(obj, types.MethodType):
-        return None  # pickled as getattr(__self__, name): __self__ is judged as a child
-    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type, types.ModuleType)):
-        return obj, node.path
-    from wellfed.doctor._graph import _is_leaf, _is_opaque_reduce
-
-    if (
-        _is_leaf(obj)
-        or _is_opaque_reduce(obj)
-        or (not hasattr(obj, "__dict__") and not hasattr(type(obj), "__slots__"))
-    ):
-        return obj, node.path
-    # A walked object: its attributes are judged as children; its class must import by name.
-    return type(obj), f"type({node.path})"
-
-
-def _why_unpicklable(obj: Any, error: str) -> str:
-    if isinstance(obj, types.FunctionType):
-        if obj.__name__ == "<lambda>":
-            return "a lambda has no importable name, so pickle cannot send it to a worker"
-        if "<locals>" in obj.__qualname__:
-            return (
-                f"function {obj.__qualname__!r} is defined inside another function, so "
-                "pickle cannot import it by name in a worker"
-            )
-    if isinstance(obj, type):
-        if "<locals>" in obj.__qualname__:
-            return (
-                f"class {obj.__qualname__!r} is defined inside a function, so pickle cannot "
-                "import it by name in a worker"
-            )
-        if obj.__module__ == "__main__":
-            return (
-                f"class {obj.__qualname__!r} claims module __main__ but cannot be found "
-                "there by name, so a worker cannot import it"
-            )
-    if isinstance(obj, types.ModuleType):
-        return f"module {obj.__name__!r} is not picklable (store the name and import it instead)"
-    if isinstance(obj, types.GeneratorType):
-        return "a generator's running frame cannot be pickled"
-    hk = handle_kind(obj)
-    if hk is not None:
-        return (
-            f"an {hk[0]} is an OS handle that cannot be pickled"
-            if hk[0][0] in "aeiou"
-            else f"a {hk[0]} is an OS handle that cannot be pickled"
-        )
-    return f"{_pretty_type(obj)} cannot be pickled"
-
-
-def _fix_unpicklable(obj: Any, path: str) -> str:
-    if isinstance(obj, types.FunctionType) and obj.__name__ == "<lambda>":
-        return (
-            "Replace the lambda with a module-level function (or functools.partial of one):\n"
-            "def scale(x): return x * 2  # at module level\n"
-            f"{_assign_expr(path)} = scale"
-        )
-    if isinstance(obj, (types.FunctionType, type)) and "<locals>" in obj.__qualname__:
-        return (
-            f"Move {obj.__qualname__.split('.')[-1]!r} to module level; pass what it captured "
-            "as arguments, e.g. functools.partial(module_level_fn, captured_value)"
-        )
-    if isinstance(obj, type) and obj.__module__ == "__main__":
-        return (
-            f"Move class {obj.__qualname__} into an importable module (mypkg/data.py) and "
-            "import it from there; notebooks and `python -c` have no importable __main__"
-        )
-    if isinstance(obj, types.ModuleType):
-        return (
-            f"Store the module's name and import it where used: self.backend = "
-            f"{obj.__name__!r}; importlib.import_module(self.backend) in __getitem__"
-        )
-    hk = handle_kind(obj)
-    if hk is not None:
-        return _HANDLE_FIXES.get(hk[0], "store the path and open the handle lazily in __getitem__")
-    if isinstance(obj, types.GeneratorType):
-        return (
-            "Store the iterable's source (a list or a path) and create the generator in "
-            "__iter__/__getitem__, in the worker"
-        )
-    name = type(obj).__name__.lower()
-    if "lock" in name or "condition" in name or "semaphore" in name or "event" in name:
-        return (
-            "Drop the lock when pickling and recreate it in the worker:\n"
-            "def __getstate__(self): s = self.__dict__.copy(); s.pop('lock', None); return s\n"
-            "def __setstate__(self, s): self.__dict__.update(s); self.lock = threading.Lock()"
-        )
-    return (
-        "Keep only plain data (paths, numbers, arrays, tensors) on the dataset and build this "
-        "object in the worker (lazily in __getitem__ or in worker_init_fn), or define "
-        "__getstate__/__setstate__ that drop and rebuild it"
-    )
-
-
-def _assign_expr(path: str) -> str:
-    return path
-
 
 def check_unpicklable(ctx: Context) -> list[Finding]:
     """WF101/WF103: every object that cannot be pickled for spawn/forkserver, deepest path.
@@ -544,7 +95,7 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
     context), applied to each object the walk reaches, so every offending path is reported,
     not only the first one pickle meets.
     """
-    if not any(m in ctx.start_methods for m in _SPAWNISH):
+    if not any(m in ctx.start_methods for m in SPAWNISH):
         return []
     out: list[Finding] = []
     any_failure = False
@@ -557,7 +108,7 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
             if node.getstate_error is not None:
                 failures.append((node.path, node.path, node.obj, node.getstate_error))
                 continue
-            target = _direct_pickle_target(node)
+            target = direct_pickle_target(node)
             if target is None:
                 continue
             obj, report_path = target
@@ -579,7 +130,7 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
                 failures.append((root, root, w.nodes[0].obj, err))
         inner_paths = [f[0] for f in failures]
         for inner, report_path, obj, err in failures:
-            if any(_inside(other, inner) for other in inner_paths):
+            if any(inside(other, inner) for other in inner_paths):
                 continue  # a deeper attribute explains it
             if sampler:
                 f = ctx.finding(
@@ -587,12 +138,12 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
                     "warning",
                     report_path,
                     f"The sampler cannot be pickled: {report_path} -> "
-                    f"{_why_unpicklable(obj, err)}. "
+                    f"{why_unpicklable(obj, err)}. "
                     "DataLoader workers never receive the sampler, but anything that pickles the "
                     "DataLoader (Lightning's ddp_spawn, torch.multiprocessing.spawn) fails.",
-                    _fix_unpicklable(obj, report_path),
+                    fix_unpicklable(obj, report_path),
                     f"static: ForkingPickler raised {err.splitlines()[0][:200]}",
-                    _SPAWNISH,
+                    SPAWNISH,
                 )
             else:
                 f = ctx.finding(
@@ -600,10 +151,10 @@ def check_unpicklable(ctx: Context) -> list[Finding]:
                     "error",
                     report_path,
                     f"Workers cannot start under spawn/forkserver: {report_path} is "
-                    f"{_pretty_type(obj)}; {_why_unpicklable(obj, err)}.",
-                    _fix_unpicklable(obj, report_path),
+                    f"{pretty_type(obj)}; {why_unpicklable(obj, err)}.",
+                    fix_unpicklable(obj, report_path),
                     f"static: ForkingPickler raised {err.splitlines()[0][:200]}",
-                    _SPAWNISH,
+                    SPAWNISH,
                 )
             if f is not None:
                 out.append(f)
@@ -640,7 +191,7 @@ def check_interactive_main(ctx: Context) -> list[Finding]:
             f"Move {qual} into a .py module next to the notebook and import it: "
             f"from mydata import {qual}",
             "static: its __module__ is '__main__' and __main__ has no __file__",
-            _SPAWNISH,
+            SPAWNISH,
         )
         if f is not None:
             out.append(f)
@@ -684,8 +235,8 @@ def check_fork_shared_handles(ctx: Context) -> list[Finding]:
             "shares the same descriptor (one file offset, one connection), so concurrent reads "
             "interleave and return wrong bytes or fail at random.",
             "Open it in each worker instead: store the path in __init__ and open lazily.\n"
-            + _HANDLE_FIXES.get(kind, "open lazily in __getitem__"),
-            f"static: {_pretty_type(node.obj)} is open in this process",
+            + HANDLE_FIXES.get(kind, "open lazily in __getitem__"),
+            f"static: {pretty_type(node.obj)} is open in this process",
             methods,
         )
         if f is not None:
@@ -698,9 +249,9 @@ def check_cuda(ctx: Context) -> list[Finding]:
     out: list[Finding] = []
     reported: list[str] = []
     for node in ctx.worker_nodes():
-        if any(_inside(node.path, p) for p in reported):
+        if any(inside(node.path, p) for p in reported):
             continue
-        kind = _cuda_kind(node)
+        kind = cuda_kind(node)
         if kind is None:
             continue
         reported.append(node.path)
@@ -720,7 +271,7 @@ def check_cuda(ctx: Context) -> list[Finding]:
             ),
             (
                 "warning",
-                _SPAWNISH,
+                SPAWNISH,
                 "each spawn/forkserver worker opens its own CUDA context "
                 "(hundreds of MB of GPU memory per worker) and shares tensors by CUDA IPC",
             ),
@@ -731,12 +282,12 @@ def check_cuda(ctx: Context) -> list[Finding]:
                 node.path,
                 f"{node.path} is a {kind} reachable from the workers; {why}.",
                 fix,
-                f"static: {kind} ({_pretty_type(node.obj)})",
+                f"static: {kind} ({pretty_type(node.obj)})",
                 [m for m in methods if m in methods_pickled],
             )
             if f is not None:
                 out.append(f)
-    for node, cls in _user_classes(ctx):
+    for node, cls in user_classes(ctx):
         ana = analyze_class(cls)
         for method, line, snippet in ana.cuda_transfers[:1]:
             path = f"type({node.path}).{method}"
@@ -749,7 +300,7 @@ def check_cuda(ctx: Context) -> list[Finding]:
                 ),
                 (
                     "warning",
-                    _SPAWNISH,
+                    SPAWNISH,
                     "each worker opens its own CUDA context (hundreds of MB "
                     "of GPU memory each) and sends results back by CUDA IPC",
                 ),
@@ -780,25 +331,6 @@ def _source_file(cls: type) -> str:
         return "?"
 
 
-def _user_classes(ctx: Context) -> list[tuple[Node, type]]:
-    """Nodes whose class is user code with worker methods (each class once, first path)."""
-    seen: set[type] = set()
-    out: list[tuple[Node, type]] = []
-    for node in ctx.worker_nodes():
-        obj = node.obj
-        if isinstance(obj, (type, types.FunctionType, types.ModuleType)) or _is_container(obj):
-            continue
-        cls = type(obj)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if not any(hasattr(cls, m) for m in ("__getitem__", "__iter__", "__call__")):
-            continue
-        if is_user_code(cls):
-            out.append((node, cls))
-    return out
-
-
 def check_rng(ctx: Context) -> list[Finding]:
     """WF107: RNG objects held by the dataset, transforms or collate_fn (global RNGs excluded).
 
@@ -808,10 +340,10 @@ def check_rng(ctx: Context) -> list[Finding]:
     """
     out: list[Finding] = []
     wif = ctx.settings.get("worker_init_fn")
-    wif_text = _source_text(wif)
+    wif_text = source_text(wif)
     seeded = ctx.settings.get("seed") is not None
     for node in ctx.worker_nodes():
-        kind = _rng_kind(node.obj)
+        kind = rng_kind(node.obj)
         if kind is None:
             continue
         if node.attr and wif_text and node.attr in wif_text:
@@ -831,7 +363,7 @@ def check_rng(ctx: Context) -> list[Finding]:
             "different samples). PyTorch reseeds only the global random, numpy and torch RNGs "
             "per worker.",
             rng_fix(node.attr or "rng", seeded),
-            f"static: {_pretty_type(node.obj)} at {node.path}",
+            f"static: {pretty_type(node.obj)} at {node.path}",
             methods,
         )
         if f is not None:
@@ -861,20 +393,6 @@ def rng_fix(attr: str, seeded: bool) -> str:
         "wellfed.create_dataloader(seed=...) and draw from wellfed.sample_rng() / "
         "wellfed.sample_generator() in __getitem__."
     )
-
-
-def _source_text(func: Any) -> str:
-    import functools
-    import inspect
-
-    while isinstance(func, functools.partial):
-        func = func.func
-    if func is None:
-        return ""
-    try:
-        return inspect.getsource(func)
-    except (OSError, TypeError):
-        return ""
 
 
 def check_worker_init_seeds(ctx: Context) -> list[Finding]:
@@ -928,7 +446,7 @@ def check_copy_on_read(ctx: Context) -> list[Finding]:
     for node in ctx.worker_nodes():
         obj = node.obj
         n = None
-        if _is_container(obj):
+        if is_container(obj):
             try:
                 n = len(obj)
             except Exception:
@@ -937,7 +455,7 @@ def check_copy_on_read(ctx: Context) -> list[Finding]:
             n = int(obj.size)
         if n is None or n < COPY_ON_READ_ITEMS:
             continue
-        if any(_inside(node.path, p) for p in reported):
+        if any(inside(node.path, p) for p in reported):
             continue
         reported.append(node.path)
         f = ctx.finding(
@@ -973,12 +491,12 @@ def check_stale_state(ctx: Context) -> list[Finding]:
     """
     out: list[Finding] = []
     persistent = bool(ctx.settings.get("persistent_workers"))
-    wif_text = _source_text(ctx.settings.get("worker_init_fn"))
-    for node, cls in _user_classes(ctx):
+    wif_text = source_text(ctx.settings.get("worker_init_fn"))
+    for node, cls in user_classes(ctx):
         ana = analyze_class(cls)
         obj = node.obj
         for attr, (method, line) in sorted(ana.changers.items()):
-            value = _safe_getattr(obj, attr)
+            value = safe_getattr(obj, attr)
             if is_shared_state(value):
                 continue
             if wif_text and f".{method}(" in wif_text:
@@ -1028,20 +546,13 @@ def check_stale_state(ctx: Context) -> list[Finding]:
     return out
 
 
-def _safe_getattr(obj: Any, attr: str) -> Any:
-    try:
-        return object.__getattribute__(obj, attr)
-    except Exception:
-        return None
-
-
 def check_worker_caches(ctx: Context) -> list[Finding]:
     """WF110: caches filled inside worker code (each worker fills its own; unbounded)."""
     out: list[Finding] = []
-    for node, cls in _user_classes(ctx):
+    for node, cls in user_classes(ctx):
         ana = analyze_class(cls)
         for attr, (method, line) in sorted(ana.cache_fills.items()):
-            value = _safe_getattr(node.obj, attr)
+            value = safe_getattr(node.obj, attr)
             if is_shared_state(value):
                 continue
             if value is not None and type(value).__name__ in ("LRUCache", "TTLCache"):
@@ -1115,14 +626,14 @@ def check_shared_memory(
             "WF113",
             severity,
             "env.dev_shm",
-            f"Batches in flight need ~{_mb(in_flight)} of /dev/shm (batch {_mb(per_sample * batch)}"
-            f" x prefetch_factor={prefetch} x num_workers={nw}) but only {_mb(free)} is free: "
+            f"Batches in flight need ~{mb(in_flight)} of /dev/shm (batch {mb(per_sample * batch)}"
+            f" x prefetch_factor={prefetch} x num_workers={nw}) but only {mb(free)} is free: "
             "workers die with 'Bus error' / 'No space left on device' when it runs out.",
             "Lower prefetch_factor, num_workers or batch_size until batch x prefetch x workers "
             "fits, "
             "or give the container more shared memory: docker run --shm-size=8g (Kubernetes: "
             "mount an emptyDir with medium: Memory at /dev/shm).",
-            f"{source}; {_mb(per_sample)}/sample; /dev/shm free {_mb(free)}",
+            f"{source}; {mb(per_sample)}/sample; /dev/shm free {mb(free)}",
         )
         if f is not None:
             out.append(f)
@@ -1159,12 +670,6 @@ def _sharing_strategy() -> str | None:
         return None
 
 
-def _mb(n: float) -> str:
-    if n >= 1024**3:
-        return f"{n / 1024**3:.1f}GB"
-    return f"{n / 1024**2:.1f}MB"
-
-
 _THREAD_WHY = {
     "opencv": (
         "OpenCV keeps its own thread pool; in forked workers it can deadlock, and in any "
@@ -1197,8 +702,8 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
     out: list[Finding] = []
     reported: list[str] = []
     for node in ctx.worker_nodes():
-        kind = _thread_kind(node.obj)
-        if kind is None or any(_inside(node.path, p) for p in reported):
+        kind = thread_kind(node.obj)
+        if kind is None or any(inside(node.path, p) for p in reported):
             continue
         if kind == "tokenizers" and os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in (
             "false",
@@ -1212,7 +717,7 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
             "WF115",
             "warning",
             node.path,
-            f"{node.path} is {_pretty_type(node.obj)}: {why}.",
+            f"{node.path} is {pretty_type(node.obj)}: {why}.",
             fix,
             f"static: {kind} object in the graph",
             ("fork",) if kind != "opencv" else ("fork", "spawn", "forkserver"),
@@ -1273,7 +778,7 @@ def check_iterable_sharding(ctx: Context) -> list[Finding]:
     if not is_user_code(cls):
         return []
     ana = analyze_class(cls)
-    wif_text = _source_text(ctx.settings.get("worker_init_fn"))
+    wif_text = source_text(ctx.settings.get("worker_init_fn"))
     sharded = ana.shards or any(s in wif_text for s in ("get_worker_info", "worker_info"))
     out: list[Finding] = []
     if not sharded and "__iter__" in ana.readers:
@@ -1296,7 +801,7 @@ def check_iterable_sharding(ctx: Context) -> list[Finding]:
             out.append(f)
     if sharded and nw:
         for attr in _SHARD_ATTRS:
-            value = _safe_getattr(ds, attr)
+            value = safe_getattr(ds, attr)
             if isinstance(value, (list, tuple)) and 0 < len(value) < nw:
                 f = ctx.finding(
                     "WF118",
@@ -1359,7 +864,7 @@ def check_pickled_size(
     probe measures (bytes, pickle seconds, unpickle seconds); then a measured unpickle time of
     UNPICKLE_SLOW_S or more is reported too, whatever the size.
     """
-    if not any(m in ctx.start_methods for m in _SPAWNISH):
+    if not any(m in ctx.start_methods for m in SPAWNISH):
         return []
     w = ctx.walks.get("dataset")
     if w is None:
@@ -1368,7 +873,7 @@ def check_pickled_size(
     if measured is not None:
         size, seconds, unpickle_s = measured
         evidence = (
-            f"confirmed live: pickled in {seconds:.2f} s to {_mb(size)}, unpickled in "
+            f"confirmed live: pickled in {seconds:.2f} s to {mb(size)}, unpickled in "
             f"{unpickle_s:.2f} s (tensors excluded)"
         )
     else:
@@ -1390,7 +895,7 @@ def check_pickled_size(
         "WF120",
         "warning",
         "dataset",
-        f"The dataset pickles to ~{_mb(size)}: under spawn/forkserver each of the {nw} workers "
+        f"The dataset pickles to ~{mb(size)}: under spawn/forkserver each of the {nw} workers "
         "receives and unpickles its own copy at every start (every epoch unless "
         f"persistent_workers=True), {cost}, and num_workers copies of the memory.",
         "Keep bulk data out of the pickle: store file paths or an np.memmap path and open it "
@@ -1398,7 +903,7 @@ def check_pickled_size(
         "move costly rebuilding out of __setstate__ (do it lazily in the worker); use "
         "persistent_workers=True so workers start once.",
         evidence,
-        _SPAWNISH,
+        SPAWNISH,
     )
     return [f] if f is not None else []
 
@@ -1423,7 +928,7 @@ def check_main_guard(ctx: Context) -> list[Finding]:
     runs the training script again (RuntimeError: An attempt has been made to start a new
     process before the current process has finished its bootstrapping phase).
     """
-    if not any(m in ctx.start_methods for m in _SPAWNISH):
+    if not any(m in ctx.start_methods for m in SPAWNISH):
         return []
     main = sys.modules.get("__main__")
     main_file = getattr(main, "__file__", None)
@@ -1458,7 +963,7 @@ def check_main_guard(ctx: Context) -> list[Finding]:
         "Move the top-level training code into main() and end the script with:\n"
         'if __name__ == "__main__":\n    main()',
         f"static: no __main__ guard in {main_file}",
-        _SPAWNISH,
+        SPAWNISH,
     )
     return [f] if f is not None else []
 
