@@ -308,12 +308,12 @@ def test_probe_worker_memory_comes_from_isolate(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_slow_unpickling_is_flagged_below_the_size_threshold() -> None:
-    from wellfed.doctor._checks import (
+    from wellfed.doctor._checks_worker_config import (
         PICKLED_SLOW_BYTES,
         UNPICKLE_SLOW_S,
-        Context,
         check_pickled_size,
     )
+    from wellfed.doctor._context import Context
 
     ds = d.TransformDataset()
     ctx = Context(ds, True, {"num_workers": 4}, ("spawn",), _PLATFORM)

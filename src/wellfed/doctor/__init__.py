@@ -20,12 +20,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from wellfed.doctor._checks import (
-    check_pickled_size,
-    check_shared_memory,
-    rng_fix,
-    run_checks,
-)
+from wellfed.doctor._checks import run_checks
+from wellfed.doctor._checks_rng import rng_fix
+from wellfed.doctor._checks_shared_memory import check_shared_memory
+from wellfed.doctor._checks_worker_config import check_pickled_size
 from wellfed.doctor._context import Context
 from wellfed.doctor._graph import walk
 from wellfed.doctor._report import (
