@@ -22,6 +22,7 @@ __all__ = [
     "handle_kind",
     "inside",
     "is_container",
+    "is_iterable",
     "mb",
     "pretty_type",
     "rng_kind",
@@ -256,3 +257,9 @@ def mb(n: float) -> str:
     if n >= 1024**3:
         return f"{n / 1024**3:.1f}GB"
     return f"{n / 1024**2:.1f}MB"
+
+
+def is_iterable(dataset: Any) -> bool:
+    """True for a torch IterableDataset (torch imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(dataset, torch.utils.data.IterableDataset)
