@@ -213,7 +213,6 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
                 settings[name] = getattr(obj, name)
         if obj.batch_sampler is not None and hasattr(obj.batch_sampler, "batch_size"):
             settings["batch_size"] = obj.batch_sampler.batch_size
-        _unwrap_seeded_samplers(settings)
         for name in ("sampler", "batch_sampler"):
             value = settings.get(name)
             # A BatchSampler passed as sampler= (with batch_size=None) is the user's choice:
@@ -236,24 +235,6 @@ def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dic
     if settings.get("num_workers") == 0 and loader_kwargs is None and not from_loader:
         settings.pop("num_workers")
     return dataset, settings, from_loader
-
-
-def _unwrap_seeded_samplers(settings: dict[str, Any]) -> None:
-    """Judge and probe with the user's own sampler, not wellfed's seeded wrapper.
-
-    A loader from ``create_dataloader(seed=...)`` may carry a sampler that yields
-    (index, seed) pairs; its ``base_sampler`` is the user's sampler or batch sampler, None
-    when wellfed orders the indices itself.
-    """
-    batch_sampler = settings.get("batch_sampler")
-    inner: Any = getattr(batch_sampler, "sampler", None)
-    if hasattr(inner, "base_sampler"):  # torch BatchSampler around the seeded sampler
-        settings["batch_sampler"] = None
-        settings["sampler"] = inner.base_sampler
-    for name in ("sampler", "batch_sampler"):
-        value: Any = settings.get(name)
-        if hasattr(value, "base_sampler"):
-            settings[name] = value.base_sampler
 
 
 def _is_default_sampler(sampler: Any) -> bool:
