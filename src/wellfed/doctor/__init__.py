@@ -1,9 +1,12 @@
 """``wellfed doctor``: find every worker hazard in a dataset, with its attribute path, why and fix.
 
-Static checks walk the object graph that DataLoader workers receive (see ``_graph``), read
-the source of worker code (``_source``) and compare the loader settings with this machine
-(``_checks``). The live probe (``_probe``) then runs the target in real workers under each
-start method, in an isolated child, and confirms or refutes what the static checks suspect.
+The target becomes a dataset and its loader settings (``_settings``). Static checks walk the
+object graph that DataLoader workers receive (``_graph``), read the source of worker code
+(``_source``) and compare the loader settings with this machine (``_checks``, one
+``_checks_<category>`` module per report category, on the machinery of ``_context``,
+``_classify`` and ``_pickling``). The live probe (``_probe``) then runs the target in real
+workers under each start method, in an isolated child, and ``_probe_findings`` confirms or
+refutes what the static checks suspect.
 
 Example:
     >>> report = wellfed.diagnose(dataset, loader_kwargs={"num_workers": 4}, live=False)
@@ -13,15 +16,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wellfed.doctor._checks import run_checks
-from wellfed.doctor._classify import is_iterable
 from wellfed.doctor._context import Context
 from wellfed.doctor._graph import walk
 from wellfed.doctor._probe_findings import apply_probes
@@ -32,8 +31,11 @@ from wellfed.doctor._report import (
     DoctorReport,
     Finding,
     ProbeRun,
+    dedupe,
+    ordered,
     render_text,
 )
+from wellfed.doctor._settings import describe, is_default_collate, resolve_methods, safe_len, unpack
 from wellfed.errors import ConfigError
 from wellfed.platform import PlatformInfo, collect_platform_info
 
@@ -48,24 +50,6 @@ __all__ = [
     "render_text",
     "static_errors",
 ]
-
-_KNOWN_METHODS = ("fork", "spawn", "forkserver")
-
-#: DataLoader arguments the doctor reads.
-_SETTING_NAMES = (
-    "num_workers",
-    "batch_size",
-    "prefetch_factor",
-    "persistent_workers",
-    "pin_memory",
-    "collate_fn",
-    "worker_init_fn",
-    "sampler",
-    "batch_sampler",
-    "multiprocessing_context",
-    "timeout",
-    "seed",  # wellfed.create_dataloader(seed=...): per-sample seeding is in use
-)
 
 
 def diagnose(
@@ -118,14 +102,14 @@ def diagnose(
         )
     start = time.perf_counter()
     platform = platform_info or collect_platform_info(include_gpus=False)
-    dataset, settings, from_loader = _unpack(obj, loader_kwargs)
-    methods = _resolve_methods(start_methods, settings, platform)
-    ctx = Context(dataset, from_loader, settings, methods, platform, length=_safe_len(dataset))
+    dataset, settings, from_loader = unpack(obj, loader_kwargs)
+    methods = resolve_methods(start_methods, settings, platform)
+    ctx = Context(dataset, from_loader, settings, methods, platform, length=safe_len(dataset))
     seen: set[int] = set()
     ctx.walks["dataset"] = walk(dataset, "dataset", seen=seen)
     for name in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler"):
         value = settings.get(name)
-        if value is None or (name == "collate_fn" and _is_default_collate(value)):
+        if value is None or (name == "collate_fn" and is_default_collate(value)):
             continue
         ctx.walks[f"loader.{name}"] = walk(value, f"loader.{name}", seen=seen)
     findings = run_checks(ctx)
@@ -141,8 +125,8 @@ def diagnose(
         live_s = time.perf_counter() - t0
     walks = ctx.walks.values()
     return DoctorReport(
-        findings=_ordered(_dedupe(findings)),
-        target=_describe(dataset, ctx.length, from_loader),
+        findings=ordered(dedupe(findings)),
+        target=describe(dataset, ctx.length, from_loader),
         start_methods=methods,
         live=live,
         probes=tuple(probes),
@@ -187,7 +171,7 @@ def static_errors(
     """
     method = start_method
     if method is None:
-        _, settings, _ = _unpack(obj, loader_kwargs)
+        _, settings, _ = unpack(obj, loader_kwargs)
         ctx = settings.get("multiprocessing_context")
         if ctx is not None:
             method = ctx if isinstance(ctx, str) else ctx.get_start_method()
@@ -197,128 +181,3 @@ def static_errors(
             method = platform.default_start_method()
     report = diagnose(obj, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
     return report.errors
-
-
-def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], bool]:
-    """(dataset, settings, from_loader) from a Dataset, DataLoader or LoaderSpec."""
-    settings: dict[str, Any] = {}
-    from_loader = False
-    torch = sys.modules.get("torch")
-    dataset = obj
-    if torch is not None and isinstance(obj, torch.utils.data.DataLoader):
-        from_loader = True
-        dataset = obj.dataset
-        for name in _SETTING_NAMES:
-            if hasattr(obj, name):
-                settings[name] = getattr(obj, name)
-        if obj.batch_sampler is not None and hasattr(obj.batch_sampler, "batch_size"):
-            settings["batch_size"] = obj.batch_sampler.batch_size
-        for name in ("sampler", "batch_sampler"):
-            value = settings.get(name)
-            # A BatchSampler passed as sampler= (with batch_size=None) is the user's choice:
-            # its items, lists of indices, are what __getitem__ takes.
-            batches_as_sampler = name == "sampler" and type(value).__name__ == "BatchSampler"
-            if value is None or (_is_default_sampler(value) and not batches_as_sampler):
-                settings.pop(name, None)
-    elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
-        from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
-        dataset = obj.dataset
-        with contextlib.suppress(Exception):
-            settings.update(obj.loader_kwargs())
-        if getattr(obj, "user_config", True) is None:
-            # A bare dataset: the worker settings are the defaults, not the user's choice.
-            for name in ("num_workers", "persistent_workers", "prefetch_factor", "pin_memory"):
-                settings.pop(name, None)
-    if loader_kwargs:
-        from_loader = True
-        settings.update(dict(loader_kwargs))
-    if settings.get("num_workers") == 0 and loader_kwargs is None and not from_loader:
-        settings.pop("num_workers")
-    return dataset, settings, from_loader
-
-
-def _is_default_sampler(sampler: Any) -> bool:
-    if sampler is None:
-        return False
-    mod = type(sampler).__module__
-    return (
-        mod == "torch.utils.data.sampler"
-        and type(sampler).__name__
-        in (
-            "SequentialSampler",
-            "RandomSampler",
-            "BatchSampler",
-            "_InfiniteConstantSampler",
-        )
-        and (type(sampler).__name__ != "BatchSampler" or _is_default_sampler(sampler.sampler))
-    )
-
-
-def _is_default_collate(fn: Any) -> bool:
-    mod = getattr(fn, "__module__", "") or ""
-    return mod.startswith("torch.utils.data") and getattr(fn, "__name__", "") in (
-        "default_collate",
-        "default_convert",
-    )
-
-
-def _resolve_methods(
-    requested: str | Iterable[str] | None, settings: dict[str, Any], platform: PlatformInfo
-) -> tuple[str, ...]:
-    available = tuple(platform.start_methods)
-    if requested is None:
-        ctx = settings.get("multiprocessing_context")
-        if ctx is not None:
-            name = ctx if isinstance(ctx, str) else ctx.get_start_method()
-            return (name,)
-        return tuple(m for m in _KNOWN_METHODS if m in available) or available
-    names = (requested,) if isinstance(requested, str) else tuple(requested)
-    for name in names:
-        if name not in _KNOWN_METHODS:
-            raise ConfigError(
-                f"Unknown start method: start_methods contains {name!r}, which multiprocessing "
-                f"does not know. Use one or more of {', '.join(_KNOWN_METHODS)}.",
-                attribute="start_methods",
-                value=name,
-            )
-        if name not in available:
-            raise ConfigError(
-                f"Start method not available here: start_methods contains {name!r}, but this "
-                f"platform ({platform.os}) offers only {', '.join(available)}. Pick one of those.",
-                attribute="start_methods",
-                value=name,
-            )
-    return tuple(dict.fromkeys(names))
-
-
-def _safe_len(dataset: Any) -> int | None:
-    try:
-        return len(dataset)
-    except Exception:
-        return None
-
-
-def _describe(dataset: Any, length: int | None, from_loader: bool) -> str:
-    size = f"{length:,} samples" if length is not None else "no len()"
-    kind = "iterable" if not hasattr(dataset, "__getitem__") or is_iterable(dataset) else "map"
-    where = "DataLoader over " if from_loader else ""
-    return f"{where}{type(dataset).__module__}.{type(dataset).__qualname__} ({kind}, {size})"
-
-
-def _dedupe(findings: list[Finding]) -> list[Finding]:
-    """One finding per (code, path, severity); start methods merged."""
-    merged: dict[tuple[str, str, str], Finding] = {}
-    for f in findings:
-        key = (f.code, f.path, f.severity)
-        if key in merged:
-            old = merged[key]
-            methods = tuple(m for m in _KNOWN_METHODS if m in old.start_methods + f.start_methods)
-            merged[key] = dataclasses.replace(old, start_methods=methods)
-        else:
-            merged[key] = f
-    return list(merged.values())
-
-
-def _ordered(findings: list[Finding]) -> tuple[Finding, ...]:
-    rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return tuple(sorted(findings, key=lambda f: (rank.get(f.severity, 9), f.code, f.path)))
