@@ -32,7 +32,7 @@ __all__ = [
     "user_classes",
 ]
 
-
+#: How to open each kind of handle lazily, once per worker (the fix of WF101 and WF104).
 HANDLE_FIXES = {
     "open file": "self.path = path; self._fh = None  # in __init__\n"
     "in __getitem__: if self._fh is None: self._fh = open(self.path, 'rb')",
