@@ -308,12 +308,12 @@ def test_probe_worker_memory_comes_from_isolate(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_slow_unpickling_is_flagged_below_the_size_threshold() -> None:
-    from wellfed.doctor._checks import (
+    from wellfed.doctor._checks_worker_config import (
         PICKLED_SLOW_BYTES,
         UNPICKLE_SLOW_S,
-        Context,
         check_pickled_size,
     )
+    from wellfed.doctor._context import Context
 
     ds = d.TransformDataset()
     ctx = Context(ds, True, {"num_workers": 4}, ("spawn",), _PLATFORM)
@@ -344,3 +344,20 @@ def test_rng_object_fix_points_to_sample_rng_when_seeded() -> None:
     (f,) = _static(loader).findings
     assert "wellfed.sample_rng()" in f.fix
     assert "worker_init_fn" not in f.fix
+
+
+def test_a_seeded_loader_is_judged_with_the_users_own_sampler() -> None:
+    """SeededDataLoader keeps the user's sampler and batch sampler as its own attributes (the
+    seeds ride in its iterator), so the doctor judges them as they are: no unwrapping."""
+    from wellfed import SeededDataLoader
+
+    sampler = d.KeyedSampler(d.N, key_fn=lambda i: -i)
+    loader = SeededDataLoader(
+        d.TransformDataset(), seed=3, batch_size=2, sampler=sampler, num_workers=2
+    )
+    found = {(f.code, f.path) for f in _static(loader, start_methods="spawn").findings}
+    assert ("WF103", "loader.sampler.key_fn") in found
+    batches = torch.utils.data.BatchSampler(sampler, batch_size=2, drop_last=False)
+    loader = SeededDataLoader(d.TransformDataset(), seed=3, batch_sampler=batches, num_workers=2)
+    found = {(f.code, f.path) for f in _static(loader, start_methods="spawn").findings}
+    assert ("WF103", "loader.batch_sampler.sampler.key_fn") in found

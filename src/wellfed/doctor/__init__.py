@@ -1,9 +1,12 @@
 """``wellfed doctor``: find every worker hazard in a dataset, with its attribute path, why and fix.
 
-Static checks walk the object graph that DataLoader workers receive (see ``_graph``), read
-the source of worker code (``_source``) and compare the loader settings with this machine
-(``_checks``). The live probe (``_probe``) then runs the target in real workers under each
-start method, in an isolated child, and confirms or refutes what the static checks suspect.
+The target becomes a dataset and its loader settings (``_settings``). Static checks walk the
+object graph that DataLoader workers receive (``_graph``), read the source of worker code
+(``_source``) and compare the loader settings with this machine (``_checks``, one
+``_checks_<category>`` module per report category, on the machinery of ``_context``,
+``_classify`` and ``_pickling``). The live probe (``_probe``) then runs the target in real
+workers under each start method, in an isolated child, and ``_probe_findings`` confirms or
+refutes what the static checks suspect.
 
 Example:
     >>> report = wellfed.diagnose(dataset, loader_kwargs={"num_workers": 4}, live=False)
@@ -13,21 +16,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from wellfed.doctor._checks import (
-    Context,
-    check_pickled_size,
-    check_shared_memory,
-    rng_fix,
-    run_checks,
-)
+from wellfed.doctor._checks import run_checks
+from wellfed.doctor._context import Context
 from wellfed.doctor._graph import walk
+from wellfed.doctor._probe_findings import apply_probes
 from wellfed.doctor._report import (
     CATEGORIES,
     CODES,
@@ -35,8 +31,11 @@ from wellfed.doctor._report import (
     DoctorReport,
     Finding,
     ProbeRun,
+    dedupe,
+    ordered,
     render_text,
 )
+from wellfed.doctor._settings import describe, is_default_collate, resolve_methods, safe_len, unpack
 from wellfed.errors import ConfigError
 from wellfed.platform import PlatformInfo, collect_platform_info
 
@@ -51,24 +50,6 @@ __all__ = [
     "render_text",
     "static_errors",
 ]
-
-_KNOWN_METHODS = ("fork", "spawn", "forkserver")
-
-#: DataLoader arguments the doctor reads.
-_SETTING_NAMES = (
-    "num_workers",
-    "batch_size",
-    "prefetch_factor",
-    "persistent_workers",
-    "pin_memory",
-    "collate_fn",
-    "worker_init_fn",
-    "sampler",
-    "batch_sampler",
-    "multiprocessing_context",
-    "timeout",
-    "seed",  # wellfed.create_dataloader(seed=...): per-sample seeding is in use
-)
 
 
 def diagnose(
@@ -121,14 +102,14 @@ def diagnose(
         )
     start = time.perf_counter()
     platform = platform_info or collect_platform_info(include_gpus=False)
-    dataset, settings, from_loader = _unpack(obj, loader_kwargs)
-    methods = _resolve_methods(start_methods, settings, platform)
-    ctx = Context(dataset, from_loader, settings, methods, platform, length=_safe_len(dataset))
+    dataset, settings, from_loader = unpack(obj, loader_kwargs)
+    methods = resolve_methods(start_methods, settings, platform)
+    ctx = Context(dataset, from_loader, settings, methods, platform, length=safe_len(dataset))
     seen: set[int] = set()
     ctx.walks["dataset"] = walk(dataset, "dataset", seen=seen)
     for name in ("collate_fn", "worker_init_fn", "sampler", "batch_sampler"):
         value = settings.get(name)
-        if value is None or (name == "collate_fn" and _is_default_collate(value)):
+        if value is None or (name == "collate_fn" and is_default_collate(value)):
             continue
         ctx.walks[f"loader.{name}"] = walk(value, f"loader.{name}", seen=seen)
     findings = run_checks(ctx)
@@ -140,12 +121,12 @@ def diagnose(
 
         t0 = time.perf_counter()
         probes = probe_all(dataset, settings, methods, float(timeout_s))
-        findings = _apply_probes(ctx, findings, probes)
+        findings = apply_probes(ctx, findings, probes)
         live_s = time.perf_counter() - t0
     walks = ctx.walks.values()
     return DoctorReport(
-        findings=_ordered(_dedupe(findings)),
-        target=_describe(dataset, ctx.length, from_loader),
+        findings=ordered(dedupe(findings)),
+        target=describe(dataset, ctx.length, from_loader),
         start_methods=methods,
         live=live,
         probes=tuple(probes),
@@ -190,7 +171,7 @@ def static_errors(
     """
     method = start_method
     if method is None:
-        _, settings, _ = _unpack(obj, loader_kwargs)
+        _, settings, _ = unpack(obj, loader_kwargs)
         ctx = settings.get("multiprocessing_context")
         if ctx is not None:
             method = ctx if isinstance(ctx, str) else ctx.get_start_method()
@@ -200,362 +181,3 @@ def static_errors(
             method = platform.default_start_method()
     report = diagnose(obj, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
     return report.errors
-
-
-def _unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], bool]:
-    """(dataset, settings, from_loader) from a Dataset, DataLoader or LoaderSpec."""
-    settings: dict[str, Any] = {}
-    from_loader = False
-    torch = sys.modules.get("torch")
-    dataset = obj
-    if torch is not None and isinstance(obj, torch.utils.data.DataLoader):
-        from_loader = True
-        dataset = obj.dataset
-        for name in _SETTING_NAMES:
-            if hasattr(obj, name):
-                settings[name] = getattr(obj, name)
-        if obj.batch_sampler is not None and hasattr(obj.batch_sampler, "batch_size"):
-            settings["batch_size"] = obj.batch_sampler.batch_size
-        _unwrap_seeded_samplers(settings)
-        for name in ("sampler", "batch_sampler"):
-            value = settings.get(name)
-            # A BatchSampler passed as sampler= (with batch_size=None) is the user's choice:
-            # its items, lists of indices, are what __getitem__ takes.
-            batches_as_sampler = name == "sampler" and type(value).__name__ == "BatchSampler"
-            if value is None or (_is_default_sampler(value) and not batches_as_sampler):
-                settings.pop(name, None)
-    elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
-        from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
-        dataset = obj.dataset
-        with contextlib.suppress(Exception):
-            settings.update(obj.loader_kwargs())
-        if getattr(obj, "user_config", True) is None:
-            # A bare dataset: the worker settings are the defaults, not the user's choice.
-            for name in ("num_workers", "persistent_workers", "prefetch_factor", "pin_memory"):
-                settings.pop(name, None)
-    if loader_kwargs:
-        from_loader = True
-        settings.update(dict(loader_kwargs))
-    if settings.get("num_workers") == 0 and loader_kwargs is None and not from_loader:
-        settings.pop("num_workers")
-    return dataset, settings, from_loader
-
-
-def _unwrap_seeded_samplers(settings: dict[str, Any]) -> None:
-    """Judge and probe with the user's own sampler, not wellfed's seeded wrapper.
-
-    A loader from ``create_dataloader(seed=...)`` may carry a sampler that yields
-    (index, seed) pairs; its ``base_sampler`` is the user's sampler or batch sampler, None
-    when wellfed orders the indices itself.
-    """
-    batch_sampler = settings.get("batch_sampler")
-    inner: Any = getattr(batch_sampler, "sampler", None)
-    if hasattr(inner, "base_sampler"):  # torch BatchSampler around the seeded sampler
-        settings["batch_sampler"] = None
-        settings["sampler"] = inner.base_sampler
-    for name in ("sampler", "batch_sampler"):
-        value: Any = settings.get(name)
-        if hasattr(value, "base_sampler"):
-            settings[name] = value.base_sampler
-
-
-def _is_default_sampler(sampler: Any) -> bool:
-    if sampler is None:
-        return False
-    mod = type(sampler).__module__
-    return (
-        mod == "torch.utils.data.sampler"
-        and type(sampler).__name__
-        in (
-            "SequentialSampler",
-            "RandomSampler",
-            "BatchSampler",
-            "_InfiniteConstantSampler",
-        )
-        and (type(sampler).__name__ != "BatchSampler" or _is_default_sampler(sampler.sampler))
-    )
-
-
-def _is_default_collate(fn: Any) -> bool:
-    mod = getattr(fn, "__module__", "") or ""
-    return mod.startswith("torch.utils.data") and getattr(fn, "__name__", "") in (
-        "default_collate",
-        "default_convert",
-    )
-
-
-def _resolve_methods(
-    requested: str | Iterable[str] | None, settings: dict[str, Any], platform: PlatformInfo
-) -> tuple[str, ...]:
-    available = tuple(platform.start_methods)
-    if requested is None:
-        ctx = settings.get("multiprocessing_context")
-        if ctx is not None:
-            name = ctx if isinstance(ctx, str) else ctx.get_start_method()
-            return (name,)
-        return tuple(m for m in _KNOWN_METHODS if m in available) or available
-    names = (requested,) if isinstance(requested, str) else tuple(requested)
-    for name in names:
-        if name not in _KNOWN_METHODS:
-            raise ConfigError(
-                f"Unknown start method: start_methods contains {name!r}, which multiprocessing "
-                f"does not know. Use one or more of {', '.join(_KNOWN_METHODS)}.",
-                attribute="start_methods",
-                value=name,
-            )
-        if name not in available:
-            raise ConfigError(
-                f"Start method not available here: start_methods contains {name!r}, but this "
-                f"platform ({platform.os}) offers only {', '.join(available)}. Pick one of those.",
-                attribute="start_methods",
-                value=name,
-            )
-    return tuple(dict.fromkeys(names))
-
-
-def _safe_len(dataset: Any) -> int | None:
-    try:
-        return len(dataset)
-    except Exception:
-        return None
-
-
-def _describe(dataset: Any, length: int | None, from_loader: bool) -> str:
-    size = f"{length:,} samples" if length is not None else "no len()"
-    kind = "iterable" if not hasattr(dataset, "__getitem__") or _is_iterable(dataset) else "map"
-    where = "DataLoader over " if from_loader else ""
-    return f"{where}{type(dataset).__module__}.{type(dataset).__qualname__} ({kind}, {size})"
-
-
-def _is_iterable(dataset: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(dataset, torch.utils.data.IterableDataset)
-
-
-def _dedupe(findings: list[Finding]) -> list[Finding]:
-    """One finding per (code, path, severity); start methods merged."""
-    merged: dict[tuple[str, str, str], Finding] = {}
-    for f in findings:
-        key = (f.code, f.path, f.severity)
-        if key in merged:
-            old = merged[key]
-            methods = tuple(m for m in _KNOWN_METHODS if m in old.start_methods + f.start_methods)
-            merged[key] = dataclasses.replace(old, start_methods=methods)
-        else:
-            merged[key] = f
-    return list(merged.values())
-
-
-def _ordered(findings: list[Finding]) -> tuple[Finding, ...]:
-    rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return tuple(sorted(findings, key=lambda f: (rank.get(f.severity, 9), f.code, f.path)))
-
-
-# ------------------------------------------------------------------------------------------
-# live probe -> findings
-
-_PICKLE_MARKERS = ("pickle", "Can't get attribute", "can't get attribute", "Can't pickle")
-_CUDA_MARKERS = ("CUDA", "cuda")
-_SHM_MARKERS = ("Bus error", "SIGBUS", "No space left on device", "shared memory", "shm")
-
-
-def _confirm(f: Finding, method: str, what: str) -> Finding:
-    if f"confirmed live ({method})" in f.evidence:
-        return f
-    return dataclasses.replace(f, evidence=f"confirmed live ({method}): {what}; {f.evidence}")
-
-
-def _apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) -> list[Finding]:
-    """Confirm, refute or add findings from what the live probe saw."""
-    out = list(findings)
-    path_code = (
-        "type(dataset).__iter__" if _is_iterable(ctx.dataset) else "type(dataset).__getitem__"
-    )
-
-    def update(codes: tuple[str, ...], method: str, what: str) -> bool:
-        hit = False
-        for i, f in enumerate(out):
-            if f.code in codes and method in f.start_methods:
-                out[i] = _confirm(f, method, what)
-                hit = True
-        return hit
-
-    for run in probes:
-        m = run.start_method
-        if run.status == "not_probed":
-            reason = _first_line(run.error or "no reason given")
-            note = f"not probed ({m}): {reason}"
-            for i, old in enumerate(out):
-                if m in old.start_methods and note not in old.evidence:
-                    out[i] = dataclasses.replace(old, evidence=f"{old.evidence}; {note}")
-            f = ctx.finding(
-                "WF123",
-                "info",
-                "env.live_probe",
-                f"The live probe did not run under {m}: {reason}. Findings for {m} are the "
-                "static checks' only, neither confirmed nor refuted in real workers.",
-                "Nothing to fix in the dataset for this. To probe anyway, run `wellfed doctor` "
-                "in a process that has not initialised CUDA (fork is then possible), or make "
-                "the dataset picklable.",
-                note,
-                (m,),
-            )
-            if f is not None:
-                out.append(f)
-            continue
-        if run.status != "ok":
-            error = run.error or ""
-            first = _first_line(error)
-            if any(k in error for k in _PICKLE_MARKERS) and m != "fork":
-                if not update(("WF101", "WF102"), m, first):
-                    f = ctx.finding(
-                        "WF101",
-                        "error",
-                        "dataset",
-                        f"Workers failed to receive the dataset under {m}: {first}.",
-                        "Find the object named in the error and make it picklable: module-level "
-                        "functions and classes, no open handles (open them lazily in "
-                        "__getitem__).",
-                        f"confirmed live ({m}): {first}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-                continue
-            if any(k in error for k in _CUDA_MARKERS) and update(("WF105", "WF106"), m, first):
-                continue
-            if any(k in error for k in _SHM_MARKERS):
-                if not update(("WF113",), m, first):
-                    f = ctx.finding(
-                        "WF113",
-                        "error",
-                        "env.dev_shm",
-                        f"Workers died under {m} with a shared-memory failure: {first}.",
-                        "Lower prefetch_factor, num_workers or batch_size, or give the container "
-                        "more shared memory: docker run --shm-size=8g.",
-                        f"confirmed live ({m}): {first}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-                continue
-            hang = run.status == "timeout" or "timed out" in error
-            suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
-            what = "hung (no batch before the deadline; killed)" if hang else f"crashed: {first}"
-            f = ctx.finding(
-                "WF122",
-                "error",
-                path_code,
-                f"Workers {what} under {m} in the live probe.",
-                "Run with num_workers=0 to see the error in the main process; fix the findings "
-                "listed for this start method first"
-                + (f" ({', '.join(suspects[:3])})" if suspects else "")
-                + "; for hangs, look for locks or thread pools created before the workers.",
-                f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
-                + (error.strip().splitlines()[-1][:300] if error.strip() else "no output"),
-                (m,),
-            )
-            if f is not None:
-                out.append(f)
-            continue
-        obs = run.observations
-        if obs.get("kind") == "map" and obs.get("main_random"):
-            if obs.get("workers_identical"):
-                what = "workers returned identical random samples for index 0 in every repeat"
-                if not update(("WF107", "WF108"), m, what):
-                    f = ctx.finding(
-                        "WF107",
-                        "error",
-                        "dataset",
-                        "Every worker returns the same random augmentation: the workers share "
-                        "one RNG state (an RNG object or a seed copied into each).",
-                        rng_fix("rng", ctx.settings.get("seed") is not None),
-                        f"confirmed live ({m}): {what}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-            elif obs.get("workers_differ"):
-                out = _refute(
-                    out,
-                    ("WF107",),
-                    m,
-                    "workers returned different random samples for index 0",
-                    "warning",
-                )
-        if obs.get("kind") == "iterable":
-            dup = int(obs.get("duplicate_samples", 0))
-            per_worker = obs.get("items_per_worker", {})
-            if dup > 0:
-                what = f"{dup} sample(s) yielded by more than one worker ({per_worker})"
-                if not update(("WF117",), m, what) and (ctx.num_workers or 2) > 1:
-                    f = ctx.finding(
-                        "WF117",
-                        "error",
-                        "type(dataset).__iter__",
-                        "Several workers yield the same samples: the stream is not split "
-                        "per worker.",
-                        "Split by torch.utils.data.get_worker_info() in __iter__ "
-                        "(if i % info.num_workers == info.id: yield item).",
-                        f"confirmed live ({m}): {what}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-            elif len(per_worker) > 1:
-                out = _refute(
-                    out, ("WF117",), m, f"no sample repeated across workers ({per_worker})", "info"
-                )
-        sample_bytes = obs.get("sample_bytes")
-        if sample_bytes and not any(f.code == "WF113" for f in out):
-            out.extend(
-                check_shared_memory(
-                    ctx,
-                    (int(sample_bytes), int(obs.get("tensors_per_sample", 0))),
-                    f"confirmed live ({m}): measured batch of 1 sample",
-                )
-            )
-        if "pickled_bytes" in obs:
-            measured = (
-                int(obs["pickled_bytes"]),
-                float(obs["pickle_s"]),
-                float(obs.get("unpickle_s", 0.0)),
-            )
-            live_size = check_pickled_size(ctx, measured)
-            out = [f for f in out if f.code != "WF120"] + live_size
-        first_uss, last_uss = obs.get("worker_uss_first_bytes"), obs.get("worker_uss_last_bytes")
-        if first_uss and last_uss:
-            note = (
-                f"live ({m}): worker private memory {_mib(max(first_uss))} -> "
-                f"{_mib(max(last_uss))} over {run.batches} batches"
-            )
-            for i, f in enumerate(out):
-                if f.code in ("WF109", "WF110") and m in f.start_methods and note not in f.evidence:
-                    out[i] = dataclasses.replace(f, evidence=f"{f.evidence}; {note}")
-    return out
-
-
-def _refute(
-    findings: list[Finding], codes: tuple[str, ...], method: str, what: str, downgrade_to: str
-) -> list[Finding]:
-    out = []
-    for f in findings:
-        if f.code in codes and method in f.start_methods and f.severity == "error":
-            f = dataclasses.replace(
-                f,
-                severity=downgrade_to,
-                evidence=f"not reproduced live ({method}): {what}; {f.evidence}",
-            )
-        out.append(f)
-    return out
-
-
-def _first_line(error: str) -> str:
-    for line in error.strip().splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return "no error text"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f}MB"

@@ -207,7 +207,7 @@ def _probe_one(
 
     obs: dict[str, Any] = {}
     if measure_pickle:
-        from wellfed.doctor._checks import pickled_size
+        from wellfed.doctor._pickling import pickled_size
 
         measured = pickled_size(dataset)
         if measured is not None:

@@ -10,9 +10,12 @@ __all__ = [
     "CATEGORIES",
     "CODES",
     "SEVERITIES",
+    "START_METHODS",
     "DoctorReport",
     "Finding",
     "ProbeRun",
+    "dedupe",
+    "ordered",
     "render_text",
 ]
 
@@ -29,6 +32,9 @@ CATEGORIES: tuple[str, ...] = (
     "iterable-sharding",
     "worker-config",
 )
+
+#: The start methods a finding names, in the order reports list them.
+START_METHODS: tuple[str, ...] = ("fork", "spawn", "forkserver")
 
 #: Severities, worst first. error: breaks or corrupts data; warning: slow, wasteful or risky.
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
@@ -253,3 +259,23 @@ def render_text(report: DoctorReport) -> str:
             f"live {report.live_s:.2f} s)"
         )
     return "\n".join(lines)
+
+
+def dedupe(findings: list[Finding]) -> list[Finding]:
+    """One finding per (code, path, severity); start methods merged."""
+    merged: dict[tuple[str, str, str], Finding] = {}
+    for f in findings:
+        key = (f.code, f.path, f.severity)
+        if key in merged:
+            old = merged[key]
+            methods = tuple(m for m in START_METHODS if m in old.start_methods + f.start_methods)
+            merged[key] = dataclasses.replace(old, start_methods=methods)
+        else:
+            merged[key] = f
+    return list(merged.values())
+
+
+def ordered(findings: list[Finding]) -> tuple[Finding, ...]:
+    """The findings as reports list them: by severity (worst first), code, then path."""
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    return tuple(sorted(findings, key=lambda f: (rank.get(f.severity, 9), f.code, f.path)))
