@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from wellfed._units import format_bytes
+
 __all__ = ["main"]
 
 EXIT_OK = 0
@@ -36,15 +38,6 @@ def _console(stderr: bool = False) -> Any:
     if not console.is_terminal:  # pipes and files: wide enough for the tune table
         console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=120)
     return console
-
-
-def _fmt_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} B"
 
 
 def _write_json(data: dict[str, Any], dest: str) -> None:
@@ -151,19 +144,19 @@ def _run_info(args: argparse.Namespace) -> int:
         ("usable CPUs", f"{info.usable_cpus} of {info.cpu_count}{quota}"),
         (
             "RAM",
-            f"{_fmt_bytes(info.ram_available_bytes)} available of "
-            f"{_fmt_bytes(info.ram_total_bytes)}",
+            f"{format_bytes(info.ram_available_bytes)} available of "
+            f"{format_bytes(info.ram_total_bytes)}",
         ),
         (
             "/dev/shm",
-            f"{_fmt_bytes(info.shm_free_bytes)} free of {_fmt_bytes(info.shm_total_bytes)}"
+            f"{format_bytes(info.shm_free_bytes)} free of {format_bytes(info.shm_total_bytes)}"
             if info.shm_total_bytes is not None
             else "none",
         ),
         ("open files (ulimit -n)", f"{info.open_files_limit} (hard {info.open_files_hard_limit})"),
         (
             "GPUs",
-            ", ".join(f"{g.index}: {g.name} ({_fmt_bytes(g.memory_bytes)})" for g in info.gpus)
+            ", ".join(f"{g.index}: {g.name} ({format_bytes(g.memory_bytes)})" for g in info.gpus)
             or "none (no CUDA device)",
         ),
     ]
@@ -285,7 +278,7 @@ def _render_tune(result: Any) -> None:
                 f"{t.samples_per_s_spread:.0f}",
                 f"{t.samples_per_s / base:.2f}x" if base else "-",
                 f"{t.first_batch_s:.2f}",
-                _fmt_bytes(t.peak_memory_bytes),
+                format_bytes(t.peak_memory_bytes),
                 mark,
             )
         else:
@@ -296,7 +289,7 @@ def _render_tune(result: Any) -> None:
                 "",
                 "",
                 "",
-                _fmt_bytes(t.peak_memory_bytes),
+                format_bytes(t.peak_memory_bytes),
                 first_line[:60],
             )
     if result.ceiling_samples_per_s is not None:
@@ -679,7 +672,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(
         f"stored {len(cache)} samples in {summary['shards']} shards "
-        f"({_fmt_bytes(summary['bytes'])}) at {cache.path} in {elapsed:.1f} s\n"
+        f"({format_bytes(summary['bytes'])}) at {cache.path} in {elapsed:.1f} s\n"
         f"fields: {fields}\n"
         f"train from it: wellfed.CachedDataset({cache.path!r})\n"
     )

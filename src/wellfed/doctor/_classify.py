@@ -12,6 +12,7 @@ import threading
 import types
 from typing import Any
 
+from wellfed._units import format_bytes
 from wellfed.doctor._context import Context
 from wellfed.doctor._graph import Node, module_of
 from wellfed.doctor._source import is_user_code
@@ -253,10 +254,8 @@ def user_classes(ctx: Context) -> list[tuple[Node, type]]:
 
 
 def mb(n: float) -> str:
-    """A byte count as messages write it: 12.3MB, or 1.5GB from 1 GiB up."""
-    if n >= 1024**3:
-        return f"{n / 1024**3:.1f}GB"
-    return f"{n / 1024**2:.1f}MB"
+    """A byte count as messages write it: 12.3MB, or 1.5GB from 1 GiB up (``format_bytes``)."""
+    return format_bytes(n, compact=True)
 
 
 def is_iterable(dataset: Any) -> bool:

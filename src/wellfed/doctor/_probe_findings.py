@@ -16,7 +16,7 @@ import dataclasses
 from wellfed.doctor._checks_rng import rng_fix
 from wellfed.doctor._checks_shared_memory import check_shared_memory
 from wellfed.doctor._checks_worker_config import check_pickled_size
-from wellfed.doctor._classify import is_iterable
+from wellfed.doctor._classify import is_iterable, mb
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding, ProbeRun
 
@@ -196,8 +196,8 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
         first_uss, last_uss = obs.get("worker_uss_first_bytes"), obs.get("worker_uss_last_bytes")
         if first_uss and last_uss:
             note = (
-                f"live ({m}): worker private memory {_mib(max(first_uss))} -> "
-                f"{_mib(max(last_uss))} over {run.batches} batches"
+                f"live ({m}): worker private memory {mb(max(first_uss))} -> "
+                f"{mb(max(last_uss))} over {run.batches} batches"
             )
             for i, f in enumerate(out):
                 if f.code in ("WF109", "WF110") and m in f.start_methods and note not in f.evidence:
@@ -225,7 +225,3 @@ def _first_line(error: str) -> str:
         if line.strip():
             return line.strip()[:300]
     return "no error text"
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:.1f}MB"
