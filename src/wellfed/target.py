@@ -3,6 +3,9 @@
 A TARGET is ``pkg.module:attr`` or ``path/to/file.py:attr``; ``attr`` may be dotted. It names a
 Dataset, a DataLoader (whose dataset and settings become the starting point), or a
 zero-argument callable returning either. No TARGET means the built-in workload.
+
+Beside LoaderSpec lives LoaderConfig (the settings a trial or a recommendation varies), and
+``resolve_fn`` resolves ``--fn MODULE:ATTR`` for precompute with the same import rules.
 """
 
 from __future__ import annotations
