@@ -27,6 +27,7 @@ from tests.helpers_cache import (
     store_digest,
 )
 from wellfed.cache import CachedDataset, PrecomputeError, precompute
+from wellfed.cache._store import MANIFEST_NAME
 from wellfed.errors import ConfigError, StateError
 
 SMALL_SHARDS = 8 * (3 * 4 * 4 * 4 + 8)  # two batches of 4 samples (output + label) per shard
@@ -118,6 +119,27 @@ def test_other_fingerprint_is_refused_then_overwritten(tmp_path: Path) -> None:
     assert "fn.version" in exc.value.value
     ds = build(tmp_path / "s", batch_size=8, overwrite=True)
     assert ds.manifest["fingerprint"]["options"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize(
+    "damage", [b'{"format": "wellfed-ca', b"\xff\xfe not utf-8", b"[1, 2, 3]"]
+)
+def test_corrupt_manifest_is_named_and_overwrite_recovers(tmp_path: Path, damage: bytes) -> None:
+    # Issue 14: a truncated or replaced wellfed-cache.json gave a raw JSONDecodeError or
+    # UnicodeDecodeError, and --overwrite could not recover the store.
+    root = tmp_path / "s"
+    build(root)
+    (root / MANIFEST_NAME).write_bytes(damage)
+    with pytest.raises(StateError) as exc:
+        CachedDataset(root)
+    assert exc.value.code == "WF412"
+    assert "overwrite" in str(exc.value)
+    with pytest.raises(StateError) as exc:
+        build(root)
+    assert exc.value.code == "WF412"
+    ds = build(root, overwrite=True)
+    assert len(ds) == 40
+    assert CachedDataset(root)[3] is not None
 
 
 def test_module_fingerprint_hashes_parameters(tmp_path: Path) -> None:

@@ -380,8 +380,14 @@ def precompute(
             },
         }
         manifest: dict[str, Any] | None = None
+        if is_store(root) and overwrite:
+            try:
+                read_manifest(root)
+            except StateError as exc:  # a corrupt manifest: overwrite rebuilds the store
+                logger.info("precompute: rebuilding %s (%s)", root, exc)
+                remove_store(root)
         if is_store(root):
-            old = read_manifest(root)
+            old = read_manifest(root)  # a corrupt one raises WF412, naming --overwrite
             same = old.get("fingerprint") == fingerprint
             if not same or old.get("format_version") != FORMAT_VERSION:
                 diff = fingerprint_diff(old.get("fingerprint") or {}, fingerprint)

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from wellfed.errors import StateError
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -131,10 +133,32 @@ def is_store(path: Path) -> bool:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """Read a store's manifest (plain JSON: opening a store never runs code)."""
-    with open(path / MANIFEST_NAME, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
+    """Read a store's manifest (plain JSON: opening a store never runs code).
+
+    Raises:
+        StateError: the manifest is not a JSON object (truncated, replaced, not UTF-8): WF412.
+    """
+    file = path / MANIFEST_NAME
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise _corrupt_manifest(file, f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise _corrupt_manifest(file, f"it holds a JSON {type(data).__name__}, not an object")
     return data
+
+
+def _corrupt_manifest(file: Path, why: str) -> StateError:
+    return StateError(
+        f"Corrupt store manifest: {str(file)!r} cannot be read as a wellfed manifest ({why}); "
+        "it was truncated or replaced, so the store's shards cannot be trusted. Rebuild it: "
+        "run the same precompute call with overwrite=True (--overwrite), which deletes only "
+        "the store's own files (the manifest, shard-* and temporaries).",
+        code="WF412",
+        attribute="manifest",
+        value=str(file),
+    )
 
 
 def _fsync_dir(path: Path) -> None:
