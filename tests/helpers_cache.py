@@ -148,3 +148,14 @@ def run_slow_precompute(
         shard_bytes=batches_per_shard * 4 * (3 * 4 * 4 * 4 + 8),
         fn_concurrency=fn_concurrency,
     )
+
+
+class BatchNormNet(TinyNet):
+    """TinyNet plus BatchNorm2d in eval mode: its ``num_batches_tracked`` buffer is 0-dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))

@@ -142,6 +142,27 @@ def test_corrupt_manifest_is_named_and_overwrite_recovers(tmp_path: Path, damage
     assert CachedDataset(root)[3] is not None
 
 
+def test_batchnorm_fn_and_0_dim_source_tensors_are_fingerprinted(tmp_path: Path) -> None:
+    # Issue 14: hashing a 0-dim tensor (BatchNorm's num_batches_tracked, per-sample labels of
+    # TensorDataset(x, torch.arange(n))) raised "self.dim() cannot be 0 to view Long as Byte".
+    from torch.utils.data import TensorDataset
+
+    from tests.helpers_cache import BatchNormNet
+    from wellfed.cache._build import fn_fingerprint
+
+    source = TensorDataset(torch.rand(12, 3, 4, 4), torch.arange(12))
+    net = BatchNormNet()
+    ds = build(tmp_path / "s", dataset=source, fn=net)
+    assert len(ds) == 12
+    before = fn_fingerprint(net, None)["params_sha256"]
+    with torch.no_grad():
+        net.conv.weight[0, 0, 0, 0] += 1.0  # one weight changed
+    assert fn_fingerprint(net, None)["params_sha256"] != before
+    with pytest.raises(StateError) as exc:
+        build(tmp_path / "s", dataset=source, fn=net)
+    assert exc.value.code == "WF401"
+
+
 def test_module_fingerprint_hashes_parameters(tmp_path: Path) -> None:
     net = TinyNet()
     ds = build(tmp_path / "s", fn=net)
