@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._isolate import IsolatedResult, run_isolated
+from wellfed.seeded_loader import worker_failure
 from wellfed.target import LoaderConfig, LoaderSpec
 
 __all__ = [
@@ -69,10 +70,21 @@ def open_batches(loader: Any, *, keep_workers: bool = False) -> Iterator[Iterato
             also when the block raises or stops early.
         keep_workers: Keep a persistent-workers loader's workers for its next epoch (stop
             them later with ``close_loader``). Non-persistent workers are stopped either way.
+
+    Raises:
+        WorkerStartError, WorkerCrashedError, WorkerTimeoutError: a worker died or hung
+            (``wellfed.seeded_loader.worker_failure``), also for a plain DataLoader.
     """
     it = iter(loader)
     try:
         yield it
+    except RuntimeError as exc:
+        # torch reports a dead worker from its SIGCHLD handler, wherever the main process is
+        # at that moment: name it here too when it lands outside the iterator's next().
+        failure = worker_failure(it, exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         if not (keep_workers and getattr(loader, "persistent_workers", False)):
             close_iterator(it)

@@ -276,12 +276,14 @@ def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
     if isinstance(exc, WorkerError):
         return None
     progress = getattr(it, "_wf_progress", None)
-    delivered = progress.yielded if progress is not None else 0
+    # A plain DataLoader's iterator does not count its batches: then "while loading".
+    delivered: int | None = progress.yielded if progress is not None else None
     if text.startswith("DataLoader timed out after"):
         timeout = getattr(it, "_timeout", None)
         return WorkerTimeoutError(
             f"No batch within timeout={timeout} s: a worker is hung or slower than the "
-            f"timeout ({delivered} batch(es) delivered this epoch). Fix: raise `timeout`, or "
+            f"timeout ({delivered if delivered is not None else 'unknown'} batch(es) delivered "
+            "this epoch). Fix: raise `timeout`, or "
             "run `wellfed doctor TARGET` to look for a deadlock (a lock or thread pool "
             f"inherited through fork). PyTorch said: {text} [WF303]",
             code="WF303",
@@ -311,7 +313,12 @@ def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
     hint = _SIGNAL_HINTS.get(name or "", "see the worker's own output above")
     pid_text = ", ".join(str(p) for p in pids)
     cls = WorkerStartError if delivered == 0 else WorkerCrashedError
-    when = "before the first batch" if delivered == 0 else f"after {delivered} batch(es)"
+    if delivered is None:
+        when = "while loading"
+    elif delivered == 0:
+        when = "before the first batch"
+    else:
+        when = f"after {delivered} batch(es)"
     code = "WF301" if delivered == 0 else "WF302"
     return cls(
         f"DataLoader worker (pid {pid_text}) {how} {when}: {hint}. PyTorch said: {text} [{code}]",

@@ -9,11 +9,16 @@ RuntimeError and keep torch's text.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import time
 
 import pytest
+import torch
+from torch.utils.data import get_worker_info
 
 import wellfed
-from tests.helpers import HangingDataset, KilledWorkerDataset
+from tests.helpers import HangingDataset, SquaresDataset
 
 pytestmark = [
     pytest.mark.workers,
@@ -22,6 +27,21 @@ pytestmark = [
         "fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method"
     ),
 ]
+
+
+class KilledWorkerDataset(SquaresDataset):
+    """In a worker, index 4 waits, then SIGKILLs its own process (as the OOM killer would).
+
+    The wait lets the main process reach ``next()`` and block there: torch reports a dead
+    worker from its SIGCHLD handler, in whatever Python code the main process runs at that
+    moment, and only inside ``next()`` can a loader name it.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if get_worker_info() is not None and index == 4:
+            time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)
 
 
 def _loader(ds: object, batch_size: int = 1, timeout: float = 30) -> wellfed.SeededDataLoader:
@@ -46,7 +66,6 @@ def _consume(loader: wellfed.SeededDataLoader) -> int:
 
 
 def test_a_sigkilled_worker_is_named_with_the_oom_hint() -> None:
-    # KilledWorkerDataset: the worker SIGKILLs itself at index 4, as the OOM killer would.
     with pytest.raises(wellfed.WorkerCrashedError) as info:
         _consume(_loader(KilledWorkerDataset(16)))
     err = info.value
