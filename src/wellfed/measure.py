@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._isolate import IsolatedResult, run_isolated
-from wellfed.seeded_loader import worker_failure
 from wellfed.target import LoaderConfig, LoaderSpec
 
 __all__ = [
@@ -81,6 +80,9 @@ def open_batches(loader: Any, *, keep_workers: bool = False) -> Iterator[Iterato
     except RuntimeError as exc:
         # torch reports a dead worker from its SIGCHLD handler, wherever the main process is
         # at that moment: name it here too when it lands outside the iterator's next().
+        # Imported here, on the failure path: seeded_loader imports torch, measure does not.
+        from wellfed.seeded_loader import worker_failure
+
         failure = worker_failure(it, exc)
         if failure is None:
             raise

@@ -272,9 +272,9 @@ def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
     delivered its first batch the error is a ``WorkerStartError``, later a
     ``WorkerCrashedError``; a timeout is a ``WorkerTimeoutError``. All subclass RuntimeError.
     """
-    text = str(exc)
-    if isinstance(exc, WorkerError):
+    if isinstance(exc, WorkerError):  # already named (the iterator's next() did it)
         return None
+    text = str(exc)
     progress = getattr(it, "_wf_progress", None)
     # A plain DataLoader's iterator does not count its batches: then "while loading".
     delivered: int | None = progress.yielded if progress is not None else None
