@@ -380,14 +380,16 @@ def precompute(
             },
         }
         manifest: dict[str, Any] | None = None
-        if is_store(root) and overwrite:
+        old: dict[str, Any] | None = None
+        if is_store(root):
             try:
-                read_manifest(root)
-            except StateError as exc:  # a corrupt manifest: overwrite rebuilds the store
+                old = read_manifest(root)
+            except StateError as exc:  # corrupt (WF412): overwrite rebuilds, else it names it
+                if not overwrite:
+                    raise
                 logger.info("precompute: rebuilding %s (%s)", root, exc)
                 remove_store(root)
-        if is_store(root):
-            old = read_manifest(root)  # a corrupt one raises WF412, naming --overwrite
+        if old is not None:
             same = old.get("fingerprint") == fingerprint
             if not same or old.get("format_version") != FORMAT_VERSION:
                 diff = fingerprint_diff(old.get("fingerprint") or {}, fingerprint)
