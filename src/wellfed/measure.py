@@ -155,6 +155,10 @@ class Trial:
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
         torch_threads: torch's intra-op threads in the trial's main process (1 when the
             measuring process was forked: see ``run_isolated``).
+        cpu_per_wall: CPU seconds the trial's main process (all its threads, not its worker
+            processes) used per wall second of the measured span. About 1 in the main
+            process alone means CPU-bound loading; well below 1 means it waits (storage,
+            sleeps), where more workers than cores pay off.
         repeats: How many runs of this configuration are pooled here (see merged()).
     """
 
@@ -174,6 +178,7 @@ class Trial:
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
     torch_threads: int | None = None
+    cpu_per_wall: float | None = None
     repeats: int = 1
 
     @property
@@ -278,15 +283,16 @@ def _run_trial(
             first_batch_s = clock() - start
             # Warm-up: at least one batch per worker beyond the prefetched queue, so that the
             # measured span sees steady state rather than batches already waiting.
-            for _ in range(max(warmup_batches, config.num_workers)):
+            for _ in range(max(warmup_batches, config.workers)):
                 next(batches)
             stamps: list[float] = []
             sizes: list[int] = []
             waits: list[float] = []
             t0 = clock()
+            cpu0 = time.process_time()
             last = t0
             deadline = t0 + measure_s
-            min_batches = max(min_batches, 3 * max(3, 2 * config.num_workers))
+            min_batches = max(min_batches, 3 * max(3, 2 * config.workers))
             while len(stamps) < min_batches or last < deadline:
                 before = clock()
                 batch = next(batches)  # a new epoch's start-up counts, as in training
@@ -297,13 +303,14 @@ def _run_trial(
                 del batch
                 if len(stamps) > 100_000:
                     break
+            cpu_s = time.process_time() - cpu0
         finally:
             batches.close()
         caught = [f"{r.category.__name__}: {r.message}" for r in records]
     n = len(stamps)
     # A window spans at least two rounds of the workers (batches arrive in bursts of about
     # num_workers), so that a window's rate is not the luck of one burst.
-    per_window = max(3, 2 * config.num_workers)
+    per_window = max(3, 2 * config.workers)
     k = max(1, min(windows, n // per_window))
     edges = [round(i * n / k) for i in range(k + 1)]
     rates: list[float] = []
@@ -325,6 +332,7 @@ def _run_trial(
         "samples": sum(sizes),
         "wait_s_p50": _percentile(waits, 50),
         "wait_s_p90": _percentile(waits, 90),
+        "cpu_per_wall": cpu_s / (last - t0) if last > t0 else None,
         "warnings": sorted(set(caught)),
     }
 
@@ -338,6 +346,7 @@ def measure(
     min_batches: int = 8,
     windows: int = 6,
     timeout_s: float = 120.0,
+    make_loader: Callable[[LoaderConfig], Any] | None = None,
 ) -> Trial:
     """Measure one loader configuration in an isolated child process.
 
@@ -357,6 +366,9 @@ def measure(
         windows: Measurement windows for the median and spread.
         timeout_s: Seconds for the whole trial; past it the trial's processes are killed and
             the status is "timeout".
+        make_loader: Builds the iterable to measure from ``config`` instead of
+            ``spec.make_loader`` (a picklable callable: the benchmarks measure other
+            libraries' pipelines with it). Each ``iter()`` of what it returns is an epoch.
 
     Returns:
         A Trial; a failure or hang is a Trial with status "failed" or "timeout", not an
@@ -364,7 +376,7 @@ def measure(
     """
     result = run_isolated(
         _run_trial,
-        spec.make_loader,
+        make_loader if make_loader is not None else spec.make_loader,
         config,
         warmup_batches,
         measure_s,
@@ -400,6 +412,7 @@ def measure(
         elapsed_s=result.elapsed_s,
         warnings=tuple(data["warnings"]),
         torch_threads=data["torch_threads"],
+        cpu_per_wall=data.get("cpu_per_wall"),
     )
 
 

@@ -39,15 +39,23 @@ DEFAULT_BATCH_SIZE = 32
 class LoaderConfig:
     """The DataLoader settings a trial measures (the rest come from the LoaderSpec).
 
+    The backend follows from the counts: ``num_workers > 0`` is worker processes (torch's
+    multiprocessing iterator), ``num_threads > 0`` is thread workers fetching batches inside
+    the main process (``wellfed.backends``), neither is the main process alone.
+
     Attributes:
         num_workers: Worker processes; 0 loads in the main process.
         batch_size: Samples per batch.
         pin_memory: Copy batches into page-locked memory (useful only with a CUDA device).
         persistent_workers: Keep workers alive between epochs (needs num_workers > 0).
-        prefetch_factor: Batches each worker loads ahead; None: PyTorch's default (2), and
-            must be None when num_workers is 0.
+        prefetch_factor: Batches each worker (process or thread) loads ahead; None: PyTorch's
+            default (2). Must be None in the main process alone.
         multiprocessing_context: Start method of the workers ("fork", "spawn",
             "forkserver"), or None for the platform default.
+        num_threads: Thread workers in the main process; needs num_workers=0.
+        batched_fetch: Fetch each batch with one ``dataset[list_of_indices]`` call instead of
+            one call per index (for a dataset whose list indexing returns the collated batch,
+            e.g. ``TensorDataset``). A dataset with ``__getitems__`` fetches batched anyway.
     """
 
     num_workers: int = 0
@@ -56,6 +64,8 @@ class LoaderConfig:
     persistent_workers: bool = False
     prefetch_factor: int | None = None
     multiprocessing_context: str | None = None
+    num_threads: int = 0
+    batched_fetch: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -74,18 +84,60 @@ class LoaderConfig:
                 attribute="batch_size",
                 value=self.batch_size,
             )
-        if self.num_workers == 0 and (self.persistent_workers or self.prefetch_factor is not None):
+        if self.num_threads < 0:
             raise ConfigError(
-                "Invalid loader configuration: persistent_workers and prefetch_factor need "
-                "num_workers > 0, as in torch.utils.data.DataLoader. "
-                "Leave them unset for 0 workers.",
+                f"Invalid loader configuration: num_threads={self.num_threads} is negative. "
+                "Use 0 (no thread workers) or more.",
+                code="WF010",
+                attribute="num_threads",
+                value=self.num_threads,
+            )
+        if self.num_threads and self.num_workers:
+            raise ConfigError(
+                f"Invalid loader configuration: num_threads={self.num_threads} with "
+                f"num_workers={self.num_workers}: thread workers run in the main process, so "
+                "they exclude worker processes. Set one of them to 0.",
+                code="WF010",
+                attribute="num_threads",
+                value=self.num_threads,
+            )
+        if self.num_workers == 0 and self.persistent_workers:
+            raise ConfigError(
+                "Invalid loader configuration: persistent_workers needs num_workers > 0, as in "
+                "torch.utils.data.DataLoader. Leave it unset for 0 workers.",
                 code="WF010",
                 attribute="num_workers",
                 value=0,
             )
+        if self.num_workers == 0 and self.num_threads == 0 and self.prefetch_factor is not None:
+            raise ConfigError(
+                "Invalid loader configuration: prefetch_factor needs num_workers > 0 or "
+                "num_threads > 0 (in the main process alone nothing loads ahead). "
+                "Leave it unset there.",
+                code="WF010",
+                attribute="prefetch_factor",
+                value=self.prefetch_factor,
+            )
+
+    @property
+    def backend(self) -> str:
+        """``"process"`` (worker processes), ``"thread"`` (thread workers) or ``"main"``."""
+        if self.num_workers > 0:
+            return "process"
+        return "thread" if self.num_threads > 0 else "main"
+
+    @property
+    def workers(self) -> int:
+        """Loading workers of either kind (processes or threads); 0 in the main process."""
+        return self.num_workers or self.num_threads
 
     def loader_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``torch.utils.data.DataLoader`` (unset ones left out)."""
+        """The keyword arguments for ``SeededDataLoader`` (unset ones left out).
+
+        Without thread workers and batched fetch these are plain
+        ``torch.utils.data.DataLoader`` arguments; ``num_threads`` and ``batched_fetch`` are
+        ``SeededDataLoader``'s (and ``create_dataloader``'s) own.
+        """
         kwargs: dict[str, Any] = {
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
@@ -93,17 +145,19 @@ class LoaderConfig:
         }
         if self.num_workers > 0:
             kwargs["persistent_workers"] = self.persistent_workers
-            if self.prefetch_factor is not None:
-                kwargs["prefetch_factor"] = self.prefetch_factor
             if self.multiprocessing_context is not None:
                 kwargs["multiprocessing_context"] = self.multiprocessing_context
+        if self.num_threads > 0:
+            kwargs["num_threads"] = self.num_threads
+        if self.prefetch_factor is not None and self.workers > 0:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        if self.batched_fetch:
+            kwargs["batched_fetch"] = True
         return kwargs
 
     def label(self) -> str:
-        """A short human label, e.g. ``"4 workers, persistent, fork"``."""
-        if self.num_workers == 0:
-            parts = ["main process"]
-        else:
+        """A short human label, e.g. ``"4 workers, persistent, fork"`` or ``"8 threads"``."""
+        if self.num_workers > 0:
             parts = [f"{self.num_workers} worker{'s' if self.num_workers != 1 else ''}"]
             if self.persistent_workers:
                 parts.append("persistent")
@@ -111,6 +165,14 @@ class LoaderConfig:
                 parts.append(f"prefetch {self.prefetch_factor}")
             if self.multiprocessing_context:
                 parts.append(self.multiprocessing_context)
+        elif self.num_threads > 0:
+            parts = [f"{self.num_threads} thread{'s' if self.num_threads != 1 else ''}"]
+            if self.prefetch_factor is not None:
+                parts.append(f"prefetch {self.prefetch_factor}")
+        else:
+            parts = ["main process"]
+        if self.batched_fetch:
+            parts.append("batched fetch")
         if self.pin_memory:
             parts.append("pinned")
         return ", ".join(parts)
