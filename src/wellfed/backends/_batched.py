@@ -65,7 +65,8 @@ def batched_fetch_matches(
     if collate_fn is not None and collate_fn is not default_collate:
         return (
             False,
-            f"the loader has its own collate_fn ({_name(collate_fn)}), which batched fetch would skip",
+            f"the loader has its own collate_fn ({_name(collate_fn)}), which batched fetch "
+            "would skip",
         )
     if len(indices) < 2:
         return False, "fewer than 2 samples to compare"
