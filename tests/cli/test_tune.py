@@ -66,10 +66,13 @@ def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     data = json.loads(out.read_text())
     assert data["recommended"]["config"]["batch_size"] == 8
-    assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
+    workers = [t["config"]["num_workers"] for t in data["trials"]]
+    assert workers[0] == 0
+    assert max(workers) == 1  # --max-workers caps the processes
     text = capsys.readouterr().out
     assert "Recommended" in text
-    call = text[text.index("DataLoader(") :]
+    start = text.index("wellfed.create_dataloader(" if "num_threads=" in text else "DataLoader(")
+    call = text[start:]
     ast.parse(call[: call.index("\n)\n") + 2])  # the printed call pastes as Python
 
 
@@ -94,7 +97,8 @@ def test_tune_refuses_workers_the_doctor_rejects(
     )
     assert code == 1
     data = json.loads(out.read_text())
-    assert [t["config"]["num_workers"] for t in data["trials"]] == [0]
+    # no worker process is measured; thread workers (nothing pickled) still are
+    assert {t["config"]["num_workers"] for t in data["trials"]} == {0}
     assert data["findings"]
     assert any(f["path"].startswith("dataset.transform") for f in data["findings"])
     text = capsys.readouterr().out
