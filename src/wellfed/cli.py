@@ -296,6 +296,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 def _render_tune(result: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = _console(width=150)  # a label such as "4 workers, persistent, fork" on one line
@@ -310,7 +311,7 @@ def _render_tune(result: Any) -> None:
     table.add_column("backend")
     table.add_column("samples/s", justify="right")
     table.add_column("± (IQR)", justify="right")
-    table.add_column("vs 0 workers", justify="right")
+    table.add_column("vs main process", justify="right")
     table.add_column("first batch s", justify="right")
     table.add_column(
         f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory",
@@ -366,7 +367,18 @@ def _render_tune(result: Any) -> None:
             f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n"
             f"  fix: {f.get('fix')}"
         )
-    out.print(f"[dim]sweep ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
+    probes = getattr(result, "probes", None) or {}
+    for name, key, label in (
+        ("batched_fetch", "eligible", "batched fetch"),
+        ("threads", "safe", "thread workers"),
+    ):
+        probe = probes.get(name)
+        if probe and probe.get("why"):
+            verdict = "[green]yes[/]" if probe.get(key) else "[yellow]no[/]"
+            out.print(f"probe: {label}? {verdict}: {escape(str(probe['why']))}", highlight=False)
+    for note in getattr(result, "notes", ()) or ():
+        out.print(f"search: {note}", markup=False, highlight=False)
+    out.print(f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
     if rec is None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
         return

@@ -720,12 +720,25 @@ def _recommend(
             "the platform default" if method == platform.default_start_method else "as requested"
         )
     if cfg.workers > 0:
-        prefetch_note = next((n for n in notes or () if n.startswith("prefetch_factor")), None)
-        reasons["prefetch_factor"] = (
-            f"{cfg.prefetch_factor or 2} ("
-            + ("measured" if prefetch_note and "(measured" in prefetch_note else "detected")
-            + f"): {prefetch_note.split(': ', 1)[-1] if prefetch_note else 'PyTorch default'}"
-        )
+        deeper = [
+            t
+            for t in ok_trials
+            if t.config.prefetch_factor == 4 and t.config.backend == cfg.backend
+        ]
+        if cfg.prefetch_factor == 4:
+            reasons["prefetch_factor"] = (
+                "4 (measured): batches arrived in bursts, and the deeper queue was as fast as any"
+            )
+        elif deeper:
+            reasons["prefetch_factor"] = (
+                f"{cfg.prefetch_factor or 2} (measured): prefetch_factor 4 gave no clear gain"
+            )
+        else:
+            reasons["prefetch_factor"] = (
+                f"{cfg.prefetch_factor or 2} (detected): batches arrived without bursts, so a "
+                "deeper queue has nothing to absorb"
+                + ("" if cfg.prefetch_factor else "; PyTorch's default")
+            )
     reasons["pin_memory"] = (
         "True (detected): a CUDA device is present; pinned batches copy to it asynchronously"
         if has_cuda

@@ -83,9 +83,7 @@ class PillowTrainTransform:
         self.mean = mean
         self.std = std
 
-    def crop_box(
-        self, width: int, height: int, generator: Any = None
-    ) -> tuple[int, int, int, int]:
+    def crop_box(self, width: int, height: int, generator: Any = None) -> tuple[int, int, int, int]:
         """Draw a crop: (left, top, right, bottom) in pixels, torchvision's algorithm.
 
         Args:
