@@ -128,6 +128,8 @@ def test_tune_table_names_each_rows_backend(capsys: pytest.CaptureFixture[str]) 
     assert rows["2 workers, persistent, fork"][-1] == "<- recommended"
     assert rows["4 workers, persistent, fork"][-1] == "fastest"
     failed = next(
-        cells for label, cells in rows.items() if label.startswith("2 workers, persistent, p")
+        cells
+        for label, cells in rows.items()
+        if label.startswith("2 workers, persistent,") and cells[2] == "failed"
     )
     assert failed[1:3] == ["process", "failed"]  # its label may wrap

@@ -23,16 +23,22 @@ def test_builtin_dataset_yields_normalised_crops() -> None:
     assert -3.0 < float(image.mean()) < 3.0
 
 
-def test_transform_follows_torch_seed() -> None:
+def test_transform_follows_the_per_sample_seed_not_the_global_rng() -> None:
+    """It draws from wellfed.sample_generator(): thread workers can share it reproducibly."""
+    from wellfed.seeding import _enter_sample, _leave_sample
+
     ds = builtin_dataset()
-    torch.manual_seed(0)
-    a = ds[3][0]
-    torch.manual_seed(0)
-    b = ds[3][0]
-    torch.manual_seed(1)
-    c = ds[3][0]
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
+
+    def load(seed: int) -> torch.Tensor:
+        _enter_sample(seed, seed_globals=False)
+        try:
+            torch.manual_seed(seed + 100)  # the global RNG plays no part
+            return ds[3][0]
+        finally:
+            _leave_sample()
+
+    assert torch.equal(load(0), load(0))
+    assert not torch.equal(load(0), load(1))
 
 
 def test_crop_box_stays_inside_the_image() -> None:
