@@ -175,8 +175,9 @@ def _add_tune(sub: Any) -> None:
         "tune",
         help="measure DataLoader configurations here and recommend the fastest",
         description=(
-            "Measure num_workers settings on this machine and data, and recommend a DataLoader "
-            "configuration with the evidence. With no TARGET, measures the built-in workload: "
+            "Measure loader configurations on this machine and data (the main process, thread "
+            "workers and worker processes, batched fetch, prefetch depth), and recommend one "
+            "with the evidence. With no TARGET, measures the built-in workload: "
             "ImageFolder JPEG decode + augment over real photos shipped with wellfed."
         ),
     )
@@ -185,7 +186,13 @@ def _add_tune(sub: Any) -> None:
     p.add_argument(
         "--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method"
     )
-    p.add_argument("--max-workers", type=int, metavar="N", help="highest num_workers to try")
+    p.add_argument("--max-workers", type=int, metavar="N", help="most worker processes to try")
+    p.add_argument(
+        "--max-threads",
+        type=int,
+        metavar="N",
+        help="most thread workers to try (default 256; 0: measure no threads)",
+    )
     p.add_argument(
         "--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)"
     )
@@ -276,6 +283,7 @@ def _run_tune(args: argparse.Namespace) -> int:
             budget_s=budget,
             start_method=args.start_method,
             max_workers=args.max_workers,
+            max_threads=args.max_threads,
             store=not args.no_store,
             progress=progress,
         )
