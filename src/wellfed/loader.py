@@ -558,6 +558,17 @@ def create_dataloader(
                         stacklevel=2,
                     )
 
+    if threads > 0 and is_rank_zero():
+        from wellfed.doctor import thread_worker_hazards
+
+        for hazard in thread_worker_hazards(dataset):
+            warnings.warn(
+                f"Thread workers share {hazard['path']} (num_threads={threads}): "
+                f"{hazard['why']}. Fix: {hazard['fix']}. [WF212]",
+                WorkerSafetyWarning,
+                stacklevel=2,
+            )
+
     if is_rank_zero():
         for s in settings.values():
             if s.requested == _AUTO or s.reason.startswith(("on_unsafe", "not used")):

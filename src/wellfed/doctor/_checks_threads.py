@@ -102,12 +102,14 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
 
 
 #: Objects that break when several thread workers (``num_threads``) share them, with why and
-#: the fix. Source: huggingface/tokenizers#537 ("RuntimeError: Already borrowed" when one fast
-#: tokenizer is called from several threads at once).
+#: the fix. Source: huggingface/tokenizers#537 and huggingface/transformers#47085 (2026): a
+#: fast tokenizer's Python binding holds a borrow of the Rust object while ``encode_batch``
+#: runs without the GIL, and transformers reconfigures truncation/padding on that same object
+#: at every call, so a second thread gets "RuntimeError: Already borrowed".
 _THREAD_WORKER_WHY = {
     "tokenizers": (
-        "a Hugging Face (Rust) tokenizer raises 'RuntimeError: Already borrowed' when several "
-        "threads call it at once (huggingface/tokenizers#537)",
+        "a Hugging Face fast (Rust) tokenizer raises 'RuntimeError: Already borrowed' when "
+        "several threads call it at once (huggingface/tokenizers#537, transformers#47085)",
         "keep one tokenizer per thread (threading.local, created lazily in __getitem__), or "
         "load with worker processes (num_workers)",
     ),
