@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import threading
@@ -82,6 +83,12 @@ def no_leaked_processes() -> Iterator[None]:
             p.kill()
     for child in multiprocessing.active_children():  # reap what we killed
         child.join(timeout=1)
+    # wellfed's thread workers are daemons, but none may outlive its loader either
+    fetchers = _new_thread_workers(threads_before)
+    while fetchers and time.monotonic() < deadline:
+        gc.collect()  # an iterator dropped inside a reference cycle
+        time.sleep(0.05)
+        fetchers = _new_thread_workers(threads_before)
     new_threads = [
         t
         for t in threading.enumerate()
@@ -89,6 +96,15 @@ def no_leaked_processes() -> Iterator[None]:
     ]
     assert not leaked, f"processes outlived the test: {[(p.pid, _cmd(p)) for p in leaked]}"
     assert not new_threads, f"non-daemon threads outlived the test: {new_threads}"
+    assert not fetchers, f"wellfed thread workers outlived their loader: {fetchers}"
+
+
+def _new_thread_workers(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.name.startswith("wellfed-thread") and t.is_alive()
+    ]
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -35,9 +35,7 @@ def qualname(obj: Any) -> str:
     return f"{getattr(target, '__module__', '?')}.{name}"
 
 
-def feed(
-    h: Any, value: Any, *, objects: Literal["type", "repr"] = "type", depth: int = 0
-) -> None:
+def feed(h: Any, value: Any, *, objects: Literal["type", "repr"] = "type", depth: int = 0) -> None:
     """Feed ``value``'s content into ``h`` (any ``hashlib`` object), recursively.
 
     Args:

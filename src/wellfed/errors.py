@@ -16,6 +16,7 @@ __all__ = [
     "DependencyError",
     "PerformanceWarning",
     "PrecomputeError",
+    "SampleError",
     "StateError",
     "TargetError",
     "WellfedError",
@@ -100,6 +101,18 @@ class WorkerCrashedError(WorkerError):
 
 class WorkerTimeoutError(WorkerError, TimeoutError):
     """No batch arrived within ``timeout_s`` seconds."""
+
+
+class SampleError(WorkerError):
+    """A sample raised inside a thread worker (WF304); the sample's own exception is chained.
+
+    Attributes:
+        index: The sample index that raised, or None when only the batch is known
+            (a dataset's ``__getitems__`` or batched fetch raised).
+        indices: The indices of the batch being loaded (a list).
+        dataset: The dataset's class name.
+        thread: The thread worker's name.
+    """
 
 
 class WorkerSafetyError(WellfedError, RuntimeError):

@@ -177,6 +177,58 @@ def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tup
     return auto.num_workers, auto.reason, auto.result
 
 
+def _stored_config(stored: Any) -> Any:
+    """The recommended LoaderConfig of a stored TuneResult, or None."""
+    return getattr(getattr(stored, "recommended", None), "config", None)
+
+
+def _resolve_threads(
+    num_threads: Any, num_workers: Any, n: int, reason: str, stored: Any
+) -> tuple[int, str, int, str]:
+    """(num_threads, its reason, num_workers, its reason): threads exclude processes."""
+    if num_threads != _AUTO:
+        threads = int(num_threads)
+        if threads and num_workers == _AUTO:
+            return threads, "given", 0, "num_threads given: thread workers exclude processes"
+        return threads, "given", n, reason
+    config = _stored_config(stored)
+    if num_workers == _AUTO and config is not None:
+        threads = int(getattr(config, "num_threads", 0) or 0)
+        if threads:
+            return threads, reason, n, reason
+        return 0, "stored wellfed tune result: no thread workers", n, reason
+    if num_workers == _AUTO:
+        return 0, "no stored tune result (tune measures thread workers)", n, reason
+    return 0, "num_workers given", n, reason
+
+
+def _resolve_batched_fetch(
+    batched_fetch: Any, num_workers: Any, stored: Any, batch_size: Any, kwargs: Mapping[str, Any]
+) -> tuple[bool, str]:
+    """(batched_fetch, reason)."""
+    if batched_fetch != _AUTO:
+        return bool(batched_fetch), "given"
+    config = _stored_config(stored)
+    if num_workers != _AUTO or config is None or not getattr(config, "batched_fetch", False):
+        return False, "no stored tune result chose it" if num_workers == _AUTO else "not asked for"
+    blockers = [
+        name for name in ("collate_fn", "batch_sampler", "sampler") if kwargs.get(name) is not None
+    ]
+    if blockers or not isinstance(batch_size, int):
+        why = ", ".join(f"{b} given" for b in blockers) or "batch_size=None"
+        return False, f"the stored tune result chose it, but {why} here"
+    return True, "stored wellfed tune result (list indexing checked live to match)"
+
+
+def _stored_or_given_prefetch(prefetch_factor: Any, stored: Any) -> tuple[int | None, str]:
+    if prefetch_factor != _AUTO:
+        return cast("int | None", prefetch_factor), "given"
+    stored_pf = getattr(_stored_config(stored), "prefetch_factor", None)
+    if isinstance(stored_pf, int):
+        return stored_pf, "stored wellfed tune result"
+    return 2, "torch's default"
+
+
 def _resolve_start_method(context: Any) -> tuple[Any, str | None, str]:
     """(value for DataLoader, start method name, reason), for num_workers >= 1."""
     cuda_up = bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
@@ -240,6 +292,8 @@ def create_dataloader(
     persistent_workers: bool | str = _AUTO,
     prefetch_factor: int | str | None = _AUTO,
     multiprocessing_context: Any = _AUTO,
+    num_threads: int | str = _AUTO,
+    batched_fetch: bool | str = _AUTO,
     on_unsafe: str = "raise",
     **kwargs: Any,
 ) -> SeededDataLoader:
@@ -284,6 +338,16 @@ def create_dataloader(
         multiprocessing_context: "fork", "spawn", "forkserver", a context, None (platform
             default), or "auto": the platform default, except that after CUDA was initialised
             in this process it is never fork (forkserver, else spawn).
+        num_threads: Thread workers fetching batches in the main process (they exclude
+            worker processes), or "auto": the stored tune result's (when ``num_workers`` is
+            "auto" too), else 0. With a seed, batches under threads are bit-identical to
+            ``num_workers=0`` when the dataset draws its randomness from
+            ``wellfed.sample_rng()`` / ``wellfed.sample_generator()`` (threads share the
+            process-wide RNGs, which wellfed then leaves alone).
+        batched_fetch: Fetch each batch with one ``dataset[list_of_indices]`` call (a
+            ``TensorDataset``-like dataset, default collate), or "auto": the stored tune
+            result's (tune turns it on only after checking live that the dataset's list
+            indexing returns the collated batch), else False.
         on_unsafe: What to do when the doctor finds errors for workers: "raise"
             (``WorkerSafetyError``), "warn" (``WorkerSafetyWarning``, then go on) or
             "fallback" (``num_workers=0``, with a ``WorkerSafetyWarning`` naming the findings).
@@ -335,9 +399,28 @@ def create_dataloader(
     if seed is not None:
         _check_seed(seed)
 
+    _check_choice(
+        "num_threads", num_threads, is_auto_or_count(num_threads), "'auto' or an int >= 0"
+    )
+    _check_choice(
+        "batched_fetch",
+        batched_fetch,
+        batched_fetch == _AUTO or isinstance(batched_fetch, bool),
+        "'auto', True or False",
+    )
     settings: dict[str, ResolvedSetting] = {}
     n, reason, stored = _resolve_num_workers(num_workers, dataset, batch_size)
+    threads, threads_reason, n, reason = _resolve_threads(
+        num_threads, num_workers, n, reason, stored
+    )
     settings["num_workers"] = ResolvedSetting("num_workers", num_workers, n, reason)
+    settings["num_threads"] = ResolvedSetting("num_threads", num_threads, threads, threads_reason)
+    batched, batched_reason = _resolve_batched_fetch(
+        batched_fetch, num_workers, stored, batch_size, kwargs
+    )
+    settings["batched_fetch"] = ResolvedSetting(
+        "batched_fetch", batched_fetch, batched, batched_reason
+    )
     timeout = kwargs.get("timeout", 0)
 
     # pinned memory (does not depend on workers)
@@ -359,7 +442,20 @@ def create_dataloader(
     method: str | None = None
     persistent = False
     prefetch: int | None = None
-    if n == 0:
+    if n == 0 and threads > 0:
+        # thread workers prefetch and may time out; the process-only options cannot apply
+        why = "thread workers run in the main process" if num_workers == _AUTO else None
+        only_processes = {
+            k: v
+            for k, v in requested.items()
+            if k in ("multiprocessing_context", "persistent_workers")
+        }
+        settings.update(_without_workers(only_processes, why))
+        prefetch, reason = _stored_or_given_prefetch(prefetch_factor, stored)
+        settings["prefetch_factor"] = ResolvedSetting(
+            "prefetch_factor", prefetch_factor, prefetch, reason
+        )
+    elif n == 0:
         why = "num_workers=auto resolved to 0" if num_workers == _AUTO else None
         settings.update(_without_workers(requested, why))
     else:
@@ -375,18 +471,7 @@ def create_dataloader(
         settings["persistent_workers"] = ResolvedSetting(
             "persistent_workers", persistent_workers, persistent, reason
         )
-        if prefetch_factor == _AUTO:
-            stored_pf = getattr(
-                getattr(getattr(stored, "recommended", None), "config", None),
-                "prefetch_factor",
-                None,
-            )
-            if isinstance(stored_pf, int):
-                prefetch, reason = stored_pf, "stored wellfed tune result"
-            else:
-                prefetch, reason = 2, "torch's default"
-        else:
-            prefetch, reason = cast("int | None", prefetch_factor), "given"
+        prefetch, reason = _stored_or_given_prefetch(prefetch_factor, stored)
         settings["prefetch_factor"] = ResolvedSetting(
             "prefetch_factor", prefetch_factor, prefetch, reason
         )
@@ -486,14 +571,18 @@ def create_dataloader(
         pin_memory=pin,
         persistent_workers=persistent,
         prefetch_factor=prefetch,
+        num_threads=threads,
+        batched_fetch=batched,
     )
     if n > 0 and context is not None:
         loader_args["multiprocessing_context"] = context
-    if n == 0 and "timeout" in loader_args:
+    if n == 0 and threads == 0 and "timeout" in loader_args:
         loader_args["timeout"] = 0  # torch asserts timeout == 0 without workers (named above)
     loader = SeededDataLoader(dataset, seed=seed, **loader_args)
     order = (
         "num_workers",
+        "num_threads",
+        "batched_fetch",
         "multiprocessing_context",
         "pin_memory",
         "persistent_workers",

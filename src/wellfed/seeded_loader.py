@@ -40,6 +40,7 @@ from torch.utils.data.dataloader import (
     _SingleProcessDataLoaderIter,
 )
 
+from wellfed.backends import IndexBatchFetch, ThreadWorkersIter, set_current_index
 from wellfed.errors import (
     ConfigError,
     StateError,
@@ -103,12 +104,23 @@ class _SeededFetch:
     with the plain index, then collates (seeded from the batch). In the main process it
     restores the global RNG state afterwards, so the training loop's randomness does not depend
     on ``num_workers``. Picklable when the dataset and collate function are.
+
+    With ``threaded=True`` (thread workers: many fetches at once in the main process) it
+    takes no lock and leaves the process-wide RNGs alone; each thread's ``sample_rng()`` and
+    ``sample_generator()`` carry the per-sample seed.
     """
 
-    def __init__(self, dataset: Any, collate_fn: Callable[[Any], Any], batched: bool) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        collate_fn: Callable[[Any], Any],
+        batched: bool,
+        threaded: bool = False,
+    ) -> None:
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.batched = batched
+        self.threaded = threaded
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -118,6 +130,8 @@ class _SeededFetch:
 
         if get_worker_info() is not None:  # a worker process: its RNGs are its own
             return self._load_batch(pairs)
+        if self.threaded:
+            return self._load_batch(pairs, seed_globals=False)
         with _RNG_LOCK:  # the main process: other threads share the global RNGs
             snapshot = _GlobalRngSnapshot()
             try:
@@ -125,20 +139,22 @@ class _SeededFetch:
             finally:
                 snapshot.restore()
 
-    def _load_batch(self, pairs: Sequence[tuple[Any, int]]) -> Any:
+    def _load_batch(self, pairs: Sequence[tuple[Any, int]], seed_globals: bool = True) -> Any:
         try:
             if self.batched:
                 batch_seed = _fold(p[1] for p in pairs)
-                _enter_sample(batch_seed)
+                _enter_sample(batch_seed, seed_globals=seed_globals)
                 samples = self.dataset.__getitems__([p[0] for p in pairs])
             else:
                 dataset = self.dataset
                 samples = []
                 for index, seed in pairs:
-                    _enter_sample(seed)
+                    _enter_sample(seed, seed_globals=seed_globals)
+                    set_current_index(index)
                     samples.append(dataset[index])
+                set_current_index(None)
                 batch_seed = _fold(p[1] for p in pairs)
-            _enter_sample(_mix(batch_seed ^ _SALT_COLLATE))
+            _enter_sample(_mix(batch_seed ^ _SALT_COLLATE), seed_globals=seed_globals)
             return self.collate_fn(samples)
         finally:
             _leave_sample()
@@ -150,6 +166,8 @@ class _SeededFetch:
 
         if get_worker_info() is not None:
             return self._load_one(pair)
+        if self.threaded:
+            return self._load_one(pair, seed_globals=False)
         with _RNG_LOCK:
             snapshot = _GlobalRngSnapshot()
             try:
@@ -157,12 +175,12 @@ class _SeededFetch:
             finally:
                 snapshot.restore()
 
-    def _load_one(self, pair: tuple[Any, int]) -> Any:
+    def _load_one(self, pair: tuple[Any, int], seed_globals: bool = True) -> Any:
         try:
             index, seed = pair
-            _enter_sample(seed)
+            _enter_sample(seed, seed_globals=seed_globals)
             sample = self.dataset[index]
-            _enter_sample(_mix(seed ^ _SALT_COLLATE))
+            _enter_sample(_mix(seed ^ _SALT_COLLATE), seed_globals=seed_globals)
             return self.collate_fn(sample)
         finally:
             _leave_sample()
@@ -228,6 +246,42 @@ class _SeededIndex:
         else:
             for i in order:
                 yield (i, _sample_seed_from_key(key, _index_key(i)))
+
+
+def _backend_options(kwargs: dict[str, Any]) -> tuple[int, int | None, bool]:
+    """Pop wellfed's own backend options: (num_threads, thread prefetch, batched_fetch).
+
+    Raises:
+        ConfigError: num_threads is not a non-negative int, or is combined with worker
+            processes or persistent_workers (WF203).
+    """
+    num_threads = kwargs.pop("num_threads", 0) or 0
+    batched_fetch = bool(kwargs.pop("batched_fetch", False))
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 0:
+        raise ConfigError(
+            f"Invalid option: num_threads={num_threads!r} is not a non-negative int. Use 0 "
+            "(no thread workers) or a count such as 4.",
+            code="WF203",
+            attribute="num_threads",
+            value=num_threads,
+        )
+    if not num_threads:
+        return 0, None, batched_fetch
+    conflict = None
+    if kwargs.get("num_workers"):
+        conflict = f"num_workers={kwargs['num_workers']}"
+    elif kwargs.get("persistent_workers"):
+        conflict = "persistent_workers=True"
+    if conflict:
+        raise ConfigError(
+            f"Conflicting options: num_threads={num_threads} with {conflict}: thread workers "
+            "run in the main process, so they exclude worker processes (and need no "
+            "persistence: threads start in microseconds). Set one of them.",
+            code="WF203",
+            attribute="num_threads",
+            value=num_threads,
+        )
+    return num_threads, kwargs.pop("prefetch_factor", None), batched_fetch
 
 
 def _epoch_target(user: Any) -> Any:
@@ -307,8 +361,12 @@ def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
             name = f"signal {-exitcode}"
     elif match.group(2):
         said = match.group(2).strip().rstrip(".")
-        name = {"Killed": "SIGKILL", "Segmentation fault": "SIGSEGV", "Bus error": "SIGBUS",
-                "Aborted": "SIGABRT"}.get(said, said)
+        name = {
+            "Killed": "SIGKILL",
+            "Segmentation fault": "SIGSEGV",
+            "Bus error": "SIGBUS",
+            "Aborted": "SIGABRT",
+        }.get(said, said)
     how = f"was killed by {name}" if name else f"exited (exit code {exitcode})"
     hint = _SIGNAL_HINTS.get(name or "", "see the worker's own output above")
     pid_text = ", ".join(str(p) for p in pids)
@@ -376,6 +434,10 @@ class _SeededSingleProcessIter(_SingleProcessDataLoaderIter, _SeededIterMixin):
 
 
 class _SeededMultiProcessingIter(_MultiProcessingDataLoaderIter, _SeededIterMixin):
+    pass
+
+
+class _SeededThreadIter(ThreadWorkersIter, _SeededIterMixin):
     pass
 
 
@@ -451,7 +513,11 @@ class SeededDataLoader(DataLoader[Any]):
             if name in kwargs:
                 raise TypeError(f"SeededDataLoader got multiple values for argument {name!r}")
             kwargs[name] = value
-        self._wf_fetch: _SeededFetch | None = None
+        num_threads, thread_prefetch, batched_fetch = _backend_options(kwargs)
+        self.num_threads: int = num_threads
+        self.thread_prefetch_factor: int | None = thread_prefetch
+        self.batched_fetch: bool = batched_fetch
+        self._wf_fetch: Any = None
         self._wf_index: _SeededIndex | None = None
         self._wf_user_sampler: Any = None
         self._wf_epoch_target: Any = None
@@ -463,6 +529,9 @@ class SeededDataLoader(DataLoader[Any]):
         self.plan: Any = None  # a wellfed.loader.LoaderPlan when create_dataloader built it
         if seed is None:
             super().__init__(dataset, **kwargs)
+            self._check_batched_fetch(kwargs.get("collate_fn"))
+            if batched_fetch and not _has_batched_fetch(dataset):
+                self._wf_fetch = IndexBatchFetch(dataset)
             return
         self.seed = _check_seed(seed)
         if isinstance(dataset, IterableDataset):
@@ -538,9 +607,41 @@ class SeededDataLoader(DataLoader[Any]):
             self._wf_pending = (start, 0)
             if start:
                 logger.debug("sampler.epoch=%d was set before the loader: starting there", start)
+        self._check_batched_fetch(collate_fn)
         if collate_fn is None:
             collate_fn = self.collate_fn  # default_collate or default_convert, as torch chose
-        self._wf_fetch = _SeededFetch(dataset, collate_fn, _has_batched_fetch(dataset))
+        threaded = num_threads > 0
+        if batched_fetch and not _has_batched_fetch(dataset):
+            self._wf_fetch = _SeededFetch(IndexBatchFetch(dataset), _passthrough, True, threaded)
+        else:
+            self._wf_fetch = _SeededFetch(
+                dataset, collate_fn, _has_batched_fetch(dataset), threaded
+            )
+
+    def _check_batched_fetch(self, collate_fn: Any) -> None:
+        if not self.batched_fetch:
+            return
+        from torch.utils.data import default_collate
+
+        problem = None
+        if self._dataset_kind != 0:  # torch's _DatasetKind.Iterable
+            problem = "the dataset is iterable-style (no indices to fetch by)"
+        elif not self._auto_collation:
+            problem = "batch_size=None turns off batching"
+        elif collate_fn is not None and collate_fn is not default_collate:
+            problem = (
+                f"collate_fn={getattr(collate_fn, '__qualname__', collate_fn)!r} would be "
+                "skipped (the dataset's list indexing returns the collated batch)"
+            )
+        if problem:
+            raise ConfigError(
+                f"Invalid option: batched_fetch=True, but {problem}. Use batched_fetch only "
+                "with a map-style dataset whose dataset[list_of_indices] returns the collated "
+                "batch (TensorDataset), a batch_size and the default collate.",
+                code="WF203",
+                attribute="batched_fetch",
+                value=True,
+            )
 
     @property
     def _index_sampler(self) -> Any:
@@ -604,6 +705,8 @@ class SeededDataLoader(DataLoader[Any]):
         return p.epoch + 1, 0
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
+        if self.num_threads > 0:
+            return _SeededThreadIter(self)
         if self.num_workers == 0:
             return _SeededSingleProcessIter(self)
         self.check_worker_number_rationality()

@@ -126,12 +126,14 @@ class _SampleState(threading.local):
 _STATE = _SampleState()
 
 
-def _enter_sample(seed: int) -> None:
+def _enter_sample(seed: int, *, seed_globals: bool = True) -> None:
     """Seed Python ``random``, numpy's global RNG and torch's CPU generator from ``seed``.
 
     The three get different bits of the 64-bit seed: numpy's legacy MT19937 and torch's MT19937
     both initialise from 32 bits with the same algorithm, so giving them the same 32 bits would
-    make their raw streams identical.
+    make their raw streams identical. With ``seed_globals=False`` (thread workers, which share
+    the process-wide RNGs) only this thread's sample state is set: ``sample_rng()`` and
+    ``sample_generator()`` are then the reproducible sources.
     """
     import numpy as np
     import torch
@@ -140,6 +142,8 @@ def _enter_sample(seed: int) -> None:
     st.seed = seed
     st.np_rng = None
     st.torch_gen = None
+    if not seed_globals:
+        return
     random.seed(seed)
     np.random.seed(seed >> 32)  # high 32 bits
     torch.default_generator.manual_seed(seed & _MASK32)  # low 32 bits (torch uses 32 anyway)

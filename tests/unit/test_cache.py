@@ -121,9 +121,7 @@ def test_other_fingerprint_is_refused_then_overwritten(tmp_path: Path) -> None:
     assert ds.manifest["fingerprint"]["options"]["batch_size"] == 8
 
 
-@pytest.mark.parametrize(
-    "damage", [b'{"format": "wellfed-ca', b"\xff\xfe not utf-8", b"[1, 2, 3]"]
-)
+@pytest.mark.parametrize("damage", [b'{"format": "wellfed-ca', b"\xff\xfe not utf-8", b"[1, 2, 3]"])
 def test_corrupt_manifest_is_named_and_overwrite_recovers(tmp_path: Path, damage: bytes) -> None:
     # Issue 14: a truncated or replaced wellfed-cache.json gave a raw JSONDecodeError or
     # UnicodeDecodeError, and --overwrite could not recover the store.

@@ -1,0 +1,197 @@
+"""Thread workers (``num_threads``) and batched fetch: same batches, clean shutdown, named failures.
+
+Every loader here is a real SeededDataLoader iterated by real threads; the conftest fixture
+fails any test whose thread workers outlive it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import wellfed
+from wellfed.backends import live_threads
+from wellfed.errors import ConfigError, SampleError, WorkerTimeoutError
+from wellfed.measure import iterate
+from wellfed.seeded_loader import SeededDataLoader
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class SampleGenDataset:
+    """Randomness from wellfed.sample_generator() only: reproducible under threads."""
+
+    def __len__(self) -> int:
+        return 96
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(0.0005)  # releases the GIL, so threads interleave for real
+        return torch.rand(4, generator=wellfed.sample_generator()), index
+
+
+class RaisesAt(SampleGenDataset):
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == self.bad:
+            raise ValueError(f"corrupt record {index}")
+        return super().__getitem__(index)
+
+
+class Hangs(SampleGenDataset):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index == 5:
+            time.sleep(2.0)
+        return super().__getitem__(index)
+
+
+def _digests(loader: DataLoader) -> list[bytes]:
+    from wellfed._digest import batch_digest
+
+    return [batch_digest(b) for b in loader]
+
+
+def test_a_thread_loader_is_a_dataloader_and_leaves_no_thread() -> None:
+    loader = wellfed.create_dataloader(
+        SampleGenDataset(), batch_size=8, num_workers=0, num_threads=4
+    )
+    assert isinstance(loader, DataLoader)
+    assert loader.num_threads == 4
+    assert loader.num_workers == 0
+    assert len(list(loader)) == 12
+    assert live_threads() == []
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_seeded_batches_under_threads_equal_the_main_process(threads: int) -> None:
+    def build(n: int) -> SeededDataLoader:
+        return wellfed.create_dataloader(
+            SampleGenDataset(), batch_size=8, shuffle=True, seed=11, num_workers=0, num_threads=n
+        )
+
+    serial, threaded = build(0), build(threads)
+    for _epoch in range(2):  # epoch 0 and epoch 1 each match
+        assert _digests(threaded) == _digests(serial)
+
+
+def test_resume_under_threads_gives_the_remaining_batches() -> None:
+    def build() -> SeededDataLoader:
+        return wellfed.create_dataloader(
+            SampleGenDataset(), batch_size=8, shuffle=True, seed=3, num_workers=0, num_threads=4
+        )
+
+    full = _digests(build())
+    loader = build()
+    it = iter(loader)
+    head = [next(it) for _ in range(5)]
+    state = loader.state_dict()
+    del it, head
+    resumed = build()
+    resumed.load_state_dict(state)
+    assert _digests(resumed) == full[5:]
+
+
+def test_stopping_early_stops_the_threads() -> None:
+    loader = SeededDataLoader(SampleGenDataset(), batch_size=4, num_threads=6)
+    for count, _batch in enumerate(iterate(loader)):
+        if count == 2:
+            break
+    assert live_threads() == []
+    it = iter(loader)
+    next(it)
+    assert len(live_threads()) == 6
+    del it  # garbage collection stops them too
+    assert live_threads() == []
+
+
+def test_a_sample_that_raises_is_named_by_index() -> None:
+    loader = SeededDataLoader(RaisesAt(37), batch_size=8, num_threads=4, seed=0)
+    with pytest.raises(SampleError) as info:
+        list(loader)
+    err = info.value
+    assert err.index == 37
+    assert 37 in err.indices
+    assert err.code == "WF304"
+    assert "sample 37 of RaisesAt" in str(err)
+    assert "dataset[37]" in str(err)
+    assert isinstance(err.__cause__, ValueError)
+    assert live_threads() == []
+
+
+def test_a_hung_sample_times_out_and_the_threads_end() -> None:
+    loader = SeededDataLoader(Hangs(), batch_size=4, num_threads=2, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match="WF303"):
+        list(loader)
+    assert time.monotonic() - started < 5.0
+    assert live_threads() == []
+
+
+def test_threads_refuse_worker_processes_and_iterable_datasets() -> None:
+    with pytest.raises(ConfigError, match="num_threads=2 with num_workers=2"):
+        SeededDataLoader(SampleGenDataset(), num_threads=2, num_workers=2)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(range(4))
+
+    with pytest.raises(ConfigError, match="map-style"):
+        list(SeededDataLoader(Stream(), num_threads=2))
+
+
+def test_batched_fetch_gives_the_per_index_batches() -> None:
+    data = TensorDataset(torch.arange(600.0).reshape(300, 2), torch.arange(300))
+    for seed in (None, 7):
+        per_index = SeededDataLoader(data, batch_size=64, shuffle=seed is not None, seed=seed)
+        batched = SeededDataLoader(
+            data, batch_size=64, shuffle=seed is not None, seed=seed, batched_fetch=True
+        )
+        threaded = SeededDataLoader(
+            data,
+            batch_size=64,
+            shuffle=seed is not None,
+            seed=seed,
+            batched_fetch=True,
+            num_threads=3,
+        )
+        if seed is None:
+            assert _digests(batched) == _digests(per_index) == _digests(threaded)
+        else:
+            assert _digests(batched) == _digests(threaded)
+            assert sorted(torch.cat([b[1] for b in batched]).tolist()) == list(range(300))
+
+
+def test_batched_fetch_refuses_a_custom_collate() -> None:
+    data = TensorDataset(torch.zeros(10, 2))
+    with pytest.raises(ConfigError, match="batched_fetch"):
+        SeededDataLoader(data, batch_size=4, batched_fetch=True, collate_fn=lambda b: b)
+
+
+def test_batched_fetch_probe() -> None:
+    from wellfed.backends import batched_fetch_matches
+
+    data = TensorDataset(torch.arange(20.0).reshape(10, 2), torch.arange(10))
+    ok, why = batched_fetch_matches(data, range(4))
+    assert ok
+    assert "checked live" in why
+    ok, why = batched_fetch_matches(SampleGenDataset(), range(4))
+    assert not ok
+
+
+def test_threads_run_concurrently() -> None:
+    """Several fetches are in flight at once (a barrier only opens with 4 waiting)."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    class Meets(SampleGenDataset):
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+            if index < 4:
+                barrier.wait()
+            return super().__getitem__(index)
+
+    loader = SeededDataLoader(Meets(), batch_size=1, num_threads=4)
+    assert len(list(loader)) == 96
