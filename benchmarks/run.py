@@ -23,7 +23,7 @@ Every figure is measured by ``wellfed.measure.measure`` (an isolated child proce
 worker start-up included in the first-batch time, memory of main process + workers sampled).
 
 Run:
-    python -m benchmarks.run                       # full run, ~20 min on 2 CPUs (README)
+    python -m benchmarks.run                       # full run, ~17 min on 2 CPUs (README)
     python -m benchmarks.run --smoke               # < 3 min, what CI runs
     python -m benchmarks.run --workload jpeg --out /tmp/bench
 Writes ``suite_<tag>.jsonl`` (one record per contender and workload, plus a header and a
@@ -79,7 +79,7 @@ class Options:
         if smoke:
             return cls(True, 0.2, 0.2, 1, 1, 15.0, 0.2, 2, 3, 1)
         # Full run: wellfed tune with its defaults (what a user gets); loadtune at half its
-        # CLI defaults (100 steps, 10 warm-up) to fit the suite in ~20 min on 2 CPUs.
+        # CLI defaults (100 steps, 10 warm-up) to fit the suite in ~17 min on 2 CPUs.
         return cls(False, 1.5, 2.0, 3, 3, 75.0, None, None, 50, 5)
 
     def to_dict(self) -> dict[str, Any]:
