@@ -31,12 +31,13 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors exit with EXIT_USAGE (argparse's own is 2 too)."""
 
 
-def _console(stderr: bool = False) -> Any:
+def _console(stderr: bool = False, width: int = 120) -> Any:
+    """A Rich console; ``width`` columns where the output is not a terminal (pipes, files)."""
     from rich.console import Console
 
     console = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if not console.is_terminal:  # pipes and files: wide enough for the tune table
-        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=120)
+    if not console.is_terminal:  # pipes and files: wide enough for the tables
+        console = Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
     return console
 
 
@@ -190,15 +191,60 @@ def _add_tune(sub: Any) -> None:
     )
     _add_json(p, "the result")
     p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw samples/s against workers, one line per backend, as a PNG in FILE "
+        '(needs matplotlib: pip install "wellfed[plot]")',
+    )
+    p.add_argument(
         "--no-store", action="store_true", help="do not store the result for create_dataloader"
     )
     p.set_defaults(handler=_run_tune)
+
+
+def _check_plot_option(text: str) -> None:
+    """Refuse a ``--plot FILE`` that cannot be written before the sweep runs, not after.
+
+    Raises:
+        ConfigError: FILE does not end in .png, or its folder does not exist (WF010).
+        DependencyError: matplotlib is not installed.
+    """
+    from wellfed.errors import DependencyError, check_option
+
+    path = Path(text)
+    check_option(
+        "--plot",
+        text,
+        path.suffix.lower() == ".png",
+        "a file name ending in .png",
+        code="WF010",
+        fix=f"Name the file e.g. {(path.stem or 'sweep') + '.png'!r}.",
+    )
+    check_option(
+        "--plot",
+        text,
+        path.parent.is_dir(),
+        "a file in an existing folder",
+        code="WF010",
+        fix=f"Create {str(path.parent)!r} first, or write the plot elsewhere.",
+    )
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(
+            f"matplotlib is not installed: --plot needs it ({exc}). Install it with "
+            '`pip install "wellfed[plot]"`, or leave out --plot.',
+            attribute="plot",
+            value=text,
+        ) from exc
 
 
 def _run_tune(args: argparse.Namespace) -> int:
     from wellfed.tune import DEFAULT_BUDGET_S, tune
 
     err = _console(stderr=True)
+    if args.plot is not None:
+        _check_plot_option(args.plot)
     spec = _spec_from_args(args, purpose="measure")
     if not args.target:
         for path, reason in getattr(spec.dataset, "skipped", ()):
@@ -237,6 +283,11 @@ def _run_tune(args: argparse.Namespace) -> int:
         _write_json(result.to_dict(), args.json)
     if not quiet:
         _render_tune(result)
+    if args.plot is not None:
+        from wellfed.tune import plot_sweep
+
+        written = plot_sweep(result, args.plot)
+        err.print(f"plot written to {written}", markup=False, soft_wrap=True)
     if result.findings:
         return EXIT_FOUND
     if result.recommended is None:
@@ -245,9 +296,10 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 def _render_tune(result: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    out = _console()
+    out = _console(width=150)  # a label such as "4 workers, persistent, fork" on one line
     base = (
         result.baseline.samples_per_s
         if result.baseline is not None and result.baseline.ok
@@ -256,9 +308,10 @@ def _render_tune(result: Any) -> None:
     rec = result.recommended
     table = Table(title=f"wellfed tune: {result.workload['description']}", title_justify="left")
     table.add_column("configuration")
+    table.add_column("backend")
     table.add_column("samples/s", justify="right")
     table.add_column("± (IQR)", justify="right")
-    table.add_column("vs 0 workers", justify="right")
+    table.add_column("vs main process", justify="right")
     table.add_column("first batch s", justify="right")
     table.add_column(
         f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory",
@@ -274,6 +327,7 @@ def _render_tune(result: Any) -> None:
         if t.ok:
             table.add_row(
                 t.config.label(),
+                t.config.backend,
                 f"{t.samples_per_s:.0f}",
                 f"{t.samples_per_s_spread:.0f}",
                 f"{t.samples_per_s / base:.2f}x" if base else "-",
@@ -285,6 +339,7 @@ def _render_tune(result: Any) -> None:
             first_line = (t.error or "").strip().splitlines()[0] if t.error else ""
             table.add_row(
                 t.config.label(),
+                t.config.backend,
                 f"[red]{t.status}[/]",
                 "",
                 "",
@@ -295,6 +350,7 @@ def _render_tune(result: Any) -> None:
     if result.ceiling_samples_per_s is not None:
         table.add_row(
             f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs[/]",
+            "",
             f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
             "",
             f"[dim]{result.ceiling_samples_per_s / base:.2f}x[/]" if base else "",
@@ -311,7 +367,18 @@ def _render_tune(result: Any) -> None:
             f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n"
             f"  fix: {f.get('fix')}"
         )
-    out.print(f"[dim]sweep ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
+    probes = getattr(result, "probes", None) or {}
+    for name, key, label in (
+        ("batched_fetch", "eligible", "batched fetch"),
+        ("threads", "safe", "thread workers"),
+    ):
+        probe = probes.get(name)
+        if probe and probe.get("why"):
+            verdict = "[green]yes[/]" if probe.get(key) else "[yellow]no[/]"
+            out.print(f"probe: {label}? {verdict}: {escape(str(probe['why']))}", highlight=False)
+    for note in getattr(result, "notes", ()) or ():
+        out.print(f"search: {note}", markup=False, highlight=False)
+    out.print(f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
     if rec is None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
         return

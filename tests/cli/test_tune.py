@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wellfed.cli import main
+from tests.cli.helpers_tune import sweep_result
+from wellfed.cli import _render_tune, main
 from wellfed.workloads import PHOTOS_DIR
 
 
@@ -66,10 +67,16 @@ def test_tune_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     data = json.loads(out.read_text())
     assert data["recommended"]["config"]["batch_size"] == 8
-    assert [t["config"]["num_workers"] for t in data["trials"]] == [0, 1]
+    workers = [t["config"]["num_workers"] for t in data["trials"]]
+    assert workers[0] == 0
+    assert max(workers) == 1  # --max-workers caps the processes
     text = capsys.readouterr().out
     assert "Recommended" in text
-    call = text[text.index("DataLoader(") :]
+    header = next(line for line in text.splitlines() if "configuration" in line)
+    assert [c.strip() for c in header.split("┃")[1:3]] == ["configuration", "backend"]
+    assert any(" process " in line and "1 worker" in line for line in text.splitlines())
+    start = text.index("wellfed.create_dataloader(" if "num_threads=" in text else "DataLoader(")
+    call = text[start:]
     ast.parse(call[: call.index("\n)\n") + 2])  # the printed call pastes as Python
 
 
@@ -94,8 +101,33 @@ def test_tune_refuses_workers_the_doctor_rejects(
     )
     assert code == 1
     data = json.loads(out.read_text())
-    assert [t["config"]["num_workers"] for t in data["trials"]] == [0]
+    # no worker process is measured; thread workers (nothing pickled) still are
+    assert {t["config"]["num_workers"] for t in data["trials"]} == {0}
     assert data["findings"]
     assert any(f["path"].startswith("dataset.transform") for f in data["findings"])
     text = capsys.readouterr().out
     assert "dataset.transform" in text
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.split("│")[1:-1]]
+
+
+def test_tune_table_names_each_rows_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    _render_tune(sweep_result())
+    rows = {
+        cells[0]: cells
+        for cells in map(_cells, capsys.readouterr().out.splitlines())
+        if len(cells) > 3
+    }
+    assert rows["main process"][1:3] == ["main", "100"]
+    assert rows["main process, batched fetch"][1:3] == ["main", "150"]
+    assert rows["4 threads, prefetch 4"][1:3] == ["thread", "200"]
+    assert rows["4 threads, batched fetch"][1:3] == ["thread", "260"]
+    assert rows["2 workers, persistent, fork"][1:3] == ["process", "250"]
+    assert rows["2 workers, persistent, fork"][-1] == "<- recommended"
+    assert rows["4 workers, persistent, fork"][-1] == "fastest"
+    failed = next(
+        cells for label, cells in rows.items() if label.startswith("2 workers, persistent, p")
+    )
+    assert failed[1:3] == ["process", "failed"]  # its label may wrap

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -195,3 +196,71 @@ def test_threads_run_concurrently() -> None:
 
     loader = SeededDataLoader(Meets(), batch_size=1, num_threads=4)
     assert len(list(loader)) == 96
+
+
+@pytest.mark.workers
+def test_auto_after_tune_builds_the_measured_backend() -> None:
+    """tune (real trials) stores its pick; create_dataloader(num_workers='auto') builds it."""
+    from wellfed.target import spec_from_object
+    from wellfed.tune import tune
+
+    dataset = SampleGenDataset()
+    spec = spec_from_object(dataset).with_batch_size(8)
+    result = tune(spec, budget_s=40, max_workers=1, max_threads=4, measure_s=0.3)
+    assert result.stored_path is not None
+    assert result.probes["threads"]["safe"] is True
+    rec = result.recommended
+    assert rec is not None
+    loader = wellfed.create_dataloader(dataset, batch_size=8, seed=5)
+    assert (loader.num_workers, loader.num_threads, loader.batched_fetch) == (
+        rec.config.num_workers,
+        rec.config.num_threads,
+        rec.config.batched_fetch,
+    )
+    main = wellfed.create_dataloader(dataset, batch_size=8, seed=5, num_workers=0, num_threads=0)
+    assert _digests(loader) == _digests(main)
+
+
+def test_auto_builds_a_stored_thread_and_batched_fetch_pick() -> None:
+    """A stored result that chose 3 threads with batched fetch is what 'auto' builds."""
+    import dataclasses
+
+    from wellfed.measure import LoaderConfig, Trial
+    from wellfed.platform import collect_platform_info
+    from wellfed.tune import Recommendation, TuneResult
+    from wellfed.tune._store import save_result
+
+    data = TensorDataset(torch.arange(400.0).reshape(200, 2), torch.arange(200))
+    config = LoaderConfig(num_threads=3, batch_size=16, prefetch_factor=4, batched_fetch=True)
+    trial = Trial(config=config, status="ok", samples_per_s=1000.0)
+    result = TuneResult(
+        platform=collect_platform_info(include_gpus=False),
+        workload={"batch_size": 16},
+        trials=(trial,),
+        baseline=None,
+        recommended=Recommendation(config=config, samples_per_s=1000.0, speedup=None, reason=""),
+        best=trial,
+        ceiling_samples_per_s=None,
+        tuning_time_s=1.0,
+        budget_s=1.0,
+        stopped_because="",
+    )
+    assert save_result(data, dataclasses.replace(result)) is not None
+    loader = wellfed.create_dataloader(data, batch_size=16, shuffle=True, seed=1)
+    assert loader.num_workers == 0
+    assert loader.num_threads == 3
+    assert loader.thread_prefetch_factor == 4
+    assert loader.batched_fetch is True
+    assert "stored" in loader.plan.setting("num_threads").reason
+    reference = wellfed.create_dataloader(
+        data, batch_size=16, shuffle=True, seed=1, num_workers=0, num_threads=0, batched_fetch=True
+    )
+    assert _digests(loader) == _digests(reference)
+    # a custom collate cannot be skipped: 'auto' then leaves batched fetch off, and says why
+    custom = wellfed.create_dataloader(data, batch_size=16, seed=1, collate_fn=_stack)
+    assert custom.batched_fetch is False
+    assert "collate_fn given" in custom.plan.setting("batched_fetch").reason
+
+
+def _stack(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    return torch.utils.data.default_collate(samples)

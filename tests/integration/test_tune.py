@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -31,6 +32,8 @@ CONFIG_KEYS = {
     "persistent_workers",
     "prefetch_factor",
     "multiprocessing_context",
+    "num_threads",
+    "batched_fetch",
 }
 
 
@@ -38,16 +41,22 @@ CONFIG_KEYS = {
 def test_tune_real_jpegs(method: str) -> None:
     spec = builtin_spec(PHOTOS_DIR, batch_size=4)
     result = tune(spec, budget_s=60, start_method=method, max_workers=2, measure_s=0.5)
-    workers = [t.config.num_workers for t in result.trials]
-    assert workers == [0, 1, 2]
+    backends = {t.config.backend for t in result.trials}
+    assert backends == {"main", "thread", "process"}
+    assert max(t.config.num_workers for t in result.trials) <= 2
     assert all(t.ok for t in result.trials), [t.error for t in result.trials]
     assert result.baseline is not None
-    assert result.baseline.config.num_workers == 0
+    assert result.baseline.config.backend == "main"
     assert result.recommended is not None
     assert result.recommended.config in [t.config for t in result.trials]
-    for t in result.trials[1:]:
-        assert t.config.multiprocessing_context == method
-        assert t.config.persistent_workers is True
+    for t in result.trials:
+        if t.config.backend == "process":
+            assert t.config.multiprocessing_context == method
+            assert t.config.persistent_workers is True
+    # the built-in workload draws from wellfed.sample_generator(): threads are safe for it
+    assert result.probes["threads"]["safe"] is True
+    assert result.probes["batched_fetch"]["eligible"] is False
+    assert any("bound (detected)" in n for n in result.notes)
     data = json.loads(json.dumps(result.to_dict()))
     assert {"platform", "workload", "trials", "baseline", "recommended"} <= set(data)
     assert {"description", "samples"} <= set(data["workload"])
@@ -55,7 +64,13 @@ def test_tune_real_jpegs(method: str) -> None:
     for trial in data["trials"]:
         assert set(trial) >= TRIAL_KEYS
         assert set(trial["config"]) == CONFIG_KEYS
-    assert "DataLoader(" in result.recommended.code
+    code = result.recommended.code
+    assert code.startswith(
+        "DataLoader("
+        if result.recommended.config.backend != "thread"
+        else "wellfed.create_dataloader("
+    )
+    ast.parse(code)  # pastes as Python
     assert result.ceiling_samples_per_s is not None
 
 

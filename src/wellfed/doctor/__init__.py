@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wellfed.doctor._checks import run_checks
+from wellfed.doctor._checks_threads import thread_worker_hazards
 from wellfed.doctor._context import Context
 from wellfed.doctor._graph import walk
 from wellfed.doctor._probe_findings import apply_probes
@@ -49,6 +50,7 @@ __all__ = [
     "diagnose",
     "render_text",
     "static_errors",
+    "thread_worker_hazards",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from wellfed.doctor._classify import inside, pretty_type, thread_kind
 from wellfed.doctor._context import Context
@@ -15,6 +16,7 @@ from wellfed.doctor._report import Finding
 
 __all__ = [
     "check_thread_hazards",
+    "thread_worker_hazards",
 ]
 
 
@@ -97,3 +99,38 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
             if f is not None:
                 out.append(f)
     return out
+
+
+#: Objects that break when several thread workers (``num_threads``) share them, with why and
+#: the fix. Source: huggingface/tokenizers#537 ("RuntimeError: Already borrowed" when one fast
+#: tokenizer is called from several threads at once).
+_THREAD_WORKER_WHY = {
+    "tokenizers": (
+        "a Hugging Face (Rust) tokenizer raises 'RuntimeError: Already borrowed' when several "
+        "threads call it at once (huggingface/tokenizers#537)",
+        "keep one tokenizer per thread (threading.local, created lazily in __getitem__), or "
+        "load with worker processes (num_workers)",
+    ),
+}
+
+
+def thread_worker_hazards(dataset: Any) -> list[dict[str, str]]:
+    """Objects in ``dataset``'s graph that thread workers must not share, each once.
+
+    Returns:
+        ``[{"path", "kind", "why", "fix"}]`` (static: found by walking the object graph).
+    """
+    from wellfed.doctor._graph import walk
+
+    found: list[dict[str, str]] = []
+    reported: list[str] = []
+    for node in walk(dataset, "dataset").nodes:
+        kind = thread_kind(node.obj)
+        if kind not in _THREAD_WORKER_WHY or any(inside(node.path, p) for p in reported):
+            continue
+        reported.append(node.path)
+        why, fix = _THREAD_WORKER_WHY[kind]
+        found.append(
+            {"path": node.path, "kind": kind, "why": f"{pretty_type(node.obj)}: {why}", "fix": fix}
+        )
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wellfed.tune._auto import AutoWorkers, auto_workers, cpu_worker_rule
+from wellfed.tune._plot import plot_sweep
 from wellfed.tune._result import Recommendation, TuneResult
 from wellfed.tune._search import (
     CLEAR_GAIN,
@@ -23,6 +24,7 @@ __all__ = [
     "cpu_worker_rule",
     "dataset_fingerprint",
     "load_stored_result",
+    "plot_sweep",
     "store_dir",
     "tune",
 ]

@@ -27,7 +27,9 @@ class Recommendation:
         reason: One paragraph: the evidence behind the choice.
         reasons: Per setting (``num_workers``, ``persistent_workers``, ...), the reason for its
             value and whether it was measured or detected.
-        code: A ready-to-paste ``DataLoader(...)`` call.
+        code: Ready-to-paste code building the measured loader: ``DataLoader(...)`` for worker
+            processes or the main process, ``wellfed.create_dataloader(...)`` for thread
+            workers.
     """
 
     config: LoaderConfig
@@ -71,6 +73,11 @@ class TuneResult:
         budget_s: The time bound it ran under.
         stopped_because: Why the sweep ended (a fact, e.g. "4 workers gained < 5% over 2").
         findings: Doctor findings (as dicts) that made tune refuse worker configurations.
+        probes: What the live probes found: ``{"batched_fetch": {"eligible", "why"},
+            "threads": {"safe", "why", "fix"}}``.
+        notes: The search's decisions, each with its evidence (measured or detected), in the
+            order taken: e.g. "loading is wait-bound (detected): ...", or why thread workers,
+            though fastest, were not recommended.
         stored_path: Where the result was stored for ``create_dataloader``'s "auto", or None.
     """
 
@@ -85,6 +92,8 @@ class TuneResult:
     budget_s: float
     stopped_because: str
     findings: tuple[dict[str, Any], ...] = ()
+    probes: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
     stored_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +110,8 @@ class TuneResult:
             "budget_s": self.budget_s,
             "stopped_because": self.stopped_because,
             "findings": list(self.findings),
+            "probes": dict(self.probes),
+            "notes": list(self.notes),
             "stored_path": self.stored_path,
         }
 
@@ -128,5 +139,7 @@ class TuneResult:
             budget_s=data.get("budget_s", 0.0),
             stopped_because=data.get("stopped_because", ""),
             findings=tuple(data.get("findings", ())),
+            probes=dict(data.get("probes") or {}),
+            notes=tuple(data.get("notes", ())),
             stored_path=data.get("stored_path"),
         )

@@ -1,10 +1,12 @@
-"""The search: sweep num_workers, re-measure near-ties, recommend the cheapest near-best."""
+"""The search: main process, thread workers and processes, batched fetch and prefetch, measured
+adaptively; near-ties re-measured; the cheapest near-best recommended."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,14 +21,15 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CLEAR_GAIN",
     "DEFAULT_BUDGET_S",
+    "MAX_THREADS",
     "NEAR_BEST",
     "Recommendation",
     "TuneResult",
     "tune",
 ]
 
-#: Default bound on a whole tune run, seconds. The built-in workload needs about 35 s of it on
-#: a quiet 2-core machine, 55 s on a loaded one (benchmarks/results/published/tune_2cpu.md).
+#: Default bound on a whole tune run, seconds; the adaptive search usually ends well before it
+#: (benchmarks/results/published/suite_2cpu.md has the tuning times per workload).
 DEFAULT_BUDGET_S = 75.0
 
 #: A configuration within this fraction of the fastest counts as equally fast; among those the
@@ -53,8 +56,25 @@ MEMORY_SHARE = 0.8
 FDS_PER_WORKER_BASE = 16
 TENSORS_PER_BATCH = 8
 
-#: Upper bound of the sweep whatever memory and files allow.
+#: Most worker processes tried, whatever memory and files allow.
 MAX_WORKERS = 64
+
+#: Most thread workers tried. Issue 12 measured 128 threads as the fastest on storage that
+#: waits a median 6 ms per sample; 256 leaves one doubling of headroom.
+MAX_THREADS = 256
+
+#: Below this many CPU seconds per wall second in the main process, loading is wait-bound
+#: (storage, network, sleeps): worker counts then climb by 4x instead of 2x. A CPU-bound
+#: fetch in one process uses about 1.0; half of that means it waits at least half the time.
+WAIT_BOUND = 0.5
+
+#: A backend whose best trails the leader's best by more than this fraction stops climbing:
+#: one more doubling gains at most CLEAR_GAIN-ish per step, so it would not catch up.
+TRAILING = 0.90
+
+#: When the 90th-percentile wait for a batch exceeds this multiple of the median, batches come
+#: in bursts, and a deeper prefetch queue (prefetch_factor 4) is measured.
+BURSTY = 2.0
 
 #: Rounds of re-measurement for configurations the noise cannot separate.
 MAX_REPEAT_ROUNDS = 2
@@ -74,15 +94,7 @@ def _standard_error(trial: Trial) -> float:
     return 1.253 * (trial.samples_per_s_spread / 1.349) / math.sqrt(n)
 
 
-def _candidates(usable_cpus: int, cap: int, extra: int | None) -> list[int]:
-    values = {0, usable_cpus}
-    w = 1
-    while w <= cap:
-        values.add(w)
-        w *= 2
-    if extra is not None:
-        values.add(extra)
-    return sorted(v for v in values if v <= cap or v == extra)
+_PLURAL = {"thread": "thread workers", "process": "worker processes"}
 
 
 def _fd_cap(platform: PlatformInfo, prefetch: int) -> int:
@@ -92,11 +104,30 @@ def _fd_cap(platform: PlatformInfo, prefetch: int) -> int:
     return max(1, (platform.open_files_limit - 64) // per_worker)
 
 
-def _config_for(spec: LoaderSpec, workers: int, method: str, pin: bool) -> LoaderConfig:
+def _config_for(
+    spec: LoaderSpec,
+    workers: int,
+    method: str,
+    pin: bool,
+    *,
+    backend: str = "process",
+    batched: bool = False,
+    prefetch: int | None = None,
+) -> LoaderConfig:
+    """The LoaderConfig of one point of the search (``workers`` 0: the main process)."""
     user = spec.user_config
-    prefetch = user.prefetch_factor if user is not None and user.num_workers > 0 else None
+    if prefetch is None and user is not None and user.num_workers > 0:
+        prefetch = user.prefetch_factor
     if workers == 0:
-        return LoaderConfig(num_workers=0, batch_size=spec.batch_size, pin_memory=pin)
+        return LoaderConfig(batch_size=spec.batch_size, pin_memory=pin, batched_fetch=batched)
+    if backend == "thread":
+        return LoaderConfig(
+            num_threads=workers,
+            batch_size=spec.batch_size,
+            pin_memory=pin,
+            prefetch_factor=prefetch,
+            batched_fetch=batched,
+        )
     return LoaderConfig(
         num_workers=workers,
         batch_size=spec.batch_size,
@@ -104,6 +135,7 @@ def _config_for(spec: LoaderSpec, workers: int, method: str, pin: bool) -> Loade
         persistent_workers=True,
         prefetch_factor=prefetch,
         multiprocessing_context=method,
+        batched_fetch=batched,
     )
 
 
@@ -121,35 +153,69 @@ def _safety_findings(spec: LoaderSpec, method: str, has_cuda: bool) -> tuple[dic
     return tuple(f.to_dict() for f in errors)
 
 
+def _rate(t: Trial | None) -> float:
+    return (t.samples_per_s or 0.0) if t is not None and t.ok else 0.0
+
+
+def _gained(new: Trial, old: Trial | None) -> bool:
+    """Whether ``new`` beats ``old`` by CLEAR_GAIN, beyond 2 standard errors of its own noise.
+
+    The noise margin keeps a lucky measurement on a loaded machine from sending the search
+    past the cores (benchmarks/results/published/suite_2cpu_heavy_load.md: 8 workers on 2 CPUs).
+    """
+    if not new.ok:
+        return False
+    return _rate(new) - 2.0 * _standard_error(new) >= CLEAR_GAIN * _rate(old)
+
+
 def tune(
     target: Any,
     *,
     budget_s: float = DEFAULT_BUDGET_S,
     start_method: str | None = None,
     max_workers: int | None = None,
+    max_threads: int | None = None,
     measure_s: float | None = None,
     check_safety: bool = True,
     store: bool = True,
     progress: ProgressFn | None = None,
 ) -> TuneResult:
-    """Measure DataLoader configurations on this machine and recommend the fastest cheap one.
+    """Measure loader configurations on this machine and recommend the fastest cheap one.
 
-    The sweep measures num_workers 0, 1, 2, 4, 8, ... (plus the usable CPU count and the
-    target's own setting), with persistent workers, and pinned memory when a CUDA device
-    exists. It always goes up to the usable CPU count, and past it only while the last step
-    gained at least CLEAR_GAIN (storage-bound data gains from many more workers than cores),
-    within a cap from available memory (per-worker memory measured) and open files. Then
-    configurations the noise cannot separate from the best are re-measured (up to
-    MAX_REPEAT_ROUNDS) and pooled. The recommendation is the configuration within NEAR_BEST
-    of the fastest (or not separable from it by the measured noise) with the fewest workers,
-    then the least memory.
+    The search space: the main process alone, thread workers (``num_threads``) and worker
+    processes (``num_workers``, persistent, the target's or the platform's start method), with
+    batched fetch when the dataset qualifies, prefetch depth, and pinned memory when a CUDA
+    device exists. No fixed sweep; each step uses what the previous trials measured:
+
+    1. Live probes in an isolated child (``_probe``): may a batch be fetched with one
+       ``dataset[list]`` call (it must equal the collated per-index samples), and are thread
+       workers safe (the doctor's thread hazards, then threaded outputs equal serial ones for
+       the same per-sample seeds)?
+    2. The main process, per index and (when it qualifies) batched; batched fetch is kept for
+       every later trial when it gained at least CLEAR_GAIN.
+    3. Its CPU time per wall second says whether loading is CPU-bound or waits (storage,
+       sleeps): below WAIT_BOUND the worker counts climb by 4x (wait-bound data gains far past
+       the cores), else by 2x. Threads and processes each start at the usable CPU count and
+       climb while a step gains CLEAR_GAIN beyond its noise, within caps (memory measured per
+       worker, open files, max_workers/max_threads); a backend that trails the leader by more
+       than TRAILING stops climbing. After a 4x climb the neighbours (x2, /2) of the best
+       count are measured.
+    4. When batches arrive in bursts (90th-percentile wait over the median above BURSTY),
+       the leader is measured again with prefetch_factor 4.
+    5. Configurations the noise cannot separate from the best are re-measured (up to
+       MAX_REPEAT_ROUNDS) and pooled.
+
+    The recommendation is the configuration within NEAR_BEST of the fastest (or not separable
+    from it by the measured noise, never beyond MAX_NEAR) with the fewest workers (threads or
+    processes), then the least memory; thread workers only when the probe found them safe.
 
     Args:
         target: A LoaderSpec, Dataset or DataLoader (see ``resolve_target`` for TARGET strings).
-        budget_s: Bound on the whole run in seconds; the sweep stops early to respect it.
+        budget_s: Bound on the whole run in seconds; the search stops early to respect it.
         start_method: Worker start method; None: the target's own, else the platform default.
-        max_workers: Highest num_workers to try; None: from memory and open-file limits.
-        measure_s: Seconds of measured loading per trial; None: budget_s / 25, within 1.5-4 s.
+        max_workers: Most worker processes to try; None: from memory and open-file limits.
+        max_threads: Most thread workers to try; None: MAX_THREADS. 0 measures no threads.
+        measure_s: Seconds of measured loading per trial; None: budget_s / 50, within 1-3 s.
         check_safety: Run the doctor's static checks first and refuse worker configurations
             when they find errors for this start method.
         store: Save the result where ``create_dataloader(num_workers="auto")`` finds it
@@ -161,25 +227,13 @@ def tune(
         exceptions.
 
     Raises:
-        ConfigError: budget_s or max_workers out of range (WF010).
+        ConfigError: budget_s, max_workers or max_threads out of range (WF010).
     """
-    from wellfed.errors import ConfigError
+    from wellfed.errors import check_option
 
-    if budget_s <= 0:
-        raise ConfigError(
-            f"Invalid option: budget_s={budget_s}s is not positive. Give the run some seconds, "
-            f"e.g. --budget-s {DEFAULT_BUDGET_S:.0f}.",
-            code="WF010",
-            attribute="budget_s",
-            value=budget_s,
-        )
-    if max_workers is not None and max_workers < 0:
-        raise ConfigError(
-            f"Invalid option: max_workers={max_workers} is negative. Use 0 or more.",
-            code="WF010",
-            attribute="max_workers",
-            value=max_workers,
-        )
+    check_option("budget_s", budget_s, budget_s > 0, "a positive number of seconds", code="WF010")
+    for name, value in (("max_workers", max_workers), ("max_threads", max_threads)):
+        check_option(name, value, value is None or value >= 0, "0 or more", code="WF010")
     spec = target if isinstance(target, LoaderSpec) else spec_from_object(target)
     started = time.perf_counter()
 
@@ -191,6 +245,8 @@ def tune(
         return budget_s - (time.perf_counter() - started)
 
     import torch
+
+    from wellfed.errors import ConfigError
 
     platform = collect_platform_info(include_gpus=False)
     has_cuda = bool(torch.cuda.is_available())
@@ -208,11 +264,12 @@ def tune(
             attribute="start_method",
             value=method,
         )
-    per_trial = measure_s if measure_s is not None else min(4.0, max(1.5, budget_s / 25.0))
-    prefetch = (user.prefetch_factor if user and user.prefetch_factor else None) or 2
-    cap = min(MAX_WORKERS, _fd_cap(platform, prefetch))
+    per_trial = measure_s if measure_s is not None else min(3.0, max(1.0, budget_s / 50.0))
+    user_prefetch = user.prefetch_factor if user and user.num_workers > 0 else None
+    cap = min(MAX_WORKERS, _fd_cap(platform, user_prefetch or 2))
     if max_workers is not None:
         cap = min(cap, max_workers)
+    thread_cap = MAX_THREADS if max_threads is None else min(MAX_THREADS, max_threads)
 
     findings: tuple[dict[str, Any], ...] = ()
     if check_safety:
@@ -220,98 +277,109 @@ def tune(
         findings = _safety_findings(spec, method, has_cuda)
         if findings:
             cap = 0
+    probes: dict[str, Any] = {}
+    if not spec.is_iterable and (thread_cap > 0 or not spec.is_iterable):
+        report("probing batched fetch and thread safety")
+        from wellfed.tune._probe import probe_dataset
 
-    extra = user.num_workers if user is not None else None
-    candidates = _candidates(
-        platform.usable_cpus, cap, extra if extra is not None and extra <= cap else None
-    )
-    trials: dict[int, Trial] = {}
-    order: list[int] = []
+        probes = probe_dataset(spec, timeout_s=max(30.0, 10 * per_trial))
+    else:
+        why = "the dataset is iterable-style (no indices to fetch by, one iterator to share)"
+        probes = {
+            "batched_fetch": {"eligible": False, "why": why},
+            "threads": {"safe": False, "why": why, "fix": None},
+        }
+    threads_safe = bool(probes.get("threads", {}).get("safe"))
+    if spec.is_iterable:
+        thread_cap = 0
+
+    trials: dict[LoaderConfig, Trial] = {}
+    notes: list[str] = []
     stopped = ""
     per_worker_bytes: float | None = None
 
-    def run(workers: int) -> Trial:
-        config = _config_for(spec, workers, method, has_cuda)
-        report(f"measuring {config.label()}")
-        startup = 20.0 + (3.0 if method != "fork" else 0.5) * workers
-        return measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
-
-    for workers in candidates:
-        if workers in trials:
-            continue
-        if order:
-            last = trials[order[-1]]
-            estimate = last.elapsed_s * (1.0 + 0.1 * max(0, workers - last.config.num_workers))
+    def run(config: LoaderConfig) -> Trial | None:
+        """Measure ``config`` (once; later calls return the trial), or None past the budget."""
+        nonlocal per_worker_bytes, stopped
+        if config in trials:
+            return trials[config]
+        if trials:
+            spent = [t.elapsed_s for t in trials.values()]
+            estimate = statistics.median(spent) * (1.0 + 0.1 * config.num_workers)
             if estimate > remaining():
-                stopped = (
-                    f"the time budget ({budget_s:.0f}s) would be exceeded by {workers} workers"
-                )
-                break
-            if per_worker_bytes is not None and trials[0].peak_memory_bytes is not None:
-                room = MEMORY_SHARE * platform.ram_available_bytes - trials[0].peak_memory_bytes
-                if workers * per_worker_bytes > room:
-                    stopped = (
-                        f"{workers} workers would need "
-                        f"~{workers * per_worker_bytes / 2**30:.1f} GiB "
-                        f"(measured {per_worker_bytes / 2**20:.0f} MiB per worker), more than "
-                        f"{MEMORY_SHARE:.0%} of available RAM"
-                    )
-                    break
-        trial = run(workers)
-        trials[workers] = trial
-        order.append(workers)
-        if not trial.ok:
-            what = "hung" if trial.status == "timeout" else "failed"
-            first_line = (trial.error or "").splitlines()[0] if trial.error else ""
-            stopped = f"num_workers={workers} {what}: {first_line}"
-            break
-        base = trials.get(0)
+                stopped = f"the time budget ({budget_s:.0f}s) would be exceeded by {config.label()}"
+                return None
+        report(f"measuring {config.label()}")
+        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
+        trial = measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
+        trials[config] = trial
+        base = trials.get(main_config)
         if (
-            workers > 0
+            config.num_workers > 0
+            and trial.ok
             and base is not None
             and base.ok
             and trial.peak_memory_bytes
             and base.peak_memory_bytes
         ):
-            growth = max(0, trial.peak_memory_bytes - base.peak_memory_bytes) / workers
+            growth = max(0, trial.peak_memory_bytes - base.peak_memory_bytes) / config.num_workers
             per_worker_bytes = max(per_worker_bytes or 0.0, growth)
-        if workers >= platform.usable_cpus and workers > 0:
-            smaller = [
-                t.samples_per_s
-                for w, t in trials.items()
-                if w < workers and t.ok and t.samples_per_s is not None
-            ]
-            best_smaller = max(smaller) if smaller else 0.0
-            assert trial.samples_per_s is not None
-            # The gain must be clear beyond this trial's own noise (2 standard errors), so
-            # that a lucky measurement on a loaded machine does not send the sweep past the
-            # cores (benchmarks/results/published/suite_2cpu_heavy_load.md: 8 workers on 2 CPUs).
-            if trial.samples_per_s - 2.0 * _standard_error(trial) < CLEAR_GAIN * best_smaller:
-                stopped = (
-                    f"{workers} workers gained less than {CLEAR_GAIN - 1:.0%} over fewer workers "
-                    f"({trial.samples_per_s:.0f} vs {best_smaller:.0f} samples/s)"
-                )
-                break
-    else:
-        if cap == 0 and findings:
-            stopped = "the doctor found errors for this start method; workers were not measured"
-        else:
-            stopped = f"reached the cap of {cap} workers (memory, open files or max_workers)"
+        return trial
 
-    # Re-measure configurations that noise cannot separate from the best.
+    # 2. the main process, per index and batched
+    main_config = _config_for(spec, 0, method, has_cuda)
+    base = run(main_config)
+    assert base is not None
+    batched = False
+    if not base.ok:
+        what = "hung" if base.status == "timeout" else "failed"
+        first_line = (base.error or "").strip().splitlines()[0] if base.error else ""
+        stopped = f"num_workers=0 {what}: {first_line}"
+    else:
+        if probes.get("batched_fetch", {}).get("eligible"):
+            batched_main = run(_config_for(spec, 0, method, has_cuda, batched=True))
+            if batched_main is not None and _gained(batched_main, base):
+                batched = True
+                notes.append(
+                    f"batched fetch (measured): {_rate(batched_main):.0f} vs "
+                    f"{_rate(base):.0f} samples/s per index in the main process; kept for "
+                    "every later trial"
+                )
+                main_config = batched_main.config
+            elif batched_main is not None:
+                notes.append(
+                    f"batched fetch (measured): {_rate(batched_main):.0f} vs "
+                    f"{_rate(base):.0f} samples/s per index, less than a "
+                    f"{CLEAR_GAIN - 1:.0%} gain; not kept"
+                )
+        _climb(
+            spec,
+            run,
+            trials,
+            notes,
+            platform,
+            method,
+            has_cuda,
+            batched,
+            cap,
+            thread_cap,
+            threads_safe,
+            per_worker_bytes_of=lambda: per_worker_bytes,
+            main=trials[main_config],
+        )
+
+    # 5. re-measure configurations that noise cannot separate from the best
     for _round in range(MAX_REPEAT_ROUNDS):
         ok = [t for t in trials.values() if t.ok]
         if len(ok) < 2:
             break
-        leader = max(ok, key=lambda t: t.samples_per_s or 0.0)
-        assert leader.samples_per_s is not None
+        leader = max(ok, key=_rate)
         unsure = []
         for t in ok:
-            assert t.samples_per_s is not None
-            noise = 2.0 * math.hypot(_standard_error(t), _standard_error(leader))
             if t is leader:
                 continue
-            if t.samples_per_s + noise >= (1 - NEAR_BEST) * leader.samples_per_s:
+            noise = 2.0 * math.hypot(_standard_error(t), _standard_error(leader))
+            if _rate(t) + noise >= (1 - NEAR_BEST) * _rate(leader):
                 unsure.append(t)
         if not unsure:
             break
@@ -320,20 +388,52 @@ def tune(
         if cost > remaining():
             break
         for t in group:
-            w = t.config.num_workers
-            again = run(w)
-            trials[w] = trials[w].merged(again)
+            report(f"re-measuring {t.config.label()}")
+            startup = 20.0 + ((3.0 if method != "fork" else 0.5) * t.config.num_workers)
+            again = measure(spec, t.config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
+            trials[t.config] = trials[t.config].merged(again)
 
-    result_trials = tuple(trials[w] for w in sorted(trials))
-    baseline = trials.get(0)
+    if not stopped:
+        stopped = "; ".join(n for n in notes if n.startswith("search ended")) or (
+            "every backend stopped gaining"
+        )
+    result_trials = tuple(trials.values())
+    baseline = trials.get(_config_for(spec, 0, method, has_cuda))
     ok_trials = [t for t in result_trials if t.ok]
-    best = max(ok_trials, key=lambda t: t.samples_per_s or 0.0) if ok_trials else None
+    allowed = [t for t in ok_trials if t.config.backend != "thread" or threads_safe]
+    fastest = max(ok_trials, key=_rate) if ok_trials else None
+    best = max(allowed, key=_rate) if allowed else None
+    if (
+        fastest is not None
+        and best is not None
+        and fastest.config.backend == "thread"
+        and not threads_safe
+        and _rate(fastest) > (1 + NEAR_BEST) * _rate(best)
+    ):
+        t = probes.get("threads", {})
+        notes.append(
+            f"thread workers would be fastest ({fastest.config.label()}: {_rate(fastest):.0f} "
+            f"vs {_rate(best):.0f} samples/s) but are not safe here: {t.get('why')}. To use "
+            f"them: {t.get('fix') or 'make the dataset thread-safe'}, then tune again"
+        )
     recommended = _recommend(
-        spec, ok_trials, best, baseline, platform, has_cuda, method, stopped, findings
+        spec,
+        allowed,
+        best,
+        baseline,
+        platform,
+        has_cuda,
+        method,
+        stopped,
+        findings,
+        probes=probes,
+        notes=notes,
     )
     # The ceiling scales the best single loading process (the main process, or one worker,
     # which runs with one intra-op thread and so escapes thread oversubscription) by the cores.
-    single = [t.samples_per_s for t in ok_trials if t.config.num_workers <= 1 and t.samples_per_s]
+    single = [
+        _rate(t) for t in ok_trials if t.config.num_workers <= 1 and t.config.num_threads == 0
+    ]
     ceiling = max(single) * platform.usable_cpus if single else None
     workload = {
         "description": spec.description,
@@ -351,12 +451,14 @@ def tune(
         trials=result_trials,
         baseline=baseline,
         recommended=recommended,
-        best=best,
+        best=fastest,
         ceiling_samples_per_s=ceiling,
         tuning_time_s=time.perf_counter() - started,
         budget_s=budget_s,
         stopped_because=stopped,
         findings=findings,
+        probes=probes,
+        notes=tuple(notes),
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
@@ -365,6 +467,156 @@ def tune(
         result = dataclasses.replace(result, stored_path=str(path) if path else None)
     report("done")
     return result
+
+
+def _climb(
+    spec: LoaderSpec,
+    run: Callable[[LoaderConfig], Trial | None],
+    trials: dict[LoaderConfig, Trial],
+    notes: list[str],
+    platform: PlatformInfo,
+    method: str,
+    has_cuda: bool,
+    batched: bool,
+    cap: int,
+    thread_cap: int,
+    threads_safe: bool,
+    *,
+    per_worker_bytes_of: Callable[[], float | None],
+    main: Trial,
+) -> None:
+    """Steps 3 and 4 of ``tune``: climb the worker counts of each backend, then prefetch."""
+    wait_bound = (main.cpu_per_wall if main.cpu_per_wall is not None else 1.0) < WAIT_BOUND
+    factor = 4 if wait_bound else 2
+    notes.append(
+        f"loading is {'wait-bound' if wait_bound else 'CPU-bound'} (detected): the main process "
+        f"used {main.cpu_per_wall or 0:.2f} CPU s per wall s "
+        f"({'below' if wait_bound else 'at or above'} {WAIT_BOUND}), so worker counts climb "
+        f"by {factor}x"
+    )
+    start = max(1, platform.usable_cpus)
+    caps = {"thread": thread_cap, "process": cap}
+    best: dict[str, Trial] = {}
+    climbing: list[str] = []
+    last: dict[str, int] = {}
+
+    def config(backend: str, count: int, prefetch: int | None = None) -> LoaderConfig:
+        return _config_for(
+            spec, count, method, has_cuda, backend=backend, batched=batched, prefetch=prefetch
+        )
+
+    def fits_memory(count: int) -> bool:
+        per_worker = per_worker_bytes_of()
+        if per_worker is None or main.peak_memory_bytes is None:
+            return True
+        room = MEMORY_SHARE * platform.ram_available_bytes - main.peak_memory_bytes
+        if count * per_worker <= room:
+            return True
+        notes.append(
+            f"search ended for processes: {count} workers would need "
+            f"~{count * per_worker / 2**30:.1f} GiB (measured {per_worker / 2**20:.0f} MiB per "
+            f"worker), more than {MEMORY_SHARE:.0%} of available RAM"
+        )
+        return False
+
+    for backend in ("thread", "process"):
+        if caps[backend] <= 0:
+            continue
+        count = min(start, caps[backend])
+        trial = run(config(backend, count))
+        if trial is None:
+            return
+        last[backend] = count
+        if trial.ok:
+            best[backend] = trial
+            if backend == "process" or threads_safe:
+                climbing.append(backend)
+            else:
+                notes.append(
+                    f"thread workers measured at {count} only: not safe for this dataset "
+                    "(see the probe), so not climbed"
+                )
+        else:
+            notes.append(f"{trial.config.label()} {trial.status}; {_PLURAL[backend]} not climbed")
+    while climbing:
+        leader = max(climbing, key=lambda b: _rate(best[b]))
+        overall = max(_rate(t) for t in best.values())
+        backend = leader
+        count = last[backend] * factor
+        if count > caps[backend]:
+            count = caps[backend] if last[backend] < caps[backend] else 0
+        if count == 0 or (backend == "process" and not fits_memory(count)):
+            climbing.remove(backend)
+            continue
+        trial = run(config(backend, count))
+        if trial is None:
+            return
+        last[backend] = count
+        if not _gained(trial, best[backend]):
+            climbing.remove(backend)
+            if trial.ok and _rate(trial) > _rate(best[backend]):
+                best[backend] = trial
+            why = (
+                trial.status
+                if not trial.ok
+                else (
+                    f"{_rate(trial):.0f} vs {_rate(best[backend]):.0f} samples/s, less than a "
+                    f"{CLEAR_GAIN - 1:.0%} gain"
+                )
+            )
+            notes.append(f"{_PLURAL[backend]} stopped at {count} ({why})")
+            continue
+        best[backend] = trial
+        overall = max(overall, _rate(trial))
+        for other in list(climbing):
+            if other != backend and _rate(best[other]) < TRAILING * overall:
+                climbing.remove(other)
+                notes.append(
+                    f"{_PLURAL[other]} not climbed further: their best ({_rate(best[other]):.0f} "
+                    f"samples/s) trails the leader ({overall:.0f}) by more than "
+                    f"{1 - TRAILING:.0%}"
+                )
+    if not best:
+        return
+    leader_backend = max(best, key=lambda b: _rate(best[b]))
+    top: Trial = best[leader_backend]
+    if leader_backend == "thread" and not threads_safe:
+        return
+    # after a 4x climb, the neighbours of the best count
+    if factor > 2:
+        count = top.config.workers
+        for near in (count * 2, count // 2):
+            if (
+                near >= 1
+                and near <= caps[leader_backend]
+                and (leader_backend != "process" or fits_memory(near))
+            ):
+                trial = run(config(leader_backend, near))
+                if trial is None:
+                    return
+                if trial.ok and _rate(trial) > _rate(top):
+                    top = trial
+    # prefetch depth, when batches arrive in bursts
+    p50, p90 = top.wait_s_p50, top.wait_s_p90
+    if top.config.workers > 0 and p50 and p90 and p90 > BURSTY * p50:
+        trial = run(config(leader_backend, top.config.workers, prefetch=4))
+        if trial is not None:
+            notes.append(
+                f"prefetch_factor 4 (measured, batches arrived in bursts: p90 wait "
+                f"{p90 * 1e3:.1f} ms vs median {p50 * 1e3:.1f} ms): {_rate(trial):.0f} vs "
+                f"{_rate(top):.0f} samples/s"
+            )
+    elif top.config.workers > 0:
+        notes.append(
+            "prefetch_factor not varied (detected): no bursts"
+            + (
+                f" (p90 wait {p90 * 1e3:.1f} ms, within {BURSTY:.0f}x the median "
+                f"{p50 * 1e3:.1f} ms)"
+                if p50 and p90
+                else ""
+            )
+            + ", so a deeper queue has nothing to absorb"
+        )
 
 
 def _recommend(
@@ -377,44 +629,83 @@ def _recommend(
     method: str,
     stopped: str,
     findings: tuple[dict[str, Any], ...],
+    *,
+    probes: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> Recommendation | None:
     if best is None or best.samples_per_s is None:
         return None
+    probes = probes or {}
 
     # Equally fast: within NEAR_BEST of the fastest, or not separable from it by the noise
     # left after the repeats (2 standard errors of the difference of the medians), but never
     # more than MAX_NEAR below it.
     def equally_fast(t: Trial) -> bool:
         assert best is not None
-        assert best.samples_per_s is not None
         noise = 2.0 * math.hypot(_standard_error(t), _standard_error(best))
-        top = best.samples_per_s
+        top = _rate(best)
         floor = max((1 - NEAR_BEST) * top - noise, (1 - MAX_NEAR) * top)
-        return (t.samples_per_s or 0.0) >= floor
+        return _rate(t) >= floor
 
     near = [t for t in ok_trials if equally_fast(t)]
-    chosen = min(near, key=lambda t: (t.config.num_workers, t.peak_memory_bytes or 0))
-    assert chosen.samples_per_s is not None
-    base_rate = baseline.samples_per_s if baseline is not None and baseline.ok else None
-    speedup = chosen.samples_per_s / base_rate if base_rate else None
+    chosen = min(near, key=lambda t: (t.config.workers, t.peak_memory_bytes or 0))
+    rate = _rate(chosen)
+    base_rate = _rate(baseline) or None
+    speedup = rate / base_rate if base_rate else None
     cfg = chosen.config
+    vs_base = f", {speedup:.2f}x the main process per index" if speedup else ""
     reasons: dict[str, str] = {}
+    if cfg.backend == "thread":
+        what = f"{cfg.num_threads} thread workers"
+    elif cfg.backend == "process":
+        what = f"{cfg.num_workers} worker processes"
+    else:
+        what = "the main process alone"
+    if cfg == best.config:
+        head = f"(measured): {what}, the fastest, {rate:.0f} samples/s{vs_base}"
+    else:
+        head = (
+            f"(measured): {what}, {rate:.0f} samples/s, within {NEAR_BEST:.0%} or the noise of "
+            f"the fastest ({best.config.label()}, {_rate(best):.0f} samples/s) with fewer "
+            "workers and less memory"
+        )
+    if cfg.backend == "thread":
+        procs = [t for t in ok_trials if t.config.backend == "process"]
+        fastest_procs = max(procs, key=_rate) if procs else None
+        reasons["num_workers"] = "0 (measured): thread workers exclude worker processes" + (
+            f"; the fastest processes ({fastest_procs.config.label()}) gave "
+            f"{_rate(fastest_procs):.0f} samples/s"
+            if fastest_procs is not None
+            else ""
+        )
+    else:
+        reasons["num_workers"] = f"{cfg.num_workers} {head}"
     if findings:
         paths = ", ".join(str(f.get("path")) for f in findings[:3])
         reasons["num_workers"] = (
             f"0 (detected): the doctor found {len(findings)} error(s) under {method} ({paths}); "
-            "fix them (`wellfed doctor`) and tune again to use workers"
+            "fix them (`wellfed doctor`) and tune again to use worker processes"
         )
-    elif cfg.num_workers == best.config.num_workers:
-        reasons["num_workers"] = (
-            f"{cfg.num_workers} (measured): the fastest, {chosen.samples_per_s:.0f} samples/s"
-            + (f", {speedup:.2f}x num_workers=0" if speedup else "")
+    threads = probes.get("threads", {})
+    if cfg.backend == "thread":
+        reasons["num_threads"] = (
+            f"{cfg.num_threads} {head}; safe: {threads.get('why', 'checked')}. Threads share "
+            "the main process (and its GIL) with the training step"
         )
-    else:
-        reasons["num_workers"] = (
-            f"{cfg.num_workers} (measured): {chosen.samples_per_s:.0f} samples/s, within "
-            f"{NEAR_BEST:.0%} or the noise of the fastest ({best.config.num_workers} workers, "
-            f"{best.samples_per_s:.0f} samples/s) with fewer workers and less memory"
+    elif threads:
+        reasons["num_threads"] = (
+            "0 (measured): thread workers were slower"
+            if threads.get("safe")
+            else f"0 (detected): not safe for this dataset: {threads.get('why')}"
+        )
+    fetch = probes.get("batched_fetch", {})
+    if cfg.batched_fetch:
+        reasons["batched_fetch"] = f"True (measured, and {fetch.get('why', 'checked live')})"
+    elif fetch:
+        reasons["batched_fetch"] = (
+            "False (measured): no clear gain"
+            if fetch.get("eligible")
+            else f"False (detected): {fetch.get('why')}"
         )
     if cfg.num_workers > 0:
         first = (
@@ -428,11 +719,26 @@ def _recommend(
         reasons["multiprocessing_context"] = f"{method!r} (detected): " + (
             "the platform default" if method == platform.default_start_method else "as requested"
         )
-        reasons["prefetch_factor"] = (
-            f"{cfg.prefetch_factor} (yours)"
-            if cfg.prefetch_factor is not None
-            else "2 (PyTorch's default; not tuned in this version)"
-        )
+    if cfg.workers > 0:
+        deeper = [
+            t
+            for t in ok_trials
+            if t.config.prefetch_factor == 4 and t.config.backend == cfg.backend
+        ]
+        if cfg.prefetch_factor == 4:
+            reasons["prefetch_factor"] = (
+                "4 (measured): batches arrived in bursts, and the deeper queue was as fast as any"
+            )
+        elif deeper:
+            reasons["prefetch_factor"] = (
+                f"{cfg.prefetch_factor or 2} (measured): prefetch_factor 4 gave no clear gain"
+            )
+        else:
+            reasons["prefetch_factor"] = (
+                f"{cfg.prefetch_factor or 2} (detected): batches arrived without bursts, so a "
+                "deeper queue has nothing to absorb"
+                + ("" if cfg.prefetch_factor else "; PyTorch's default")
+            )
     reasons["pin_memory"] = (
         "True (detected): a CUDA device is present; pinned batches copy to it asynchronously"
         if has_cuda
@@ -445,14 +751,13 @@ def _recommend(
         "set yours with --batch-size)"
     )
     reason = (
-        f"{cfg.label()}: {chosen.samples_per_s:.0f} samples/s"
-        + (f", {speedup:.2f}x num_workers=0" if speedup else "")
-        + f"; fastest measured: {best.samples_per_s:.0f} samples/s with {best.config.label()}."
-        + (f" Sweep ended: {stopped}." if stopped else "")
+        f"{cfg.label()}: {rate:.0f} samples/s{vs_base}; fastest measured: "
+        f"{_rate(best):.0f} samples/s with {best.config.label()}."
+        + (f" Search ended: {stopped}." if stopped else "")
     )
     return Recommendation(
         config=cfg,
-        samples_per_s=chosen.samples_per_s,
+        samples_per_s=rate,
         speedup=speedup,
         reason=reason,
         reasons=reasons,
@@ -461,23 +766,61 @@ def _recommend(
 
 
 def _dataloader_code(spec: LoaderSpec, cfg: LoaderConfig, reasons: dict[str, str]) -> str:
-    lines = ["DataLoader(", "    dataset,"]
+    """Ready-to-paste code that builds the measured loader.
+
+    Worker processes and the main process: a plain ``DataLoader(...)`` call (batched fetch as
+    ``sampler=BatchSampler(...)``, ``batch_size=None``: each step then calls
+    ``dataset[list_of_indices]``). Thread workers: ``wellfed.create_dataloader(...)``, the
+    one builder of them. Either way the last line says how ``create_dataloader``'s "auto"
+    builds the same loader from the stored result.
+    """
+
+    def comment(name: str) -> str:
+        why = reasons.get(name)
+        text = why.split(" ", 1)[1] if why and " " in why else why
+        return f"  # {text}" if text else ""
+
+    lines: list[str] = []
+    threads = cfg.backend == "thread"
+    lines.append("wellfed.create_dataloader(" if threads else "DataLoader(")
+    lines.append("    dataset,")
 
     def arg(name: str, value: Any) -> None:
-        why = reasons.get(name)
-        comment = why.split(" ", 1)[1] if why and " " in why else why
-        lines.append(f"    {name}={value!r},{'  # ' + comment if comment else ''}")
+        lines.append(f"    {name}={value!r},{comment(name)}")
 
-    if spec.batch_sampler is None:
+    batch_kept = spec.batch_sampler is None
+    if cfg.batched_fetch and not threads and batch_kept:
+        order = (
+            "RandomSampler(dataset)"
+            if spec.shuffle
+            else ("sampler" if spec.sampler is not None else "SequentialSampler(dataset)")
+        )
+        lines.append(
+            f"    sampler=BatchSampler({order}, batch_size={spec.batch_size}, "
+            f"drop_last={spec.drop_last}),{comment('batched_fetch')}"
+        )
+        lines.append("    batch_size=None,  # each step fetches dataset[list_of_indices]")
+    elif batch_kept:
         arg("batch_size", spec.batch_size)
         if spec.shuffle:
             lines.append("    shuffle=True,")
-    arg("num_workers", cfg.num_workers)
-    if cfg.num_workers > 0:
-        arg("persistent_workers", True)
+    if threads:
+        arg("num_workers", 0)
+        arg("num_threads", cfg.num_threads)
         arg("prefetch_factor", cfg.prefetch_factor or 2)
-        if cfg.multiprocessing_context:
-            arg("multiprocessing_context", cfg.multiprocessing_context)
+        if cfg.batched_fetch:
+            arg("batched_fetch", True)
+    else:
+        arg("num_workers", cfg.num_workers)
+        if cfg.num_workers > 0:
+            arg("persistent_workers", True)
+            arg("prefetch_factor", cfg.prefetch_factor or 2)
+            if cfg.multiprocessing_context:
+                arg("multiprocessing_context", cfg.multiprocessing_context)
     arg("pin_memory", cfg.pin_memory)
     lines.append(")")
+    lines.append(
+        "# or: wellfed.create_dataloader(dataset, batch_size=..., num_workers='auto') builds "
+        "this loader from the stored result"
+    )
     return "\n".join(lines)

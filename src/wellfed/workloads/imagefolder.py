@@ -51,8 +51,11 @@ BUILTIN_REPEAT = 32
 class PillowTrainTransform:
     """RandomResizedCrop, RandomHorizontalFlip, to float tensor, Normalize, with Pillow.
 
-    The random draws use torch's global RNG, like torchvision, so DataLoader's per-worker
-    seeding (and wellfed's per-sample seeding) covers them.
+    The random draws come from ``wellfed.sample_generator()``: the per-sample generator in a
+    seeded wellfed loader (so batches are bit-identical under worker processes, thread
+    workers and the main process alike), a freshly OS-seeded one elsewhere. Unlike
+    torchvision's transforms, which draw from torch's process-wide RNG, it is therefore
+    reproducible under thread workers (threads share the process-wide RNG).
 
     Args:
         size: Output side in pixels; the output is a float32 tensor of shape (3, size, size).
@@ -80,20 +83,31 @@ class PillowTrainTransform:
         self.mean = mean
         self.std = std
 
-    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """Draw a crop: (left, top, right, bottom) in pixels, torchvision's algorithm."""
+    def crop_box(self, width: int, height: int, generator: Any = None) -> tuple[int, int, int, int]:
+        """Draw a crop: (left, top, right, bottom) in pixels, torchvision's algorithm.
+
+        Args:
+            width: Image width in pixels.
+            height: Image height in pixels.
+            generator: The ``torch.Generator`` to draw from; None: ``sample_generator()``.
+        """
         import torch
 
+        from wellfed.seeding import sample_generator
+
+        g = generator if generator is not None else sample_generator()
         area = width * height
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi).item())
+            target_area = (
+                area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g).item()
+            )
+            aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi, generator=g).item())
             w = round(math.sqrt(target_area * aspect))
             h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-                left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+                top = int(torch.randint(0, height - h + 1, size=(1,), generator=g).item())
+                left = int(torch.randint(0, width - w + 1, size=(1,), generator=g).item())
                 return left, top, left + w, top + h
         in_ratio = width / height
         if in_ratio < min(self.ratio):
@@ -111,11 +125,15 @@ class PillowTrainTransform:
         import torch
         from PIL import Image
 
+        from wellfed.seeding import sample_generator
+
         if image.mode != "RGB":
             image = image.convert("RGB")
-        box = self.crop_box(*image.size)
+        g = sample_generator()
+        width, height = image.size
+        box = self.crop_box(width, height, generator=g)
         image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
-        if torch.rand(1).item() < 0.5:
+        if torch.rand(1, generator=g).item() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         array = np.array(image, dtype=np.uint8)  # (H, W, 3), a writable copy
         tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
@@ -331,6 +349,10 @@ def builtin_dataset(
 ) -> ImageFolderDataset:
     """The built-in workload's dataset: ImageFolder decode + augment.
 
+    Always ``PillowTrainTransform`` (even where torchvision is installed): its randomness
+    comes from ``wellfed.sample_generator()``, so the workload is reproducible under thread
+    workers and ``wellfed tune`` can measure and recommend them.
+
     Args:
         data: An ImageFolder directory; None uses the shipped photos, each read
             BUILTIN_REPEAT times per epoch (10 photos, 320 samples).
@@ -342,9 +364,9 @@ def builtin_dataset(
     """
     if data is None:
         return ImageFolderDataset(
-            PHOTOS_DIR, train_transform(size), on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
+            PHOTOS_DIR, PillowTrainTransform(size), on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
         )
-    return ImageFolderDataset(data, train_transform(size), on_bad_file=on_bad_file)
+    return ImageFolderDataset(data, PillowTrainTransform(size), on_bad_file=on_bad_file)
 
 
 def builtin_spec(
