@@ -219,28 +219,45 @@ def wellfed_choice(
     budget_s: float,
     measure_s: float | None,
     max_workers: int | None,
+    max_threads: int | None = None,
 ) -> tuple[Choice, Any]:
-    """Run ``wellfed.tune.tune`` (not stored) and return its recommendation and the result."""
+    """Run ``wellfed.tune.tune`` (not stored) and return its recommendation and the result.
+
+    ``max_workers`` and ``max_threads`` cap its worker-process and thread sweeps (None: its
+    defaults); the details keep every trial (backend, workers, label) and its probes' verdicts.
+    """
     from wellfed.tune import tune
 
     result = tune(
-        spec, budget_s=budget_s, measure_s=measure_s, max_workers=max_workers, store=False
+        spec,
+        budget_s=budget_s,
+        measure_s=measure_s,
+        max_workers=max_workers,
+        max_threads=max_threads,
+        store=False,
     )
     rec = result.recommended
     details = {
         "budget_s": budget_s,
         "measure_s": measure_s,
         "max_workers": max_workers,
+        "max_threads": max_threads,
         "stopped_because": result.stopped_because,
         "trials": [
             {
+                "label": t.config.label(),
+                "backend": t.config.backend,
                 "num_workers": t.config.num_workers,
+                "num_threads": t.config.num_threads,
+                "batched_fetch": t.config.batched_fetch,
                 "status": t.status,
                 "samples_per_s": t.samples_per_s,
                 "windows": len(t.window_samples_per_s),
             }
             for t in result.trials
         ],
+        "probes": result.probes,
+        "notes": list(result.notes),
         "tune_ceiling_samples_per_s": result.ceiling_samples_per_s,
         "tune_recommended_samples_per_s": rec.samples_per_s if rec else None,
     }

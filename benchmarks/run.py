@@ -293,6 +293,7 @@ def run_workload(
         budget_s=opts.tune_budget_s,
         measure_s=opts.tune_measure_s,
         max_workers=opts.tune_max_workers,
+        max_threads=opts.tune_max_workers,  # the smoke run caps threads as it caps workers
     )
     choices.append(wchoice)
     log(
