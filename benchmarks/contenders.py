@@ -10,13 +10,17 @@ to choose. None of them is timed here; every throughput figure comes from
   "consider increasing num_workers" warning.
 - loadtune: a peer tuner on PyPI (``pip install loadtune``), run through its Python API.
 - wellfed: ``wellfed.tune.tune``, the recommendation and its tuning time.
+- SPDL and torchdata.nodes: other libraries' thread pipelines, written as their docs write
+  them (``benchmarks/pipelines.py``), measured through ``measure(make_loader=...)``.
 - the grid: every configuration of :func:`grid_configs` (measured in ``benchmarks.run``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +33,20 @@ __all__ = [
     "grid_configs",
     "lightning_choice",
     "loadtune_choice",
+    "spdl_choice",
+    "torchdata_nodes_choice",
     "wellfed_choice",
     "zero_choice",
 ]
 
-#: prefetch_factor values of the grid. Source: issue 5 ({1, 2, 4}; 2 is PyTorch's default).
+#: prefetch_factor values of the grid's worker processes. Source: issue 5 ({1, 2, 4}; 2 is
+#: PyTorch's default).
 GRID_PREFETCH = (1, 2, 4)
+
+#: prefetch_factor values (batches in flight per thread) of the grid's thread workers and of
+#: its batched-fetch worker processes. Source: issue 12 ({2, 4}: 1 leaves a thread idle while
+#: its batch is handed over; 2 is PyTorch's default).
+GRID_THREAD_PREFETCH = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class Choice:
         note: Why it chose this, or why it was skipped.
         details: Anything else worth keeping (trials it ran, its own figures), JSON-ready.
         spec: The spec to measure the config on, when not the workload's own.
+        make_loader: ``config -> iterable`` to measure instead of the spec's SeededDataLoader
+            (``wellfed.measure.measure``'s hook); picklable.
+        loader: The library whose loader ``make_loader`` builds ("" for wellfed's, which is a
+            ``torch.utils.data.DataLoader``).
     """
 
     name: str
@@ -56,6 +72,16 @@ class Choice:
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     spec: LoaderSpec | None = None
+    make_loader: Any = None
+    loader: str = ""
+
+    def label(self) -> str | None:
+        """The configuration as the tables show it (prefixed by the loader when not wellfed's)."""
+        if self.config is None:
+            return None
+        if not self.loader:
+            return self.config.label()
+        return f"{self.loader}, {self.config.label()}"
 
 
 def _heuristic_config(spec: LoaderSpec, workers: int, pin: bool) -> LoaderConfig:
@@ -100,40 +126,90 @@ def lightning_choice(spec: LoaderSpec, pin: bool, local_world_size: int = 1) -> 
 
 
 def grid_configs(
-    spec: LoaderSpec, usable_cpus: int, has_cuda: bool, *, smoke: bool = False
+    spec: LoaderSpec,
+    usable_cpus: int,
+    has_cuda: bool,
+    *,
+    smoke: bool = False,
+    batched_fetch: bool = False,
+    extra_threads: Sequence[int] = (),
 ) -> list[LoaderConfig]:
-    """The exhaustive grid of issue 5.
+    """The exhaustive grid of issue 5, with issue 12's thread workers and batched fetch.
 
-    num_workers 0 .. 2 x usable CPUs, x pinned memory (only where a CUDA device exists),
-    x prefetch_factor GRID_PREFETCH, x persistent workers {False, True}; prefetch and
-    persistence only with num_workers > 0. The start method is the platform default.
+    x pinned memory (only where a CUDA device exists), each of:
 
-    With ``smoke``: num_workers {0, 2}, prefetch {2}, persistent {True}: the code path, not
-    the search.
+    - worker processes (issue 5): num_workers 0 .. 2 x usable CPUs, x prefetch_factor
+      GRID_PREFETCH, x persistent workers {False, True} (prefetch and persistence only with
+      num_workers > 0); the start method is the platform default;
+    - thread workers (map-style datasets only: threads share the sampler):
+      num_threads 1 .. 2 x usable CPUs, x prefetch_factor GRID_THREAD_PREFETCH; then each of
+      ``extra_threads`` above that, prefetch 2 (storage-bound data, where threads that wait
+      pay off far past the cores);
+    - with ``batched_fetch`` (a dataset whose ``dataset[list_of_indices]`` is the collated
+      batch): batched fetch in the main process, with the same thread counts and prefetch as
+      above, and with num_workers 1 .. 2 x usable CPUs x prefetch GRID_THREAD_PREFETCH x
+      persistent {False, True}.
+
+    With ``smoke``: num_workers {0, 2} (prefetch 2, persistent), 2 threads (prefetch 2), the
+    first extra thread count, and batched fetch in the main process and with 2 threads: the
+    code paths, not the search.
     """
     pins = (False, True) if has_cuda else (False,)
-    workers = (0, 2) if smoke else tuple(range(0, 2 * usable_cpus + 1))
+    top = 2 * usable_cpus
+    workers = (2,) if smoke else tuple(range(1, top + 1))
     prefetch = (2,) if smoke else GRID_PREFETCH
     persistent = (True,) if smoke else (False, True)
+    threads = (2,) if smoke else tuple(range(1, top + 1))
+    thread_prefetch = (2,) if smoke else GRID_THREAD_PREFETCH
+    extra = [t for t in extra_threads if t > top][: 1 if smoke else None]
+    bs = spec.batch_size
     configs = []
     for pin in pins:
+        configs.append(LoaderConfig(num_workers=0, batch_size=bs, pin_memory=pin))
         for w in workers:
-            if w == 0:
-                configs.append(
-                    LoaderConfig(num_workers=0, batch_size=spec.batch_size, pin_memory=pin)
-                )
-                continue
             for pf in prefetch:
                 for pers in persistent:
                     configs.append(
                         LoaderConfig(
                             num_workers=w,
-                            batch_size=spec.batch_size,
+                            batch_size=bs,
                             pin_memory=pin,
                             persistent_workers=pers,
                             prefetch_factor=pf,
                         )
                     )
+        if spec.is_iterable:
+            continue
+        for batched in (False, True) if batched_fetch else (False,):
+            if batched:
+                configs.append(LoaderConfig(batch_size=bs, pin_memory=pin, batched_fetch=True))
+            thread_grid = [(t, pf) for t in threads for pf in thread_prefetch]
+            thread_grid += [(t, 2) for t in extra]
+            for t, pf in thread_grid:
+                configs.append(
+                    LoaderConfig(
+                        num_threads=t,
+                        batch_size=bs,
+                        pin_memory=pin,
+                        prefetch_factor=pf,
+                        batched_fetch=batched,
+                    )
+                )
+            if not batched:
+                continue
+            for w in workers:
+                for pf in thread_prefetch:
+                    for pers in persistent:
+                        configs.append(
+                            LoaderConfig(
+                                num_workers=w,
+                                batch_size=bs,
+                                pin_memory=pin,
+                                persistent_workers=pers,
+                                prefetch_factor=pf,
+                                batched_fetch=True,
+                            )
+                        )
     return configs
 
 
@@ -143,28 +219,45 @@ def wellfed_choice(
     budget_s: float,
     measure_s: float | None,
     max_workers: int | None,
+    max_threads: int | None = None,
 ) -> tuple[Choice, Any]:
-    """Run ``wellfed.tune.tune`` (not stored) and return its recommendation and the result."""
+    """Run ``wellfed.tune.tune`` (not stored) and return its recommendation and the result.
+
+    ``max_workers`` and ``max_threads`` cap its worker-process and thread sweeps (None: its
+    defaults); the details keep every trial (backend, workers, label) and its probes' verdicts.
+    """
     from wellfed.tune import tune
 
     result = tune(
-        spec, budget_s=budget_s, measure_s=measure_s, max_workers=max_workers, store=False
+        spec,
+        budget_s=budget_s,
+        measure_s=measure_s,
+        max_workers=max_workers,
+        max_threads=max_threads,
+        store=False,
     )
     rec = result.recommended
     details = {
         "budget_s": budget_s,
         "measure_s": measure_s,
         "max_workers": max_workers,
+        "max_threads": max_threads,
         "stopped_because": result.stopped_because,
         "trials": [
             {
+                "label": t.config.label(),
+                "backend": t.config.backend,
                 "num_workers": t.config.num_workers,
+                "num_threads": t.config.num_threads,
+                "batched_fetch": t.config.batched_fetch,
                 "status": t.status,
                 "samples_per_s": t.samples_per_s,
                 "windows": len(t.window_samples_per_s),
             }
             for t in result.trials
         ],
+        "probes": result.probes,
+        "notes": list(result.notes),
         "tune_ceiling_samples_per_s": result.ceiling_samples_per_s,
         "tune_recommended_samples_per_s": rec.samples_per_s if rec else None,
     }
@@ -319,3 +412,81 @@ def loadtune_choice(
         )
     data["steps"], data["warmup"] = steps, warmup
     return Choice("loadtune", config, wall, note, data)
+
+
+def _pipeline_skip(spec: LoaderSpec, package: str) -> str | None:
+    """Why a pipeline contender cannot run on this workload, or None."""
+    from benchmarks.pipelines import available
+
+    if spec.is_iterable:
+        return (
+            "skipped: an IterableDataset has no indices to map (both pipelines are written "
+            "over a sampler and dataset.__getitem__, as their docs write them)"
+        )
+    if spec.batch_sampler is not None:
+        return "skipped: the workload has a custom batch_sampler"
+    if not available(package):
+        return f"skipped: {package} is not installed (pip install {package})"
+    return None
+
+
+def spdl_choice(spec: LoaderSpec, pin: bool) -> Choice:
+    """An SPDL thread pipeline (``benchmarks.pipelines.SpdlEpochs``) with SPDL's default threads.
+
+    Concurrency: ``SPDL_THREADS`` (8), the default of ``spdl.dataloader.DataLoader``, SPDL's
+    own DataLoader-style wrapper, used for each stage's concurrency and the thread pool.
+    """
+    from benchmarks import pipelines
+
+    skip = _pipeline_skip(spec, "spdl")
+    if skip:
+        return Choice("SPDL", None, note=skip, loader="SPDL pipeline")
+    import importlib.metadata
+
+    threads = pipelines.SPDL_THREADS
+    config = LoaderConfig(num_threads=threads, batch_size=spec.batch_size, pin_memory=pin)
+    return Choice(
+        "SPDL",
+        config,
+        note=(
+            f"spdl {importlib.metadata.version('spdl')} PipelineBuilder: source(sampler) -> "
+            f"pipe(__getitem__, concurrency={threads}) -> aggregate -> pipe(collate, "
+            f"concurrency={threads}) -> sink({pipelines.SPDL_SINK_BUFFER}), "
+            f"build(num_threads={threads}); {threads} = spdl.dataloader.DataLoader's default"
+        ),
+        details={"concurrency_source": "spdl.dataloader.DataLoader default num_threads"},
+        make_loader=functools.partial(pipelines.SpdlEpochs, spec),
+        loader="SPDL pipeline",
+    )
+
+
+def torchdata_nodes_choice(spec: LoaderSpec, pin: bool, threads: int, why: str) -> Choice:
+    """torchdata.nodes as its migration guide writes a DataLoader, with ``threads`` threads.
+
+    Its docs give no default thread count (ParallelMapper's ``num_workers`` is required; the
+    guide passes DataLoader's ``num_workers`` through), so the caller gives the grid's best
+    thread count (``why`` says where it came from).
+    """
+    from benchmarks import pipelines
+
+    skip = _pipeline_skip(spec, "torchdata")
+    if skip:
+        return Choice("torchdata.nodes", None, note=skip, loader="torchdata.nodes")
+    import importlib.metadata
+
+    config = LoaderConfig(
+        num_threads=threads, batch_size=spec.batch_size, pin_memory=pin, prefetch_factor=2
+    )
+    return Choice(
+        "torchdata.nodes",
+        config,
+        note=(
+            f"torchdata {importlib.metadata.version('torchdata')}, the migration guide's "
+            f"layout: SamplerWrapper -> Batcher -> ParallelMapper(MapAndCollate, "
+            f'num_workers={threads}, method="thread") -> Prefetcher({2 * threads}) -> Loader; '
+            f"{threads} threads = {why}"
+        ),
+        details={"concurrency_source": why},
+        make_loader=functools.partial(pipelines.TorchdataNodesEpochs, spec),
+        loader="torchdata.nodes",
+    )

@@ -6,7 +6,10 @@ For each workload (``benchmarks/workloads.py``), in one run, on the same data:
    ``os.cpu_count() // 2``, Lightning's suggestion, loadtune's choice, wellfed tune's
    recommendation (with its tuning time).
 2. The grid pass measures every configuration of the exhaustive grid once (its wall time is
-   the grid's total time).
+   the grid's total time): worker processes, thread workers, and batched fetch where the
+   workload's dataset allows it. Then the other libraries' thread pipelines join the
+   contenders: SPDL at its default thread count, torchdata.nodes at the grid pass's best
+   thread count (its docs give none).
 3. Re-measurement, to avoid the winner's curse: the grid's best is a maximum over many noisy
    trials, so its grid-pass figure is biased upward. The top ``--top-k`` grid configurations
    and every contender's configuration are measured again in ``--rounds`` interleaved rounds
@@ -20,7 +23,7 @@ Every figure is measured by ``wellfed.measure.measure`` (an isolated child proce
 worker start-up included in the first-batch time, memory of main process + workers sampled).
 
 Run:
-    python -m benchmarks.run                       # full run, ~20 min on 2 CPUs
+    python -m benchmarks.run                       # full run, ~17 min on 2 CPUs (README)
     python -m benchmarks.run --smoke               # < 3 min, what CI runs
     python -m benchmarks.run --workload jpeg --out /tmp/bench
 Writes ``suite_<tag>.jsonl`` (one record per contender and workload, plus a header and a
@@ -76,7 +79,7 @@ class Options:
         if smoke:
             return cls(True, 0.2, 0.2, 1, 1, 15.0, 0.2, 2, 3, 1)
         # Full run: wellfed tune with its defaults (what a user gets); loadtune at half its
-        # CLI defaults (100 steps, 10 warm-up) to fit the suite in ~20 min on 2 CPUs.
+        # CLI defaults (100 steps, 10 warm-up) to fit the suite in ~17 min on 2 CPUs.
         return cls(False, 1.5, 2.0, 3, 3, 75.0, None, None, 50, 5)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class Measured:
     key: tuple[Any, ...]
     spec: Any
     config: Any
+    make_loader: Any = None
     trials: list[Any] = field(default_factory=list)
 
     def windows(self) -> list[float]:
@@ -138,17 +142,27 @@ def _pct(values: Sequence[float], pct: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def _config_key(spec: Any, config: Any, default_method: str) -> tuple[Any, ...]:
-    """Configurations that load identically share a key (PyTorch's defaults made explicit)."""
-    w = config.num_workers
+def _config_key(spec: Any, config: Any, default_method: str, loader: str = "") -> tuple[Any, ...]:
+    """Configurations that load identically share a key (PyTorch's defaults made explicit).
+
+    The backend and its worker count (processes or threads), the batch size, pinning,
+    persistence and start method (processes only), prefetch (None is 2 for processes and
+    threads alike; none in the main process alone), batched fetch, and the loader library
+    (``loader``: "" for wellfed's own, else the pipeline a contender measures).
+    """
+    w = config.workers
+    process = config.num_workers > 0
     return (
         id(spec),
+        loader,
+        config.backend,
         w,
         config.batch_size,
         config.pin_memory,
-        config.persistent_workers if w else False,
+        config.persistent_workers if process else False,
         (config.prefetch_factor or 2) if w else None,
-        (config.multiprocessing_context or default_method) if w else None,
+        (config.multiprocessing_context or default_method) if process else None,
+        bool(config.batched_fetch),
     )
 
 
@@ -251,7 +265,9 @@ def run_workload(
     log(f"{name}: {wl.description}; {wl.dataset_samples} samples, batch_size={spec.batch_size}")
 
     def timeout_for(config: Any, measure_s: float) -> float:
-        return 60.0 + 3.0 * config.num_workers + 8.0 * measure_s
+        # Process start-up ~3 s each at worst on a busy 2-CPU machine; threads start in
+        # milliseconds but measure() loads 6 batches per thread at least (0.5 s covers it).
+        return 60.0 + 3.0 * config.num_workers + 0.5 * config.num_threads + 8.0 * measure_s
 
     # 1. The contenders choose.
     choices: list[Any] = [
@@ -277,6 +293,7 @@ def run_workload(
         budget_s=opts.tune_budget_s,
         measure_s=opts.tune_measure_s,
         max_workers=opts.tune_max_workers,
+        max_threads=opts.tune_max_workers,  # the smoke run caps threads as it caps workers
     )
     choices.append(wchoice)
     log(
@@ -287,7 +304,14 @@ def run_workload(
         choices.append(C.Choice(label, xconfig, 0.0, xnote, spec=xspec))
 
     # 2. The grid pass.
-    grid = C.grid_configs(spec, info.usable_cpus, has_cuda, smoke=opts.smoke)
+    grid = C.grid_configs(
+        spec,
+        info.usable_cpus,
+        has_cuda,
+        smoke=opts.smoke,
+        batched_fetch=wl.batched_fetch,
+        extra_threads=wl.extra_threads,
+    )
     log(f"{name}: grid pass, {len(grid)} configurations x {opts.grid_measure_s}s")
     grid_started = time.perf_counter()
     grid_trials = [
@@ -305,18 +329,37 @@ def run_workload(
             f"{top.samples_per_s or 0:.0f} samples/s"
         )
     grid_pass = {_config_key(spec, t.config, method): t for t in grid_trials}
+    best_by_backend: dict[str, Any] = {}
+    for t in ok_grid:  # fastest first
+        kind = t.config.backend + (", batched fetch" if t.config.batched_fetch else "")
+        best_by_backend.setdefault(kind, t)
+
+    # The other libraries' thread pipelines: SPDL at its documented default thread count;
+    # torchdata.nodes, whose docs give none, at the grid pass's best thread count.
+    best_thread = next((t for t in ok_grid if t.config.backend == "thread"), None)
+    if best_thread is not None:
+        td_threads = best_thread.config.num_threads
+        td_why = f"the grid pass's best thread configuration ({best_thread.config.label()})"
+    else:
+        td_threads = info.usable_cpus
+        td_why = "the usable CPUs (no thread configuration of the grid pass ran)"
+    choices.append(C.spdl_choice(spec, has_cuda))
+    choices.append(C.torchdata_nodes_choice(spec, has_cuda, td_threads, td_why))
 
     # 3. Re-measure the top-k grid configurations and every contender's, interleaved.
     measured: dict[tuple[Any, ...], Measured] = {}
 
-    def add(xspec: Any, config: Any) -> tuple[Any, ...]:
-        key = _config_key(xspec, config, method)
-        measured.setdefault(key, Measured(key, xspec, config))
+    def add(xspec: Any, config: Any, make_loader: Any = None, loader: str = "") -> tuple[Any, ...]:
+        key = _config_key(xspec, config, method, loader)
+        measured.setdefault(key, Measured(key, xspec, config, make_loader))
         return key
 
     top_keys = [add(spec, t.config) for t in ok_grid[: opts.top_k]]
     choice_keys = [
-        add(ch.spec or spec, ch.config) if ch.config is not None else None for ch in choices
+        add(ch.spec or spec, ch.config, ch.make_loader, ch.loader)
+        if ch.config is not None
+        else None
+        for ch in choices
     ]
     zero_key = add(spec, C.zero_choice(spec, has_cuda).config)
     order = list(measured.values())
@@ -330,6 +373,7 @@ def run_workload(
                     m.config,
                     measure_s=opts.measure_s,
                     timeout_s=timeout_for(m.config, opts.measure_s),
+                    make_loader=m.make_loader,
                 )
             )
     summaries = {k: m.summary() for k, m in measured.items()}
@@ -388,7 +432,11 @@ def run_workload(
             "contender": contender,
             "status": s.get("status", "skipped") if config is not None else "skipped",
             "config": config.to_dict() if config is not None else None,
-            "config_label": config.label() if config is not None else None,
+            "config_label": (ch.label() if ch is not None else config.label())
+            if config is not None
+            else None,
+            "backend": config.backend if config is not None else None,
+            "loader": (ch.loader if ch is not None else "") or "wellfed (torch DataLoader)",
             "same_config_as": None,
             "samples_per_s_p50": s.get("samples_per_s_p50"),
             "samples_per_s_p25": s.get("samples_per_s_p25"),
@@ -435,6 +483,11 @@ def run_workload(
         "start_method": method,
         "notes": list(wl.notes),
         "grid_configs": len(grid),
+        "grid_composition": _composition(grid),
+        "grid_pass_best_by_backend": {
+            kind: {"label": t.config.label(), "samples_per_s": t.samples_per_s}
+            for kind, t in best_by_backend.items()
+        },
         "grid_failed": [
             t.config.label() + ": " + (t.error or t.status).splitlines()[0]
             for t in grid_trials
@@ -446,6 +499,7 @@ def run_workload(
             {
                 "config": t.config.to_dict(),
                 "label": t.config.label(),
+                "backend": t.config.backend,
                 "status": t.status,
                 "samples_per_s": t.samples_per_s,
                 "samples_per_s_iqr": t.samples_per_s_spread,
@@ -487,6 +541,15 @@ def run_workload(
         f"{_fmt_ratio(summary['wellfed_to_grid_best'])}"
     )
     return records
+
+
+def _composition(grid: Sequence[Any]) -> dict[str, int]:
+    """Grid configurations per backend ("process", "thread", "main"), and with batched fetch."""
+    out = {"process": 0, "thread": 0, "main": 0, "batched_fetch": 0}
+    for c in grid:
+        out[c.backend] += 1
+        out["batched_fetch"] += bool(c.batched_fetch)
+    return out
 
 
 def _fmt_ratio(x: float | None) -> str:
@@ -627,10 +690,20 @@ def _workload_section(w: dict[str, Any], records: list[dict[str, Any]], cpus: in
     )
     curse = w["winners_curse_fraction"]
     curse_text = "-" if curse is None else f"{curse * 100:+.1f}%"
+    comp = w.get("grid_composition") or {}
+    parts = [f"{comp[k]} {k}" for k in ("process", "thread", "main") if comp.get(k)]
+    if comp.get("batched_fetch"):
+        parts.append(f"{comp['batched_fetch']} of them with batched fetch")
+    by_backend = "; ".join(
+        f"{kind}: {b['label']} at {_fmt_rate(b['samples_per_s'])}"
+        for kind, b in (w.get("grid_pass_best_by_backend") or {}).items()
+    )
     lines += [
         "",
-        f"Grid: {w['grid_configs']} configurations in {w['grid_time_s']:.0f} s "
-        f"({w['grid_measure_s']} s each). Grid-pass winner {w['grid_pass_winner_label']} at "
+        f"Grid: {w['grid_configs']} configurations ({', '.join(parts)}) in "
+        f"{w['grid_time_s']:.0f} s ({w['grid_measure_s']} s each). Grid-pass best per backend "
+        f"(one pass, not re-measured): {by_backend or '-'}. Grid-pass winner "
+        f"{w['grid_pass_winner_label']} at "
         f"{_fmt_rate(w['grid_pass_max_samples_per_s'])} samples/s, re-measured "
         f"{_fmt_rate(w['grid_pass_winner_remeasured_samples_per_s'])}: winner's curse "
         f"{curse_text}. The grid's own pick after re-measuring its top k: "
