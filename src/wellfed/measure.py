@@ -262,6 +262,13 @@ def batch_length(batch: Any) -> int:
     return 1
 
 
+#: Batches arrive in bursts of about one per worker, so a measurement window spans two rounds
+#: of the workers; past this many workers (many threads waiting on storage, whose batches
+#: finish at random times) a round is taken as this many batches, so that a 256-thread trial
+#: needs ~200 measured batches, not ~1,500 (issue 12: 8.8 s for one such trial before).
+_BURST_CAP = 32
+
+
 def _run_trial(
     make_loader: Callable[[LoaderConfig], Any],
     config: LoaderConfig,
@@ -283,7 +290,7 @@ def _run_trial(
             first_batch_s = clock() - start
             # Warm-up: at least one batch per worker beyond the prefetched queue, so that the
             # measured span sees steady state rather than batches already waiting.
-            for _ in range(max(warmup_batches, config.workers)):
+            for _ in range(max(warmup_batches, min(config.workers, _BURST_CAP))):
                 next(batches)
             stamps: list[float] = []
             sizes: list[int] = []
@@ -292,7 +299,7 @@ def _run_trial(
             cpu0 = time.process_time()
             last = t0
             deadline = t0 + measure_s
-            min_batches = max(min_batches, 3 * max(3, 2 * config.workers))
+            min_batches = max(min_batches, 3 * max(3, 2 * min(config.workers, _BURST_CAP)))
             while len(stamps) < min_batches or last < deadline:
                 before = clock()
                 batch = next(batches)  # a new epoch's start-up counts, as in training
@@ -310,7 +317,7 @@ def _run_trial(
     n = len(stamps)
     # A window spans at least two rounds of the workers (batches arrive in bursts of about
     # num_workers), so that a window's rate is not the luck of one burst.
-    per_window = max(3, 2 * config.workers)
+    per_window = max(3, 2 * min(config.workers, _BURST_CAP))
     k = max(1, min(windows, n // per_window))
     edges = [round(i * n / k) for i in range(k + 1)]
     rates: list[float] = []

@@ -76,6 +76,10 @@ TRAILING = 0.90
 #: in bursts, and a deeper prefetch queue (prefetch_factor 4) is measured.
 BURSTY = 2.0
 
+#: ...and only when that 90th-percentile wait is at least this long, seconds: below a
+#: millisecond the queue is not what the consumer waits for.
+MIN_BURST_S = 1e-3
+
 #: Rounds of re-measurement for configurations the noise cannot separate.
 MAX_REPEAT_ROUNDS = 2
 
@@ -539,8 +543,18 @@ def _climb(
         else:
             notes.append(f"{trial.config.label()} {trial.status}; {_PLURAL[backend]} not climbed")
     while climbing:
+        overall = max([_rate(main), *(_rate(t) for t in best.values())])
+        for other in list(climbing):
+            if _rate(best[other]) < TRAILING * overall:
+                climbing.remove(other)
+                notes.append(
+                    f"{_PLURAL[other]} not climbed further: their best "
+                    f"({_rate(best[other]):.0f} samples/s) trails the fastest so far "
+                    f"({overall:.0f}) by more than {1 - TRAILING:.0%}"
+                )
+        if not climbing:
+            break
         leader = max(climbing, key=lambda b: _rate(best[b]))
-        overall = max(_rate(t) for t in best.values())
         backend = leader
         count = last[backend] * factor
         if count > caps[backend]:
@@ -554,33 +568,30 @@ def _climb(
         last[backend] = count
         if not _gained(trial, best[backend]):
             climbing.remove(backend)
-            if trial.ok and _rate(trial) > _rate(best[backend]):
-                best[backend] = trial
             why = (
                 trial.status
                 if not trial.ok
                 else (
-                    f"{_rate(trial):.0f} vs {_rate(best[backend]):.0f} samples/s, less than a "
-                    f"{CLEAR_GAIN - 1:.0%} gain"
+                    f"{_rate(trial):.0f} vs {_rate(best[backend]):.0f} samples/s at "
+                    f"{best[backend].config.workers}, less than a {CLEAR_GAIN - 1:.0%} gain"
                 )
             )
+            if trial.ok and _rate(trial) > _rate(best[backend]):
+                best[backend] = trial
             notes.append(f"{_PLURAL[backend]} stopped at {count} ({why})")
             continue
         best[backend] = trial
-        overall = max(overall, _rate(trial))
-        for other in list(climbing):
-            if other != backend and _rate(best[other]) < TRAILING * overall:
-                climbing.remove(other)
-                notes.append(
-                    f"{_PLURAL[other]} not climbed further: their best ({_rate(best[other]):.0f} "
-                    f"samples/s) trails the leader ({overall:.0f}) by more than "
-                    f"{1 - TRAILING:.0%}"
-                )
     if not best:
         return
     leader_backend = max(best, key=lambda b: _rate(best[b]))
     top: Trial = best[leader_backend]
     if leader_backend == "thread" and not threads_safe:
+        return
+    if _rate(main) >= _rate(top):
+        notes.append(
+            f"the main process alone ({_rate(main):.0f} samples/s) beat every worker "
+            f"configuration (best: {top.config.label()}, {_rate(top):.0f})"
+        )
         return
     # after a 4x climb, the neighbours of the best count
     if factor > 2:
@@ -598,7 +609,7 @@ def _climb(
                     top = trial
     # prefetch depth, when batches arrive in bursts
     p50, p90 = top.wait_s_p50, top.wait_s_p90
-    if top.config.workers > 0 and p50 and p90 and p90 > BURSTY * p50:
+    if top.config.workers > 0 and p50 and p90 and p90 > BURSTY * p50 and p90 >= MIN_BURST_S:
         trial = run(config(leader_backend, top.config.workers, prefetch=4))
         if trial is not None:
             notes.append(
@@ -648,7 +659,12 @@ def _recommend(
         return _rate(t) >= floor
 
     near = [t for t in ok_trials if equally_fast(t)]
-    chosen = min(near, key=lambda t: (t.config.workers, t.peak_memory_bytes or 0))
+    # fewest workers, then PyTorch's default prefetch depth (a deeper queue only when it is
+    # clearly faster), then the least memory
+    chosen = min(
+        near,
+        key=lambda t: (t.config.workers, t.config.prefetch_factor or 2, t.peak_memory_bytes or 0),
+    )
     rate = _rate(chosen)
     base_rate = _rate(baseline) or None
     speedup = rate / base_rate if base_rate else None
