@@ -264,3 +264,59 @@ def test_auto_builds_a_stored_thread_and_batched_fetch_pick() -> None:
 
 def _stack(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     return torch.utils.data.default_collate(samples)
+
+
+class GlobalRngDataset:
+    """Draws from torch's process-wide RNG (as torchvision's transforms do); waits 2 ms."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(0.002)
+        return torch.rand(4), index
+
+
+@pytest.mark.workers
+def test_tune_refuses_threads_for_a_dataset_drawing_from_the_global_rng() -> None:
+    from wellfed.target import spec_from_object
+    from wellfed.tune import NEAR_BEST, tune
+
+    spec = spec_from_object(GlobalRngDataset()).with_batch_size(4)
+    result = tune(spec, budget_s=30, max_workers=0, max_threads=4, measure_s=0.3, store=False)
+    threads = result.probes["threads"]
+    assert threads["safe"] is False
+    assert "process-wide RNG" in threads["why"]
+    assert "sample_generator" in threads["fix"]
+    assert result.recommended is not None
+    assert result.recommended.config.backend != "thread"
+    measured = [t for t in result.trials if t.config.backend == "thread"]
+    assert len(measured) == 1  # measured once, to report the gap, not climbed
+    fastest = result.best
+    assert fastest is not None
+    if fastest.config.backend == "thread" and fastest.samples_per_s > (1 + NEAR_BEST) * (
+        result.recommended.samples_per_s
+    ):
+        assert any("would be fastest" in n and "sample_generator" in n for n in result.notes)
+
+
+class TokenizedDataset(SampleGenDataset):
+    """Holds one real Hugging Face fast tokenizer, shared by whoever loads."""
+
+    def __init__(self) -> None:
+        import tokenizers
+
+        self.tokenizer = tokenizers.Tokenizer(
+            tokenizers.models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")
+        )
+
+
+def test_the_probe_flags_a_shared_fast_tokenizer() -> None:
+    pytest.importorskip("tokenizers")
+    from wellfed.target import spec_from_object
+    from wellfed.tune._probe import probe_dataset
+
+    probes = probe_dataset(spec_from_object(TokenizedDataset()))
+    assert probes["threads"]["safe"] is False
+    assert "dataset.tokenizer" in probes["threads"]["why"]
+    assert "Already borrowed" in probes["threads"]["why"]

@@ -33,7 +33,8 @@ __all__ = [
 DEFAULT_BUDGET_S = 75.0
 
 #: A configuration within this fraction of the fastest counts as equally fast; among those the
-#: one with fewer workers, then less memory, is recommended; so is one that the noise left
+#: one with the fewest workers (among as many workers, the fastest) is recommended; so is one
+#: that the noise left
 #: after the repeats cannot separate from the fastest. Source: issue 2's rule ("fastest
 #: configuration within 3% of the best"); 3% is also about the run-to-run spread measured here.
 NEAR_BEST = 0.03
@@ -161,6 +162,11 @@ def _rate(t: Trial | None) -> float:
     return (t.samples_per_s or 0.0) if t is not None and t.ok else 0.0
 
 
+def _cost(t: Trial) -> int:
+    """What a configuration costs, for ties: its workers (threads or processes)."""
+    return t.config.workers
+
+
 def _gained(new: Trial, old: Trial | None) -> bool:
     """Whether ``new`` beats ``old`` by CLEAR_GAIN, beyond 2 standard errors of its own noise.
 
@@ -206,12 +212,14 @@ def tune(
        count are measured.
     4. When batches arrive in bursts (90th-percentile wait over the median above BURSTY),
        the leader is measured again with prefetch_factor 4.
-    5. Configurations the noise cannot separate from the best are re-measured (up to
-       MAX_REPEAT_ROUNDS) and pooled.
+    5. Configurations with no more workers than the fastest that the noise cannot separate
+       from it are re-measured with it (up to MAX_REPEAT_ROUNDS) and pooled: only they could
+       be recommended instead.
 
     The recommendation is the configuration within NEAR_BEST of the fastest (or not separable
     from it by the measured noise, never beyond MAX_NEAR) with the fewest workers (threads or
-    processes), then the least memory; thread workers only when the probe found them safe.
+    processes); among as many workers the fastest, then the least memory; thread workers only
+    when the probe found them safe.
 
     Args:
         target: A LoaderSpec, Dataset or DataLoader (see ``resolve_target`` for TARGET strings).
@@ -282,7 +290,7 @@ def tune(
         if findings:
             cap = 0
     probes: dict[str, Any] = {}
-    if not spec.is_iterable and (thread_cap > 0 or not spec.is_iterable):
+    if not spec.is_iterable:
         report("probing batched fetch and thread safety")
         from wellfed.tune._probe import probe_dataset
 
@@ -373,14 +381,16 @@ def tune(
         )
 
     # 5. re-measure configurations that noise cannot separate from the best
+    # Only those that could be recommended instead of the leader (no more workers than it)
+    # are worth the time: one with more workers loses the tie anyway.
     for _round in range(MAX_REPEAT_ROUNDS):
-        ok = [t for t in trials.values() if t.ok]
+        ok = [t for t in trials.values() if t.ok and (t.config.backend != "thread" or threads_safe)]
         if len(ok) < 2:
             break
         leader = max(ok, key=_rate)
         unsure = []
         for t in ok:
-            if t is leader:
+            if t is leader or _cost(t) > _cost(leader):
                 continue
             noise = 2.0 * math.hypot(_standard_error(t), _standard_error(leader))
             if _rate(t) + noise >= (1 - NEAR_BEST) * _rate(leader):
@@ -659,12 +669,8 @@ def _recommend(
         return _rate(t) >= floor
 
     near = [t for t in ok_trials if equally_fast(t)]
-    # fewest workers, then PyTorch's default prefetch depth (a deeper queue only when it is
-    # clearly faster), then the least memory
-    chosen = min(
-        near,
-        key=lambda t: (t.config.workers, t.config.prefetch_factor or 2, t.peak_memory_bytes or 0),
-    )
+    # the fewest workers; among as many workers (prefetch depth, batched fetch), the fastest
+    chosen = min(near, key=lambda t: (_cost(t), -_rate(t), t.peak_memory_bytes or 0))
     rate = _rate(chosen)
     base_rate = _rate(baseline) or None
     speedup = rate / base_rate if base_rate else None
@@ -683,7 +689,7 @@ def _recommend(
         head = (
             f"(measured): {what}, {rate:.0f} samples/s, within {NEAR_BEST:.0%} or the noise of "
             f"the fastest ({best.config.label()}, {_rate(best):.0f} samples/s) with fewer "
-            "workers and less memory"
+            "workers"
         )
     if cfg.backend == "thread":
         procs = [t for t in ok_trials if t.config.backend == "process"]
