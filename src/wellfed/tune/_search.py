@@ -632,7 +632,7 @@ def _climb(
     # after a 2x climb the count halfway to the next one measured (3 threads on 2 CPUs: the
     # grid pass's winner on jpeg in 2 of 3 runs, where tune measured only 2 and 4)
     count = top.config.workers
-    between = (count * 2, count // 2) if factor > 2 else (count + count // 2,)
+    between: tuple[int, ...] = (count * 2, count // 2) if factor > 2 else (count + count // 2,)
     if factor == 2 and config(leader_backend, count * 2) not in trials:
         between = ()  # the climb did not reach past the best count: nothing in between
     if count >= 2:
