@@ -453,7 +453,10 @@ class SeededDataLoader(DataLoader[Any]):
     What to load: ``dataset`` (map-style; ``loader.dataset`` is this very object), ``batch_size``,
     ``shuffle``, ``sampler`` or ``batch_sampler``, ``collate_fn``, ``drop_last``. How to
     parallelise: ``num_workers``, ``multiprocessing_context``, ``persistent_workers``,
-    ``prefetch_factor``, ``pin_memory``, ``worker_init_fn``, ``timeout``. How to reproduce and
+    ``prefetch_factor``, ``pin_memory``, ``worker_init_fn``, ``timeout``; or, wellfed's own,
+    ``num_threads`` (thread workers in the main process, ``wellfed.backends``; they exclude
+    ``num_workers``, and ``prefetch_factor`` is then batches in flight per thread) and
+    ``batched_fetch`` (one ``dataset[list_of_indices]`` call per batch, default collate only). How to reproduce and
     resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
 
     Args:
@@ -480,6 +483,10 @@ class SeededDataLoader(DataLoader[Any]):
     ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects, or torch's
     (``SequentialSampler``, ``RandomSampler``, ``BatchSampler``): the seeds are attached to the
     indices inside the loader's iterator, so a DataLoader rebuilt from them works (unseeded).
+
+    Under thread workers the process-wide RNGs are left alone (threads share them): seeded
+    batches then equal ``num_workers=0``'s when the dataset draws from ``sample_rng()`` /
+    ``sample_generator()``.
 
     Seeded loading in the main process (``num_workers=0``) seeds and restores the process-wide
     RNGs under a lock, so loaders iterated from several threads do not mix their seeds. Other
