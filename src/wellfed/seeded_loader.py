@@ -456,8 +456,8 @@ class SeededDataLoader(DataLoader[Any]):
     ``prefetch_factor``, ``pin_memory``, ``worker_init_fn``, ``timeout``; or, wellfed's own,
     ``num_threads`` (thread workers in the main process, ``wellfed.backends``; they exclude
     ``num_workers``, and ``prefetch_factor`` is then batches in flight per thread) and
-    ``batched_fetch`` (one ``dataset[list_of_indices]`` call per batch, default collate only). How to reproduce and
-    resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
+    ``batched_fetch`` (one ``dataset[list_of_indices]`` call per batch, default collate only).
+    How to reproduce and resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
 
     Args:
         dataset: The user's dataset. With ``seed``, it must be map-style.
