@@ -59,8 +59,9 @@ TENSORS_PER_BATCH = 8
 
 #: A climb step that gains less than this factor is confirmed by measuring the previous
 #: count again right after it: between two trials seconds apart, the load of a shared 2-core
-#: machine moved single figures by 10-15% (benchmarks/results/published/suite_2cpu.md,
-#: model-in-dataset), while a real gain from doubling the workers is usually larger.
+#: machine moved single figures by 10-15% (model-in-dataset across the four suite runs in
+#: benchmarks/README.md, 'Published results'), while a real gain from doubling the workers
+#: is usually larger.
 CONFIRM_GAIN = 1.25
 
 #: Most worker processes tried, whatever memory and files allow.
