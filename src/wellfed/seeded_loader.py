@@ -284,6 +284,24 @@ def _backend_options(kwargs: dict[str, Any]) -> tuple[int, int | None, bool]:
     return num_threads, kwargs.pop("prefetch_factor", None), batched_fetch
 
 
+class _EpochRandomSampler(RandomSampler):
+    """torch's RandomSampler, plus ``set_epoch`` (as ``DistributedSampler`` has it).
+
+    The sampler of a seeded loader with ``shuffle=True``. Frameworks that set the epoch on a
+    loader's sampler (Lightning's fit loop calls ``sampler.set_epoch(epoch)`` before every
+    epoch, also on a freshly reloaded loader) thereby tell the loader which epoch it is; the
+    loader follows it (see ``SeededDataLoader.__iter__``). Still an ``isinstance`` of
+    ``RandomSampler``, so code that checks for shuffling (Lightning's
+    ``_is_dataloader_shuffled``) sees it.
+    """
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Record the epoch (the loader reseeds the order from (seed, epoch) itself)."""
+        self.epoch = epoch
+
+
 def _epoch_target(user: Any) -> Any:
     """The object whose ``set_epoch`` wellfed forwards to: the user's sampler or batch sampler,
     or the sampler inside the user's batch sampler (a BatchSampler over a DistributedSampler)."""
@@ -520,6 +538,8 @@ class SeededDataLoader(DataLoader[Any]):
             if name in kwargs:
                 raise TypeError(f"SeededDataLoader got multiple values for argument {name!r}")
             kwargs[name] = value
+        # the call as made, for frameworks that rebuild the loader from it (_keep_rebuild_args)
+        call = dict(kwargs) if seed is None else {**kwargs, "seed": seed}
         num_threads, thread_prefetch, batched_fetch = _backend_options(kwargs)
         self.num_threads: int = num_threads
         self.thread_prefetch_factor: int | None = thread_prefetch
@@ -536,6 +556,7 @@ class SeededDataLoader(DataLoader[Any]):
         self.plan: Any = None  # a wellfed.loader.LoaderPlan when create_dataloader built it
         if seed is None:
             super().__init__(dataset, **kwargs)
+            self._keep_rebuild_args(dataset, call)
             self._check_batched_fetch(kwargs.get("collate_fn"))
             if batched_fetch and not _has_batched_fetch(dataset):
                 self._wf_fetch = IndexBatchFetch(dataset)
@@ -592,20 +613,22 @@ class SeededDataLoader(DataLoader[Any]):
         user = batch_sampler if batch_sampler is not None else sampler
         shuffle_gen: torch.Generator | None = None
         if shuffle:
-            # torch's own RandomSampler, with a generator wellfed reseeds from (seed, epoch)
+            # torch's RandomSampler (a subclass that takes set_epoch), with a generator wellfed
+            # reseeds from (seed, epoch)
             shuffle_gen = torch.Generator()
-            sampler = RandomSampler(dataset, generator=shuffle_gen)
+            sampler = _EpochRandomSampler(dataset, generator=shuffle_gen)
         if batch_sampler is not None:
             kwargs["batch_sampler"] = batch_sampler
         elif sampler is not None:
             kwargs["sampler"] = sampler
         collate_fn = kwargs.get("collate_fn")
         super().__init__(dataset, **kwargs)
+        self._keep_rebuild_args(dataset, call)
         base = self.batch_sampler if self._auto_collation else self.sampler
         self._wf_index = _SeededIndex(self.seed, base, self._auto_collation, shuffle_gen)
         self._wf_user_sampler = user
         self._wf_shuffle = shuffle
-        target = _epoch_target(user)
+        target = _epoch_target(user if user is not None else (sampler if shuffle else None))
         self._wf_epoch_target = target
         start = getattr(target, "epoch", None)
         if _valid_epoch(start):
@@ -649,6 +672,33 @@ class SeededDataLoader(DataLoader[Any]):
                 attribute="batched_fetch",
                 value=True,
             )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # wellfed's own state is set with object.__setattr__: Lightning records the attributes
+        # set on a DataLoader after its __init__ (through a patched DataLoader.__setattr__)
+        # and replays them onto the loader it rebuilds with a DistributedSampler; replaying
+        # the old seeded index stream (over the old sampler) trained every rank on all data.
+        if name.startswith("_wf_"):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _keep_rebuild_args(self, dataset: Any, call: dict[str, Any]) -> None:
+        """Make a framework's record of this loader's arguments the call as made.
+
+        Lightning (``_replace_dunder_methods``) records the arguments of each DataLoader
+        ``__init__`` to rebuild the loader later (with a ``DistributedSampler``). When
+        ``SeededDataLoader`` was first imported inside that patch (wellfed imports it lazily,
+        so ``create_dataloader`` in ``train_dataloader()`` does), only torch's
+        ``DataLoader.__init__`` is wrapped, and it records what this class passed on:
+        without ``seed``, with wellfed's own sampler. The rebuilt loader was then unseeded.
+        """
+        saved = self.__dict__.get("__pl_saved_kwargs")
+        if saved is None or (saved.get("seed") == call.get("seed") and "sampler" not in saved):
+            return
+        object.__setattr__(self, "__pl_saved_args", (dataset,))
+        object.__setattr__(self, "__pl_saved_kwargs", dict(call))
+        object.__setattr__(self, "__pl_saved_arg_names", ("dataset",))
 
     @property
     def _index_sampler(self) -> Any:
@@ -709,6 +759,11 @@ class SeededDataLoader(DataLoader[Any]):
             return self._wf_pending
         if p is None:
             return 0, 0
+        if p.yielded == 0 and not p.exhausted:
+            # an iterator that delivered nothing did not use its epoch up: Lightning creates
+            # one per reloaded loader before the one it trains on (reload_dataloaders_every_n_
+            # epochs), and a second epoch 1 would follow
+            return p.epoch, p.start
         return p.epoch + 1, 0
 
     def _get_iterator(self) -> _BaseDataLoaderIter:
