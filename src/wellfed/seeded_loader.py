@@ -490,7 +490,8 @@ class SeededDataLoader(DataLoader[Any]):
         plan: The LoaderPlan ``create_dataloader`` resolved, or None.
 
     Epochs: the first iteration is epoch 0 and each new ``iter(loader)`` is the next epoch,
-    also after an iteration stopped early (a step-limited epoch); ``set_epoch(e)`` makes the
+    also after an iteration stopped early (a step-limited epoch), but not after an iterator
+    that delivered no batch (Lightning makes one per reloaded loader); ``set_epoch(e)`` makes the
     next iteration epoch ``e``. A peek with ``next(iter(loader))`` therefore uses up epoch 0:
     call ``loader.set_epoch(0)`` after it to start training at epoch 0. With a sampler
     that has ``set_epoch`` (``DistributedSampler``), wellfed forwards the epoch to it on every
