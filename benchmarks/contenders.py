@@ -164,20 +164,25 @@ def grid_configs(
     extra = [t for t in extra_threads if t > top][: 1 if smoke else None]
     bs = spec.batch_size
     configs = []
+
+    def processes(pin: bool, prefetches: Sequence[int], batched: bool) -> list[LoaderConfig]:
+        return [
+            LoaderConfig(
+                num_workers=w,
+                batch_size=bs,
+                pin_memory=pin,
+                persistent_workers=pers,
+                prefetch_factor=pf,
+                batched_fetch=batched,
+            )
+            for w in workers
+            for pf in prefetches
+            for pers in persistent
+        ]
+
     for pin in pins:
         configs.append(LoaderConfig(num_workers=0, batch_size=bs, pin_memory=pin))
-        for w in workers:
-            for pf in prefetch:
-                for pers in persistent:
-                    configs.append(
-                        LoaderConfig(
-                            num_workers=w,
-                            batch_size=bs,
-                            pin_memory=pin,
-                            persistent_workers=pers,
-                            prefetch_factor=pf,
-                        )
-                    )
+        configs += processes(pin, prefetch, batched=False)
         if spec.is_iterable:
             continue
         for batched in (False, True) if batched_fetch else (False,):
@@ -195,21 +200,8 @@ def grid_configs(
                         batched_fetch=batched,
                     )
                 )
-            if not batched:
-                continue
-            for w in workers:
-                for pf in thread_prefetch:
-                    for pers in persistent:
-                        configs.append(
-                            LoaderConfig(
-                                num_workers=w,
-                                batch_size=bs,
-                                pin_memory=pin,
-                                persistent_workers=pers,
-                                prefetch_factor=pf,
-                                batched_fetch=True,
-                            )
-                        )
+            if batched:
+                configs += processes(pin, thread_prefetch, batched=True)
     return configs
 
 

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
 from torch.utils.data.dataloader import (
     _BaseDataLoaderIter,
+    _DatasetKind,
     _MultiProcessingDataLoaderIter,
     _SingleProcessDataLoaderIter,
 )
@@ -655,7 +656,7 @@ class SeededDataLoader(DataLoader[Any]):
         from torch.utils.data import default_collate
 
         problem = None
-        if self._dataset_kind != 0:  # torch's _DatasetKind.Iterable
+        if self._dataset_kind != _DatasetKind.Map:
             problem = "the dataset is iterable-style (no indices to fetch by)"
         elif not self._auto_collation:
             problem = "batch_size=None turns off batching"

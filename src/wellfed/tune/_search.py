@@ -297,18 +297,12 @@ def tune(
         findings = _safety_findings(spec, method, has_cuda)
         if findings:
             cap = 0
-    probes: dict[str, Any] = {}
+    from wellfed.tune._probe import probe_dataset
+
     if not spec.is_iterable:
         report("probing batched fetch and thread safety")
-        from wellfed.tune._probe import probe_dataset
-
-        probes = probe_dataset(spec, timeout_s=max(30.0, 10 * per_trial))
-    else:
-        why = "the dataset is iterable-style (no indices to fetch by, one iterator to share)"
-        probes = {
-            "batched_fetch": {"eligible": False, "why": why},
-            "threads": {"safe": False, "why": why, "fix": None},
-        }
+    # an iterable dataset gets its verdicts without a probe (no indices, one iterator)
+    probes = probe_dataset(spec, timeout_s=max(30.0, 10 * per_trial))
     threads_safe = bool(probes.get("threads", {}).get("safe"))
     if spec.is_iterable:
         thread_cap = 0
@@ -317,6 +311,11 @@ def tune(
     notes: list[str] = []
     stopped = ""
     per_worker_bytes: float | None = None
+
+    def measure_once(config: LoaderConfig) -> Trial:
+        # worker start-up is slower under spawn/forkserver (a fresh interpreter per worker)
+        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
+        return measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
 
     def run(config: LoaderConfig) -> Trial | None:
         """Measure ``config`` (once; later calls return the trial), or None past the budget."""
@@ -330,8 +329,7 @@ def tune(
                 stopped = f"the time budget ({budget_s:.0f}s) would be exceeded by {config.label()}"
                 return None
         report(f"measuring {config.label()}")
-        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
-        trial = measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
+        trial = measure_once(config)
         trials[config] = trial
         base = trials.get(main_config)
         if (
@@ -352,9 +350,7 @@ def tune(
         if old.elapsed_s / old.repeats > remaining():
             return old
         report(f"re-measuring {config.label()}")
-        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
-        again = measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
-        trials[config] = old.merged(again)
+        trials[config] = old.merged(measure_once(config))
         return trials[config]
 
     # 2. the main process, per index and batched
