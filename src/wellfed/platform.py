@@ -26,6 +26,7 @@ __all__ = [
     "is_windows",
     "local_world_size",
     "local_world_size_source",
+    "rank_and_world_size",
     "usable_cpu_count",
     "usable_cpus_per_rank",
 ]
@@ -208,6 +209,27 @@ def is_rank_zero() -> bool:
     except (ImportError, RuntimeError):
         pass
     return os.environ.get("RANK", "0") in ("", "0")
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(global rank, world size) of this process: (0, 1) outside a distributed job.
+
+    Read from torch.distributed when a process group is initialized, else from ``RANK`` and
+    ``WORLD_SIZE`` (set by torchrun, ``accelerate launch`` and Lightning's launcher before the
+    process group exists), else (0, 1). Read each time: a loader built before
+    ``init_process_group`` sees the group when it iterates.
+    """
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank()), int(dist.get_world_size())
+    except (ImportError, RuntimeError):
+        pass
+    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    if rank.isdigit() and world.isdigit() and int(rank) < int(world):
+        return int(rank), int(world)
+    return 0, 1
 
 
 def usable_cpus_per_rank() -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard, cast
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from torch.utils.data.dataloader import (
     _BaseDataLoaderIter,
     _DatasetKind,
@@ -50,6 +50,7 @@ from wellfed.errors import (
     WorkerStartError,
     WorkerTimeoutError,
 )
+from wellfed.samplers import WorldInvariantSampler, world_invariant_sampler
 from wellfed.seeding import (
     _RNG_LOCK,
     _SALT_COLLATE,
@@ -283,24 +284,6 @@ def _backend_options(kwargs: dict[str, Any]) -> tuple[int, int | None, bool]:
             value=num_threads,
         )
     return num_threads, kwargs.pop("prefetch_factor", None), batched_fetch
-
-
-class _EpochRandomSampler(RandomSampler):
-    """torch's RandomSampler, plus ``set_epoch`` (as ``DistributedSampler`` has it).
-
-    The sampler of a seeded loader with ``shuffle=True``. Frameworks that set the epoch on a
-    loader's sampler (Lightning's fit loop calls ``sampler.set_epoch(epoch)`` before every
-    epoch, also on a freshly reloaded loader) thereby tell the loader which epoch it is; the
-    loader follows it (see ``SeededDataLoader.__iter__``). Still an ``isinstance`` of
-    ``RandomSampler``, so code that checks for shuffling (Lightning's
-    ``_is_dataloader_shuffled``) sees it.
-    """
-
-    epoch: int = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Record the epoch (the loader reseeds the order from (seed, epoch) itself)."""
-        self.epoch = epoch
 
 
 def _epoch_target(user: Any) -> Any:
@@ -543,6 +526,7 @@ class SeededDataLoader(DataLoader[Any]):
         # the call as made, for frameworks that rebuild the loader from it (_keep_rebuild_args)
         call = dict(kwargs) if seed is None else {**kwargs, "seed": seed}
         num_threads, thread_prefetch, batched_fetch = _backend_options(kwargs)
+        num_replicas, rank = kwargs.pop("num_replicas", None), kwargs.pop("rank", None)
         self.num_threads: int = num_threads
         self.thread_prefetch_factor: int | None = thread_prefetch
         self.batched_fetch: bool = batched_fetch
@@ -557,6 +541,15 @@ class SeededDataLoader(DataLoader[Any]):
         self.seed: int | None = None
         self.plan: Any = None  # a wellfed.loader.LoaderPlan when create_dataloader built it
         if seed is None:
+            if num_replicas is not None or rank is not None:
+                raise ConfigError(
+                    "Conflicting options: num_replicas/rank with seed=None: the world-size-"
+                    "invariant sharding is a seeded loader's. Pass a seed, or a "
+                    "DistributedSampler as sampler=.",
+                    code="WF203",
+                    attribute="num_replicas",
+                    value=num_replicas,
+                )
             super().__init__(dataset, **kwargs)
             self._keep_rebuild_args(dataset, call)
             self._check_batched_fetch(kwargs.get("collate_fn"))
@@ -613,12 +606,30 @@ class SeededDataLoader(DataLoader[Any]):
                 value=sampler,
             )
         user = batch_sampler if batch_sampler is not None else sampler
+        if user is not None and (num_replicas is not None or rank is not None):
+            raise ConfigError(
+                "Conflicting options: num_replicas/rank with a sampler or batch_sampler: the "
+                "user's sampler decides which samples this rank sees. Drop num_replicas/rank, "
+                "or drop the sampler (wellfed then shards each global batch by rank).",
+                code="WF203",
+                attribute="num_replicas",
+                value=num_replicas,
+            )
         shuffle_gen: torch.Generator | None = None
-        if shuffle:
-            # torch's RandomSampler (a subclass that takes set_epoch), with a generator wellfed
-            # reseeds from (seed, epoch)
-            shuffle_gen = torch.Generator()
-            sampler = _EpochRandomSampler(dataset, generator=shuffle_gen)
+        if user is None:
+            # every rank's slice of each global batch (one rank: the whole sequence), from a
+            # generator wellfed reseeds from (seed, epoch) when shuffling; see wellfed.samplers
+            shuffle_gen = torch.Generator() if shuffle else None
+            per_rank = kwargs.get("batch_size", 1)
+            sampler = world_invariant_sampler(
+                dataset,
+                per_rank if isinstance(per_rank, int) and per_rank > 0 else 1,
+                shuffle=shuffle,
+                drop_last=bool(kwargs.get("drop_last", False)),
+                generator=shuffle_gen,
+                num_replicas=num_replicas,
+                rank=rank,
+            )
         if batch_sampler is not None:
             kwargs["batch_sampler"] = batch_sampler
         elif sampler is not None:
@@ -630,7 +641,7 @@ class SeededDataLoader(DataLoader[Any]):
         self._wf_index = _SeededIndex(self.seed, base, self._auto_collation, shuffle_gen)
         self._wf_user_sampler = user
         self._wf_shuffle = shuffle
-        target = _epoch_target(user if user is not None else (sampler if shuffle else None))
+        target = _epoch_target(user if user is not None else sampler)
         self._wf_epoch_target = target
         start = getattr(target, "epoch", None)
         if _valid_epoch(start):
@@ -813,10 +824,14 @@ class SeededDataLoader(DataLoader[Any]):
     def _identity(self) -> dict[str, Any]:
         """Facts a saved state must match to resume with the same batches."""
         base = self._wf_user_sampler
+        batch_size = self.batch_size
+        if isinstance(self.sampler, WorldInvariantSampler) and batch_size is not None:
+            # the global batch: a state saved at one world size resumes at another
+            batch_size = self.sampler.global_batch_size
         return {
             "seed": self.seed,
             "num_samples": len(self.dataset),  # type: ignore[arg-type]
-            "batch_size": self.batch_size,
+            "batch_size": batch_size,
             "drop_last": self.drop_last,
             "shuffle": getattr(self, "_wf_shuffle", False),
             "sampler": None
@@ -897,16 +912,26 @@ class SeededDataLoader(DataLoader[Any]):
             )
         mine = self._identity()
         for name, value in mine.items():
-            if state.get(name) != value:
-                raise StateError(
-                    f"Cannot resume: {name}={state.get(name)!r} in the saved state but "
-                    f"{value!r} in this loader, so the remaining batches would differ. Build "
-                    f"the loader with {name}={state.get(name)!r} (num_workers may differ).",
-                    code="WF209",
-                    attribute=name,
-                    value=value,
-                    saved=state.get(name),
+            saved = state.get(name)
+            if saved == value:
+                continue
+            label, fix = name, f"Build the loader with {name}={saved!r}"
+            if name == "batch_size" and isinstance(self.sampler, WorldInvariantSampler):
+                world = self.sampler.num_replicas
+                label = "global batch size (batch_size x world size)"
+                fix = (
+                    f"This job has {world} rank(s): build the loader with batch_size = the "
+                    f"saved global batch / {world}"
                 )
+            raise StateError(
+                f"Cannot resume: {label}={saved!r} in the saved state but {value!r} in this "
+                f"loader, so the remaining batches would differ. {fix} (num_workers and the "
+                "world size may differ).",
+                code="WF209",
+                attribute=name,
+                value=value,
+                saved=saved,
+            )
         epoch, done = state.get("epoch"), state.get("batches_done")
         if not (isinstance(epoch, int) and isinstance(done, int) and epoch >= 0 and done >= 0):
             raise StateError(

@@ -30,7 +30,7 @@ def _fit(out: Path, mode: str, workers: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _reference_epochs(epochs: int) -> list[list[list[float]]]:
+def _reference_epochs(epochs: int, batch_size: int = 4) -> list[list[list[float]]]:
     """The same loader iterated epoch after epoch outside Lightning."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
@@ -40,7 +40,7 @@ def _reference_epochs(epochs: int) -> list[list[list[float]]]:
     import wellfed
 
     loader = wellfed.create_dataloader(
-        Indexed(), batch_size=4, shuffle=True, seed=42, num_workers=0
+        Indexed(), batch_size=batch_size, shuffle=True, seed=42, num_workers=0
     )
     return [
         [
@@ -64,6 +64,10 @@ def test_ddp_ranks_see_disjoint_shards_identical_for_0_and_2_workers(tmp_path: P
         assert not indices[0] & indices[1]  # disjoint
         assert indices[0] | indices[1] == set(range(64))  # covering the epoch
     assert seen[0] == seen[2]  # bit-identical per rank for 0 and 2 workers
+    # world-size invariant: the ranks' batches of 4, in rank order, are one rank's batches of 8
+    ranks = seen[0]
+    merged = [row for k in range(0, 32, 4) for rank in ranks for row in rank[k : k + 4]]
+    assert merged == _reference_epochs(1, batch_size=8)[0]
 
 
 def test_a_reloaded_loader_does_not_repeat_an_epoch(tmp_path: Path) -> None:
