@@ -696,6 +696,27 @@ class SeededDataLoader(DataLoader[Any]):
         else:
             super().__setattr__(name, value)
 
+    @property
+    def _is_accelerate_prepared(self) -> bool:
+        """Read by ``accelerate.Accelerator.prepare_data_loader`` before it rebuilds a loader.
+
+        A seeded loader refuses (WF213): the rebuilt ``DataLoaderShard`` would iterate a plain
+        DataLoader over a ``BatchSamplerShard``, without per-sample seeds or wellfed's shards.
+        ``wellfed.integrations.accelerate.prepare_data_loader`` wraps it instead.
+        """
+        if self.seed is None:
+            return False
+        raise ConfigError(
+            f"Cannot hand this seeded loader (seed={self.seed}) to accelerator.prepare: "
+            "Accelerate rebuilds it as a plain DataLoader, so augmentations would be unseeded "
+            "and the world-size-invariant shards replaced. Prepare it with wellfed first: "
+            "loader = wellfed.integrations.accelerate.prepare_data_loader(accelerator, loader), "
+            "then accelerator.prepare(model, optimizer, loader) keeps it.",
+            code="WF213",
+            attribute="loader",
+            value="accelerate.prepare",
+        )
+
     def _keep_rebuild_args(self, dataset: Any, call: dict[str, Any]) -> None:
         """Make a framework's record of this loader's arguments the call as made.
 
