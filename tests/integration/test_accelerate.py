@@ -62,7 +62,11 @@ def _reference() -> list[list[list[Any]]]:
         Indexed(), batch_size=8, shuffle=True, seed=42, num_workers=0
     )
     return [
-        [[int(a), float(b)] for x, i in loader for a, b in zip(i.tolist(), x[:, 0].tolist())]
+        [
+            [int(a), float(b)]
+            for x, i in loader
+            for a, b in zip(i.tolist(), x[:, 0].tolist(), strict=True)
+        ]
         for _ in range(2)
     ]
 

@@ -60,7 +60,9 @@ def main() -> None:
             loss = model(x).sum() * 0.0
             accelerator.backward(loss)
             optimizer.step()
-            batches.append([[int(a), float(b)] for a, b in zip(i.tolist(), x[:, 0].tolist())])
+            batches.append(
+                [[int(a), float(b)] for a, b in zip(i.tolist(), x[:, 0].tolist(), strict=True)]
+            )
             gathered += len(accelerator.gather_for_metrics(i))
             last = [prepared.end_of_dataloader, prepared.remainder]
         epochs.append(batches)
