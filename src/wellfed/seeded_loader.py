@@ -295,6 +295,12 @@ def _epoch_target(user: Any) -> Any:
     return None
 
 
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
+
+
 def _valid_epoch(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -538,6 +544,7 @@ class SeededDataLoader(DataLoader[Any]):
         self._wf_pending: tuple[int, int] | None = (0, 0)  # (epoch, batches to skip)
         self._wf_progress: _Progress | None = None
         self._wf_shuffle = False
+        self._wf_world: tuple[int, int] | None = None  # (rank, world size) first iterated with
         self.seed: int | None = None
         self.plan: Any = None  # a wellfed.loader.LoaderPlan when create_dataloader built it
         if seed is None:
@@ -828,6 +835,21 @@ class SeededDataLoader(DataLoader[Any]):
                 self._wf_forwarded = getattr(target, "epoch", epoch)
             index.epoch, index.skip = epoch, skip
         self._wf_pending = None
+        sampler = self.sampler
+        if isinstance(sampler, WorldInvariantSampler) and self._wf_world is None:
+            self._wf_world = sampler.world()
+            if self._wf_world[1] > 1 and self._wf_world[0] == 0:
+                logger.info(
+                    "sharding by rank: each global batch of %d samples is split across %d "
+                    "ranks, %d per rank (world size read from %s); pass num_replicas=1 to load "
+                    "every sample on every rank",
+                    sampler.global_batch_size,
+                    self._wf_world[1],
+                    sampler.batch_size,
+                    "num_replicas"
+                    if sampler._num_replicas is not None
+                    else ("torch.distributed" if _dist_ready() else "RANK/WORLD_SIZE"),
+                )
         if index is not None:
             # torch draws the iterator's base seed from the global generator here: not while
             # another thread is between seeding and using it
