@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "ResolvedSetting": "wellfed.loader",
     "SeedInfo": "wellfed.seeding",
     "SeededDataLoader": "wellfed.seeded_loader",
+    "WorldInvariantSampler": "wellfed.samplers",
     "create_dataloader": "wellfed.loader",
     "get_recommended_num_workers": "wellfed.loader",
     "is_windows": "wellfed.platform",
