@@ -85,6 +85,8 @@ def _is_default_sampler(sampler: Any) -> bool:
     if sampler is None:
         return False
     mod = type(sampler).__module__
+    if mod == "wellfed.samplers":  # a seeded loader's own WorldInvariantSampler
+        return True
     return (
         mod == "torch.utils.data.sampler"
         and type(sampler).__name__
