@@ -489,9 +489,13 @@ class SeededDataLoader(DataLoader[Any]):
     loader was built. One live iterator per loader at a time (torch's rule for persistent
     workers too).
 
-    ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects, or torch's
-    (``SequentialSampler``, ``RandomSampler``, ``BatchSampler``): the seeds are attached to the
-    indices inside the loader's iterator, so a DataLoader rebuilt from them works (unseeded).
+    ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects when given. Given
+    no sampler, the sampler is a ``wellfed.WorldInvariantSampler`` (a ``DistributedSampler``,
+    and a ``RandomSampler``/``SequentialSampler`` as it shuffles or not): under
+    torch.distributed each rank loads its slice of every global batch (``batch_size x world
+    size``), the same global batches whatever the world size; on one process, the order torch's
+    own samplers give. ``num_replicas=`` and ``rank=`` (wellfed's own options) fix the ranks;
+    ``num_replicas=1`` loads everything on every rank. See ``docs/distributed.md``.
 
     Under thread workers the process-wide RNGs are left alone (threads share them): seeded
     batches then equal ``num_workers=0``'s when the dataset draws from ``sample_rng()`` /
