@@ -10,14 +10,13 @@ batches one process gets with the global batch size.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+
+from tests.helpers_torchrun import torchrun
 
 pytest.importorskip("accelerate")
 
@@ -27,25 +26,7 @@ pytestmark = [pytest.mark.workers, pytest.mark.timeout(300)]
 
 def _run(out: Path, workers: int) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        str(SCRIPT),
-        str(out),
-        str(workers),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    left = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if str(SCRIPT) in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not left, f"processes left behind: {[p.pid for p in left]}"
+    torchrun(SCRIPT, 2, out, workers)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 

@@ -10,15 +10,13 @@ or 3 (4 ranks) samples from the start of the epoch (drop_last=False).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import torch
+
+from tests.helpers_torchrun import torchrun
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "world_batches.py"
 GLOBAL_BATCH = 8
@@ -30,28 +28,8 @@ def _run(
     out: Path, world: int, workers: int, mode: str = "full", state: Path | None = None
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={world}",
-        str(SCRIPT),
-        str(out),
-        str(GLOBAL_BATCH),
-        str(workers),
-        mode,
-        *([str(state)] if state is not None else []),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WELLFED_LOG_LEVEL": "WARNING"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    left = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if str(SCRIPT) in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not left, f"processes left behind: {[p.pid for p in left]}"
+    extra = [state] if state is not None else []
+    torchrun(SCRIPT, world, out, GLOBAL_BATCH, workers, mode, *extra, WELLFED_LOG_LEVEL="WARNING")
 
 
 def _global_batches(out: Path, world: int) -> list[tuple[int, list[int], torch.Tensor]]:
