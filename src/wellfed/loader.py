@@ -654,23 +654,22 @@ def _without_workers(requested: Mapping[str, Any], why: str | None) -> dict[str,
 
 def print_dataloader_config(
     loader: DataLoader[Any] | None = None, *, file: IO[str] | None = None, **settings: Any
-) -> str:
-    """Print and return a DataLoader's configuration (note 002's debugging helper).
+) -> None:
+    """Print a DataLoader's configuration (note 002's debugging helper); returns None.
 
     The text is ``format_dataloader_config``'s; this is note 002's name for printing it, and
-    the one wellfed function meant to print (the rest of the library returns text).
+    the one wellfed function meant to print (the rest of the library returns text). It
+    returns None so that a REPL or notebook does not echo the text a second time (issue 15);
+    call ``format_dataloader_config`` for the string.
 
     Args:
         loader: A DataLoader, or None to show ``settings`` only.
         file: Where to print; None prints to ``sys.stdout``.
         **settings: Extra name=value pairs to show.
-
-    Returns:
-        The text printed (without the trailing newline).
     """
-    text = format_dataloader_config(loader, **settings)
-    print(text, file=file if file is not None else sys.stdout)
-    return text
+    print(
+        format_dataloader_config(loader, **settings), file=file if file is not None else sys.stdout
+    )
 
 
 def format_dataloader_config(loader: DataLoader[Any] | None = None, **settings: Any) -> str:
