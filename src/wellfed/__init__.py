@@ -68,6 +68,11 @@ _EXPORTS: dict[str, str] = {
     "precompute": "wellfed.cache",
     # shared state (issue 7)
     "SharedState": "wellfed.shared_state",
+    # watch (issue 13)
+    "WatchReport": "wellfed._watch",
+    "WatchStats": "wellfed._meter",
+    "watch": "wellfed._watch",
+    "watch_script": "wellfed._watch",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])

@@ -771,6 +771,229 @@ def _run_precompute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- watch (issue 13)
+
+
+def _add_watch(sub: Any) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="run a training script unchanged and show how much of each step waits on data",
+        description=(
+            "Run SCRIPT (or -m MODULE) with its arguments, unchanged, in this process, and meter "
+            "every DataLoader it iterates: a live line per loader on stderr (data-bound %%, "
+            "samples/s, wait p90), then per loader a verdict with its evidence (the workers' "
+            "CPU and waits from /proc, storage pressure, the prefetch queue, restarts, stalls) "
+            "and the next step. Options go before SCRIPT; everything after it is the script's. "
+            "The script's exit code is passed on (130 after Ctrl-C)."
+        ),
+    )
+    _add_json(p, "the stats, evidence and verdict per loader")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw each loader's data wait and compute per step as a PNG in FILE "
+        '(needs matplotlib: pip install "wellfed[plot]")',
+    )
+    p.add_argument(
+        "--interval-s",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between two samples of the workers and live updates (default 0.5)",
+    )
+    p.add_argument(
+        "-m",
+        dest="module",
+        nargs=argparse.REMAINDER,
+        metavar="MODULE [ARGS]",
+        help="run a module as python -m does; everything after it is its arguments",
+    )
+    p.add_argument("script", nargs="?", help="the training script (python SCRIPT ARGS...)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
+    p.set_defaults(handler=_run_watch)
+
+
+def _live_line(record: Any) -> str:
+    live = record.meter.live()
+    s = record.settings
+    workers = f"{s['num_threads']} threads" if s.get("num_threads") else f"{s['num_workers']} workers"
+    if live["data_bound_fraction"] is None or live["wait_s_p90"] is None:
+        figures = "warming up"
+    else:
+        figures = (
+            f"data-bound {100 * live['data_bound_fraction']:.0f}% · "
+            f"{live['samples_per_s']:,.0f} samples/s · "
+            f"wait p90 {1e3 * live['wait_s_p90']:.1f} ms"
+        )
+    return (
+        f"{record.name} · {workers} · {figures} · {live['steps']} steps, epoch {live['epochs']}"
+    )
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from wellfed._watch import plot_watch, watch_script
+    from wellfed.errors import ConfigError
+
+    if args.module is not None:
+        if not args.module:
+            raise ConfigError(
+                "Invalid option: -m needs a module name (python -m style). "
+                "Pass e.g. -m mypkg.train --epochs 1.",
+                code="WF602",
+                attribute="module",
+                value=None,
+            )
+        if args.script is not None:
+            raise ConfigError(
+                f"Conflicting options: both a script ({args.script!r}) and -m "
+                f"{args.module[0]} name the program. Give one of them.",
+                code="WF602",
+                attribute="module",
+                value=args.module[0],
+            )
+        program, program_args, module = args.module[0], list(args.module[1:]), True
+    elif args.script is None:
+        raise ConfigError(
+            "Invalid option: no SCRIPT given. Pass the training script and its arguments "
+            "(wellfed watch train.py --epochs 1), or -m MODULE.",
+            code="WF602",
+            attribute="script",
+            value=None,
+        )
+    else:
+        program, program_args, module = args.script, list(args.args), False
+    if args.plot is not None:
+        _check_plot_option(args.plot)
+    err = _console(stderr=True)
+    lock = threading.Lock()
+    records: list[Any] = []
+    last_print = [time.monotonic()]
+    from rich.live import Live
+    from rich.text import Text
+
+    live = (
+        Live(
+            Text(""),
+            console=err,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=sys.stdout.isatty(),
+            redirect_stderr=True,
+        )
+        if err.is_terminal
+        else None
+    )
+
+    def lines() -> Text:
+        with lock:
+            return Text("\n".join(_live_line(r) for r in records))
+
+    def progress(event: str, record: Any) -> None:
+        if event == "new":
+            with lock:
+                records.append(record)
+        if live is not None:
+            live.update(lines())
+            return
+        now = time.monotonic()
+        if event == "epoch" or (event == "tick" and now - last_print[0] >= 10.0):
+            last_print[0] = now
+            targets = [record] if event == "epoch" else list(records)
+            for r in targets:
+                err.print(f"[watch] {_live_line(r)}", markup=False, highlight=False, soft_wrap=True)
+
+    err.print(
+        f"wellfed watch: running {'-m ' if module else ''}{program} "
+        f"{' '.join(program_args)}".rstrip(),
+        markup=False,
+        highlight=False,
+    )
+    with live if live is not None else contextlib.nullcontext():
+        report = watch_script(
+            program,
+            program_args,
+            module=module,
+            progress=progress,
+            interval_s=args.interval_s,
+        )
+    if report.error and not report.interrupted:
+        sys.stderr.write(report.error if report.error.endswith("\n") else report.error + "\n")
+    _render_watch(report, err)
+    if args.json is not None:
+        _write_json(report.to_dict(), args.json)
+    if args.plot is not None:
+        written = plot_watch(report, args.plot)
+        err.print(f"plot written to {written}", markup=False, soft_wrap=True)
+    return int(report.exit_code)
+
+
+def _render_watch(report: Any, out: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    how = (
+        "was interrupted (Ctrl-C)"
+        if report.interrupted
+        else f"exited with {report.exit_code}"
+    )
+    out.print(
+        f"\n[bold]wellfed watch[/]: {escape(report.program)} {how} after "
+        f"{report.elapsed_s:.1f} s; {len(report.loaders)} DataLoader"
+        f"{'s' if len(report.loaders) != 1 else ''} iterated"
+    )
+    if not report.loaders:
+        out.print("No DataLoader was iterated: nothing to judge.")
+        return
+    table = Table(title_justify="left", show_edge=False)
+    for col, justify in (
+        ("loader", "left"),
+        ("workers", "right"),
+        ("steps", "right"),
+        ("data-bound", "right"),
+        ("samples/s", "right"),
+        ("wait p90 ms", "right"),
+        ("step p50 ms", "right"),
+        ("stalls", "right"),
+        ("warm-up s", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for lr in report.loaders:
+        st, s = lr.stats, lr.settings
+        table.add_row(
+            escape(lr.name),
+            f"{s['num_threads']}t" if s.get("num_threads") else str(s["num_workers"]),
+            str(st.steps),
+            "-" if st.data_bound_fraction is None else f"{100 * st.data_bound_fraction:.0f}%",
+            "-" if st.samples_per_s is None else f"{st.samples_per_s:,.0f}",
+            "-" if st.wait_s_p90 is None else f"{1e3 * st.wait_s_p90:.1f}",
+            "-" if st.step_s_p50 is None else f"{1e3 * st.step_s_p50:.1f}",
+            str(st.stalls),
+            f"{st.warmup_wait_s:.2f}",
+        )
+    out.print(table)
+    short = [lr for lr in report.loaders if lr.verdict.kind == "too-short"]
+    for lr in report.loaders:
+        if lr.verdict.kind == "too-short":
+            continue
+        v = lr.verdict
+        colour = "red" if v.kind == "data-bound" else "green"
+        out.print(f"\n[bold]{escape(lr.name)}[/]")
+        out.print(f"  [{colour}]{escape(v.headline)}[/]", soft_wrap=True)
+        for cause in v.causes:
+            out.print(f"  - {escape(cause.code)}: {escape(cause.summary)}", soft_wrap=True)
+            for line in cause.evidence:
+                out.print(f"      {escape(line)}", soft_wrap=True)
+        out.print(f"  [bold]next[/]: {escape(v.next_step)}", soft_wrap=True)
+    if short:
+        names = ", ".join(lr.name.split(" ", 1)[0] for lr in short)
+        out.print(
+            f"\n[dim]{names}: too few steps to judge (fewer than 5 after the first batch).[/]"
+        )
+
+
 # ----------------------------------------------------------------------------- main
 
 #: One entry per subcommand: adds its parser (and sets ``handler``).
@@ -780,6 +1003,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_doctor,
     _add_repro,
     _add_precompute,
+    _add_watch,
 ]
 
 

@@ -1,0 +1,41 @@
+"""Datasets for the watch tests (module level, so spawn can import them)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import Dataset
+
+
+class SleepyDataset(Dataset):
+    """n samples; each ``__getitem__`` sleeps ``ms_per_sample`` milliseconds (a known load time).
+
+    Sample i is (a float tensor of 4 values i, label i).
+    """
+
+    def __init__(self, n: int = 64, ms_per_sample: float = 2.0) -> None:
+        self.n = n
+        self.ms_per_sample = ms_per_sample
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(self.ms_per_sample / 1e3)
+        return torch.full((4,), float(index)), index
+
+
+class WithModel(Dataset):
+    """A dataset that runs a small model in ``__getitem__`` (note 001's pattern)."""
+
+    def __init__(self, n: int = 32) -> None:
+        self.n = n
+        self.model = torch.nn.Linear(4, 4)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(torch.full((4,), float(index)))
