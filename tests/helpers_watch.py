@@ -39,3 +39,22 @@ class WithModel(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         with torch.no_grad():
             return self.model(torch.full((4,), float(index)))
+
+
+class SleepyDicts(SleepyDataset):
+    """``SleepyDataset`` with dict samples, as Hugging Face models take them."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        x, _ = super().__getitem__(index)
+        return {"x": x, "labels": x.sum().reshape(1)}
+
+
+class DictRegressor(torch.nn.Module):
+    """The smallest model ``transformers.Trainer`` trains: returns {"loss": ...}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": torch.nn.functional.mse_loss(self.linear(x), labels)}

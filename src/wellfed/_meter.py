@@ -166,7 +166,7 @@ class _CudaClock:
     def _event(self) -> Any:
         if self._free:
             return self._free.pop()
-        return self._torch.cuda.Event(enable_timing=True)
+        return self._torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
 
     def record_call(self) -> Any:
         event = self._event()

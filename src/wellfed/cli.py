@@ -816,7 +816,9 @@ def _add_watch(sub: Any) -> None:
 def _live_line(record: Any) -> str:
     live = record.meter.live()
     s = record.settings
-    workers = f"{s['num_threads']} threads" if s.get("num_threads") else f"{s['num_workers']} workers"
+    workers = (
+        f"{s['num_threads']} threads" if s.get("num_threads") else f"{s['num_workers']} workers"
+    )
     if live["data_bound_fraction"] is None or live["wait_s_p90"] is None:
         figures = "warming up"
     else:
@@ -825,9 +827,7 @@ def _live_line(record: Any) -> str:
             f"{live['samples_per_s']:,.0f} samples/s · "
             f"wait p90 {1e3 * live['wait_s_p90']:.1f} ms"
         )
-    return (
-        f"{record.name} · {workers} · {figures} · {live['steps']} steps, epoch {live['epochs']}"
-    )
+    return f"{record.name} · {workers} · {figures} · {live['steps']} steps, epoch {live['epochs']}"
 
 
 def _run_watch(args: argparse.Namespace) -> int:
@@ -934,11 +934,7 @@ def _render_watch(report: Any, out: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    how = (
-        "was interrupted (Ctrl-C)"
-        if report.interrupted
-        else f"exited with {report.exit_code}"
-    )
+    how = "was interrupted (Ctrl-C)" if report.interrupted else f"exited with {report.exit_code}"
     out.print(
         f"\n[bold]wellfed watch[/]: {escape(report.program)} {how} after "
         f"{report.elapsed_s:.1f} s; {len(report.loaders)} DataLoader"

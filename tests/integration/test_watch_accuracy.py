@@ -72,7 +72,8 @@ def test_data_bound_fraction_matches_the_loops_own_clocks(num_workers: int) -> N
 def test_more_workers_wait_less() -> None:
     zero, _ = _run(0, epochs=1)
     four, _ = _run(4, epochs=1)
-    assert zero.data_bound_fraction is not None and four.data_bound_fraction is not None
+    assert zero.data_bound_fraction is not None
+    assert four.data_bound_fraction is not None
     assert zero.data_bound_fraction > four.data_bound_fraction
     # in the training process, the wait is the loading itself: the thread sleeps, so its
     # CPU time inside next() is a small part of the wait

@@ -43,19 +43,25 @@ def plot_watch(report: WatchReport, path: str | Path) -> Path:
             attribute="plot",
             value=str(path),
         ) from exc
-    drawn = sorted(
-        (lr for lr in report.loaders if lr.timeline), key=lambda lr: -len(lr.timeline)
-    )[:MAX_PANELS]
+    drawn = sorted((lr for lr in report.loaders if lr.timeline), key=lambda lr: -len(lr.timeline))[
+        :MAX_PANELS
+    ]
     drawn.sort(key=lambda lr: report.loaders.index(lr))
     rows = max(1, len(drawn))
     fig = Figure(figsize=(10, 2.6 * rows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     if not drawn:
-        axes[0].text(0.5, 0.5, "no loader handed over more than its warm-up batch",
-                     ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no loader handed over more than its warm-up batch",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
         axes[0].set_axis_off()
-    for ax, lr in zip(axes, drawn):
+    for ax, lr in zip(axes, drawn, strict=False):
         t = [row[0] for row in lr.timeline]
         wait = [1e3 * row[1] for row in lr.timeline]
         step = [1e3 * row[2] for row in lr.timeline]

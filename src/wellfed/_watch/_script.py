@@ -216,7 +216,8 @@ def build_report(
         )
         offset = meter.started - session.started
         timeline = tuple(
-            (offset + t, w, s) for t, w, s in zip(meter.handover, meter.wait, meter.step)
+            (offset + t, w, s)
+            for t, w, s in zip(meter.handover, meter.wait, meter.step, strict=False)
         )
         loaders.append(
             LoaderReport(

@@ -215,9 +215,7 @@ class LoaderSession:
         self.target_prefix = target_prefix
         self.program_globals = program_globals
         self.records: list[LoaderRecord] = []
-        self._by_loader: weakref.WeakKeyDictionary[Any, LoaderRecord] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._by_loader: weakref.WeakKeyDictionary[Any, LoaderRecord] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -244,7 +242,7 @@ class LoaderSession:
         for cls in classes:
             original = cls.__dict__["__iter__"]
             self._patched.append((cls, original))
-            cls.__iter__ = self._wrap_iter(original)  # type: ignore[method-assign]
+            setattr(cls, "__iter__", self._wrap_iter(original))  # noqa: B010
         self.started = time.perf_counter()
         self.psi_start = _proc.psi_io_us()
         self.disk_start = _proc.disk_busy_ms()
@@ -258,7 +256,7 @@ class LoaderSession:
 
     def __exit__(self, *exc: object) -> None:
         for cls, original in reversed(self._patched):
-            cls.__iter__ = original  # type: ignore[method-assign]
+            setattr(cls, "__iter__", original)  # noqa: B010
         self._patched.clear()
         self._stop.set()
         if self._thread is not None:
@@ -456,4 +454,3 @@ def _callable_without_arguments(cls: type) -> bool:
         or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         for p in sig.parameters.values()
     )
-

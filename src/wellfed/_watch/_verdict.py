@@ -232,8 +232,9 @@ def judge(
                 )
         storage: list[str] = []
         if states.get("disk", 0.0) >= DISK_SHARE:
-            storage.append(f"workers were in disk wait (D state) in {_pct(states['disk'])} "
-                           "of samples")
+            storage.append(
+                f"workers were in disk wait (D state) in {_pct(states['disk'])} of samples"
+            )
         if psi is not None and psi >= PSI_SHARE:
             storage.append(f"/proc/pressure/io: some task stalled on I/O {_pct(psi)} of the run")
         if busiest is not None and busiest[1] >= DEVICE_BUSY:

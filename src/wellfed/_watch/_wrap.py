@@ -53,7 +53,7 @@ class MeteredIterator:
         return batch
 
     def __len__(self) -> int:
-        return len(self._wf_inner)  # type: ignore[arg-type]
+        return len(self._wf_inner)
 
     def __getattr__(self, name: str) -> Any:
         if name in MeteredIterator.__slots__:  # not set yet (unpickling, __init__)
@@ -95,7 +95,7 @@ class Watched:
         return MeteredIterator(iter(self._wf_iterable), self._wf_meter)
 
     def __len__(self) -> int:
-        return len(self._wf_iterable)  # type: ignore[arg-type]
+        return len(self._wf_iterable)
 
     def __bool__(self) -> bool:
         return True
