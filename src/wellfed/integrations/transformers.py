@@ -9,8 +9,8 @@ after ``on_epoch_begin``. At that moment the callback meters that loader for one
 its class's ``__iter__`` (``type(train_dataloader)``, the loader every callback event
 receives) is replaced, for that one call, by one that hands back a metered iterator for that
 loader only and puts the original back; nothing else changes, no other loader is metered.
-The books are a ``wellfed._meter.WaitMeter``, the accounting ``wellfed.watch`` uses; with the model on a
-CUDA device the wait is the GPU's idle time (CUDA events; see ``wellfed._meter``). Each
+The books are a ``wellfed._meter.WaitMeter``, the accounting ``wellfed.watch`` uses; with the
+model on a CUDA device the wait is the GPU's idle time (CUDA events; see ``wellfed._meter``). Each
 ``next()`` of the epoch counts, also the batches ``Trainer`` fetches ahead for gradient
 accumulation.
 
