@@ -816,9 +816,10 @@ def _add_watch(sub: Any) -> None:
 def _live_line(record: Any) -> str:
     live = record.meter.live()
     s = record.settings
-    workers = (
-        f"{s['num_threads']} threads" if s.get("num_threads") else f"{s['num_workers']} workers"
+    count, unit = (
+        (s["num_threads"], "thread") if s.get("num_threads") else (s["num_workers"], "worker")
     )
+    workers = f"{count} {unit}{'s' if count != 1 else ''}"
     if live["data_bound_fraction"] is None or live["wait_s_p90"] is None:
         figures = "warming up"
     else:
@@ -867,7 +868,7 @@ def _run_watch(args: argparse.Namespace) -> int:
         program, program_args, module = args.script, list(args.args), False
     if args.plot is not None:
         _check_plot_option(args.plot)
-    err = _console(stderr=True)
+    err = _console(stderr=True, width=160)
     lock = threading.Lock()
     records: list[Any] = []
     last_print = [time.monotonic()]
