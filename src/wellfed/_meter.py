@@ -7,8 +7,11 @@ the total step time (0: the loader is always ahead; 1: the consumer does nothing
 
 The first batch of every epoch (every ``iter()``) is a *warm-up step*: its wait holds worker
 start-up and the first batch's loading, and there is no previous hand-over to measure a step
-from. Warm-up steps are counted apart (``warmup_steps``, ``warmup_wait_s``) and left out of
-every other figure.
+from. When an epoch starts workers (``num_workers`` of them, not yet running: the first
+epoch, or every epoch without persistent workers), its first ``num_workers`` batches are
+warm-up steps: worker k's first batch carries worker k's own start-up, and the workers start
+one after the other (``warmup_for``). Warm-up steps are counted apart (``warmup_steps``,
+``warmup_wait_s``) and left out of every other figure.
 
 ``wellfed.watch`` (any iterable, the ``wellfed watch`` command, the framework callbacks) keeps
 its books here; the measuring core can use the same meter for a consumer that takes time.
@@ -39,7 +42,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["STALL_FACTOR", "WaitMeter", "WatchStats", "leading_dim", "percentile"]
+__all__ = [
+    "STALL_FACTOR",
+    "WaitMeter",
+    "WatchStats",
+    "leading_dim",
+    "percentile",
+    "warmup_for",
+]
 
 #: A step is a stall when its data wait exceeds this many median steps (issue 13's rule,
 #: after datapath-doctor's "training starved on input" signature).
@@ -47,6 +57,23 @@ STALL_FACTOR = 2.0
 
 _perf_counter = time.perf_counter
 _thread_time = time.thread_time
+
+
+def warmup_for(loader: Any) -> int:
+    """Warm-up steps of ``loader``'s next epoch: its worker count when ``iter()`` will start
+    workers (not persistent ones already running), else 1. Call it before ``iter(loader)``.
+
+    An Accelerate ``DataLoaderShard`` is judged by the loader it iterates (``base_dataloader``).
+    """
+    loader = getattr(loader, "base_dataloader", None) or loader
+    try:
+        workers = int(getattr(loader, "num_workers", 0) or 0)
+    except (TypeError, ValueError):
+        return 1
+    running = bool(getattr(loader, "persistent_workers", False)) and (
+        getattr(loader, "_iterator", None) is not None
+    )
+    return 1 if running else max(1, workers)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -94,8 +121,9 @@ def leading_dim(batch: Any, _depth: int = 0) -> int:
 class WatchStats:
     """How much of a loop's step time waited on data (``wellfed.watch(...).stats()``).
 
-    Warm-up steps (the first batch of each epoch: worker start-up and the first load) are
-    counted in the ``warmup_*`` fields only; every other figure is over the steps after them.
+    Warm-up steps (the first batch of each epoch, or its first ``num_workers`` batches where
+    the epoch starts workers: their start-up and first loads) are counted in the ``warmup_*``
+    fields only; every other figure is over the steps after them.
 
     Attributes:
         name: The name given to ``watch`` (or the loader's, in ``wellfed watch``); None if none.
@@ -113,7 +141,8 @@ class WatchStats:
         stalls: Steps whose data wait exceeded 2x the median step (``STALL_FACTOR``).
         wait_s_max: The longest data wait of a step, seconds.
         epochs: Epochs begun (``iter()`` calls that handed over at least one batch).
-        warmup_steps: Warm-up steps (first batches), one per epoch.
+        warmup_steps: Warm-up steps: the first batch of each epoch, or its first
+            ``num_workers`` batches where the epoch starts workers.
         warmup_samples: Samples in the warm-up batches.
         warmup_wait_s: Total wait for the warm-up batches (worker start-up included), seconds.
         host_data_wait_s: Data wait by the host clock, seconds (equals ``data_wait_s`` when
@@ -231,12 +260,13 @@ class WaitMeter:
         self.warmup_steps = 0
         self.warmup_samples = 0
         self.warmup_wait_s = 0.0
-        self.warmup_waits: list[float] = []  # each epoch's first-batch wait, s
+        self.warmup_waits: list[float] = []  # each epoch's warm-up wait, s
         self._last: float | None = None  # the previous hand-over; None at an epoch's start
         self._call = 0.0
         self._cpu = 0.0
         self._event: Any = None
         self._skip = False
+        self._warmup_left = 1
         self._kind = ""  # the latest hand-over: "step", "warmup" or "skipped"
 
     @property
@@ -289,29 +319,35 @@ class WaitMeter:
         wait = now - self._call
         last = self._last
         self._last = now
-        if last is None or self._skip:
-            self._skip = False
+        if self._warmup_left or self._skip:
             self._kind = "skipped"
-            if last is None:
+            if self._warmup_left:
                 self._kind = "warmup"
-                self.epochs += 1
+                if last is None:
+                    self.epochs += 1
+                    self.warmup_waits.append(wait)
+                else:
+                    self.warmup_waits[-1] += wait
+                self._warmup_left -= 1
                 self.warmup_steps += 1
                 self.warmup_samples += samples
                 self.warmup_wait_s += wait
-                self.warmup_waits.append(wait)
+            else:
+                self._skip = False
             if self._cuda is not None:
                 self._cuda.record_return(self._event, -1)
             return
         if self._cuda is not None:
             self._cuda.record_return(self._event, len(self.wait))
+        step = now - (last if last is not None else self._call)  # last: set after warm-up
         self._kind = "step"
         self.wait_cpu_s += cpu
         self.handover.append(now - self._t0)
         self.wait.append(wait)
-        self.step.append(now - last)
+        self.step.append(step)
         self.samples.append(samples)
         self.wait_total += wait
-        self.step_total += now - last
+        self.step_total += step
         self.sample_total += samples
 
     def abandon(self) -> None:
@@ -326,10 +362,16 @@ class WaitMeter:
         elif self._kind == "warmup":
             self.warmup_samples += samples
 
-    def new_epoch(self) -> None:
-        """An epoch begins (a new iterator): its first hand-over is a warm-up step."""
+    def new_epoch(self, warmup: int = 1) -> None:
+        """An epoch begins (a new iterator): its first ``warmup`` hand-overs are warm-up steps.
+
+        Args:
+            warmup: Warm-up steps (at least 1): the number of workers starting, since each
+                one's first batch carries its own start-up (``warmup_for``).
+        """
         self._last = None
         self._skip = False
+        self._warmup_left = max(1, int(warmup))
 
     def skip_step(self) -> None:
         """Leave the step in progress out (the loop did other work: validation, checkpoints)."""

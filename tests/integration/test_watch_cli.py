@@ -75,21 +75,20 @@ def _no_survivors(tag: str) -> None:
 def test_watch_meters_the_scripts_loader_and_writes_json_and_plot(tmp_path: Path) -> None:
     tag = uuid.uuid4().hex
     out, png = tmp_path / "watch.json", tmp_path / "watch.png"
-    done = _watch(
-        "--json", str(out), "--plot", str(png), str(LOOP), "--workers", "1", "--tag", tag
-    )
+    done = _watch("--json", str(out), "--plot", str(png), str(LOOP), "--workers", "1", "--tag", tag)
     assert done.returncode == 0, done.stderr
     assert "done: 12 batches" in done.stdout  # the script's own output, on stdout
     assert "[watch] #1 SleepyDataset at watch_loop.py:" in done.stderr  # the live line
-    assert "data-bound" in done.stderr and "samples/s" in done.stderr
+    assert "data-bound" in done.stderr
+    assert "samples/s" in done.stderr
     assert "exited with 0" in done.stderr
     assert "next:" in done.stderr
     report = json.loads(out.read_text())
     assert report["exit_code"] == 0
     assert not report["interrupted"]
     (loader,) = report["loaders"]
-    assert STATS_FIELDS <= set(loader["stats"])
-    assert loader["stats"]["steps"] == 2 * 5
+    assert set(loader["stats"]) >= STATS_FIELDS
+    assert loader["stats"]["steps"] == 2 * 5  # 6 batches, 1 worker: 1 warm-up per epoch
     assert loader["stats"]["samples"] == 2 * 5 * 8
     assert loader["settings"]["num_workers"] == 1
     assert loader["verdict"]["kind"] in ("data-bound", "not-data-bound")
@@ -122,8 +121,20 @@ def test_ctrl_c_ends_the_script_and_still_prints_the_summary(tmp_path: Path) -> 
     tag = uuid.uuid4().hex
     out = tmp_path / "watch.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wellfed", "watch", "--json", str(out), str(LOOP)]
-        + ["--workers", "2", "--forever", "--tag", tag],
+        [
+            sys.executable,
+            "-m",
+            "wellfed",
+            "watch",
+            "--json",
+            str(out),
+            str(LOOP),
+            "--workers",
+            "2",
+            "--forever",
+            "--tag",
+            tag,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -151,18 +162,14 @@ def test_ctrl_c_ends_the_script_and_still_prints_the_summary(tmp_path: Path) -> 
 
 def test_module_form_runs_the_module_with_its_arguments(tmp_path: Path) -> None:
     out = tmp_path / "watch.json"
-    done = _watch(
-        "--json", str(out), "-m", "tests.integration.scripts.watch_loop", "--epochs", "1"
-    )
+    done = _watch("--json", str(out), "-m", "tests.integration.scripts.watch_loop", "--epochs", "1")
     assert done.returncode == 0, done.stderr
     assert "done: 6 batches" in done.stdout
     report = json.loads(out.read_text())
     assert report["program"] == "tests.integration.scripts.watch_loop"
     assert report["argv"] == ["--epochs", "1"]
     assert report["loaders"][0]["stats"]["steps"] == 5
-    assert report["loaders"][0]["name"].endswith(
-        f"at watch_loop.py:{_loader_line()}"
-    )
+    assert report["loaders"][0]["name"].endswith(f"at watch_loop.py:{_loader_line()}")
 
 
 def _loader_line() -> int:
@@ -181,7 +188,7 @@ def test_note002_runs_unchanged_with_a_live_line_a_verdict_and_json(tmp_path: Pa
     assert "next:" in done.stderr
     report = json.loads(out.read_text())
     train = report["loaders"][0]
-    assert STATS_FIELDS <= set(train["stats"])
+    assert set(train["stats"]) >= STATS_FIELDS
     assert train["settings"]["num_workers"] == 2
     assert train["settings"]["start_method"] == "spawn"
     assert train["stats"]["epochs"] == 2

@@ -19,7 +19,7 @@ class Cause:
         code: A stable name: "loading-in-main-process", "model-in-dataset",
             "worker-cpu-saturated", "cpu-limit", "storage-wait", "waits-in-dataset",
             "prefetch-underrun", "worker-restarts", "stalls", "small-reads",
-            "queue-full", "loading-keeps-up".
+            "no-work-in-step", "queue-full", "loading-keeps-up".
         summary: One sentence.
         evidence: The measured figures, one line each.
     """

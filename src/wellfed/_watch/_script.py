@@ -201,7 +201,7 @@ def build_report(
     for record in session.records:
         meter = record.meter
         stats = meter.stats()
-        waits = list(meter.wait)
+        waits, steps = list(meter.wait), list(meter.step)
         workers = worker_evidence(record, waits, stats.step_s_p50)
         model = f"{record.model[0]} ({record.model[1]})" if record.model else None
         verdict = judge(
@@ -213,6 +213,7 @@ def build_report(
             model=model,
             program=program,
             waits=waits,
+            steps=steps,
         )
         offset = meter.started - session.started
         timeline = tuple(

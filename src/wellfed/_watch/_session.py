@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wellfed._meter import WaitMeter
+from wellfed._meter import WaitMeter, warmup_for
 from wellfed._watch import _proc
 from wellfed._watch._wrap import MeteredIterator
 
@@ -272,6 +272,7 @@ class LoaderSession:
 
         def __iter__(loader: Any) -> Any:
             depth = getattr(_depth, "n", 0)
+            warmup = warmup_for(loader) if not depth else 1
             _depth.n = depth + 1
             try:
                 it = original(loader)
@@ -279,13 +280,13 @@ class LoaderSession:
                 _depth.n = depth
             if depth or isinstance(it, MeteredIterator) or session._stop.is_set():
                 return it
-            return session._metered(loader, it)
+            return session._metered(loader, it, warmup)
 
         __iter__.__wrapped__ = original  # type: ignore[attr-defined]
         __iter__.__doc__ = getattr(original, "__doc__", None)
         return __iter__
 
-    def _metered(self, loader: Any, it: Any) -> MeteredIterator:
+    def _metered(self, loader: Any, it: Any, warmup: int) -> MeteredIterator:
         record = self._by_loader.get(loader)
         new = record is None
         if record is None:
@@ -297,10 +298,10 @@ class LoaderSession:
             if not record.worker_pids or record.worker_pids[-1] != pids:
                 record.worker_pids.append(pids)
         if self.progress is None:
-            return MeteredIterator(it, record.meter)
+            return MeteredIterator(it, record.meter, warmup=warmup)
         if new:
             self.progress("new", record)
-        return MeteredIterator(it, record.meter, self._on_stop(record))
+        return MeteredIterator(it, record.meter, self._on_stop(record), warmup=warmup)
 
     def _on_stop(self, record: LoaderRecord) -> Callable[[], None]:
         def on_stop() -> None:

@@ -43,6 +43,9 @@ RESTART_SHARE = 0.1
 #: A step "found the queue empty" when it waited longer than this share of the median step
 #: (and at least 1 ms).
 EMPTY_WAIT_SHARE = 0.05
+#: A loop whose median work between batches (step minus wait) is below this does no real
+#: training step: any loader holds it up.
+NO_WORK_S = 1e-3
 #: Average bytes per read call below which reads count as small (small-file overhead).
 SMALL_READ_BYTES = 64 * 1024
 
@@ -118,6 +121,7 @@ def judge(
     model: str | None = None,
     program: str | None = None,
     waits: list[float] | None = None,
+    steps: list[float] | None = None,
 ) -> Verdict:
     """The verdict on one loader from its stats, settings and evidence.
 
@@ -130,6 +134,7 @@ def judge(
         model: "path (class)" of a model in the dataset, if found.
         program: The script or module (for a TARGET placeholder).
         waits: The per-step data waits, s (for the stall evidence).
+        steps: The per-step times, s (for the work between batches).
     """
     fraction = stats.data_bound_fraction
     n_workers = int(settings.get("num_workers") or 0)
@@ -156,6 +161,21 @@ def judge(
     busy = system.get("disk_busy_share") or {}
     busiest = max(busy.items(), key=lambda kv: kv[1]) if busy else None
 
+    work = (
+        percentile([s - w for s, w in zip(steps, waits, strict=False)], 50)
+        if steps and waits
+        else None
+    )
+    if bound and work is not None and work < NO_WORK_S:
+        causes.append(
+            Cause(
+                "no-work-in-step",
+                "The loop does almost no work between batches, so it is bound to wait on "
+                "data: the figure measures the loader alone. Watch the real training step to "
+                "know whether it waits.",
+                (f"median work between batches {_ms(work)} (step minus data wait)",),
+            )
+        )
     if bound:
         empty = workers.get("queue_empty_at_request")
         if empty is not None and n_workers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from wellfed._meter import WaitMeter, WatchStats, leading_dim
+from wellfed._meter import WaitMeter, WatchStats, leading_dim, warmup_for
 from wellfed.errors import ConfigError
 
 __all__ = ["MeteredIterator", "Watched", "watch"]
@@ -14,7 +14,8 @@ __all__ = ["MeteredIterator", "Watched", "watch"]
 class MeteredIterator:
     """An iterator handing over what ``inner`` yields, timing each ``next()`` on ``meter``.
 
-    ``on_stop`` is called when ``inner`` is exhausted (the epoch's end).
+    ``on_stop`` is called when ``inner`` is exhausted (the epoch's end); the first ``warmup``
+    hand-overs are warm-up steps (``WaitMeter.new_epoch``).
 
     Attribute reads and writes it does not own go to ``inner`` (a DataLoader iterator's
     ``_shutdown_workers``, ``_workers``, ``_wf_progress``...), and ``len()`` is ``inner``'s.
@@ -27,11 +28,13 @@ class MeteredIterator:
         inner: Iterator[Any],
         meter: WaitMeter,
         on_stop: Callable[[], None] | None = None,
+        *,
+        warmup: int = 1,
     ) -> None:
         object.__setattr__(self, "_wf_inner", inner)
         object.__setattr__(self, "_wf_meter", meter)
         object.__setattr__(self, "_wf_on_stop", on_stop)
-        meter.new_epoch()
+        meter.new_epoch(warmup)
 
     def __iter__(self) -> MeteredIterator:
         return self
@@ -92,7 +95,8 @@ class Watched:
         return self._wf_meter  # type: ignore[no-any-return]
 
     def __iter__(self) -> MeteredIterator:
-        return MeteredIterator(iter(self._wf_iterable), self._wf_meter)
+        warmup = warmup_for(self._wf_iterable)
+        return MeteredIterator(iter(self._wf_iterable), self._wf_meter, warmup=warmup)
 
     def __len__(self) -> int:
         return len(self._wf_iterable)
@@ -129,7 +133,8 @@ def watch(iterable: Iterable[Any], *, device: Any = None, name: str | None = Non
     order, and keeps per step: the data wait (time blocked in ``next()``), the step time (from
     one batch handed over to the next: the work on the previous batch plus this wait) and the
     samples (the batch's leading dimension). ``.stats()`` returns them as a ``WatchStats``;
-    the first batch of each epoch (worker start-up) is a warm-up step, reported apart. The
+    the first batch of each epoch (its first ``num_workers`` batches when the epoch starts
+    workers: their start-up) are warm-up steps, reported apart. The
     meter costs a few microseconds per step (``benchmarks/watch_overhead.py``).
 
     Args:

@@ -99,6 +99,27 @@ def _device(pl_module: Any) -> Any:
     return device if getattr(device, "type", None) == "cuda" else None
 
 
+def _warmup(trainer: Any) -> int:
+    """Warm-up steps of this epoch: the training loader's workers where the epoch starts them.
+
+    Lightning makes the first epoch's iterator before ``on_train_epoch_start`` (its workers
+    are starting), the later ones after it; persistent workers start only once.
+    """
+    loaders = getattr(trainer, "train_dataloader", None)
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    counts = [1]
+    for loader in loaders:
+        loader = getattr(loader, "base_dataloader", None) or loader
+        workers = getattr(loader, "num_workers", 0)
+        persistent = getattr(loader, "persistent_workers", False)
+        if isinstance(workers, int) and (trainer.current_epoch == 0 or not persistent):
+            counts.append(workers)
+    return max(counts)
+
+
 class WatchCallback(Callback):
     """Log the data wait of every training epoch (see the module docstring).
 
@@ -137,6 +158,7 @@ class WatchCallback(Callback):
         """A fresh meter for the epoch."""
         device = _device(pl_module) if self.cuda_clock else None
         self.meter = WaitMeter(f"epoch {trainer.current_epoch}", device=device)
+        self.meter.new_epoch(_warmup(trainer))
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int

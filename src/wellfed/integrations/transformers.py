@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wellfed._meter import WaitMeter, WatchStats
+from wellfed._meter import WaitMeter, WatchStats, warmup_for
 from wellfed._watch._wrap import MeteredIterator
 from wellfed.errors import DependencyError
 
@@ -61,7 +61,7 @@ LOGGED_FIELDS = (
 _MISSING = object()
 
 
-def _meter_next_iter(loader: Any, meter: WaitMeter) -> Any:
+def _meter_next_iter(loader: Any, meter: WaitMeter, warmup: int) -> Any:
     """Meter ``loader``'s next ``iter()`` (once); returns a function that undoes it.
 
     ``type(loader).__iter__`` is replaced, for that one call, by one that hands back a
@@ -84,7 +84,7 @@ def _meter_next_iter(loader: Any, meter: WaitMeter) -> Any:
         if self is not loader:
             return original(self)
         restore()
-        return MeteredIterator(iter(original(self)), meter)
+        return MeteredIterator(iter(original(self)), meter, warmup=warmup)
 
     setattr(cls, "__iter__", __iter__)  # noqa: B010
     return restore
@@ -130,7 +130,7 @@ class WatchCallback(TrainerCallback):
         device = _device(kwargs.get("model")) if self.cuda_clock else None
         self._undo()
         self.meter = WaitMeter(f"epoch {int(state.epoch or 0)}", device=device)
-        self._restore = _meter_next_iter(loader, self.meter)
+        self._restore = _meter_next_iter(loader, self.meter, warmup_for(loader))
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Log the epoch's stats and keep them in ``history``."""

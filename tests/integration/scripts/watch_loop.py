@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root: tests.helpers_watch
 
-from torch.utils.data import DataLoader  # noqa: E402
-
-from tests.helpers_watch import SleepyDataset  # noqa: E402
+from tests.helpers_watch import SleepyDataset
+from torch.utils.data import DataLoader
 
 DATA = SleepyDataset(n=48, ms_per_sample=1.0)
 
