@@ -72,7 +72,8 @@ def test_workers_are_sampled_from_proc() -> None:
     assert len(record.worker_pids[0]) == 2
     assert sum(record.states.values()) > 0
     assert set(record.states) <= {"cpu", "disk", "idle", "sleep", "lock", "other"}
-    assert record.queue and all(cap == 4 for _, cap in record.queue)
+    assert record.queue
+    assert all(cap == 4 for _, cap in record.queue)
     assert record.uss_bytes  # private memory of each worker, from smaps_rollup
     assert record.meter.stats().warmup_steps == 2  # one per starting worker
 
