@@ -15,6 +15,7 @@ __all__ = [
     "disk_busy_ms",
     "psi_io_us",
     "read_io",
+    "read_schedstat",
     "read_stat",
     "read_uss_bytes",
     "read_wchan",
@@ -48,6 +49,27 @@ def read_stat(pid: int) -> tuple[str, int] | None:
     fields = text[text.rfind(")") + 2 :].split()  # comm may hold spaces and parentheses
     try:
         return fields[0], int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+def read_schedstat(pid: int, tid: int | None = None) -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting for a CPU while runnable) of ``pid`` (or its thread ``tid``).
+
+    From ``/proc/<pid>[/task/<tid>]/schedstat``: the second figure is run-queue wait, time in
+    which the process could run but every CPU it may use was taken.
+    """
+    path = (
+        _PROC / str(pid) / "schedstat"
+        if tid is None
+        else _PROC / str(pid) / "task" / str(tid) / "schedstat"
+    )
+    text = _read(path)
+    if not text:
+        return None
+    parts = text.split()
+    try:
+        return int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
         return None
 

@@ -138,6 +138,8 @@ class _PidSeen:
     first_ticks: int
     last_wall: float
     last_ticks: int
+    first_queued_ns: int | None = None  # run-queue wait (schedstat) at first and last sight
+    last_queued_ns: int | None = None
 
 
 @dataclass
@@ -159,7 +161,8 @@ class LoaderRecord:
         queue: Samples of (batches ready, prefetch capacity) of its worker queue.
         uss_bytes: Peak private memory seen per worker pid.
         io: The latest ``/proc/<pid>/io`` per worker pid.
-        pids: CPU ticks per worker pid, first and last seen.
+        pids: CPU ticks and run-queue wait per worker pid, first and last seen.
+        consumer: The same for the thread that iterates the loader (keyed by its thread id).
     """
 
     index: int
@@ -175,6 +178,8 @@ class LoaderRecord:
     uss_bytes: dict[int, int] = field(default_factory=dict)
     io: dict[int, dict[str, int]] = field(default_factory=dict)
     pids: dict[int, _PidSeen] = field(default_factory=dict)
+    consumer: dict[int, _PidSeen] = field(default_factory=dict)
+    consumer_tid: int | None = None
     _iterator: Any = None  # weakref to torch's live iterator
 
     def live_iterator(self) -> Any:
@@ -292,6 +297,7 @@ class LoaderSession:
         if record is None:
             record = self._new_record(loader)
         record._iterator = _weak(it)
+        record.consumer_tid = threading.get_native_id()
         workers = getattr(it, "_workers", None)
         if workers:
             pids = tuple(p.pid for p in workers if p.pid is not None)
@@ -393,6 +399,13 @@ class LoaderSession:
             return
         workers = list(getattr(it, "_workers", None) or ())
         now = time.perf_counter()
+        tid = record.consumer_tid
+        if tid is not None:
+            sched = _proc.read_schedstat(os.getpid(), tid)
+            if sched is not None:
+                _seen(
+                    record.consumer, tid, now, sched[0] * _proc.CLOCK_TICKS_PER_S // 10**9, sched[1]
+                )
         for proc in workers:
             pid = proc.pid
             if pid is None:
@@ -403,11 +416,8 @@ class LoaderSession:
             state, ticks = stat
             wchan = _proc.read_wchan(pid) if state not in ("R", "D") else None
             record.states[_proc.wait_class(state, wchan)] += 1
-            seen = record.pids.get(pid)
-            if seen is None:
-                record.pids[pid] = _PidSeen(now, ticks, now, ticks)
-            else:
-                seen.last_wall, seen.last_ticks = now, ticks
+            sched = _proc.read_schedstat(pid)
+            _seen(record.pids, pid, now, ticks, sched[1] if sched else None)
             io = _proc.read_io(pid)
             if io is not None:
                 record.io[pid] = io
@@ -418,6 +428,14 @@ class LoaderSession:
         ready = _ready_batches(it)
         if ready is not None:
             record.queue.append(ready)
+
+
+def _seen(table: dict[int, _PidSeen], key: int, now: float, ticks: int, queued: int | None) -> None:
+    seen = table.get(key)
+    if seen is None:
+        table[key] = _PidSeen(now, ticks, now, ticks, queued, queued)
+    else:
+        seen.last_wall, seen.last_ticks, seen.last_queued_ns = now, ticks, queued
 
 
 def _ready_batches(it: Any) -> tuple[int, int] | None:

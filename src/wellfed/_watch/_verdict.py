@@ -30,6 +30,8 @@ DATA_BOUND = 0.05
 MIN_STEPS = 5
 #: A worker on the CPU this share of the time (or more) is saturated.
 CPU_SATURATED = 0.85
+#: Runnable but waiting for a CPU this share of the time or more: the CPUs are oversubscribed.
+CPU_CONTENDED = 0.3
 #: Worker samples in disk wait (D state) at or above this share: storage-bound workers.
 DISK_SHARE = 0.2
 #: Some task stalled on I/O this share of the run or more (``/proc/pressure/io``).
@@ -79,6 +81,12 @@ def worker_evidence(record: Any, waits: list[float], median_step: float | None) 
             out["cpu_per_worker"] = sum(shares) / len(shares)
             per_epoch = len(record.worker_pids[-1]) if record.worker_pids else len(shares)
             out["cpu_cores"] = out["cpu_per_worker"] * per_epoch
+    queued = _queued_share(record.pids.values())
+    if queued is not None:
+        out["cpu_wait_per_worker"] = queued
+    consumer = _queued_share(record.consumer.values())
+    if consumer is not None:
+        out["consumer_cpu_wait"] = consumer
     total = sum(record.states.values())
     if total:
         out["state_samples"] = total
@@ -98,6 +106,18 @@ def worker_evidence(record: Any, waits: list[float], median_step: float | None) 
         out["read_calls"] = calls
         out["bytes_per_read"] = rchar / calls if calls else None
     return out
+
+
+def _queued_share(seen: Any) -> float | None:
+    """Mean share of wall time the processes (or threads) waited for a CPU while runnable."""
+    shares = [
+        (p.last_queued_ns - p.first_queued_ns) / 1e9 / (p.last_wall - p.first_wall)
+        for p in seen
+        if p.first_queued_ns is not None
+        and p.last_queued_ns is not None
+        and p.last_wall - p.first_wall > 0.2
+    ]
+    return min(1.0, sum(shares) / len(shares)) if shares else None
 
 
 def _tune(target: str | None, program: str | None) -> str:
@@ -209,32 +229,53 @@ def judge(
             )
         if n_workers == 0 and n_threads == 0:
             cpu = stats.wait_cpu_s / stats.host_data_wait_s if stats.host_data_wait_s else 0.0
-            kind = (
-                "computing (CPU-bound decode and transforms)"
-                if cpu >= 0.5
-                else "waiting (storage, network or sleeps)"
-            )
+            queued = workers.get("consumer_cpu_wait")
+            if cpu >= 0.5:
+                kind = "computing (CPU-bound decode and transforms)"
+            elif queued is not None and queued >= CPU_CONTENDED:
+                kind = "computing, slowed by other processes taking the CPUs"
+            else:
+                kind = "waiting (storage, network or sleeps)"
+            evidence = [
+                f"the training thread was on the CPU {_pct(min(1.0, cpu))} of its "
+                f"{stats.host_data_wait_s:.2f} s in next()",
+            ]
+            if queued is not None:
+                evidence.append(
+                    f"it waited for a free CPU {_pct(queued)} of the run "
+                    "(run-queue wait, /proc/<pid>/task/<tid>/schedstat)"
+                )
             causes.append(
                 Cause(
                     "loading-in-main-process",
                     f"num_workers=0: every batch is loaded in the training process, between "
                     f"steps; it spent the wait {kind}.",
-                    (
-                        f"the training thread was on the CPU {_pct(min(1.0, cpu))} of its "
-                        f"{stats.host_data_wait_s:.2f} s in next()",
-                    ),
+                    tuple(evidence),
                 )
             )
-        if cpu_share is not None and cpu_share >= CPU_SATURATED:
-            if n_workers >= cpus:
+        queued = workers.get("cpu_wait_per_worker")
+        demand = None if cpu_share is None else cpu_share + (queued or 0.0)
+        contended = queued is not None and queued >= CPU_CONTENDED
+        if demand is not None and demand >= CPU_SATURATED:
+            queue_note = (
+                [
+                    f"and waited for a free CPU {_pct(queued)} of the time (run-queue wait, "
+                    "/proc/<pid>/schedstat)"
+                ]
+                if queued
+                else []
+            )
+            if n_workers >= cpus or contended:
                 causes.append(
                     Cause(
                         "cpu-limit",
-                        f"The workers keep all {cpus} usable CPUs busy: more workers cannot "
-                        "help; the per-sample work must shrink.",
+                        f"The workers need more CPU than the {cpus} usable CPUs give (other "
+                        "processes included): more workers cannot help; the per-sample work "
+                        "must shrink.",
                         (
                             f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
                             f"each ({workers.get('cpu_cores', 0):.1f} cores in all)",
+                            *queue_note,
                         ),
                     )
                 )
