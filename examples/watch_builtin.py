@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import wellfed
 from wellfed.workloads import builtin_dataset
 

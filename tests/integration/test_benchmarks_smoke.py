@@ -97,6 +97,17 @@ def test_seeding_overhead_smoke(tmp_path: Path) -> None:
     assert record["env"]["git_sha"]
 
 
+def test_watch_overhead_smoke(tmp_path: Path) -> None:
+    """The watch-overhead benchmark runs and records its figures (no speed asserted)."""
+    from benchmarks.watch_overhead import main as watch_main
+
+    out = tmp_path / "watch.jsonl"
+    assert watch_main(["--smoke", "--steps", "5", "--repeats", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["meter_cost_us_per_step"] is not None
+    assert record["step_ms"] == 10.0
+
+
 @pytest.mark.timeout(300)
 def test_pipeline_contenders_stop_their_threads_and_exit_cleanly() -> None:
     """SPDL and torchdata.nodes pipelines leave no thread and exit 0 with nothing on stderr.

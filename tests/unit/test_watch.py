@@ -156,6 +156,13 @@ def test_verdict_cpu_saturated_workers_and_the_cpu_limit() -> None:
     assert "The CPUs are the limit" in full.next_step
 
 
+def test_verdict_cpu_contention_by_other_processes() -> None:
+    workers = {"cpu_per_worker": 0.25, "cpu_cores": 0.5, "cpu_wait_per_worker": 0.7}
+    v = judge(_stats(), SETTINGS, workers, {"usable_cpus": 2})
+    assert "cpu-contention" in [c.code for c in v.causes]
+    assert v.next_step.startswith("Free the CPUs")
+
+
 def test_verdict_storage_and_small_reads() -> None:
     workers = {
         "states": {"disk": 0.6, "cpu": 0.1, "idle": 0.3},

@@ -62,15 +62,28 @@ def plot_watch(report: WatchReport, path: str | Path) -> Path:
         )
         axes[0].set_axis_off()
     for ax, lr in zip(axes, drawn, strict=False):
-        t = [row[0] for row in lr.timeline]
+        # one bar per step, from the previous hand-over to this one: wait at the bottom,
+        # compute above it; the gaps between epochs (warm-up, validation) stay empty
+        start = [row[0] - row[2] for row in lr.timeline]
+        width = [row[2] for row in lr.timeline]
         wait = [1e3 * row[1] for row in lr.timeline]
-        step = [1e3 * row[2] for row in lr.timeline]
-        ax.fill_between(t, 0, wait, step="pre", color="C3", alpha=0.8, label="data wait")
-        ax.fill_between(t, wait, step, step="pre", color="0.6", alpha=0.6, label="compute")
+        work = [1e3 * (row[2] - row[1]) for row in lr.timeline]
+        ax.bar(start, wait, width=width, align="edge", color="C3", linewidth=0, label="data wait")
+        ax.bar(
+            start,
+            work,
+            width=width,
+            bottom=wait,
+            align="edge",
+            color="0.6",
+            linewidth=0,
+            label="compute",
+        )
         fraction = lr.stats.data_bound_fraction
+        workers = int(lr.settings.get("num_workers") or 0)
         ax.set_title(
             f"{lr.name}: {100 * (fraction or 0):.0f}% data-bound "
-            f"({lr.settings.get('num_workers', 0)} workers)",
+            f"({workers} worker{'s' if workers != 1 else ''})",
             fontsize=9,
             loc="left",
         )

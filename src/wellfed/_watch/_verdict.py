@@ -32,6 +32,9 @@ MIN_STEPS = 5
 CPU_SATURATED = 0.85
 #: Runnable but waiting for a CPU this share of the time or more: the CPUs are oversubscribed.
 CPU_CONTENDED = 0.3
+#: With CPU contention, workers using less than this share of the usable CPUs leave the
+#: rest to other processes: the contention is theirs.
+OTHERS_TAKE = 0.8
 #: Worker samples in disk wait (D state) at or above this share: storage-bound workers.
 DISK_SHARE = 0.2
 #: Some task stalled on I/O this share of the run or more (``/proc/pressure/io``).
@@ -254,9 +257,27 @@ def judge(
                 )
             )
         queued = workers.get("cpu_wait_per_worker")
+        cores = workers.get("cpu_cores")
         demand = None if cpu_share is None else cpu_share + (queued or 0.0)
-        contended = queued is not None and queued >= CPU_CONTENDED
-        if demand is not None and demand >= CPU_SATURATED:
+        if (
+            queued is not None
+            and queued >= CPU_CONTENDED
+            and (cores is None or cores < OTHERS_TAKE * cpus)
+        ):
+            causes.append(
+                Cause(
+                    "cpu-contention",
+                    "Other processes take the CPUs: the workers were ready to run but waited "
+                    "for a free CPU, while using less than the usable CPUs themselves.",
+                    (
+                        f"{n_workers} worker{'s' if n_workers != 1 else ''} waited for a free "
+                        f"CPU {_pct(queued)} of the time (run-queue wait, /proc/<pid>/schedstat)",
+                        f"and ran {_pct(cpu_share)} of the time each: "
+                        f"{cores or 0:.1f} of {cpus} usable CPUs in all",
+                    ),
+                )
+            )
+        elif demand is not None and demand >= CPU_SATURATED:
             queue_note = (
                 [
                     f"and waited for a free CPU {_pct(queued)} of the time (run-queue wait, "
@@ -265,16 +286,15 @@ def judge(
                 if queued
                 else []
             )
-            if n_workers >= cpus or contended:
+            if n_workers >= cpus:
                 causes.append(
                     Cause(
                         "cpu-limit",
-                        f"The workers need more CPU than the {cpus} usable CPUs give (other "
-                        "processes included): more workers cannot help; the per-sample work "
-                        "must shrink.",
+                        f"The workers keep the {cpus} usable CPUs busy: more workers cannot "
+                        "help; the per-sample work must shrink.",
                         (
                             f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
-                            f"each ({workers.get('cpu_cores', 0):.1f} cores in all)",
+                            f"each ({cores or 0:.1f} cores in all)",
                             *queue_note,
                         ),
                     )
@@ -288,6 +308,7 @@ def judge(
                         (
                             f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
                             f"each (/proc/<pid>/stat)",
+                            *queue_note,
                         ),
                     )
                 )
@@ -353,6 +374,12 @@ def judge(
                 f"`wellfed precompute {target or _placeholder(program)} --fn MODULE:MODEL "
                 "--out DIR`: run the model once, store its outputs memory-mapped, and train "
                 "from wellfed.CachedDataset(DIR) with any number of workers."
+            )
+        elif "cpu-contention" in codes:
+            next_step = (
+                "Free the CPUs: other programs on this machine take them (see `top`), or run "
+                "where the CPUs are the job's own; then watch again. "
+                f"{_tune(target, program)} measures what the loader can do here."
             )
         elif "cpu-limit" in codes:
             next_step = (
