@@ -207,6 +207,13 @@ def _add_tune(sub: Any) -> None:
     p.add_argument(
         "--no-store", action="store_true", help="do not store the result for create_dataloader"
     )
+    p.add_argument(
+        "--step-ms",
+        type=float,
+        metavar="MS",
+        help="tune against a training step of MS ms per batch: the cheapest configuration "
+        "whose data wait is at most 5%% of the step (see docs/watch.md)",
+    )
     p.set_defaults(handler=_run_tune)
 
 
@@ -250,6 +257,8 @@ def _check_plot_option(text: str) -> None:
 def _run_tune(args: argparse.Namespace) -> int:
     from wellfed.tune import DEFAULT_BUDGET_S, tune
 
+    if getattr(args, "step_ms", None) is not None:
+        return _run_tune_step(args)
     err = _console(stderr=True)
     if args.plot is not None:
         _check_plot_option(args.plot)
@@ -300,6 +309,74 @@ def _run_tune(args: argparse.Namespace) -> int:
     if result.findings:
         return EXIT_FOUND
     if result.recommended is None:
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _run_tune_step(args: argparse.Namespace) -> int:
+    """``wellfed tune --step-ms MS``: ``wellfed.tune.tune_for_step`` and its table."""
+    from rich.table import Table
+
+    from wellfed.errors import ConfigError
+    from wellfed.tune import tune_for_step
+
+    if args.plot is not None:
+        raise ConfigError(
+            "Conflicting options: --plot draws the throughput sweep, which --step-ms does not "
+            "run. Leave out one of them.",
+            code="WF011",
+            attribute="plot",
+            value=args.plot,
+        )
+    spec = _spec_from_args(args, purpose="measure")
+    quiet = args.json == "-"
+    err = _console(stderr=True)
+    if not quiet:
+        err.print(f"[bold]workload[/]: {spec.description}; step {args.step_ms:g} ms per batch")
+
+    def progress(fraction: float, message: str) -> None:
+        if not quiet:
+            err.print(f"  {message}", markup=False, highlight=False)
+
+    result = tune_for_step(
+        spec,
+        step_s=args.step_ms / 1e3,
+        max_workers=args.max_workers,
+        start_method=args.start_method,
+        budget_s=args.budget_s if args.budget_s is not None else 120.0,
+        progress=progress,
+    )
+    if args.json is not None:
+        _write_json(result.to_dict(), args.json)
+    if quiet:
+        return EXIT_OK if result.recommended is not None else EXIT_RUNTIME
+    out = _console(width=150)
+    table = Table(
+        title=f"wellfed tune --step-ms {args.step_ms:g}: {result.description}",
+        title_justify="left",
+    )
+    for col in ("configuration", "data-bound", "samples/s", "wait p90 ms", "memory", ""):
+        table.add_column(col, justify="left" if col in ("configuration", "") else "right")
+    rec = result.recommended
+    for t in result.trials:
+        mark = "[bold green]<- recommended[/]" if rec is not None and t is rec else ""
+        if t.ok:
+            table.add_row(
+                t.config.label(),
+                f"{100 * (t.data_bound_fraction or 0):.1f}%",
+                f"{t.samples_per_s or 0:.0f}",
+                f"{1e3 * (t.wait_s_p90 or 0):.1f}",
+                format_bytes(t.peak_memory_bytes),
+                mark,
+            )
+        else:
+            first = (t.error or "").strip().splitlines()[0][:60] if t.error else ""
+            table.add_row(t.config.label(), f"[red]{t.status}[/]", "", "", "", first)
+    out.print(table)
+    out.print(
+        f"{'Recommended' if result.reached else 'Best found'}: {result.reason}.", markup=False
+    )
+    if rec is None:
         return EXIT_RUNTIME
     return EXIT_OK
 

@@ -11,14 +11,18 @@ from wellfed.tune._search import (
     NEAR_BEST,
     tune,
 )
+from wellfed.tune._step import DATA_WAIT_GOAL, StepTrial, StepTuneResult, tune_for_step
 from wellfed.tune._store import dataset_fingerprint, load_stored_result, store_dir
 
 __all__ = [
     "CLEAR_GAIN",
+    "DATA_WAIT_GOAL",
     "DEFAULT_BUDGET_S",
     "NEAR_BEST",
     "AutoWorkers",
     "Recommendation",
+    "StepTrial",
+    "StepTuneResult",
     "TuneResult",
     "auto_workers",
     "cpu_worker_rule",
@@ -27,4 +31,5 @@ __all__ = [
     "plot_sweep",
     "store_dir",
     "tune",
+    "tune_for_step",
 ]

@@ -1,0 +1,316 @@
+"""Consumer-aware tuning: the cheapest configuration whose data wait stays under the step.
+
+``tune_for_step(target, step_s=0.040)`` (``wellfed tune TARGET --step-ms 40``) measures
+configurations with a consumer that spends ``step_s`` seconds per batch (sleeping, as a host
+waiting for its GPU does, or running the user's ``step`` callable), in the cheapest-first
+order: the main process, then 1, 2, 3... worker processes up to the usable CPUs, then
+doubling. Each trial runs in an isolated child (``run_isolated``, as ``measure`` does) and
+keeps its books with ``wellfed._meter.WaitMeter``, the accounting ``wellfed.watch`` uses. The
+search stops at the first configuration whose data wait is at most ``goal`` (5%) of the step:
+it is the cheapest one that keeps up (fewest workers; each count is measured once). When none
+does within the budget or the worker cap, the recommendation is the least data-bound one,
+and the result says so.
+
+This is an addition beside the throughput search (``wellfed.tune.tune``), which is left as it
+is; it measures worker processes only (no thread workers, no batched fetch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wellfed._meter import WaitMeter, leading_dim, warmup_for
+from wellfed.errors import check_option
+from wellfed.measure import run_isolated, stream
+from wellfed.target import LoaderConfig, LoaderSpec, spec_from_object
+
+__all__ = ["DATA_WAIT_GOAL", "StepTrial", "StepTuneResult", "tune_for_step"]
+
+#: The recommendation keeps the data wait at or below this share of the step (issue 13).
+DATA_WAIT_GOAL = 0.05
+#: Measured steps per trial after the warm-up (fewer when an epoch is shorter).
+STEPS_PER_TRIAL = 30
+
+
+@dataclass(frozen=True)
+class StepTrial:
+    """One configuration measured against the step.
+
+    Attributes:
+        config: The configuration.
+        status: "ok", "failed" or "timeout".
+        data_bound_fraction: Data wait over step time, 0..1 (None unless ok).
+        samples_per_s: The consumer's pace, samples/s.
+        wait_s_p90: 90th percentile of the data wait per step, s.
+        steps: Steps measured (after the warm-up: the first ``num_workers`` batches).
+        peak_memory_bytes: Peak memory of the trial's process tree.
+        memory_kind: "rss+uss" or "rss".
+        elapsed_s: Wall seconds the trial took, start-up included.
+        error: The failure, or None.
+    """
+
+    config: LoaderConfig
+    status: str
+    data_bound_fraction: float | None = None
+    samples_per_s: float | None = None
+    wait_s_p90: float | None = None
+    steps: int = 0
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the trial measured its steps."""
+        return self.status == "ok" and self.data_bound_fraction is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (config nested)."""
+        out = dataclasses.asdict(self)
+        out["config"] = self.config.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class StepTuneResult:
+    """What ``tune_for_step`` measured and recommends.
+
+    Attributes:
+        step_s: The consumer's time per batch, s (None with a ``step`` callable).
+        goal: The data-wait share of the step the recommendation must stay under.
+        trials: Every trial, cheapest first.
+        recommended: The cheapest trial within the goal, else the least data-bound one;
+            None when nothing could be measured.
+        reached: True when the recommendation is within the goal.
+        reason: One sentence on why it was chosen.
+        description: The workload.
+        elapsed_s: Wall seconds of the whole search.
+    """
+
+    step_s: float | None
+    goal: float
+    trials: tuple[StepTrial, ...]
+    recommended: StepTrial | None
+    reached: bool
+    reason: str
+    description: str
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "step_s": self.step_s,
+            "goal": self.goal,
+            "trials": [t.to_dict() for t in self.trials],
+            "recommended": None if self.recommended is None else self.recommended.to_dict(),
+            "reached": self.reached,
+            "reason": self.reason,
+            "description": self.description,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def _trial_child(
+    spec: LoaderSpec,
+    config: LoaderConfig,
+    step_s: float | None,
+    step: Callable[[Any], Any] | None,
+    steps: int,
+) -> dict[str, Any]:
+    """In the isolated child: load with the consumer, keep the books, return the stats."""
+    import warnings
+
+    # torch's "suggested max number of worker" advice: a count above the CPUs is measured here
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+    loader = spec.make_loader(config)
+    warmup = warmup_for(loader)
+    meter = WaitMeter()
+    meter.new_epoch(warmup)
+    batches = stream(loader)
+    try:
+        for _ in range(warmup + steps):
+            meter.begin()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                meter.abandon()
+                break
+            meter.end(leading_dim(batch))
+            if step is not None:
+                step(batch)
+            elif step_s:
+                time.sleep(step_s)
+    finally:
+        batches.close()
+    return meter.stats().to_dict()
+
+
+def _counts(cpus: int, cap: int) -> list[int]:
+    """Worker counts cheapest first: 0, 1, 2... up to the usable CPUs, then doubling."""
+    counts = list(range(0, min(cpus, cap) + 1))
+    n = cpus * 2
+    while n <= cap:
+        counts.append(n)
+        n *= 2
+    return counts
+
+
+def tune_for_step(
+    target: Any,
+    *,
+    step_s: float | None = None,
+    step: Callable[[Any], Any] | None = None,
+    goal: float = DATA_WAIT_GOAL,
+    max_workers: int | None = None,
+    start_method: str | None = None,
+    budget_s: float = 120.0,
+    steps: int = STEPS_PER_TRIAL,
+    progress: Callable[[float, str], None] | None = None,
+) -> StepTuneResult:
+    """Find the cheapest loader configuration whose data wait is at most ``goal`` of the step.
+
+    See the module docstring for the search.
+
+    Args:
+        target: A LoaderSpec, Dataset or DataLoader (TARGET strings: ``resolve_target``).
+        step_s: Seconds the consumer spends per batch (sleeping, as a host waiting for its
+            GPU does); the CLI's ``--step-ms`` / 1000.
+        step: Instead of ``step_s``, a callable run on every batch in the trial's process
+            (a forked child: it need not pickle where fork is the start method).
+        goal: Data wait at most this share of the step, 0..1 (default 5%).
+        max_workers: Most worker processes to try; None: 4x the usable CPUs, at most 64.
+        start_method: Worker start method; None: the target's own, else the platform's.
+        budget_s: Bound on the whole search, seconds.
+        steps: Measured steps per trial (after the warm-up).
+        progress: Called as ``progress(fraction_of_budget_used, message)``.
+
+    Returns:
+        A StepTuneResult.
+
+    Raises:
+        ConfigError: neither or both of ``step_s`` and ``step``, ``step_s`` <= 0, ``goal``
+            outside 0..1, ``budget_s`` <= 0, ``steps`` < 1 or ``max_workers`` < 0 (WF010).
+    """
+    check_option(
+        "step_s",
+        step_s,
+        (step_s is None) != (step is None),
+        "given alone (either step_s or step, not both)",
+        code="WF010",
+        fix="Pass step_s=<seconds per batch> or step=<callable>.",
+    )
+    if step_s is not None:
+        check_option("step_s", step_s, step_s > 0, "a positive number of seconds", code="WF010")
+    check_option("goal", goal, 0 < goal < 1, "a share between 0 and 1", code="WF010")
+    check_option("budget_s", budget_s, budget_s > 0, "a positive number of seconds", code="WF010")
+    check_option("steps", steps, steps >= 1, "1 or more", code="WF010")
+    check_option(
+        "max_workers",
+        max_workers,
+        max_workers is None or max_workers >= 0,
+        "0 or more",
+        code="WF010",
+    )
+    from wellfed.platform import collect_platform_info
+
+    spec = target if isinstance(target, LoaderSpec) else spec_from_object(target)
+    platform = collect_platform_info(include_gpus=False)
+    user = spec.user_config
+    method = (
+        start_method
+        or (user.multiprocessing_context if user else None)
+        or platform.default_start_method
+    )
+    cpus = platform.usable_cpus
+    cap = min(64, 4 * cpus) if max_workers is None else max_workers
+    batch_size = user.batch_size if user else spec.batch_size
+    started = time.perf_counter()
+    trials: list[StepTrial] = []
+    recommended: StepTrial | None = None
+    reason = ""
+    for count in _counts(cpus, cap):
+        spent = time.perf_counter() - started
+        if trials and spent + max(t.elapsed_s for t in trials) * 1.5 > budget_s:
+            reason = f"the time budget ({budget_s:.0f}s) would be exceeded at {count} workers"
+            break
+        config = LoaderConfig(
+            num_workers=count,
+            batch_size=batch_size,
+            persistent_workers=count > 0,
+            multiprocessing_context=method if count > 0 else None,
+        )
+        if progress is not None:
+            progress(min(1.0, spent / budget_s), f"measuring {config.label()} with the step")
+        startup = 20.0 + (3.0 if method != "fork" else 0.5) * count
+        per_step = step_s if step_s is not None else 0.5
+        result = run_isolated(
+            _trial_child,
+            spec,
+            config,
+            step_s,
+            step,
+            steps,
+            timeout_s=startup + 4 * (steps + count) * (per_step + 0.5),
+            sample_memory=True,
+        )
+        if result.status == "ok":
+            stats = result.value
+            trial = StepTrial(
+                config=config,
+                status="ok",
+                data_bound_fraction=stats["data_bound_fraction"],
+                samples_per_s=stats["samples_per_s"],
+                wait_s_p90=stats["wait_s_p90"],
+                steps=stats["steps"],
+                peak_memory_bytes=result.peak_memory_bytes,
+                memory_kind=result.memory_kind,
+                elapsed_s=result.elapsed_s,
+            )
+        else:
+            trial = StepTrial(
+                config=config,
+                status=result.status,
+                peak_memory_bytes=result.peak_memory_bytes,
+                memory_kind=result.memory_kind,
+                elapsed_s=result.elapsed_s,
+                error=result.error,
+            )
+        trials.append(trial)
+        if trial.ok and trial.data_bound_fraction is not None and trial.data_bound_fraction <= goal:
+            recommended = trial
+            reason = (
+                f"the cheapest configuration whose data wait is at most {goal:.0%} of the step: "
+                f"{trial.data_bound_fraction:.1%} with {config.label()}"
+            )
+            break
+    reached = recommended is not None
+    if recommended is None:
+        measured = [t for t in trials if t.ok and t.data_bound_fraction is not None]
+        if measured:
+            recommended = min(
+                measured,
+                key=lambda t: (t.data_bound_fraction or 0.0, t.config.num_workers),
+            )
+            why = reason or f"the worker cap ({cap}) was reached"
+            reason = (
+                f"no configuration kept the data wait within {goal:.0%} of the step ({why}): "
+                f"the least data-bound one, {recommended.data_bound_fraction:.1%} with "
+                f"{recommended.config.label()}"
+            )
+        else:
+            reason = "no configuration could be measured; see the trials' errors"
+    return StepTuneResult(
+        step_s=step_s,
+        goal=goal,
+        trials=tuple(trials),
+        recommended=recommended,
+        reached=reached,
+        reason=reason,
+        description=spec.description,
+        elapsed_s=time.perf_counter() - started,
+    )

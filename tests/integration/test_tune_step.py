@@ -1,0 +1,68 @@
+"""tune_for_step / ``wellfed tune --step-ms``: the cheapest configuration that keeps up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SquaresDataset
+from tests.helpers_watch import SleepyDataset
+from wellfed.cli import main
+from wellfed.errors import ConfigError
+from wellfed.tune import tune_for_step
+
+pytestmark = [pytest.mark.workers, pytest.mark.timeout(300)]
+
+
+def test_a_loader_far_ahead_of_the_step_needs_no_workers() -> None:
+    result = tune_for_step(SquaresDataset(64), step_s=0.05, steps=8)
+    assert result.reached
+    assert result.recommended is result.trials[0]  # measured cheapest first, stopped there
+    assert result.recommended.config.num_workers == 0
+    assert result.recommended.data_bound_fraction is not None
+    assert result.recommended.data_bound_fraction <= 0.05
+    assert result.recommended.steps == 8
+    assert "cheapest configuration" in result.reason
+
+
+def test_none_within_the_goal_recommends_the_least_data_bound_and_says_so() -> None:
+    # 20 ms per sample, batch 8: 160 ms per batch per worker against a 1 ms step
+    result = tune_for_step(
+        SleepyDataset(48, ms_per_sample=20.0), step_s=0.001, max_workers=1, steps=3
+    )
+    assert not result.reached
+    assert [t.config.num_workers for t in result.trials] == [0, 1]
+    assert all(t.ok for t in result.trials)
+    assert result.recommended is not None
+    assert result.recommended.data_bound_fraction == min(
+        t.data_bound_fraction for t in result.trials if t.data_bound_fraction is not None
+    )
+    assert result.reason.startswith("no configuration kept the data wait within 5%")
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="step_s"):
+        tune_for_step(SquaresDataset(8))
+    with pytest.raises(ConfigError, match="step_s=-1"):
+        tune_for_step(SquaresDataset(8), step_s=-1)
+    with pytest.raises(ConfigError, match="goal"):
+        tune_for_step(SquaresDataset(8), step_s=0.01, goal=2.0)
+
+
+def test_cli_step_ms_prints_the_table_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "step.json"
+    code = main(["tune", "tests.helpers:squares", "--step-ms", "50", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "wellfed tune --step-ms 50" in text
+    assert "data-bound" in text
+    assert "<- recommended" in text
+    data = json.loads(out.read_text())
+    assert data["step_s"] == 0.05
+    assert data["reached"]
+    assert data["recommended"]["config"]["num_workers"] == 0
+    assert main(["tune", "tests.helpers:squares", "--step-ms", "50", "--plot", "x.png"]) == 2
