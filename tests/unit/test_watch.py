@@ -227,3 +227,13 @@ def test_verdict_loading_keeps_up_and_too_short() -> None:
     assert v.causes[0].code == "loading-keeps-up"
     short = judge(_stats(steps=3), SETTINGS, {}, SYSTEM)
     assert short.kind == "too-short"
+
+
+def test_the_docstring_example_runs() -> None:
+    import doctest
+
+    from wellfed._watch import _wrap
+
+    result = doctest.testmod(_wrap, extraglobs={"wellfed": wellfed})
+    assert result.attempted >= 3
+    assert result.failed == 0
