@@ -97,6 +97,8 @@ def wait_class(state: str, wchan: str | None) -> str:
     next index, or a socket read with a timeout). "sleep": sleeping in nanosleep (the dataset
     sleeps: back-off, rate limits). "lock": in futex (a lock or another thread's GIL).
     "other": any other sleep (a blocking socket or pipe read: network, remote storage).
+    A sleeping process whose wchan reads empty woke up between the two reads: the caller
+    leaves such a sample out.
     """
     if state == "R":
         return "cpu"

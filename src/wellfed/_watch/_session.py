@@ -415,7 +415,8 @@ class LoaderSession:
                 continue
             state, ticks = stat
             wchan = _proc.read_wchan(pid) if state not in ("R", "D") else None
-            record.states[_proc.wait_class(state, wchan)] += 1
+            if state in ("R", "D") or wchan is not None:  # else it woke between the reads
+                record.states[_proc.wait_class(state, wchan)] += 1
             sched = _proc.read_schedstat(pid)
             _seen(record.pids, pid, now, ticks, sched[1] if sched else None)
             io = _proc.read_io(pid)
