@@ -771,12 +771,18 @@ def acquire_store_lock(root: Path, wait_s: float = 0.0) -> int:
         StateError: another process holds the lock (WF413), naming its pid and command line.
     """
     deadline = time.monotonic() + wait_s
+    said = False
     while True:
         fd = try_store_lock(root)
         if fd is not None:
             return fd
         if time.monotonic() >= deadline:
             raise _store_busy(root, root / LOCK_NAME, wait_s)
+        if not said:
+            logger.info(
+                "precompute: %s is locked by another writer; waiting up to %s s", root, wait_s
+            )
+            said = True
         time.sleep(LOCK_POLL_S)  # another process's lock: there is no event to wait on
 
 
