@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ def raises_on_13(x: torch.Tensor) -> torch.Tensor:
     if bool((x[:, 0, 0, 0] == 13).any()):
         raise ValueError("bad pixel (test)")
     return x * 2
+
+
+def gated_double(x: torch.Tensor) -> torch.Tensor:
+    """double(), but a batch holding a sample >= 12 waits until the file named by the
+    environment variable WELLFED_TEST_GATE exists (the test opens the gate). With batches
+    of 4 and 8 rows per shard, shard 0 is committed and shard 1 half-written (its temporary
+    directory holds samples 8-11) while the run is held."""
+    if bool((x[:, 0, 0, 0] >= 12).any()):
+        gate = Path(os.environ["WELLFED_TEST_GATE"])
+        while not gate.exists():  # the child waits on the test, never the test on a sleep
+            time.sleep(0.01)
+    return double(x)
 
 
 class SlowDouble:
@@ -159,3 +172,18 @@ class BatchNormNet(TinyNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+class ToSmallTensor:
+    """PIL image -> float32 (3, 16, 16): a deterministic transform for an image source."""
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        small = image.convert("RGB").resize((16, 16))
+        return torch.from_numpy(np.array(small, dtype=np.uint8)).permute(2, 0, 1).float()
+
+
+def image_folder_source(root: str) -> Any:
+    """A deterministic ImageFolder source for precompute (no random augmentation)."""
+    from wellfed.workloads import ImageFolderDataset
+
+    return ImageFolderDataset(root, ToSmallTensor())

@@ -52,6 +52,8 @@ class IsolatedResult:
         peak_memory_bytes: Peak memory of the child and all its descendants, sampled every
             MEMORY_SAMPLE_INTERVAL_S seconds; None when not sampled.
         memory_kind: "rss+uss" or "rss": which measure peak_memory_bytes sums (tree_memory).
+        error_code: The ``code`` of the wellfed error the callable raised (e.g. "WF020", an
+            unreadable image), so callers can tell a data problem from a crash; else None.
     """
 
     status: str
@@ -61,6 +63,7 @@ class IsolatedResult:
     elapsed_s: float = 0.0
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
+    error_code: str | None = None
 
 
 def _preferred_context() -> multiprocessing.context.BaseContext:
@@ -142,12 +145,14 @@ def _child_main(
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:
-        conn.send(("failed", None, _format_exception(exc)))
+        code = getattr(exc, "code", None)  # a WellfedError's, e.g. WF020 (a bad file)
+        conn.send(("failed", None, _format_exception(exc), code if isinstance(code, str) else None))
     else:
         try:
-            conn.send(("ok", value, None))
+            conn.send(("ok", value, None, None))
         except Exception as exc:
-            conn.send(("failed", None, f"result could not be sent back: {_format_exception(exc)}"))
+            error = f"result could not be sent back: {_format_exception(exc)}"
+            conn.send(("failed", None, error, None))
     finally:
         conn.close()
 
@@ -270,7 +275,7 @@ def run_isolated(
     peak, kind = 0, None
     next_sample = next_scan = start
     deadline = start + timeout_s
-    message: tuple[str, Any, str | None] | None = None
+    message: tuple[str, Any, str | None, str | None] | None = None
     try:
         while True:
             now = time.perf_counter()
@@ -310,8 +315,10 @@ def run_isolated(
     elapsed = time.perf_counter() - start
     peak_or_none = peak if sample_memory and peak else None
     if message is not None:
-        status, value, error = message
-        return IsolatedResult(status, value, error, proc.exitcode, elapsed, peak_or_none, kind)
+        status, value, error, code = message
+        return IsolatedResult(
+            status, value, error, proc.exitcode, elapsed, peak_or_none, kind, error_code=code
+        )
     if elapsed >= timeout_s:
         return IsolatedResult(
             "timeout",

@@ -297,11 +297,17 @@ def _run_tune(args: argparse.Namespace) -> int:
 
         written = plot_sweep(result, args.plot)
         err.print(f"plot written to {written}", markup=False, soft_wrap=True)
-    if result.findings:
-        return EXIT_FOUND
+    if result.findings or _bad_file_trials(result):
+        return EXIT_FOUND  # the README's 1: problems found (hazards, an unreadable image)
     if result.recommended is None:
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _bad_file_trials(result: Any) -> list[Any]:
+    """Trials that failed on an unreadable data file (WF020): a problem in the data."""
+    trials = [*result.trials, result.baseline]
+    return [t for t in trials if t is not None and t.error_code == "WF020"]
 
 
 def _render_tune(result: Any) -> None:
@@ -599,7 +605,9 @@ def _add_precompute(sub: Any) -> None:
             "Run FN over every batch of TARGET once (source read by workers, FN in this process "
             "on the device) and write the outputs to a sharded, memory-mapped store in OUT; "
             "train from it with wellfed.CachedDataset(OUT) and any number of workers. The same "
-            "command resumes an interrupted run. Exit 0: done; 2: usage; 3: runtime failure."
+            "command resumes an interrupted run. Exit 0: done; 1: an unreadable image; 2: usage; "
+            "3: runtime failure (a store of another fingerprint, a corrupt store, another "
+            "precompute writing OUT)."
         ),
     )
     _add_target(p, data=True)
@@ -668,7 +676,15 @@ def _add_precompute(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="rebuild OUT when it holds a store with another fingerprint",
+        help="rebuild OUT when it holds a store with another fingerprint or a corrupt manifest",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="when another precompute is writing OUT, wait up to S seconds for it "
+        "(default 0: refuse at once; inf: as long as it takes)",
     )
     _add_json(p, "the store's summary")
     p.set_defaults(handler=_run_precompute)
@@ -749,6 +765,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
             keep_source=not args.no_keep_source,
             fn_version=args.fn_version,
             shard_bytes=args.shard_bytes,
+            wait_s=args.wait,
             ray_address=args.ray_address,
             progress=progress,
         )
@@ -800,6 +817,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_text(exc: BaseException) -> str:
+    """A wellfed error's message; for one PyTorch re-raised from a DataLoader worker (its text
+    "Caught X in DataLoader worker process N. Original Traceback ..."), the worker's own
+    message and where it was raised, without the traceback (``--debug`` shows it)."""
+    text = str(exc)
+    name = type(exc).__name__
+    head, _, rest = text.partition("\n")
+    if not (head.startswith(f"Caught {name} ") and rest.startswith("Original Traceback")):
+        return text
+    qualified = f"{type(exc).__module__}.{name}: "
+    lines = rest.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(qualified)]
+    if not starts:
+        return text
+    message = "\n".join(lines[starts[-1] :])[len(qualified) :].strip()
+    where = head[len(f"Caught {name} ") :].rstrip(".")
+    return f"{where}: {message}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``wellfed`` command; return its exit code."""
     parser = build_parser()
@@ -822,17 +858,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except BadFileError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FOUND
     except WellfedError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

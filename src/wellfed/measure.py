@@ -152,6 +152,8 @@ class Trial:
             (every process's RSS, where the OS gives no USS).
         elapsed_s: Wall seconds the trial took, start-up included.
         error: The failure, with the worker's own message; None when ok.
+        error_code: The wellfed code of the error that failed the trial (e.g. "WF020": an
+            unreadable image, a problem in the data rather than in the configuration).
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
         torch_threads: torch's intra-op threads in the trial's main process (1 when the
             measuring process was forked: see ``run_isolated``).
@@ -176,6 +178,7 @@ class Trial:
     memory_kind: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
+    error_code: str | None = None
     warnings: tuple[str, ...] = field(default=())
     torch_threads: int | None = None
     cpu_per_wall: float | None = None
@@ -400,6 +403,7 @@ def measure(
             memory_kind=result.memory_kind,
             elapsed_s=result.elapsed_s,
             error=_short_error(result.error),
+            error_code=result.error_code,
         )
     data = result.value
     median, spread = summarize_windows(data["windows"])
