@@ -349,7 +349,9 @@ def _render_tune(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    out = _console(width=150)  # a label such as "4 workers, persistent, fork" on one line
+    ranked = getattr(result, "nproc_per_node", 1) > 1
+    # a label such as "4 workers, persistent, fork" on one line (two more columns per rank)
+    out = _console(width=175 if ranked else 150)
     base = (
         result.baseline.samples_per_s
         if result.baseline is not None and result.baseline.ok
@@ -357,25 +359,25 @@ def _render_tune(result: Any) -> None:
     )
     rec = result.recommended
     nproc = getattr(result, "nproc_per_node", 1)
-    ranked = nproc > 1
     title = f"wellfed tune: {result.workload['description']}"
     if ranked:
-        title += f"; {nproc} ranks measured at once, figures per rank"
+        title += (
+            f"; {nproc} ranks at once: samples/s and memory per rank (the slowest rank's), "
+            f"node = {nproc} x that"
+        )
     table = Table(title=title, title_justify="left")
     table.add_column("configuration")
     table.add_column("backend")
-    table.add_column("samples/s per rank (slowest)" if ranked else "samples/s", justify="right")
+    table.add_column("samples/s", justify="right")  # with ranks: the slowest rank's
     table.add_column("± (IQR)", justify="right")
     if ranked:
-        table.add_column("each rank", justify="right")
-        table.add_column("node (aggregate)", justify="right")
+        table.add_column("ranks" if nproc <= 4 else "ranks (min-max)", justify="right")
+        table.add_column("node", justify="right")
     table.add_column("vs main process", justify="right")
     table.add_column("first batch s", justify="right")
     kind = result.trials[0].memory_kind or "rss" if result.trials else None
     memory = f"memory ({kind})" if kind else "memory"
-    table.add_column(
-        memory.replace("memory", "memory per rank") if ranked else memory, justify="right"
-    )
+    table.add_column(memory, justify="right")
     table.add_column("")
 
     def rank_cells(t: Any) -> list[str]:
@@ -383,7 +385,11 @@ def _render_tune(result: Any) -> None:
             return []
         if not t.ok:
             return ["", ""]
-        each = " / ".join(f"{r.samples_per_s:.0f}" for r in t.ranks)
+        rates = [r.samples_per_s for r in t.ranks]
+        if nproc <= 4:
+            each = " / ".join(f"{rate:.0f}" for rate in rates)
+        else:
+            each = f"{min(rates):.0f}-{max(rates):.0f}"
         return [each, f"{t.aggregate_samples_per_s:.0f}"]
 
     for t in result.trials:
@@ -420,7 +426,8 @@ def _render_tune(result: Any) -> None:
     if result.ceiling_samples_per_s is not None:
         per = f" / {nproc} ranks" if ranked else ""
         table.add_row(
-            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs{per}[/]",
+            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} "
+            f"{'CPUs' if ranked else 'usable CPUs'}{per}[/]",
             "",
             f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
             "",

@@ -137,7 +137,7 @@ def per_rank_recommendation(rec: Recommendation, nproc: int, source: str) -> Rec
     )
     return dataclasses.replace(
         rec,
-        reason=f"per rank, {nproc} ranks measured at once; node aggregate "
+        reason=f"{nproc} ranks measured at once, figures per rank; node aggregate "
         f"{aggregate:.0f} samples/s. {rec.reason}",
         reasons=reasons,
         code=f"{head}\n{code}",
