@@ -22,12 +22,12 @@ from wellfed.tune import (
     DEFAULT_BUDGET_S,
     Recommendation,
     TuneResult,
+    _ranks,
     auto_workers,
     default_budget_s,
     load_stored_result,
     tune,
 )
-from wellfed.tune import _ranks
 from wellfed.tune._store import result_file_name, save_result
 
 LAUNCHER_VARS = (
@@ -105,7 +105,7 @@ def test_repeats_pool_each_rank_with_its_own() -> None:
     pooled = first.merged(again)
     assert pooled.repeats == 2
     assert [len(r.window_samples_per_s) for r in pooled.ranks] == [8, 8]
-    assert [r.spans_unix_s for r in pooled.ranks][0] == ((100.0, 103.0), (200.0, 203.0))
+    assert pooled.ranks[0].spans_unix_s == ((100.0, 103.0), (200.0, 203.0))
     rates = [r.samples_per_s for r in pooled.ranks]
     assert pooled.samples_per_s == min(rates)
 
@@ -209,7 +209,10 @@ def test_a_single_rank_result_is_not_used_for_n_ranks(monkeypatch: pytest.Monkey
 
 
 def test_the_recommendation_says_per_rank() -> None:
-    code = "DataLoader(\n    dataset,\n    num_workers=1,\n)\n# or: x builds this loader from the stored result"
+    code = (
+        "DataLoader(\n    dataset,\n    num_workers=1,\n)\n"
+        "# or: x builds this loader from the stored result"
+    )
     rec = Recommendation(CONFIG, 80.0, 2.0, "2 workers: 80 samples/s.", {"a": "b"}, code)
     assert _ranks.per_rank_recommendation(rec, 1, "given") is rec
     out = _ranks.per_rank_recommendation(rec, 2, "LOCAL_WORLD_SIZE=2")

@@ -356,7 +356,7 @@ def tune(
             f"{nproc} ranks measured at once ({nproc_source}): every figure is per rank, the "
             f"slowest rank's; per rank the search starts at {max(1, platform.usable_cpus // nproc)}"
             f" worker(s) ({platform.usable_cpus} usable CPUs // {nproc}), with at most {cap} "
-            f"worker processes and {thread_cap} threads (the node's caps // {nproc}); time "
+            f"worker process(es) and {thread_cap} thread(s) (the node's caps // {nproc}); time "
             f"bound {budget_s:.0f}s"
         )
     stopped = ""
