@@ -409,6 +409,31 @@ class GroupMember:
         return bool(self.finished.value >= self.size)
 
 
+#: Members of a group whose memory is sampled per MEMORY_SAMPLE_INTERVAL_S: two keeps the
+#: sampling of a group of 2 complete and that of 8 ranks x 8 workers near one trial's cost
+#: (each member is then sampled every 4 s, several times in a trial of warm-up plus 3 s).
+GROUP_SAMPLES_PER_TICK = 2
+
+
+def _descendants(roots: list[int]) -> dict[int, list[psutil.Process]]:
+    """Every descendant of each root pid, from one pass over the process table."""
+    children: dict[int, list[psutil.Process]] = {}
+    for p in psutil.process_iter(["ppid"]):
+        ppid = p.info.get("ppid")
+        if ppid is not None:
+            children.setdefault(ppid, []).append(p)
+    out: dict[int, list[psutil.Process]] = {}
+    for root in roots:
+        found: list[psutil.Process] = []
+        stack = list(children.get(root, ()))
+        while stack:
+            p = stack.pop()
+            found.append(p)
+            stack.extend(children.get(p.pid, ()))
+        out[root] = found
+    return out
+
+
 def _group_child_main(
     conn: Any,
     func: Callable[..., Any],
@@ -446,7 +471,8 @@ def run_isolated_group(
         args_per_member: Positional arguments of each member; its length is the group size
             (at least 1).
         timeout_s: Seconds until every child tree still running is killed (status "timeout").
-        sample_memory: Sample each member's tree memory (see tree_memory) while it runs.
+        sample_memory: Sample each member's tree memory (see tree_memory) while it runs, at
+            most GROUP_SAMPLES_PER_TICK members per MEMORY_SAMPLE_INTERVAL_S, in turn.
         context: Start method for the children; None: fork where safe, else spawn.
         env_per_member: Environment variables each child sets before calling func.
         **kwargs: Keyword arguments for func, the same for every member.
@@ -516,19 +542,23 @@ def run_isolated_group(
                 ps_procs.append(None)
         deadline = start + timeout_s
         next_sample = next_scan = start
+        turn = 0  # the next member whose memory is sampled
         first_failure: int | None = None
         while any(o is None for o in outcome):
             now = time.perf_counter()
             if now >= next_scan:
                 next_scan = now + CHILDREN_SCAN_INTERVAL_S
-                for rank, ps in enumerate(ps_procs):
-                    if ps is not None and outcome[rank] is None:
-                        with contextlib.suppress(psutil.Error):
-                            for c in ps.children(recursive=True):
-                                known[rank].setdefault(c.pid, c)
+                live = {procs[r].pid: r for r in range(size) if outcome[r] is None}
+                for root, found in _descendants(list(live)).items():
+                    for c in found:
+                        known[live[root]].setdefault(c.pid, c)
             if sample_memory and now >= next_sample:
+                # members in turn, at most GROUP_SAMPLES_PER_TICK a tick: the sampling costs
+                # what one trial's does (see MEMORY_SAMPLE_INTERVAL_S), whatever the group size
                 next_sample = now + MEMORY_SAMPLE_INTERVAL_S
-                for rank, ps in enumerate(ps_procs):
+                for _ in range(min(size, GROUP_SAMPLES_PER_TICK)):
+                    rank, turn = turn, (turn + 1) % size
+                    ps = ps_procs[rank]
                     if ps is not None and outcome[rank] is None:
                         mem, kinds[rank] = tree_memory(ps)
                         peaks[rank] = max(peaks[rank], mem)

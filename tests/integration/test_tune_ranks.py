@@ -16,7 +16,9 @@ import psutil
 import pytest
 
 from tests.helpers import FailingDataset, HangingDataset, make_squares
+from tests.helpers_ranks import member
 from wellfed import create_dataloader
+from wellfed._isolate import run_isolated_group
 from wellfed.measure import LoaderConfig, measure
 from wellfed.target import spec_from_object
 
@@ -60,6 +62,22 @@ def _assert_none_left(marker: str) -> None:
 
 def _tune_cli(*args: str, marker: str) -> list[str]:
     return [sys.executable, "-m", "wellfed", "tune", "tests.helpers:make_squares", *args]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_group_runs_at_once_and_one_failure_stops_the_rest(method: str) -> None:
+    envs = [{"LOCAL_RANK": str(rank)} for rank in range(3)]
+    done = run_isolated_group(
+        member, [(-1,)] * 3, timeout_s=60, context=method, env_per_member=envs
+    )
+    assert [r.status for r in done] == ["ok"] * 3
+    assert [r.value[:2] for r in done] == [(0, "0"), (1, "1"), (2, "2")]
+    met = [r.value[2] for r in done]
+    assert max(met) - min(met) < 1.0  # released by one barrier
+    failed = run_isolated_group(member, [(1,)] * 3, timeout_s=60, context=method)
+    assert [r.status for r in failed] == ["stopped", "failed", "stopped"]
+    assert "member 1 fails (test)" in (failed[1].error or "")
+    assert failed[0].error == "stopped: group member 1 failed first"
 
 
 def test_cli_measures_both_ranks_at_once(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def wait_for_local_rank_zero(
     started = time.time()
     limit = budget_s + HANDOFF_GRACE_S
     rank = _platform.local_rank()
-    logger.info(
+    logger.debug(  # only rank 0 speaks at INFO (STYLE 5); the CLI says it once on stderr
         "local rank %s of %d: local rank 0 measures all %d loaders at once; waiting for its "
         "result (%s)",
         rank,
