@@ -43,6 +43,7 @@ PUBLIC_BEFORE_ISSUE_11 = (
     "collect_platform_info",
     "create_dataloader",
     "diagnose",
+    "format_dataloader_config",
     "get_recommended_num_workers",
     "is_windows",
     "measure",

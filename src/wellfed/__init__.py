@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "SeededDataLoader": "wellfed.seeded_loader",
     "WorldInvariantSampler": "wellfed.samplers",
     "create_dataloader": "wellfed.loader",
+    "format_dataloader_config": "wellfed.loader",
     "get_recommended_num_workers": "wellfed.loader",
     "is_windows": "wellfed.platform",
     "print_dataloader_config": "wellfed.loader",

@@ -8,6 +8,7 @@ commands, so ``wellfed --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -517,9 +518,25 @@ def _run_doctor(args: argparse.Namespace) -> int:
     from wellfed.doctor import diagnose, render_text
 
     spec = _spec_from_args(args, purpose="check")
-    report = diagnose(
-        spec, live=not args.static_only, start_methods=args.start_method, timeout_s=args.timeout_s
+    live = not args.static_only
+    methods = ", ".join(args.start_method) if args.start_method else "every start method"
+    what = (
+        f"live probe: real workers under {methods} (up to {args.timeout_s:.0f} s)"
+        if live
+        else "static checks"
     )
+    quiet = args.json == "-"
+    err = _console(stderr=True)
+    if live and not quiet and not err.is_terminal:
+        err.print(f"{what}...")
+    with (
+        err.status(what, spinner="dots")
+        if live and not quiet and err.is_terminal
+        else contextlib.nullcontext()
+    ):
+        report = diagnose(
+            spec, live=live, start_methods=args.start_method, timeout_s=args.timeout_s
+        )
     if args.json:
         _write_json(report.to_dict(), args.json)
     if args.json != "-":

@@ -30,7 +30,7 @@ from wellfed.errors import (
     check_option,
     is_auto_or_count,
 )
-from wellfed.platform import is_rank_zero, is_windows
+from wellfed.platform import is_rank_zero, is_windows, usable_cpu_count
 from wellfed.seeded_loader import SeededDataLoader
 from wellfed.seeding import _check_seed
 from wellfed.tune import auto_workers, cpu_worker_rule
@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 _ON_UNSAFE = ("raise", "warn", "fallback")
 _AUTO = "auto"
+
+#: The start of torch's warning in ``DataLoader.check_worker_number_rationality`` (torch 2.x).
+_TORCH_WORKER_COUNT_WARNING = r"This DataLoader will create \d+ worker processes in total"
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -174,7 +177,39 @@ def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tup
     if num_workers != _AUTO:
         return int(num_workers), "given", None
     auto = auto_workers(dataset, batch_size if isinstance(batch_size, int) else None)
-    return auto.num_workers, auto.reason, auto.result
+    reason = auto.reason
+    cpus = usable_cpu_count()
+    if auto.result is not None and auto.num_workers > cpus:
+        reason += f"; {_beyond_cpus_evidence(auto.result, auto.num_workers, cpus)}"
+    return auto.num_workers, reason, auto.result
+
+
+def _beyond_cpus_evidence(result: Any, n: int, cpus: int) -> str:
+    """Why a measured worker count above the usable CPUs stands: the figures behind it.
+
+    torch warns at every iterator that ``n`` workers exceed its "suggested max" (the affinity
+    mask). Where the stored measurement says ``n`` wins, the warning is the folklore this
+    library replaces: the reason says so with the figures and the loader keeps torch quiet
+    (issue 15).
+    """
+    picked = result.recommended
+    within = [
+        t
+        for t in result.trials
+        if t.ok and t.config.num_threads == 0 and t.config.num_workers <= cpus
+    ]
+    best = max(within, key=lambda t: t.samples_per_s or 0.0, default=None)
+    vs = (
+        f"{picked.samples_per_s:.0f} vs {best.samples_per_s:.0f} samples/s at "
+        f"{best.config.num_workers}"
+        if best is not None and picked.samples_per_s and best.samples_per_s
+        else "no configuration within the CPUs measured as fast"
+    )
+    return (
+        f"more workers than the {cpus} usable CPUs because they measured faster ({vs}; "
+        "loading waits on I/O or sleeps), so torch's 'suggested max number of worker' "
+        "warning is silenced for this loader"
+    )
 
 
 def _stored_config(stored: Any) -> Any:
@@ -589,7 +624,14 @@ def create_dataloader(
         loader_args["multiprocessing_context"] = context
     if n == 0 and threads == 0 and "timeout" in loader_args:
         loader_args["timeout"] = 0  # torch asserts timeout == 0 without workers (named above)
-    loader = SeededDataLoader(dataset, seed=seed, **loader_args)
+    measured_beyond_cpus = n > usable_cpu_count() and "more workers than the" in (
+        settings["num_workers"].reason
+    )
+    with warnings.catch_warnings():
+        if measured_beyond_cpus:
+            warnings.filterwarnings("ignore", message=_TORCH_WORKER_COUNT_WARNING)
+        loader = SeededDataLoader(dataset, seed=seed, **loader_args)
+    loader._wf_workers_measured = measured_beyond_cpus
     order = (
         "num_workers",
         "num_threads",
@@ -654,23 +696,22 @@ def _without_workers(requested: Mapping[str, Any], why: str | None) -> dict[str,
 
 def print_dataloader_config(
     loader: DataLoader[Any] | None = None, *, file: IO[str] | None = None, **settings: Any
-) -> str:
-    """Print and return a DataLoader's configuration (note 002's debugging helper).
+) -> None:
+    """Print a DataLoader's configuration (note 002's debugging helper); returns None.
 
     The text is ``format_dataloader_config``'s; this is note 002's name for printing it, and
-    the one wellfed function meant to print (the rest of the library returns text).
+    the one wellfed function meant to print (the rest of the library returns text). It
+    returns None so that a REPL or notebook does not echo the text a second time (issue 15);
+    call ``format_dataloader_config`` for the string.
 
     Args:
         loader: A DataLoader, or None to show ``settings`` only.
         file: Where to print; None prints to ``sys.stdout``.
         **settings: Extra name=value pairs to show.
-
-    Returns:
-        The text printed (without the trailing newline).
     """
-    text = format_dataloader_config(loader, **settings)
-    print(text, file=file if file is not None else sys.stdout)
-    return text
+    print(
+        format_dataloader_config(loader, **settings), file=file if file is not None else sys.stdout
+    )
 
 
 def format_dataloader_config(loader: DataLoader[Any] | None = None, **settings: Any) -> str:

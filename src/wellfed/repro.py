@@ -9,13 +9,14 @@ sample differ and the likely cause.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._digest import batch_digest
-from wellfed.errors import ConfigError, check_option, is_count
+from wellfed.errors import ConfigError, WorkerSafetyError, check_option, is_count
 
 __all__ = [
     "ReproMismatch",
@@ -346,8 +347,6 @@ def verify_reproducibility(
         >>> report.reproducible
         True
     """
-    import multiprocessing
-
     counts = (num_workers,) if isinstance(num_workers, int) else tuple(num_workers)
     methods: tuple[str | None, ...]
     if start_methods is None:
@@ -423,6 +422,7 @@ def verify_reproducibility(
         try:
             loader = make_loader(num_workers=n, multiprocessing_context=m)
             _bound_waits(loader, timeout_s)
+            _refuse_unguarded_main(loader)
             trace = _run(loader, epochs, max_batches)
         except Exception as exc:  # a failing configuration is a result, not a crash
             error = f"{type(exc).__name__}: {exc}"
@@ -480,7 +480,12 @@ def verify_reproducibility(
             cause = (
                 f"The run {failed.label} was refused before its workers started: "
                 f"{getattr(f, 'path', '?')}: {getattr(f, 'message', '')} "
-                f"Fix: {getattr(f, 'fix', '')} {_SAMPLE_RNG_HINT}"
+                f"Fix: {getattr(f, 'fix', '')}"
+                + (
+                    f" {_SAMPLE_RNG_HINT}"
+                    if getattr(f, "category", "") == "rng-duplication"
+                    else ""
+                )
             )
         else:
             cause = f"The run {failed.label} failed: {failed.error}"
@@ -493,6 +498,42 @@ def verify_reproducibility(
         likely_cause=cause,
         findings=findings,
     )
+
+
+def _refuse_unguarded_main(loader: Any) -> None:
+    """Raise the doctor's WF121 before spawn/forkserver workers re-run an unguarded script.
+
+    Without it the workers import the script, run its top level again (this very check among
+    it) and die with Python's bootstrap RuntimeError, printing whatever the script prints
+    once per worker (issue 15). The static doctor names the fix instead.
+
+    Raises:
+        WorkerSafetyError: carrying the WF121 finding, which the report then names.
+    """
+    if getattr(loader, "num_workers", 0) <= 0:
+        return
+    ctx = getattr(loader, "multiprocessing_context", None)
+    method = (
+        ctx.get_start_method()
+        if ctx is not None
+        else multiprocessing.get_start_method(allow_none=True)
+        or multiprocessing.get_context().get_start_method()
+    )
+    if method not in ("spawn", "forkserver"):
+        return
+    from wellfed.doctor import diagnose
+    from wellfed.doctor._checks_worker_config import unguarded_main_script
+
+    if unguarded_main_script() is None:
+        return
+    report = diagnose(loader, live=False, start_methods=(method,))
+    found = [f for f in report.findings if f.code == "WF121"]
+    if found:
+        raise WorkerSafetyError(
+            f"{found[0].message.removesuffix(' [WF121]')} Fix: {found[0].fix}",
+            code="WF121",
+            findings=list(found),
+        )
 
 
 def _bound_waits(loader: Any, timeout_s: float) -> None:

@@ -811,6 +811,18 @@ class SeededDataLoader(DataLoader[Any]):
             return p.epoch, p.start
         return p.epoch + 1, 0
 
+    def check_worker_number_rationality(self) -> None:
+        """torch's check, except where ``create_dataloader`` measured more workers than CPUs.
+
+        ``create_dataloader(num_workers="auto")`` sets ``_wf_workers_measured`` when a stored
+        ``wellfed tune`` result chose more workers than usable CPUs (its reason, in
+        ``plan``, gives the figures); torch's "suggested max" warning would then repeat at
+        every epoch against the measurement.
+        """
+        if getattr(self, "_wf_workers_measured", False):
+            return
+        super().check_worker_number_rationality()
+
     def _get_iterator(self) -> _BaseDataLoaderIter:
         if self.num_threads > 0:
             return _SeededThreadIter(self)

@@ -236,6 +236,18 @@ def _cache_in_getitem(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.CachingDataset(), None
 
 
+def _hand_lru(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return d.HandLRUDataset(), {"num_workers": 2}
+
+
+def _size_guarded_cache(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return d.SizeGuardedCacheDataset(), {"num_workers": 2}
+
+
+def _deque_history(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return d.DequeHistoryDataset(), {"num_workers": 2}
+
+
 def _set_epoch_persistent(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.EpochDataset(), {"num_workers": 2, "persistent_workers": True}
 
@@ -758,6 +770,19 @@ def _batch_indexed(tmp: Path, closers: list) -> tuple[Any, Any]:
 
 
 CLEAN: tuple[Case, ...] = (
+    Case(
+        "hand_bounded_lru_cache",
+        _hand_lru,
+        (),
+        "issue 15: an OrderedDict LRU trimmed with popitem was called an unbounded cache",
+    ),
+    Case(
+        "size_guarded_cache",
+        _size_guarded_cache,
+        (),
+        "issue 15: a cache filled only while len(self.cache) < 1000",
+    ),
+    Case("deque_maxlen_history", _deque_history, (), "a deque(maxlen=64) filled in __getitem__"),
     Case(
         "global_rng_augment",
         _global_rng,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import sqlite3
@@ -209,6 +210,63 @@ class CachingDataset(Dataset):
         if idx not in self.cache:
             self.cache[idx] = torch.full((4,), float(idx))
         return self.cache[idx]
+
+
+class HandLRUDataset(Dataset):
+    """A cache bounded by hand: an OrderedDict trimmed with ``popitem(last=False)``.
+
+    The pattern of many issue-thread answers (e.g. the LRU sketched in pytorch/pytorch#13246's
+    follow-ups); issue 15: WF110 called a cache bounded at 1,000 entries "unbounded".
+    """
+
+    def __init__(self, maxsize: int = 1000) -> None:
+        self.maxsize = maxsize
+        self.cache: collections.OrderedDict[int, torch.Tensor] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        if idx in self.cache:
+            self.cache.move_to_end(idx)
+            return self.cache[idx]
+        value = torch.full((4,), float(idx))
+        self.cache[idx] = value
+        if len(self.cache) > self.maxsize:
+            self.cache.popitem(last=False)
+        return value
+
+
+class SizeGuardedCacheDataset(Dataset):
+    """A cache filled only while ``len(self.cache) < 1000``: bounded, never evicted."""
+
+    def __init__(self) -> None:
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        if idx in self.cache:
+            return self.cache[idx]
+        value = torch.full((4,), float(idx))
+        if len(self.cache) < 1000:
+            self.cache[idx] = value
+        return value
+
+
+class DequeHistoryDataset(Dataset):
+    """Keeps the last 64 indices in a ``deque(maxlen=64)``: bounded by the container."""
+
+    def __init__(self) -> None:
+        self.recent: collections.deque[int] = collections.deque(maxlen=64)
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        self.recent.append(idx)
+        return torch.full((4,), float(idx))
 
 
 class EpochDataset(Dataset):

@@ -32,6 +32,16 @@ def test_clean_loader_exit_0_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["probes"][0]["status"] == "ok"
 
 
+@pytest.mark.workers
+def test_live_probe_says_what_it_runs_before_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 15: 10-17 s of silence during the live probe. Off a terminal, one line says it.
+    code = main(["doctor", "tests.doctor_corpus.targets:clean_loader", "--start-method", "fork"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "live probe: real workers under fork (up to 60 s)..." in captured.err
+    assert "(up to 60 s)" not in captured.out
+
+
 def test_json_static_lists_findings(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [

@@ -134,7 +134,7 @@ def test_note002_scenario_spawn_with_seed() -> None:
             worker_init_fn=note002_worker_init_fn,
             timeout=60,
         )
-        text = wellfed.print_dataloader_config(train, file=_Sink())
+        text = wellfed.format_dataloader_config(train)
         assert "spawn" in text
         got = (_digests(train, 1), _digests(val, 1))
         del train, val
@@ -146,14 +146,6 @@ def test_note002_scenario_spawn_with_seed() -> None:
     finally:
         torch.use_deterministic_algorithms(flags[0])
         torch.backends.cudnn.benchmark = flags[1]
-
-
-class _Sink:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def _doctor_ready() -> bool:

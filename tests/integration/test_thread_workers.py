@@ -320,3 +320,48 @@ def test_the_probe_flags_a_shared_fast_tokenizer() -> None:
     assert probes["threads"]["safe"] is False
     assert "dataset.tokenizer" in probes["threads"]["why"]
     assert "Already borrowed" in probes["threads"]["why"]
+
+
+def test_auto_above_the_cpus_gives_the_figures_and_keeps_torch_quiet() -> None:
+    """Issue 15: a measured pick above the usable CPUs made torch warn at every epoch."""
+    import dataclasses
+    import warnings
+
+    from wellfed.measure import LoaderConfig, Trial
+    from wellfed.platform import collect_platform_info, usable_cpu_count
+    from wellfed.tune import Recommendation, TuneResult
+    from wellfed.tune._store import save_result
+
+    cpus = usable_cpu_count()
+    data = TensorDataset(torch.arange(96.0).reshape(48, 2), torch.arange(48))
+    within = Trial(
+        config=LoaderConfig(num_workers=cpus, batch_size=8), status="ok", samples_per_s=500.0
+    )
+    above_config = LoaderConfig(num_workers=cpus + 2, batch_size=8, persistent_workers=True)
+    above = Trial(config=above_config, status="ok", samples_per_s=900.0)
+    result = TuneResult(
+        platform=collect_platform_info(include_gpus=False),
+        workload={"batch_size": 8},
+        trials=(within, above),
+        baseline=None,
+        recommended=Recommendation(
+            config=above_config, samples_per_s=900.0, speedup=None, reason=""
+        ),
+        best=above,
+        ceiling_samples_per_s=None,
+        tuning_time_s=1.0,
+        budget_s=1.0,
+        stopped_because="",
+    )
+    assert save_result(data, dataclasses.replace(result)) is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "suggested max" warning would raise here
+        loader = wellfed.create_dataloader(data, batch_size=8, seed=3, timeout=60)
+        assert loader.num_workers == cpus + 2
+        reason = loader.plan.setting("num_workers").reason
+        assert f"more workers than the {cpus} usable CPUs" in reason
+        assert f"900 vs 500 samples/s at {cpus}" in reason
+        assert sum(len(b[0]) for b in loader) == 48
+    # the user's own count above the CPUs keeps torch's warning: only a measurement silences it
+    with pytest.warns(UserWarning, match="worker processes in total"):
+        wellfed.create_dataloader(data, batch_size=8, seed=3, num_workers=cpus + 2)

@@ -53,6 +53,33 @@ def test_walk_names_closures_partials_dicts_and_slots() -> None:
     assert "dataset.s.inner['k'][1].func" in paths
 
 
+@pytest.mark.parametrize(
+    "module", ["repro_ds", "readers", "iotools", "enumerations", "queue_utils"]
+)
+def test_user_module_named_like_the_standard_library_is_still_entered(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15: "re", "io", "enum", "queue" were matched with a bare startswith, so a user
+    # module named repro_ds/readers/iotools... was judged opaque and its lambda reported at
+    # "dataset" instead of "dataset.t".
+    (tmp_path / f"{module}.py").write_text(
+        "import torch.utils.data\n"
+        "class DS(torch.utils.data.Dataset):\n"
+        "    def __init__(self):\n"
+        "        self.t = lambda x: x\n"
+        "    def __len__(self):\n"
+        "        return 4\n"
+        "    def __getitem__(self, i):\n"
+        "        return self.t(i)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    ds = importlib.import_module(module).DS()
+    paths = {f.path for f in _static(ds).findings if f.code == "WF101"}
+    assert paths == {"dataset.t"}
+
+
 def test_every_offending_path_is_reported_not_only_the_first() -> None:
     ds = d.AttrDataset(a=lambda x: x, b=threading.Lock(), c=[1, (x for x in range(2))])
     paths = {f.path for f in _static(ds).findings if f.code == "WF101"}

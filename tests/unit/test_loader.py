@@ -429,12 +429,14 @@ def test_no_safety_check_without_workers(unsafe: list[Any]) -> None:
 def test_print_dataloader_config(capsys: pytest.CaptureFixture[str]) -> None:
     loader = _loader()
     buf = io.StringIO()
-    text = wellfed.print_dataloader_config(loader, file=buf)
-    assert buf.getvalue().rstrip("\n") == text
+    assert wellfed.print_dataloader_config(loader, file=buf) is None  # a REPL echoes no copy
+    text = buf.getvalue().rstrip("\n")
+    assert text == wellfed.format_dataloader_config(loader)
     assert "num_workers" in text
     assert "seed" in text
     assert "(auto: no CUDA device)" in text
-    text2 = wellfed.print_dataloader_config(num_workers=0, batch_size=32, seed=42, shuffle=True)
+    wellfed.print_dataloader_config(num_workers=0, batch_size=32, seed=42, shuffle=True)
+    text2 = wellfed.format_dataloader_config(num_workers=0, batch_size=32, seed=42, shuffle=True)
     assert "batch_size" in text2
     assert "42" in text2
     assert capsys.readouterr().out.strip() == text2.strip()

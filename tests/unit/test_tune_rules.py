@@ -83,3 +83,17 @@ def test_noise_makes_close_trials_equal_but_never_beyond_five_percent() -> None:
         )
         == 4
     )
+
+
+def test_the_stop_reason_states_the_rule_it_applied_in_its_own_figures() -> None:
+    # Issue 15: "4 workers gained less than 5% over fewer workers (913 vs 858 samples/s)" is
+    # +6.4%: the rule subtracts 2 standard errors first, and the text must say so, signed.
+    from wellfed.tune._search import _gained, _not_gained_text
+
+    noisy = _trial(4, (700.0, 913.0, 1100.0, 913.0, 913.0, 1000.0, 820.0))
+    fewer = _trial(2, (858.0,) * 7)
+    assert not _gained(noisy, fewer)
+    text = _not_gained_text(noisy, fewer)
+    assert text.startswith("913 vs 858 samples/s, +6.4%; needs +5% after subtracting 2 standard")
+    slower = _trial(4, (300.0,) * 7)
+    assert "-65.0%" in _not_gained_text(slower, fewer)

@@ -112,3 +112,34 @@ def test_hymenoptera_gif_is_left_out(hymenoptera: Path) -> None:
     names = [Path(p).name for p, _ in ds.skipped]
     assert names == ["imageNotFound.gif"]
     assert any(p.endswith("formica.jpeg") for p, _ in ds.samples)
+
+
+def test_a_torchvision_that_fails_to_import_falls_back_to_pillow(tmp_path: Path) -> None:
+    # Issue 15: a CUDA torchvision wheel beside CPU torch raises RuntimeError at import
+    # ("operator torchvision::nms does not exist"); only ImportError fell back, so the built-in
+    # workload crashed. A package that raises the same error at import stands in for it.
+    import os
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    code = (
+        "import logging; logging.basicConfig()\n"
+        "from PIL import Image\n"
+        "from wellfed.workloads import builtin_dataset, train_transform\n"
+        "image, label = builtin_dataset()[0]\n"
+        "t = train_transform(64)\n"
+        "print(type(t).__name__, tuple(t(Image.new('RGB', (80, 90))).shape))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "PillowTrainTransform (3, 64, 64)"
+    assert "torchvision is installed but fails to import (RuntimeError" in done.stderr
+    assert "torchvision::nms does not exist" in done.stderr

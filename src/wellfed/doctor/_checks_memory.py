@@ -6,6 +6,7 @@ as workers read them (copy-on-read, WF109), and caches filled inside worker code
 
 from __future__ import annotations
 
+import collections
 import sys
 
 from wellfed.doctor._classify import inside, is_container, safe_getattr, user_classes
@@ -68,6 +69,15 @@ def check_copy_on_read(ctx: Context) -> list[Finding]:
     return out
 
 
+def _bounded_container(value: object) -> bool:
+    """A container that bounds itself: a cachetools cache (``maxsize``), a deque with maxlen."""
+    if isinstance(value, collections.deque):
+        return value.maxlen is not None
+    return type(value).__module__.split(".")[0] == "cachetools" and isinstance(
+        getattr(value, "maxsize", None), (int, float)
+    )
+
+
 def check_worker_caches(ctx: Context) -> list[Finding]:
     """WF110: caches filled inside worker code (each worker fills its own; unbounded)."""
     out: list[Finding] = []
@@ -77,8 +87,8 @@ def check_worker_caches(ctx: Context) -> list[Finding]:
             value = safe_getattr(node.obj, attr)
             if is_shared_state(value):
                 continue
-            if value is not None and type(value).__name__ in ("LRUCache", "TTLCache"):
-                continue  # bounded caches (cachetools)
+            if _bounded_container(value):
+                continue
             f = ctx.finding(
                 "WF110",
                 "warning",

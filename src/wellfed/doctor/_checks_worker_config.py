@@ -147,18 +147,47 @@ def _approx_bytes(node: Node) -> float:
     return node.weight * 8
 
 
+def _is_user_script(path: str) -> bool:
+    """A file of the user's: not inside an installed package or the standard library."""
+    parts = os.path.abspath(path).replace(os.sep, "/").split("/")
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    stdlib = os.path.dirname(os.__file__)
+    return not os.path.abspath(path).startswith(stdlib + os.sep)
+
+
+def unguarded_main_script() -> str | None:
+    """The path of ``__main__``'s file when it is a user script without a ``__main__`` guard.
+
+    None for an interactive ``__main__`` (no file), an installed entry point, an unreadable
+    file, or a script that mentions both ``__name__`` and ``"__main__"`` (the guard).
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file or not _is_user_script(main_file):
+        return None
+    try:
+        with open(main_file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    return None if "__name__" in text and "__main__" in text else main_file
+
+
 def check_main_guard(ctx: Context) -> list[Finding]:
-    """WF121: a script defines the dataset in ``__main__`` without ``if __name__ == "__main__":``.
+    """WF121: the main script has no ``if __name__ == "__main__":`` guard under spawn/forkserver.
 
     spawn and forkserver workers re-import the main script; without the guard each worker
     runs the training script again (RuntimeError: An attempt has been made to start a new
-    process before the current process has finished its bootstrapping phase).
+    process before the current process has finished its bootstrapping phase). That holds
+    whether the dataset's classes live in the script or are imported into it (issue 15: a
+    script importing its classes crashed with no finding), so any user script without the
+    guard is reported; an interactive ``__main__`` (no file) and installed entry points
+    (``wellfed``, ``pytest``) are not scripts of the user's.
     """
     if not any(m in ctx.start_methods for m in SPAWNISH):
         return []
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if not main_file:
+    main_file = unguarded_main_script()
+    if main_file is None:
         return []
     uses_main = any(
         getattr(
@@ -169,20 +198,17 @@ def check_main_guard(ctx: Context) -> list[Finding]:
         == "__main__"
         for n in ctx.worker_nodes()
     )
-    if not uses_main:
-        return []
-    try:
-        with open(main_file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError:
-        return []
-    if "__name__" in text and "__main__" in text:
-        return []
+    what = (
+        "defines classes the workers use"
+        if uses_main
+        else "runs its training code at top level (the workers import it, whatever defines the "
+        "dataset)"
+    )
     f = ctx.finding(
         "WF121",
         "error",
         "env.main_guard",
-        f"The script {os.path.basename(main_file)} defines classes the workers use but has no "
+        f"The script {os.path.basename(main_file)} {what} but has no "
         '`if __name__ == "__main__":` guard: spawn/forkserver workers re-import it and re-run '
         "the training code, failing with 'An attempt has been made to start a new process "
         "before the current process has finished its bootstrapping phase'.",

@@ -14,7 +14,7 @@ from typing import Any
 
 from wellfed._units import format_bytes
 from wellfed.doctor._context import Context
-from wellfed.doctor._graph import Node, module_of
+from wellfed.doctor._graph import Node, in_modules, module_of
 from wellfed.doctor._source import is_user_code
 
 __all__ = [
@@ -75,16 +75,16 @@ def handle_kind(obj: Any) -> tuple[str, bool] | None:
             return "socket", obj.fileno() != -1
         except Exception:
             return "socket", False
-    if mod.startswith("h5py") and name in ("File", "Dataset", "Group"):
+    if in_modules(mod, ("h5py",)) and name in ("File", "Dataset", "Group"):
         try:
             return "HDF5 file", bool(obj)
         except Exception:
             return "HDF5 file", True
-    if mod.startswith("lmdb") and name in ("Environment", "Transaction", "Cursor"):
+    if in_modules(mod, ("lmdb",)) and name in ("Environment", "Transaction", "Cursor"):
         return "LMDB environment", True
-    if mod.startswith(("psycopg2", "pymongo", "redis", "pymysql", "MySQLdb")):
+    if in_modules(mod, ("psycopg2", "pymongo", "redis", "pymysql", "MySQLdb")):
         return "database connection", True
-    if mod.startswith(("av.", "decord")) or (mod.startswith("cv2") and name == "VideoCapture"):
+    if in_modules(mod, ("av", "decord")) or (in_modules(mod, ("cv2",)) and name == "VideoCapture"):
         return "video handle", True
     return None
 
@@ -93,9 +93,11 @@ def thread_kind(obj: Any) -> str | None:
     """Which thread hazard obj is (a _THREAD_WHY key of the thread check), or None."""
     mod = module_of(obj)
     fmod = getattr(obj, "__module__", None) if callable(obj) else None
-    if mod.startswith("cv2") or (isinstance(fmod, str) and fmod.startswith("cv2")):
+    if in_modules(mod, ("cv2",)) or (isinstance(fmod, str) and in_modules(fmod, ("cv2",))):
         return "opencv"
-    if mod.startswith("tokenizers") or (isinstance(fmod, str) and fmod.startswith("tokenizers")):
+    if in_modules(mod, ("tokenizers",)) or (
+        isinstance(fmod, str) and in_modules(fmod, ("tokenizers",))
+    ):
         return "tokenizers"
     if mod == "concurrent.futures.thread" and type(obj).__name__ == "ThreadPoolExecutor":
         return "thread pool"
@@ -115,7 +117,7 @@ def rng_kind(obj: Any) -> str | None:
             return None
         return "random.Random"
     mod = module_of(obj)
-    if mod.startswith("numpy.random"):
+    if in_modules(mod, ("numpy.random",)):
         name = type(obj).__name__
         if name == "RandomState":
             np = sys.modules.get("numpy")
@@ -138,7 +140,7 @@ def rng_kind(obj: Any) -> str | None:
         except Exception:
             pass
         return "torch.Generator"
-    if mod.startswith("imgaug") and "RNG" in type(obj).__name__:
+    if in_modules(mod, ("imgaug",)) and "RNG" in type(obj).__name__:
         return "imgaug RNG"
     return None
 

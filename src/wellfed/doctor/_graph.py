@@ -173,11 +173,21 @@ def _is_leaf(obj: Any) -> bool:
     if isinstance(obj, _LEAF_TYPES):
         return True
     mod = module_of(obj)
-    if mod.startswith(_OPAQUE_MODULE_PREFIXES):
+    if in_modules(mod, _OPAQUE_MODULE_PREFIXES):
         return True
     if mod == "torch" or (mod.startswith("torch.") and _is_torch_leaf(obj)):
         return True
     return is_shared_state(obj)
+
+
+def in_modules(module: str, packages: tuple[str, ...]) -> bool:
+    """True when ``module`` is one of ``packages`` or a submodule of one.
+
+    Whole dotted components are matched, so ``"io"`` covers ``io`` and ``io.foo`` but not a
+    user module named ``iotools`` or ``readers`` (issue 15: a bare ``str.startswith`` took
+    those for the standard library and hid the attribute path of a hazard inside them).
+    """
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def _is_torch_leaf(obj: Any) -> bool:

@@ -85,6 +85,10 @@ _OPENERS = frozenset(
 #: Attribute calls that fill a container (a cache) in place.
 _FILLERS = frozenset({"append", "add", "update", "setdefault", "extend", "insert", "__setitem__"})
 
+#: Method calls on a cache that take entries out of it: worker code that calls one of these on
+#: the attribute it fills bounds that cache (an LRU written by hand: OrderedDict.popitem).
+_EVICTORS = frozenset({"pop", "popitem", "popleft", "clear"})
+
 #: Names whose presence in ``__iter__`` (or worker_init_fn) shows the stream is split per worker.
 SHARDING_NAMES = frozenset(
     {
@@ -145,7 +149,11 @@ class ClassAnalysis:
         readers: Reader methods it defines (``__getitem__``...), each with its line number.
         reads: ``self.<attr>`` names read by reader methods and the helpers they call.
         mutations: attr -> (method, line) for unguarded ``self.<attr> = ...`` in worker code.
-        cache_fills: attr -> (method, line) for ``self.<attr>[k] = v`` / ``.append(...)``.
+        cache_fills: attr -> (method, line) for ``self.<attr>[k] = v`` / ``.append(...)``
+            where worker code does not bound the cache (see ``bounded_caches``).
+        bounded_caches: attrs worker code fills but also evicts from (``.pop``/``.popitem``/
+            ``.clear``/``del self.<attr>[k]``) or fills only under a ``len(self.<attr>)``
+            test: a cache bounded by hand (issue 15: "unbounded" was said of one of 1,000).
         changers: attr -> (method, line) for methods outside worker code that assign an
             attribute worker code reads (``set_epoch``, ``update_theta``...).
         cuda_transfers: (method, line, snippet) of device transfers to CUDA in worker code.
@@ -157,6 +165,7 @@ class ClassAnalysis:
     reads: set[str] = field(default_factory=set)
     mutations: dict[str, tuple[str, int]] = field(default_factory=dict)
     cache_fills: dict[str, tuple[str, int]] = field(default_factory=dict)
+    bounded_caches: set[str] = field(default_factory=set)
     changers: dict[str, tuple[str, int]] = field(default_factory=dict)
     cuda_transfers: list[tuple[str, int, str]] = field(default_factory=list)
     pid_guard: bool = False
@@ -230,6 +239,7 @@ class _BodyScan(ast.NodeVisitor):
         self.guards: list[ast.AST] = []
         self.assigns: list[tuple[str, int, bool, ast.AST | None]] = []  # attr, line, guarded, value
         self.fills: list[tuple[str, int]] = []
+        self.evicts: set[str] = set()  # attrs entries are taken out of, or filled under len()
         self.calls: list[tuple[str, bool]] = []  # self.method() calls, guarded?
         self.reads: set[str] = set()
         self.cuda: list[tuple[int, str]] = []
@@ -241,6 +251,24 @@ class _BodyScan(ast.NodeVisitor):
             if _mentions_getpid(g) or (attr is not None and _mentions(g, attr)):
                 return True
         return False
+
+    def _len_guarded(self, attr: str) -> bool:
+        """Whether an enclosing if-test calls ``len(self.<attr>)`` (a size bound)."""
+        return any(
+            isinstance(n, ast.Call)
+            and _called_name(n) == "len"
+            and bool(n.args)
+            and _self_attr(n.args[0]) == attr
+            for g in self.guards
+            if not isinstance(g, ast.Try)
+            for n in ast.walk(g)
+        )
+
+    def visit_Delete(self, node: ast.Delete) -> None:
+        for t in node.targets:
+            if isinstance(t, ast.Subscript) and (attr := _self_attr(t.value)) is not None:
+                self.evicts.add(attr)
+        self.generic_visit(node)
 
     def visit_If(self, node: ast.If) -> None:
         self.visit(node.test)
@@ -276,6 +304,8 @@ class _BodyScan(ast.NodeVisitor):
             attr = _self_attr(target.value)
             if attr is not None:
                 self.fills.append((attr, line))
+                if self._len_guarded(attr):
+                    self.evicts.add(attr)
         if isinstance(target, (ast.Tuple, ast.List)):
             for elt in target.elts:
                 self._target(elt, None, line)
@@ -313,6 +343,10 @@ class _BodyScan(ast.NodeVisitor):
                 self.calls.append((func.attr, self._guarded(None) or bool(self.guards)))
             elif owner is not None and func.attr in _FILLERS:
                 self.fills.append((owner, node.lineno))
+                if self._len_guarded(owner):
+                    self.evicts.add(owner)
+            elif owner is not None and func.attr in _EVICTORS:
+                self.evicts.add(owner)
         snippet = _cuda_snippet(node)
         if snippet:
             self.cuda.append((node.lineno, snippet))
@@ -402,6 +436,7 @@ def analyze_class(cls: type) -> ClassAnalysis:
                 out.mutations.setdefault(attr, (name, lines[name] + line - fdef.lineno))
         for attr, line in scan.fills:
             out.cache_fills.setdefault(attr, (name, lines[name] + line - fdef.lineno))
+        out.bounded_caches |= scan.evicts
         for line, snippet in scan.cuda:
             out.cuda_transfers.append((name, lines[name] + line - fdef.lineno, snippet))
     # Methods that run in the main process: called from __init__ only (and private), or
@@ -440,6 +475,8 @@ def analyze_class(cls: type) -> ClassAnalysis:
                 ):
                     line = lines[name] + sub.lineno - fdef.lineno
                     out.changers.setdefault(owner, (name, line))
+    for attr in out.bounded_caches:
+        out.cache_fills.pop(attr, None)
     _CACHE[cls] = out
     return out
 

@@ -158,6 +158,19 @@ def train_transform(size: int = 224) -> Callable[[Any], Any]:
         from torchvision import transforms as T
     except ImportError:
         return PillowTrainTransform(size)
+    except Exception as exc:  # a broken install raises anything at import
+        import torch
+
+        # A torchvision built for another torch (a CUDA wheel beside CPU torch) imports far
+        # enough to raise RuntimeError "operator torchvision::nms does not exist" (issue 15).
+        logger.warning(
+            "torchvision is installed but fails to import (%s: %s); using the Pillow "
+            "transform instead. Fix: install the torchvision build that matches torch %s.",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            torch.__version__,
+        )
+        return PillowTrainTransform(size)
     return T.Compose(  # type: ignore[no-any-return]
         [
             T.RandomResizedCrop(size),
