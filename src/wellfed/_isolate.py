@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
-__all__ = ["IsolatedResult", "kill_tree", "private_memory_bytes", "run_isolated", "tree_memory"]
+__all__ = [
+    "GroupMember",
+    "IsolatedResult",
+    "kill_tree",
+    "private_memory_bytes",
+    "run_isolated",
+    "run_isolated_group",
+    "tree_memory",
+]
 
 #: Seconds between two samples of the child tree's memory. Reading one process's USS
 #: (smaps_rollup) costs ~4.5 ms for a process that imported torch (measured here with
@@ -43,7 +52,8 @@ class IsolatedResult:
 
     Attributes:
         status: "ok" (the callable returned), "failed" (it raised, or the child died) or
-            "timeout" (the deadline passed; the tree was killed).
+            "timeout" (the deadline passed; the tree was killed); in ``run_isolated_group``
+            also "stopped" (killed because another member of the group failed first).
         value: The callable's return value when status is "ok", else None.
         error: The child's own error text (exception type, message, traceback tail), or a
             description of how it died; None when ok.
@@ -356,3 +366,281 @@ def describe_exit(exitcode: int | None) -> str:
             hint = " (a crash in native code, such as a decoder or a library not fork-safe)"
         return f"the process was killed by {name}{hint}"
     return f"the process exited with code {exitcode} without a result"
+
+
+# --- a group of children run at once (per-rank tuning) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """What each member of ``run_isolated_group`` gets as its ``group=`` keyword argument.
+
+    It lets the members line up their measured spans: ``wait_for_all`` is a barrier, and
+    ``finish``/``all_finished`` let a member that is done keep the load on (go on loading,
+    unmeasured) until the slowest member is done too.
+
+    Attributes:
+        rank: This member's index, 0 to size - 1.
+        size: Members in the group.
+    """
+
+    rank: int
+    size: int
+    barrier: Any = field(repr=False)
+    finished: Any = field(repr=False)
+
+    def wait_for_all(self, timeout_s: float | None = None) -> None:
+        """Block until every member has called this (once each).
+
+        Raises:
+            RuntimeError: Another member failed (the parent broke the barrier) or
+                ``timeout_s`` seconds passed first.
+        """
+        import threading
+
+        try:
+            self.barrier.wait(timeout_s)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(
+                f"group member {self.rank}: another member of the group failed or did not "
+                "reach the start of the measured span in time"
+            ) from None
+
+    def finish(self) -> None:
+        """Say that this member's measured span is over."""
+        with self.finished.get_lock():
+            self.finished.value += 1
+
+    def all_finished(self) -> bool:
+        """True once every member has called ``finish``."""
+        return bool(self.finished.value >= self.size)
+
+
+#: Members of a group whose memory is sampled per MEMORY_SAMPLE_INTERVAL_S: two keeps the
+#: sampling of a group of 2 complete and that of 8 ranks x 8 workers near one trial's cost
+#: (each member is then sampled every 4 s, several times in a trial of warm-up plus 3 s).
+GROUP_SAMPLES_PER_TICK = 2
+
+
+def _descendants(roots: list[int]) -> dict[int, list[psutil.Process]]:
+    """Every descendant of each root pid, from one pass over the process table."""
+    children: dict[int, list[psutil.Process]] = {}
+    for p in psutil.process_iter(["ppid"]):
+        ppid = p.info.get("ppid")
+        if ppid is not None:
+            children.setdefault(ppid, []).append(p)
+    out: dict[int, list[psutil.Process]] = {}
+    for root in roots:
+        found: list[psutil.Process] = []
+        stack = list(children.get(root, ()))
+        while stack:
+            p = stack.pop()
+            found.append(p)
+            stack.extend(children.get(p.pid, ()))
+        out[root] = found
+    return out
+
+
+def _group_child_main(
+    conn: Any,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    forked: bool,
+    env: dict[str, str],
+) -> None:
+    os.environ.update(env)
+    _child_main(conn, func, args, kwargs, forked)
+
+
+def run_isolated_group(
+    func: Callable[..., Any],
+    args_per_member: Sequence[tuple[Any, ...]],
+    *,
+    timeout_s: float,
+    sample_memory: bool = False,
+    context: str | None = None,
+    env_per_member: Sequence[Mapping[str, str]] | None = None,
+    **kwargs: Any,
+) -> list[IsolatedResult]:
+    """Run ``func(*args, group=member, **kwargs)`` in one fresh child per member, all at once.
+
+    The children are started back to back, each in its own process group, and run
+    concurrently; ``group`` (a GroupMember) gives each its rank and a barrier shared by all.
+    When one member fails (raises, dies, or its start fails) the barrier is broken and the
+    other members are killed: their status is "stopped". Whatever happens, every child and
+    all their descendants are gone when this function returns, also when it is interrupted
+    (KeyboardInterrupt).
+
+    Args:
+        func: The callable; it must take the ``group`` keyword. With spawn it and its
+            arguments must pickle.
+        args_per_member: Positional arguments of each member; its length is the group size
+            (at least 1).
+        timeout_s: Seconds until every child tree still running is killed (status "timeout").
+        sample_memory: Sample each member's tree memory (see tree_memory) while it runs, at
+            most GROUP_SAMPLES_PER_TICK members per MEMORY_SAMPLE_INTERVAL_S, in turn.
+        context: Start method for the children; None: fork where safe, else spawn.
+        env_per_member: Environment variables each child sets before calling func.
+        **kwargs: Keyword arguments for func, the same for every member.
+
+    Returns:
+        One IsolatedResult per member, in member order; status "ok", "failed", "timeout" or
+        "stopped" (killed because another member failed first).
+    """
+    size = len(args_per_member)
+    if size < 1:
+        raise ValueError("run_isolated_group needs at least one member")
+    envs = [dict(e) for e in env_per_member] if env_per_member is not None else [{}] * size
+    ctx: Any = multiprocessing.get_context(context) if context else _preferred_context()
+    forked = ctx.get_start_method() == "fork"
+    barrier = ctx.Barrier(size)
+    finished = ctx.Value("i", 0)
+    conns: list[Any] = []
+    procs: list[Any] = []
+    ps_procs: list[psutil.Process | None] = []
+    known: list[dict[int, psutil.Process]] = [{} for _ in range(size)]
+    peaks = [0] * size
+    kinds: list[str | None] = [None] * size
+    messages: list[tuple[str, Any, str | None] | None] = [None] * size
+    ended: list[float | None] = [None] * size
+    outcome: list[str | None] = [None] * size  # "ok", "failed", "timeout", "stopped"
+    errors: list[str | None] = [None] * size
+    start = time.perf_counter()
+    try:
+        for rank, args in enumerate(args_per_member):
+            parent_conn, child_conn = ctx.Pipe(duplex=False)
+            member = GroupMember(rank, size, barrier, finished)
+            proc = ctx.Process(
+                target=_group_child_main,
+                args=(child_conn, func, args, {**kwargs, "group": member}, forked, envs[rank]),
+                daemon=False,
+            )
+            try:
+                proc.start()
+            except Exception as exc:  # spawn pickles func and args here
+                child_conn.close()
+                parent_conn.close()
+                error = (
+                    f"group member {rank} could not start ({ctx.get_start_method()}): "
+                    + _format_exception(exc)
+                )
+                barrier.abort()
+                now = time.perf_counter()
+                results = []
+                for i in range(size):
+                    if i == rank:
+                        results.append(IsolatedResult("failed", error=error, elapsed_s=now - start))
+                    else:
+                        results.append(
+                            IsolatedResult(
+                                "stopped",
+                                error=f"stopped: group member {rank} could not start",
+                                elapsed_s=now - start,
+                            )
+                        )
+                return results
+            child_conn.close()
+            conns.append(parent_conn)
+            procs.append(proc)
+            try:
+                ps_procs.append(psutil.Process(proc.pid))
+            except psutil.Error:
+                ps_procs.append(None)
+        deadline = start + timeout_s
+        next_sample = next_scan = start
+        turn = 0  # the next member whose memory is sampled
+        first_failure: int | None = None
+        while any(o is None for o in outcome):
+            now = time.perf_counter()
+            if now >= next_scan:
+                next_scan = now + CHILDREN_SCAN_INTERVAL_S
+                live = {procs[r].pid: r for r in range(size) if outcome[r] is None}
+                for root, found in _descendants(list(live)).items():
+                    for c in found:
+                        known[live[root]].setdefault(c.pid, c)
+            if sample_memory and now >= next_sample:
+                # members in turn, at most GROUP_SAMPLES_PER_TICK a tick: the sampling costs
+                # what one trial's does (see MEMORY_SAMPLE_INTERVAL_S), whatever the group size
+                next_sample = now + MEMORY_SAMPLE_INTERVAL_S
+                for _ in range(min(size, GROUP_SAMPLES_PER_TICK)):
+                    rank, turn = turn, (turn + 1) % size
+                    ps = ps_procs[rank]
+                    if ps is not None and outcome[rank] is None:
+                        mem, kinds[rank] = tree_memory(ps)
+                        peaks[rank] = max(peaks[rank], mem)
+            if now >= deadline:
+                for rank in range(size):
+                    if outcome[rank] is None:
+                        outcome[rank] = "timeout"
+                        errors[rank] = (
+                            f"no result after {timeout_s:.1f}s; the process tree was killed"
+                        )
+                        ended[rank] = now
+                break
+            pending = [conns[r] for r in range(size) if outcome[r] is None]
+            ready = multiprocessing.connection.wait(
+                pending, timeout=min(POLL_INTERVAL_S, deadline - now)
+            )
+            for rank in range(size):
+                if outcome[rank] is not None:
+                    continue
+                conn = conns[rank]
+                message = None
+                if conn in ready or not procs[rank].is_alive():
+                    if conn.poll(0):
+                        with contextlib.suppress(EOFError, OSError):
+                            message = conn.recv()
+                    if message is None and procs[rank].is_alive():
+                        continue  # woken by EOF of a pipe whose child is still exiting
+                    ended[rank] = time.perf_counter()
+                    if message is None:
+                        procs[rank].join(timeout=1)
+                        outcome[rank] = "failed"
+                        errors[rank] = describe_exit(procs[rank].exitcode)
+                    else:
+                        messages[rank] = message
+                        outcome[rank] = message[0]
+                        errors[rank] = message[2]
+                    if outcome[rank] != "ok" and first_failure is None:
+                        first_failure = rank
+            if first_failure is not None:
+                barrier.abort()
+                for rank in range(size):
+                    if outcome[rank] is None:
+                        outcome[rank] = "stopped"
+                        errors[rank] = f"stopped: group member {first_failure} failed first"
+                        ended[rank] = time.perf_counter()
+                break
+        # finished members exit (and stop their workers) on their own, within EXIT_GRACE_S
+        grace_end = time.perf_counter() + EXIT_GRACE_S
+        for rank, proc in enumerate(procs):
+            if outcome[rank] == "ok":
+                proc.join(timeout=max(0.0, grace_end - time.perf_counter()))
+    finally:
+        barrier.abort()  # nobody may wait on it any more
+        for rank, proc in enumerate(procs):
+            kill_tree(proc.pid, list(known[rank].values()))
+        for proc in procs:
+            proc.join(timeout=5)
+        for conn in conns:
+            conn.close()
+    results = []
+    for rank in range(size):
+        status = outcome[rank] or "failed"
+        peak = peaks[rank] if sample_memory and peaks[rank] else None
+        elapsed = (ended[rank] or time.perf_counter()) - start
+        message = messages[rank]
+        value = message[1] if message is not None and status == "ok" else None
+        results.append(
+            IsolatedResult(
+                status,
+                value,
+                errors[rank],
+                procs[rank].exitcode,
+                elapsed,
+                peak,
+                kinds[rank],
+            )
+        )
+    return results

@@ -187,15 +187,33 @@ def _add_tune(sub: Any) -> None:
     p.add_argument(
         "--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method"
     )
-    p.add_argument("--max-workers", type=int, metavar="N", help="most worker processes to try")
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        metavar="N",
+        help="most worker processes to try on the node (per rank: N // --nproc-per-node)",
+    )
     p.add_argument(
         "--max-threads",
         type=int,
         metavar="N",
-        help="most thread workers to try (default 256; 0: measure no threads)",
+        help="most thread workers to try on the node (default 256; per rank: N // "
+        "--nproc-per-node; 0: measure no threads)",
     )
     p.add_argument(
-        "--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)"
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="measure N loaders at once, as N local ranks (e.g. torchrun --nproc-per-node N) "
+        "will run, and recommend the per-rank configuration; CPU, memory and worker caps are "
+        "per node (default: LOCAL_WORLD_SIZE when set, as under torchrun, else 1)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        metavar="S",
+        help="bound on the whole run, seconds (default 75 for one rank, x (1 + (N-1)/2) for "
+        "--nproc-per-node N: 112 for 2, 188 for 4)",
     )
     _add_json(p, "the result")
     p.add_argument(
@@ -248,7 +266,9 @@ def _check_plot_option(text: str) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from wellfed.tune import DEFAULT_BUDGET_S, tune
+    from wellfed.platform import local_rank
+    from wellfed.tune import DEFAULT_BUDGET_S, default_budget_s, tune
+    from wellfed.tune._ranks import resolve_nproc
 
     err = _console(stderr=True)
     if args.plot is not None:
@@ -257,10 +277,31 @@ def _run_tune(args: argparse.Namespace) -> int:
     if not args.target:
         for path, reason in getattr(spec.dataset, "skipped", ()):
             err.print(f"[yellow]left out[/] {path}: {reason}")
-    quiet = args.json == "-"
-    budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S
+    nproc, nproc_source = resolve_nproc(args.nproc_per_node)
+    rank = local_rank()
+    follower = nproc > 1 and rank is not None and rank > 0  # local rank 0 measures for all
+    quiet = args.json == "-" or follower
+    budget = args.budget_s if args.budget_s is not None else default_budget_s(nproc)
     if not quiet:
         err.print(f"[bold]workload[/]: {spec.description}")
+        if nproc > 1:
+            scaled = (
+                f"; the default {DEFAULT_BUDGET_S:.0f}s scaled for {nproc} ranks"
+                if args.budget_s is None
+                else ""
+            )
+            err.print(
+                f"[bold]per rank[/]: {nproc} loaders measured at once ({nproc_source}), "
+                f"time bound {budget:.0f}s{scaled}",
+                soft_wrap=True,
+            )
+    elif follower:
+        err.print(
+            f"local rank {rank} of {nproc}: local rank 0 measures all {nproc} loaders at once; "
+            "waiting for its result",
+            markup=False,
+            soft_wrap=True,
+        )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -287,12 +328,13 @@ def _run_tune(args: argparse.Namespace) -> int:
             max_threads=args.max_threads,
             store=not args.no_store,
             progress=progress,
+            nproc_per_node=args.nproc_per_node,
         )
-    if args.json is not None:
+    if args.json is not None and not follower:
         _write_json(result.to_dict(), args.json)
     if not quiet:
         _render_tune(result)
-    if args.plot is not None:
+    if args.plot is not None and not follower:
         from wellfed.tune import plot_sweep
 
         written = plot_sweep(result, args.plot)
@@ -314,25 +356,49 @@ def _render_tune(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    out = _console(width=150)  # a label such as "4 workers, persistent, fork" on one line
+    ranked = getattr(result, "nproc_per_node", 1) > 1
+    # a label such as "4 workers, persistent, fork" on one line (two more columns per rank)
+    out = _console(width=175 if ranked else 150)
     base = (
         result.baseline.samples_per_s
         if result.baseline is not None and result.baseline.ok
         else None
     )
     rec = result.recommended
-    table = Table(title=f"wellfed tune: {result.workload['description']}", title_justify="left")
+    nproc = getattr(result, "nproc_per_node", 1)
+    title = f"wellfed tune: {result.workload['description']}"
+    if ranked:
+        title += (
+            f"; {nproc} ranks at once: samples/s and memory per rank (the slowest rank's), "
+            f"node = {nproc} x that"
+        )
+    table = Table(title=title, title_justify="left")
     table.add_column("configuration")
     table.add_column("backend")
-    table.add_column("samples/s", justify="right")
+    table.add_column("samples/s", justify="right")  # with ranks: the slowest rank's
     table.add_column("± (IQR)", justify="right")
+    if ranked:
+        table.add_column("ranks" if nproc <= 4 else "ranks (min-max)", justify="right")
+        table.add_column("node", justify="right")
     table.add_column("vs main process", justify="right")
     table.add_column("first batch s", justify="right")
-    table.add_column(
-        f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory",
-        justify="right",
-    )
+    kind = result.trials[0].memory_kind or "rss" if result.trials else None
+    memory = f"memory ({kind})" if kind else "memory"
+    table.add_column(memory, justify="right")
     table.add_column("")
+
+    def rank_cells(t: Any) -> list[str]:
+        if not ranked:
+            return []
+        if not t.ok:
+            return ["", ""]
+        rates = [r.samples_per_s for r in t.ranks]
+        if nproc <= 4:
+            each = " / ".join(f"{rate:.0f}" for rate in rates)
+        else:
+            each = f"{min(rates):.0f}-{max(rates):.0f}"
+        return [each, f"{t.aggregate_samples_per_s:.0f}"]
+
     for t in result.trials:
         mark = ""
         if rec is not None and t.config == rec.config:
@@ -345,6 +411,7 @@ def _render_tune(result: Any) -> None:
                 t.config.backend,
                 f"{t.samples_per_s:.0f}",
                 f"{t.samples_per_s_spread:.0f}",
+                *rank_cells(t),
                 f"{t.samples_per_s / base:.2f}x" if base else "-",
                 f"{t.first_batch_s:.2f}",
                 format_bytes(t.peak_memory_bytes),
@@ -357,17 +424,21 @@ def _render_tune(result: Any) -> None:
                 t.config.backend,
                 f"[red]{t.status}[/]",
                 "",
+                *rank_cells(t),
                 "",
                 "",
                 format_bytes(t.peak_memory_bytes),
                 first_line[:60],
             )
     if result.ceiling_samples_per_s is not None:
+        per = f" / {nproc} ranks" if ranked else ""
         table.add_row(
-            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs[/]",
+            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} "
+            f"{'CPUs' if ranked else 'usable CPUs'}{per}[/]",
             "",
             f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
             "",
+            *(["", f"[dim]{nproc * result.ceiling_samples_per_s:.0f}[/]"] if ranked else []),
             f"[dim]{result.ceiling_samples_per_s / base:.2f}x[/]" if base else "",
             "",
             "",
@@ -393,15 +464,21 @@ def _render_tune(result: Any) -> None:
             out.print(f"probe: {label}? {verdict}: {escape(str(probe['why']))}", highlight=False)
     for note in getattr(result, "notes", ()) or ():
         out.print(f"search: {note}", markup=False, highlight=False)
-    out.print(f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
+    out.print(
+        f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all "
+        f"(time bound {result.budget_s:.0f}s)[/]"
+    )
     if rec is None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
         return
-    out.print(f"\n[bold]Recommended[/] ({rec.reason})\n")
+    per_rank = " per rank" if ranked else ""
+    out.print(f"\n[bold]Recommended{per_rank}[/] ({rec.reason})\n")
     out.print(rec.code, markup=False, soft_wrap=True)  # never wrap: it must paste as Python
     if result.stored_path:
+        where = f" in each of {nproc} local ranks (LOCAL_WORLD_SIZE={nproc})" if ranked else ""
         out.print(
-            f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]"
+            f"\n[dim]stored for create_dataloader(num_workers='auto'){where}: "
+            f"{result.stored_path}[/]"
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
+from wellfed.tune._ranks import budget_scale
 from wellfed.tune._result import Recommendation, TuneResult
 
 logger = logging.getLogger(__name__)
@@ -25,12 +26,21 @@ __all__ = [
     "NEAR_BEST",
     "Recommendation",
     "TuneResult",
+    "default_budget_s",
     "tune",
 ]
 
 #: Default bound on a whole tune run, seconds; the adaptive search usually ends well before it
 #: (benchmarks/results/published/suite_2cpu.md has the tuning times per workload).
 DEFAULT_BUDGET_S = 75.0
+
+
+def default_budget_s(nproc_per_node: int = 1) -> float:
+    """The default bound on a tune run, seconds: DEFAULT_BUDGET_S for one rank, scaled for
+    ``nproc_per_node`` ranks measured at once (x 1.5 for 2, x 2.5 for 4, x 4.5 for 8; see
+    ``wellfed.tune._ranks.BUDGET_PER_EXTRA_RANK``)."""
+    return DEFAULT_BUDGET_S * budget_scale(nproc_per_node)
+
 
 #: A configuration within this fraction of the fastest counts as equally fast; among those the
 #: one with the fewest workers (among as many workers, the fastest) is recommended; so is one
@@ -202,7 +212,7 @@ def _not_gained_text(new: Trial, old: Trial) -> str:
 def tune(
     target: Any,
     *,
-    budget_s: float = DEFAULT_BUDGET_S,
+    budget_s: float | None = None,
     start_method: str | None = None,
     max_workers: int | None = None,
     max_threads: int | None = None,
@@ -210,6 +220,7 @@ def tune(
     check_safety: bool = True,
     store: bool = True,
     progress: ProgressFn | None = None,
+    nproc_per_node: int | None = None,
 ) -> TuneResult:
     """Measure loader configurations on this machine and recommend the fastest cheap one.
 
@@ -243,32 +254,57 @@ def tune(
     processes); among as many workers the fastest, then the least memory; thread workers only
     when the probe found them safe.
 
+    Per rank (``nproc_per_node`` N > 1): every configuration is measured with N loaders at
+    once, one per trial process, as N local ranks of this node will run (``measure(nproc=N)``),
+    and its figure is the slowest rank's samples/s (what a synchronous step gets); each
+    rank's figures are in ``Trial.ranks``. The caps are per node: the search starts at the
+    usable CPUs // N, and RAM, max_workers, max_threads, MAX_WORKERS and MAX_THREADS are
+    divided by N. The recommendation is the per-rank configuration; it is stored apart
+    (``<key>.nproc<N>.json``) for ``create_dataloader(num_workers="auto")`` in processes
+    whose local world size is N. Under a launcher (torchrun's LOCAL_RANK), only local rank 0
+    measures; the other local ranks wait for its result and return it.
+
     Args:
         target: A LoaderSpec, Dataset or DataLoader (see ``resolve_target`` for TARGET strings).
         budget_s: Bound on the whole run in seconds; the search stops early to respect it.
+            None: ``default_budget_s(nproc_per_node)`` (75 s for one rank, 112 s for 2).
         start_method: Worker start method; None: the target's own, else the platform default.
-        max_workers: Most worker processes to try; None: from memory and open-file limits.
-        max_threads: Most thread workers to try; None: MAX_THREADS. 0 measures no threads.
-        measure_s: Seconds of measured loading per trial; None: budget_s / 50, within 1-3 s.
+        max_workers: Most worker processes to try on the node (per rank: // nproc_per_node);
+            None: from memory and open-file limits.
+        max_threads: Most thread workers to try on the node (per rank: // nproc_per_node);
+            None: MAX_THREADS. 0 measures no threads.
+        measure_s: Seconds of measured loading per trial; None: budget_s / 50 (for N ranks:
+            the bound before scaling / 50), within 1-3 s.
         check_safety: Run the doctor's static checks first and refuse worker configurations
             when they find errors for this start method.
         store: Save the result where ``create_dataloader(num_workers="auto")`` finds it
             (see ``wellfed.tune.store_dir``).
         progress: Called as ``progress(fraction_of_budget_used, message)`` while measuring.
+        nproc_per_node: Local ranks to measure at once; None: the local world size
+            (``LOCAL_WORLD_SIZE`` under torchrun, see ``wellfed.platform.local_world_size``),
+            else 1.
 
     Returns:
         A TuneResult. Failures of single configurations are trials with their error, not
         exceptions.
 
     Raises:
-        ConfigError: budget_s, max_workers or max_threads out of range (WF010).
+        ConfigError: budget_s, max_workers, max_threads or nproc_per_node out of range
+            (WF010).
+        WellfedError: A non-zero local rank got no result from local rank 0 (WF012).
     """
     from wellfed.errors import check_option
+    from wellfed.tune import _ranks
 
+    nproc, nproc_source = _ranks.resolve_nproc(nproc_per_node)
+    if budget_s is None:
+        budget_s = default_budget_s(nproc)
     check_option("budget_s", budget_s, budget_s > 0, "a positive number of seconds", code="WF010")
     for name, value in (("max_workers", max_workers), ("max_threads", max_threads)):
         check_option(name, value, value is None or value >= 0, "0 or more", code="WF010")
     spec = target if isinstance(target, LoaderSpec) else spec_from_object(target)
+    if _ranks.waits_for_local_rank_zero(nproc):
+        return _ranks.wait_for_local_rank_zero(spec.dataset, spec.batch_size, nproc, budget_s)
     started = time.perf_counter()
 
     def report(message: str) -> None:
@@ -298,12 +334,18 @@ def tune(
             attribute="start_method",
             value=method,
         )
-    per_trial = measure_s if measure_s is not None else min(3.0, max(1.0, budget_s / 50.0))
+    unscaled = budget_s / budget_scale(nproc)
+    per_trial = measure_s if measure_s is not None else min(3.0, max(1.0, unscaled / 50.0))
     user_prefetch = user.prefetch_factor if user and user.num_workers > 0 else None
     cap = min(MAX_WORKERS, _fd_cap(platform, user_prefetch or 2))
     if max_workers is not None:
         cap = min(cap, max_workers)
     thread_cap = MAX_THREADS if max_threads is None else min(MAX_THREADS, max_threads)
+    if nproc > 1:
+        # the caps are per node: each rank gets its share (ulimit -n is per process)
+        node_cap = MAX_WORKERS if max_workers is None else min(MAX_WORKERS, max_workers)
+        cap = min(_fd_cap(platform, user_prefetch or 2), _ranks.per_rank_cap(node_cap, nproc))
+        thread_cap = _ranks.per_rank_cap(thread_cap, nproc)
 
     findings: tuple[dict[str, Any], ...] = ()
     if check_safety:
@@ -323,13 +365,23 @@ def tune(
 
     trials: dict[LoaderConfig, Trial] = {}
     notes: list[str] = []
+    if nproc > 1:
+        notes.append(
+            f"{nproc} ranks measured at once ({nproc_source}): every figure is per rank, the "
+            f"slowest rank's; per rank the search starts at {max(1, platform.usable_cpus // nproc)}"
+            f" worker(s) ({platform.usable_cpus} usable CPUs // {nproc}), with at most {cap} "
+            f"worker process(es) and {thread_cap} thread(s) (the node's caps // {nproc}); time "
+            f"bound {budget_s:.0f}s"
+        )
     stopped = ""
     per_worker_bytes: float | None = None
 
     def measure_once(config: LoaderConfig) -> Trial:
         # worker start-up is slower under spawn/forkserver (a fresh interpreter per worker)
-        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
-        return measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
+        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers * nproc)
+        return measure(
+            spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial, nproc=nproc
+        )
 
     def run(config: LoaderConfig) -> Trial | None:
         """Measure ``config`` (once; later calls return the trial), or None past the budget."""
@@ -397,7 +449,7 @@ def tune(
             run,
             trials,
             notes,
-            platform,
+            _ranks.per_rank_platform(platform, nproc),
             method,
             has_cuda,
             batched,
@@ -407,6 +459,7 @@ def tune(
             per_worker_bytes_of=lambda: per_worker_bytes,
             main=trials[main_config],
             rerun=rerun,
+            cpu_share=min(1.0, platform.usable_cpus / nproc),
         )
 
     # 5. re-measure configurations that noise cannot separate from the best
@@ -474,7 +527,7 @@ def tune(
     single = [
         _rate(t) for t in ok_trials if t.config.num_workers <= 1 and t.config.num_threads == 0
     ]
-    ceiling = max(single) * platform.usable_cpus if single else None
+    ceiling = max(single) * platform.usable_cpus / nproc if single else None
     workload = {
         "description": spec.description,
         "samples": spec.samples,
@@ -484,7 +537,11 @@ def tune(
         "batch_size_given": spec.batch_size_given,
         "start_method": method,
         "user_config": user.to_dict() if user else None,
+        "nproc_per_node": nproc,
+        "nproc_per_node_source": nproc_source,
     }
+    if recommended is not None:
+        recommended = _ranks.per_rank_recommendation(recommended, nproc, nproc_source)
     result = TuneResult(
         platform=platform,
         workload=workload,
@@ -499,12 +556,15 @@ def tune(
         findings=findings,
         probes=probes,
         notes=tuple(notes),
+        nproc_per_node=nproc,
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
 
         path = save_result(spec.dataset, result)
         result = dataclasses.replace(result, stored_path=str(path) if path else None)
+    if _ranks.hands_off(nproc):
+        _ranks.write_handoff(spec.dataset, result)
     report("done")
     return result
 
@@ -525,6 +585,7 @@ def _climb(
     per_worker_bytes_of: Callable[[], float | None],
     main: Trial,
     rerun: Callable[[LoaderConfig], Trial],
+    cpu_share: float = 1.0,
 ) -> None:
     """Steps 3 and 4 of ``tune``: climb the worker counts of each backend, then prefetch.
 
@@ -532,13 +593,18 @@ def _climb(
     previous count is measured again right after it (load on a shared machine drifts over
     seconds, more than one trial's own windows show), and the gain must hold against the
     pooled figure.
+
+    With N ranks measured at once, ``platform`` is one rank's share of the node
+    (``_ranks.per_rank_platform``), and ``cpu_share`` (CPUs per rank, at most 1) scales
+    WAIT_BOUND: a rank that gets half a CPU is not waiting on storage at 0.5 CPU s per s.
     """
-    wait_bound = (main.cpu_per_wall if main.cpu_per_wall is not None else 1.0) < WAIT_BOUND
+    bound = WAIT_BOUND * cpu_share
+    wait_bound = (main.cpu_per_wall if main.cpu_per_wall is not None else 1.0) < bound
     factor = 4 if wait_bound else 2
     notes.append(
         f"loading is {'wait-bound' if wait_bound else 'CPU-bound'} (detected): the main process "
         f"used {main.cpu_per_wall or 0:.2f} CPU s per wall s "
-        f"({'below' if wait_bound else 'at or above'} {WAIT_BOUND}), so worker counts climb "
+        f"({'below' if wait_bound else 'at or above'} {bound:.2g}), so worker counts climb "
         f"by {factor}x"
     )
     start = max(1, platform.usable_cpus)
