@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from wellfed._contention import ContentionMeter
 from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
@@ -306,6 +307,7 @@ def tune(
     if _ranks.waits_for_local_rank_zero(nproc):
         return _ranks.wait_for_local_rank_zero(spec.dataset, spec.batch_size, nproc, budget_s)
     started = time.perf_counter()
+    contention_meter = ContentionMeter().start()
 
     def report(message: str) -> None:
         if progress is not None:
@@ -542,6 +544,18 @@ def tune(
     }
     if recommended is not None:
         recommended = _ranks.per_rank_recommendation(recommended, nproc, nproc_source)
+    contention = contention_meter.stop()
+    if contention.contended:
+        notes.append(
+            f"contention (measured): {contention.describe()} while tuning; every figure is "
+            "lower than on a quiet machine, worker configurations most, so the pick may be too "
+            "few workers. Tune again when the machine is quiet"
+            + (
+                "; this result is stored as create_dataloader's 'auto' default and says so"
+                if store and recommended is not None and not findings
+                else ""
+            )
+        )
     result = TuneResult(
         platform=platform,
         workload=workload,
@@ -557,6 +571,7 @@ def tune(
         probes=probes,
         notes=tuple(notes),
         nproc_per_node=nproc,
+        contention=contention.to_dict(),
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
