@@ -1224,14 +1224,15 @@ class SharedState:
                 self._drop_segment(seg)  # another layout, unpinned: make room
             if len(self._segments) < self._max_slots:
                 return self._new_slot(layout, size)
+            if not collected:
+                collected = True
+                if os.getpid() in self._pin_holders():
+                    gc.collect()  # views in reference cycles pin slots until collected
+                    continue
             now = time.monotonic()
             if started is None:
                 started = now
                 holders = self._pin_holders()
-                if not collected and os.getpid() in holders:
-                    gc.collect()  # views in reference cycles pin slots until collected
-                    collected = True
-                    continue
                 alone = threading.active_count() == 1 and set(holders) == {os.getpid()}
                 if self._update_timeout_s == 0 or alone:
                     raise self._slots_busy_error(0.0, size, holders, alone=alone)
