@@ -428,3 +428,39 @@ class NaiveViewDataset(Dataset[dict[str, Any]]):
             "b": self.b[lo : lo + VIEW_LEN],
             "pid": os.getpid(),
         }
+
+
+class RepeatSampler(torch.utils.data.Sampler[int]):
+    """0, 1, ..., n - 1, 0, 1, ... without end: a stress test stops when it has enough."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Any:
+        i = 0
+        while True:
+            yield i % self.n
+            i += 1
+
+
+class VersionRecorder:
+    """Stands in for a dataset's SharedState: forwards to it and remembers the version read.
+
+    Lets a test run an example's own ``__getitem__`` unchanged and still know which version
+    each sample was made from.
+    """
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+        self.last = 0
+
+    def read(self) -> Any:
+        snap = self.state.read()
+        self.last = snap.version
+        return snap
+
+    def update(self, *args: Any, **kwargs: Any) -> int:
+        return self.state.update(*args, **kwargs)
+
+    def close(self) -> None:
+        self.state.close()
