@@ -586,9 +586,13 @@ class StateSnapshot(dict[str, Any]):
 
 
 class _Reader:
-    """Per-thread reader: the control word seen last and the snapshot built for it."""
+    """Per-thread reader: the control word seen last and the snapshot built for it.
 
-    __slots__ = ("slot", "snap", "word", "words")
+    Only the thread's ``threading.local`` holds it strongly, so a thread that ends takes its
+    cached snapshot (and that snapshot's pin) with it.
+    """
+
+    __slots__ = ("__weakref__", "slot", "snap", "word", "words")
 
     def __init__(self, ctl: mmap.mmap) -> None:
         self.words = _words(ctl)
@@ -865,7 +869,7 @@ class SharedState:
         self._prefix = prefix
         self._owner_pid = owner_pid
         self._local = threading.local()
-        self._readers: list[_Reader] = []
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
         self._mapped: dict[int, _Mapping] = {}
         self._closed = False
@@ -984,7 +988,7 @@ class SharedState:
         ctl = self._ctl if self._ctl is not None and not self._closed else self._open_ctl()
         r = _Reader(ctl)
         with self._readers_lock:
-            self._readers.append(r)
+            self._readers.add(r)
         self._local.r = r
         return r
 
@@ -1011,6 +1015,7 @@ class SharedState:
         assert fcntl is not None
         pid = os.getpid()
         fd, fd_slot = -1, -1
+        m: _Mapping | None = None
         try:
             for _ in range(10_000):
                 if r.words[_CLOSED_INDEX]:
@@ -1031,8 +1036,7 @@ class SharedState:
                         continue
                     fd_slot = slot
                     fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while the writer fills it
-                else:
-                    m = self._mapped[slot]
+                assert m is not None
                 # Pinned. Still the current version? (The writer may have moved on and
                 # reused this slot between our load of the word and the lock.)
                 again = r.words[_WORD_INDEX]
@@ -1386,12 +1390,14 @@ class SharedState:
                 self._segments = {}
                 self._current = None
         with self._readers_lock:
-            self._closed = True
-            readers, self._readers = self._readers, []
+            # The owner's state is gone for good; a handle may read again (it maps anew).
+            self._closed = self._finalizer is not None
+            readers, self._readers = list(self._readers), weakref.WeakSet()
             mapped, self._mapped = self._mapped, {}
         self._local = threading.local()
         for r in readers:
             r.release()
+        del readers
         for m in mapped.values():
             m.close()
         words, self._ctl_words = self._ctl_words, None
@@ -1410,9 +1416,9 @@ class SharedState:
 
     def _after_fork_in_child(self) -> None:
         """Drop what the parent held: its snapshots, maps and descriptors (not its locks)."""
-        for r in self._readers:
+        for r in list(self._readers):
             r.drop()
-        self._readers = []
+        self._readers = weakref.WeakSet()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
         for m in self._mapped.values():

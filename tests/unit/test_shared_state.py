@@ -411,6 +411,20 @@ def test_update_waits_for_a_pin_to_go(shm: Path) -> None:
         state.close()
 
 
+def test_a_thread_that_ends_releases_its_pin(shm: Path) -> None:
+    """A reader thread's cached snapshot goes with the thread (thread pools come and go)."""
+    state = SharedState(a=torch.zeros(4), max_slots=2, update_timeout_s=0, directory=str(shm))
+    try:
+        for v in range(2, 6):
+            t = threading.Thread(target=state.read)  # caches (pins) the current version
+            t.start()
+            t.join()
+            assert state.update(a=torch.full((4,), float(v))) == v
+        assert _pins(state) == {}
+    finally:
+        state.close()
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [
