@@ -183,3 +183,8 @@ class BatchNormNet(TinyNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+#: ``--fn tests.helpers_cache:slow_where_double``: WhereDouble at 0.5 s per batch (the CLI
+#: kill test's fn; its store equals one built with ``WhereDouble()``).
+slow_where_double = WhereDouble(delay_s=0.5)
