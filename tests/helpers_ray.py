@@ -7,6 +7,14 @@ user's ``ray start``), and every process of its Ray (gcs_server, raylets, worker
 dashboard agents) inherits that variable, which is how ``ray_processes`` finds them: a worker
 renames itself ``ray::IDLE`` and its raylet may have been killed, so neither the command line
 nor the process tree would.
+
+Ray Data's usage statistics are switched off (``RAY_DATA_USAGE_DISABLED=1``,
+``RAY_USAGE_STATS_ENABLED=0``): connected to a cluster it did not start, a Ray 2.60 driver
+otherwise starts a daemon thread (``data-usage-metrics-poller``) that queries Prometheus every
+10 s for the rest of the process and formats each failure's traceback, which on CPython 3.11
+calls ``ast.parse``, racing the main thread's compiles (pytest's assertion rewriting) into
+``SystemError: AST constructor recursion depth mismatch``. Tests also never report usage over
+the network.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -49,13 +58,17 @@ def describe(procs: list[psutil.Process]) -> list[tuple[int, str]]:
 
 @contextlib.contextmanager
 def own_ray_tmpdir(monkeypatch: pytest.MonkeyPatch, wait_s: float = 60.0) -> Iterator[str]:
-    """A fresh RAY_TMPDIR (short: Unix socket paths live under it), RAY_ADDRESS unset; on
-    exit, waits up to ``wait_s`` for every process of that Ray to end, kills the rest and
-    fails naming them."""
+    """A fresh RAY_TMPDIR (short: Unix socket paths live under it), RAY_ADDRESS unset, usage
+    statistics off; on exit, waits up to ``wait_s`` for every process of that Ray, and every
+    thread started meanwhile (daemon or not), to end, kills the processes left and fails
+    naming them."""
     # /tmp, not pytest's tmp_path: a socket path must fit in 107 bytes.
     tmpdir = tempfile.mkdtemp(prefix="wf-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     monkeypatch.setenv("RAY_TMPDIR", tmpdir)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_DATA_USAGE_DISABLED", "1")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    threads_before = set(threading.enumerate())
     try:
         yield tmpdir
     finally:
@@ -68,5 +81,14 @@ def own_ray_tmpdir(monkeypatch: pytest.MonkeyPatch, wait_s: float = 60.0) -> Ite
         for p in left:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+        threads = _new_threads(threads_before)
+        while threads and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for exit
+            threads = _new_threads(threads_before)
         shutil.rmtree(tmpdir, ignore_errors=True)
     assert not leaked, f"Ray processes outlived the test: {leaked}"
+    assert not threads, f"threads outlived the test's Ray: {[t.name for t in threads]}"
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]

@@ -258,7 +258,10 @@ def precompute(
             than 1 requires fn to be safe to call from several threads at once, as a Module
             in eval mode is; pass 1 for a fn that keeps state between calls.
         timeout_s: Seconds to wait for one source batch from the workers (0: forever).
-        ray_address: engine="ray": address of an existing cluster; None starts local Ray.
+        ray_address: engine="ray", when Ray is not initialised in this process: an
+            existing cluster ("host:port", "ray://host:port", or "auto" for the cluster
+            ``ray start`` started on this machine); None: ``RAY_ADDRESS`` when set, else a
+            new local instance, shut down afterwards.
         ray_actors: engine="ray": fn actors (default: 1 per GPU, else 1).
         progress: Called as ``progress(samples_done, samples_total)`` after each batch.
 

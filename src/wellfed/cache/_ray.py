@@ -161,8 +161,9 @@ def _run_ray(
 def resolve_address(ray_address: str | None) -> tuple[str, str]:
     """The address ``ray.init`` gets when no Ray is initialised in this process, and why.
 
-    A given address is used as it is (``"auto"``: the cluster ``ray start`` started on this
-    machine; ``"host:port"``; ``"ray://host:port"``: Ray Client). None means the environment
+    A given address is used as it is (``"host:port"``; ``"ray://host:port"``: Ray Client;
+    ``"auto"``: Ray's own search, ``RAY_ADDRESS`` else the cluster ``ray start`` started on
+    this machine, ConnectionError if none). None means the environment
     variable ``RAY_ADDRESS`` when set (as ``ray job submit`` sets it for the job's driver),
     else ``"local"``: a new local instance, which the job shuts down afterwards. Ray's own
     ``ray.init()`` default would instead attach to the last cluster any ``ray start`` or test
