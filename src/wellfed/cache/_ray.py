@@ -35,7 +35,7 @@ from wellfed.errors import DependencyError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_ray"]
+__all__ = ["resolve_address", "run_ray"]
 
 
 def _import_ray() -> Any:
