@@ -728,7 +728,8 @@ def _add_precompute(sub: Any) -> None:
         "--ray-address",
         default=None,
         metavar="ADDR",
-        help="engine ray: an existing cluster (default: local Ray)",
+        help="engine ray: an existing cluster, host:port or auto (the one `ray start` "
+        "started here); default: RAY_ADDRESS, else a new local Ray",
     )
     p.add_argument(
         "--input",
