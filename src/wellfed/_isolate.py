@@ -326,7 +326,7 @@ def _running(proc: psutil.Process | None) -> bool:
     if proc is None:
         return True  # unknown: rely on the pipe alone
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -336,12 +336,15 @@ def _unlink(names: dict[str, set[str]]) -> None:
     import _multiprocessing
     import _posixshmem
 
-    unlinkers: dict[str, Callable[[str], None]] = {"shared_memory": _posixshmem.shm_unlink}
-    if hasattr(_multiprocessing, "sem_unlink"):
-        unlinkers["semaphore"] = _multiprocessing.sem_unlink
+    unlinkers: dict[str, Any] = {"shared_memory": _posixshmem.shm_unlink}
+    sem_unlink = getattr(_multiprocessing, "sem_unlink", None)
+    if sem_unlink is not None:
+        unlinkers["semaphore"] = sem_unlink
     for rtype, found in names.items():
         unlink = unlinkers.get(rtype)
-        for name in found if unlink is not None else ():
+        if unlink is None:
+            continue
+        for name in found:
             with contextlib.suppress(OSError):
                 unlink(name)
 
