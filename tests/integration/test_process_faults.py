@@ -186,10 +186,8 @@ def test_doctor_on_a_hanging_dataset_leaves_no_dev_shm_entry(tmp_path: Path) -> 
         "tests.helpers_process_faults:hang_in_workers",
         "--start-method",
         "spawn",
-        "--start-method",
-        "forkserver",
         "--timeout-s",
-        "30",
+        "15",
     ]
     with _cleanup(token, token):
         proc = _start(tmp_path, token, argv)

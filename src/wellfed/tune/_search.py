@@ -596,6 +596,13 @@ def tune(
         for t in group:
             rerun(t.config)
 
+    overrun = time.perf_counter() - started - budget_s
+    if overrun > 0 and not any(CUT_BY_BUDGET in n for n in notes):
+        note_once(
+            f"time budget: {overrun:.1f}s past budget_s={budget_s:.0f}s, for the trial in flight "
+            f"when it ran out (trials are let finish until {budget_s + grace_s:.0f}s: the budget "
+            "plus one main-process trial's timeout)"
+        )
     if not stopped:
         stopped = "; ".join(n for n in notes if n.startswith("search ended")) or (
             "every backend stopped gaining"
