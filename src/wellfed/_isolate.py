@@ -226,6 +226,7 @@ def _start_sentinel() -> None:
     except psutil.Error:
         caller = None
     group = os.getpgrp()
+    started_ns = time.time_ns()
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()
@@ -237,7 +238,7 @@ def _start_sentinel() -> None:
         code = 0
         try:
             if os.fork() == 0:
-                _sentinel_main(read_fd, parent_fd, caller, group)
+                _sentinel_main(read_fd, parent_fd, caller, group, started_ns)
         except BaseException:
             code = 1
         os._exit(code)
@@ -254,7 +255,11 @@ def _start_sentinel() -> None:
 
 
 def _sentinel_main(
-    tracker_fd: int, parent_fd: int | None, caller: psutil.Process | None, group: int
+    tracker_fd: int,
+    parent_fd: int | None,
+    caller: psutil.Process | None,
+    group: int,
+    started_ns: int,
 ) -> None:
     """The sentinel's whole life; never returns.
 
@@ -264,6 +269,12 @@ def _sentinel_main(
     (``parent_fd`` readable, or ``caller`` no longer running), SIGKILLs process group
     ``group``. Then unlinks every name still registered, silently (the stock tracker would
     warn about "leaked" semaphores: here they are the expected remains of a killed tree).
+
+    A semaphore is registered only where it is created. A shared-memory block is registered
+    also where it is merely attached (Python < 3.13, ``SharedMemory(name)``): one created
+    before the tree started (``started_ns``, by the caller, say, and attached by a spawn
+    worker) is not the tree's to unlink, so such a block is kept only when its inode is
+    younger than the tree.
     """
     code = 0
     try:
@@ -293,7 +304,8 @@ def _sentinel_main(
                     cmd, _, rest = line.decode("ascii", "replace").partition(":")
                     name, _, rtype = rest.rpartition(":")
                     if rtype in names and cmd == "REGISTER":
-                        names[rtype].add(name)
+                        if rtype != "shared_memory" or _created_since(name, started_ns):
+                            names[rtype].add(name)
                     elif rtype in names and cmd == "UNREGISTER":
                         names[rtype].discard(name)
             if orphaned_at is None and (
@@ -309,6 +321,18 @@ def _sentinel_main(
     except BaseException:
         code = 1
     os._exit(code)
+
+
+def _created_since(shm_name: str, started_ns: int) -> bool:
+    """Whether POSIX shared memory ``shm_name`` ("/psm_...") was made at or after started_ns.
+
+    Where shared memory has no files to look at (no /dev/shm), False: kept, not unlinked.
+    """
+    try:
+        st = os.stat(os.path.join("/dev/shm", shm_name.lstrip("/")))
+    except OSError:
+        return False
+    return st.st_ctime_ns >= started_ns
 
 
 def _close_fds_except(keep: set[int]) -> None:

@@ -238,3 +238,68 @@ def test_a_trial_killed_at_its_timeout_leaves_no_dev_shm_entry(
         assert seen > 0, "the hung trial's named semaphores were not seen in /dev/shm"
         assert list(tmp_path.glob("hang-*")), "no worker hung"
         assert not entries, f"/dev/shm entries left: {entries}"
+
+
+def _forks_of_me_since(started: float) -> list[psutil.Process]:
+    """Live processes with this process's command line, started after ``started`` (epoch s)."""
+    me = psutil.Process()
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (
+                p.pid != me.pid
+                and p.create_time() >= started
+                and p.cmdline() == me.cmdline()
+                and p.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(p)
+    return found
+
+
+def _create_block_and_hang(name: str) -> None:
+    from multiprocessing import shared_memory
+
+    shared_memory.SharedMemory(name=name, create=True, size=4096)
+    threading.Event().wait()
+
+
+def _attach_block(name: str) -> int:
+    from multiprocessing import shared_memory
+
+    block = shared_memory.SharedMemory(name=name)  # Python < 3.13 registers it here too
+    size = block.size
+    block.close()
+    return size
+
+
+@pytest.mark.timeout(60)
+def test_shared_memory_of_a_killed_tree_is_unlinked_and_the_callers_is_kept() -> None:
+    from multiprocessing import shared_memory
+
+    from wellfed._isolate import run_isolated
+
+    made = f"wfs{uuid.uuid4().hex[:12]}"
+    try:
+        result = run_isolated(_create_block_and_hang, made, timeout_s=3.0)
+        assert result.status == "timeout"
+        deadline = time.monotonic() + AFTER_EXIT_S
+        while (SHM / made).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the unlink, not synchronising
+        assert not (SHM / made).exists(), "the killed tree's shared memory was left"
+    finally:
+        with contextlib.suppress(OSError):
+            (SHM / made).unlink()
+    mine = shared_memory.SharedMemory(name=f"wfs{uuid.uuid4().hex[:12]}", create=True, size=4096)
+    try:
+        started = time.time() - 1.0
+        result = run_isolated(_attach_block, mine.name, timeout_s=30.0)
+        assert result.status == "ok", result.error
+        # the run's sentinel (a fork of this process, orphaned) unlinks, if at all, on its way out
+        deadline = time.monotonic() + AFTER_EXIT_S
+        while _forks_of_me_since(started) and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the sentinel's exit, not synchronising
+        assert not _forks_of_me_since(started), "the sentinel outlived its tree"
+        assert (SHM / mine.name).exists(), "a block the caller made was unlinked by the tree"
+    finally:
+        mine.close()
+        mine.unlink()
