@@ -158,8 +158,9 @@ _PR_SET_PDEATHSIG = 1
 #: that reports its death at once; see _sentinel_main).
 SENTINEL_POLL_S = 1.0
 
-#: Seconds the sentinel waits, after killing the child's group because the caller died, for
-#: the rest of the tree to close the tracker pipe before it unlinks what was registered.
+#: Seconds the sentinel waits, once the caller died (it then kills the child's group) or the
+#: group is empty, for processes that left the group to close the tracker pipe, before it
+#: unlinks what was registered and exits.
 SENTINEL_DRAIN_S = 30.0
 
 
@@ -267,8 +268,10 @@ def _sentinel_main(
     ``UNREGISTER:...``, ``PROBE:...``, one line each) from ``tracker_fd`` until EOF, which
     comes when every process of the child's tree has exited. Meanwhile, once the caller dies
     (``parent_fd`` readable, or ``caller`` no longer running), SIGKILLs process group
-    ``group``. Then unlinks every name still registered, silently (the stock tracker would
-    warn about "leaked" semaphores: here they are the expected remains of a killed tree).
+    ``group``. At EOF (or SENTINEL_DRAIN_S after the caller died or the group emptied, when a
+    process that left the group still holds the pipe) unlinks every name still registered,
+    silently (the stock tracker would warn about "leaked" semaphores: here they are the
+    expected remains of a killed tree), and exits.
 
     A semaphore is registered only where it is created. A shared-memory block is registered
     also where it is merely attached (Python < 3.13, ``SharedMemory(name)``): one created
@@ -291,7 +294,8 @@ def _sentinel_main(
         names: dict[str, set[str]] = {"semaphore": set(), "shared_memory": set()}
         pending = b""
         watch_parent = parent_fd
-        orphaned_at: float | None = None
+        orphaned = group_gone = False
+        draining_since: float | None = None
         while True:
             fds = [tracker_fd] if watch_parent is None else [tracker_fd, watch_parent]
             ready = select.select(fds, [], [], SENTINEL_POLL_S)[0]
@@ -308,14 +312,20 @@ def _sentinel_main(
                             names[rtype].add(name)
                     elif rtype in names and cmd == "UNREGISTER":
                         names[rtype].discard(name)
-            if orphaned_at is None and (
+            if not group_gone and not _group_alive(group):
+                # Once empty, the group's id is never signalled again (it could be reused).
+                group_gone = True
+                draining_since = draining_since or time.monotonic()
+            if not orphaned and (
                 (watch_parent is not None and watch_parent in ready) or not _running(caller)
             ):
-                orphaned_at = time.monotonic()
-                watch_parent = None
-                with contextlib.suppress(OSError):
-                    os.killpg(group, signal.SIGKILL)
-            if orphaned_at is not None and time.monotonic() - orphaned_at > SENTINEL_DRAIN_S:
+                orphaned, watch_parent = True, None
+                draining_since = draining_since or time.monotonic()
+                if not group_gone:
+                    with contextlib.suppress(OSError):
+                        os.killpg(group, signal.SIGKILL)
+            # A process that left the group may still hold the pipe: do not wait for it forever.
+            if draining_since is not None and time.monotonic() - draining_since > SENTINEL_DRAIN_S:
                 break
         _unlink(names)
     except BaseException:
@@ -344,6 +354,16 @@ def _close_fds_except(keep: set[int]) -> None:
         if fd not in keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (EPERM: not ours to signal, which never happens here)
+    return True
 
 
 def _running(proc: psutil.Process | None) -> bool:

@@ -204,8 +204,7 @@ def test_doctor_on_a_hanging_dataset_leaves_no_dev_shm_entry(tmp_path: Path) -> 
         out = (tmp_path / "stdout.txt").read_text(errors="replace")
         assert proc.returncode == 1, out
         assert "hung" in out.lower(), out
-        assert seen > 0, "the hung probe's named semaphores were not seen in /dev/shm"
-        assert list(tmp_path.glob("hang-*")), "no worker hung: the probe did not reach the hang"
+        assert seen > 0, f"the hung probe's named semaphores were not seen in /dev/shm: {out}"
         assert not entries, f"/dev/shm entries left: {entries}"
         assert not left, f"processes alive after doctor exited: {left}"
 
