@@ -235,7 +235,6 @@ def test_a_trial_killed_at_its_timeout_leaves_no_dev_shm_entry(
         _, entries = _wait_until_gone("-", prefix, time.monotonic())
         assert trials[0].status == "timeout", trials[0]
         assert seen > 0, "the hung trial's named semaphores were not seen in /dev/shm"
-        assert list(tmp_path.glob("hang-*")), "no worker hung"
         assert not entries, f"/dev/shm entries left: {entries}"
 
 
