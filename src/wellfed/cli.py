@@ -55,8 +55,10 @@ def _on_terminating_signal(signum: int, frame: Any) -> None:
 def _terminating_signals_raise() -> Any:
     """Within the block, SIGTERM and SIGHUP raise _Terminated; the old handlers come back after.
 
-    Only from the main thread (elsewhere Python refuses signal handlers): ``main()`` called
-    from another thread keeps the signals' default actions.
+    Only a signal left at its default action is taken over: one ignored on purpose (``nohup``
+    ignores SIGHUP) or handled by an embedding program stays as it is. Only from the main
+    thread (elsewhere Python refuses signal handlers): ``main()`` called from another thread
+    keeps the signals as they are.
     """
     old: dict[int, Any] = {}
     for name in (*TERMINATING_SIGNALS, "SIGINT"):
@@ -64,8 +66,12 @@ def _terminating_signals_raise() -> Any:
         if sig is None:
             continue
         try:
-            old[sig] = signal.getsignal(sig)
-            if name != "SIGINT":  # SIGINT keeps Python's KeyboardInterrupt; restored after
+            current = signal.getsignal(sig)
+            if current is None:
+                continue  # a handler installed outside Python: it could not be put back
+            old[sig] = current
+            # SIGINT keeps Python's KeyboardInterrupt; it is only restored after the block
+            if name != "SIGINT" and current == signal.SIG_DFL:
                 signal.signal(sig, _on_terminating_signal)
         except ValueError:  # not the main thread
             old.pop(sig, None)
