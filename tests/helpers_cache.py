@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ def raises_on_13(x: torch.Tensor) -> torch.Tensor:
     return x * 2
 
 
+def gated_double(x: torch.Tensor) -> torch.Tensor:
+    """double(), but a batch holding a sample >= 12 waits until the file named by the
+    environment variable WELLFED_TEST_GATE exists (the test opens the gate). With batches
+    of 4 and 8 rows per shard, shard 0 is committed and shard 1 half-written (its temporary
+    directory holds samples 8-11) while the run is held."""
+    if bool((x[:, 0, 0, 0] >= 12).any()):
+        gate = Path(os.environ["WELLFED_TEST_GATE"])
+        while not gate.exists():  # the child waits on the test, never the test on a sleep
+            time.sleep(0.01)
+    return double(x)
+
+
 class SlowDouble:
     """double(), sleeping delay_s per batch (so a test can kill the run mid-way)."""
 
@@ -71,6 +84,29 @@ class SlowDouble:
         self.delay_s = delay_s
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay_s)
+        return double(x)
+
+
+class WhereDouble:
+    """double(), sleeping delay_s per batch, that tells where it runs: with ``record_dir``, each
+    process calling it writes ``record_dir/<pid>.node`` holding its Ray node id (so a test can
+    kill the node and the process that host the fn actor). Neither argument is part of the
+    store's fingerprint (its qualified name is)."""
+
+    def __init__(self, delay_s: float = 0.0, record_dir: str | None = None) -> None:
+        self.delay_s = delay_s
+        self.record_dir = record_dir
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record_dir is not None:
+            path = Path(self.record_dir) / f"{os.getpid()}.node"
+            if not path.exists():
+                import ray
+
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(ray.get_runtime_context().get_node_id())
+                tmp.replace(path)  # readers never see a partial id
         time.sleep(self.delay_s)
         return double(x)
 
@@ -159,3 +195,23 @@ class BatchNormNet(TinyNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+class ToSmallTensor:
+    """PIL image -> float32 (3, 16, 16): a deterministic transform for an image source."""
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        small = image.convert("RGB").resize((16, 16))
+        return torch.from_numpy(np.array(small, dtype=np.uint8)).permute(2, 0, 1).float()
+
+
+def image_folder_source(root: str) -> Any:
+    """A deterministic ImageFolder source for precompute (no random augmentation)."""
+    from wellfed.workloads import ImageFolderDataset
+
+    return ImageFolderDataset(root, ToSmallTensor())
+
+
+#: ``--fn tests.helpers_cache:slow_where_double``: WhereDouble at 0.5 s per batch (the CLI
+#: kill test's fn; its store equals one built with ``WhereDouble()``).
+slow_where_double = WhereDouble(delay_s=0.5)

@@ -269,3 +269,198 @@ class ViewDataset(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         snap = self.state.read()
         return snap["theta"], snap.version
+
+
+# ----------------------------------------------------------------------- returned views (issue 14)
+
+VIEW_K = 1 << 17  # elements per field: 1 MiB each, so an update takes real time
+VIEW_LEN = 64  # elements of each field a sample returns (a view, not a copy)
+
+
+def view_fields(version: int, k: int = VIEW_K) -> dict[str, Any]:
+    """Fields of ``version``: ``a`` is ``version`` everywhere, ``b`` is ``arange + version``."""
+    return {
+        "a": torch.full((k,), float(version), dtype=torch.float64),
+        "b": torch.arange(k, dtype=torch.int64) + version,
+    }
+
+
+def view_start(i: int, k: int = VIEW_K) -> int:
+    """Where sample ``i``'s views start in the fields (spread over them)."""
+    return (i * 4099) % (k - VIEW_LEN)
+
+
+class ReturnedViewDataset(Dataset[dict[str, Any]]):
+    """Each sample returns views into the snapshot, with the version they belong to.
+
+    ``a`` and ``b`` are slices (views, no copy) of the two fields; the DataLoader collates
+    (copies) them only after it has fetched every sample of the batch. A sample is torn when
+    its data are not its version's: ``a != version`` or ``b != arange[start:] + version``.
+    """
+
+    def __init__(self, state: SharedState, length: int = 1_000_000) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        snap = self.state.read()
+        lo = view_start(i)
+        return {
+            "version": snap.version,
+            "start": lo,
+            "a": snap["a"][lo : lo + VIEW_LEN],
+            "b": snap["b"][lo : lo + VIEW_LEN],
+            "pid": os.getpid(),
+        }
+
+
+def doc_values(version: int, n: int) -> torch.Tensor:
+    """(N,) float64 ``values`` of ``version``: ``values[i] = version * N + i`` (exact)."""
+    return torch.arange(n, dtype=torch.float64) + float(version * n)
+
+
+class DocPatternDataset(Dataset[tuple[int, torch.Tensor, int]]):
+    """docs/shared_state.md's pattern: read once, return ``snap["values"][i]`` (a 0-d view).
+
+    As ``examples/note000_drifting_values.py`` does, plus the index and ``snap.version`` so a
+    test can tell a torn sample: ``values[i] != version * N + i``.
+    """
+
+    def __init__(self, state: SharedState, n: int, length: int = 1_000_000) -> None:
+        self.state = state
+        self.n = n
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+        snap = self.state.read()  # one consistent version; zero-copy views
+        return i % self.n, snap["values"][i % self.n], snap.version
+
+
+def fds_into(prefix: str) -> list[str]:
+    """Targets of this process's descriptors that are files of the state named ``prefix``."""
+    return sorted(target for target, _ in fd_modes(prefix))
+
+
+def fd_modes(prefix: str) -> list[tuple[str, str]]:
+    """(target, "r" or "rw") per descriptor into the state's files: a pin is opened "r"."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            with open(f"/proc/self/fdinfo/{fd}") as info:
+                flags = next(int(line.split()[1], 8) for line in info if line.startswith("flags"))
+        except (OSError, StopIteration):
+            continue
+        if os.path.basename(target).startswith(prefix):
+            out.append((target, "r" if flags & os.O_ACCMODE == os.O_RDONLY else "rw"))
+    return sorted(out)
+
+
+class FdDataset(Dataset[tuple[int, list[tuple[str, str]], list[tuple[str, str]]]]):
+    """Samples: (worker pid, fd_modes before this read, fd_modes during it)."""
+
+    def __init__(self, state: SharedState, length: int = 8) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, list[tuple[str, str]], list[tuple[str, str]]]:
+        prefix = self.state._prefix
+        before = fd_modes(prefix)
+        snap = self.state.read()
+        during = fd_modes(prefix)
+        del snap
+        return os.getpid(), before, during
+
+
+_HOARD: list[Any] = []  # views a HoardingDataset keeps, per worker process
+
+
+class HoardingDataset(Dataset[tuple[int, int]]):
+    """Keeps a view of every version it reads (a dataset bug): its worker pins them all."""
+
+    def __init__(self, state: SharedState, length: int = 64) -> None:
+        self.state = state
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        snap = self.state.read()
+        _HOARD.append(snap["a"])
+        return os.getpid(), snap.version
+
+
+class NaiveViewDataset(Dataset[dict[str, Any]]):
+    """ReturnedViewDataset's samples over plain shared tensors that the main process edits."""
+
+    def __init__(self, k: int = VIEW_K, length: int = 1_000_000) -> None:
+        f = view_fields(1, k)
+        self.a = f["a"].share_memory_()
+        self.b = f["b"].share_memory_()
+        self.version = torch.ones((), dtype=torch.int64).share_memory_()
+        self.length = length
+
+    def set_version(self, version: int) -> None:
+        f = view_fields(version, len(self.a))
+        self.version.fill_(version)
+        self.a.copy_(f["a"])
+        self.b.copy_(f["b"])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        lo = view_start(i, len(self.a))
+        return {
+            "version": int(self.version),
+            "start": lo,
+            "a": self.a[lo : lo + VIEW_LEN],
+            "b": self.b[lo : lo + VIEW_LEN],
+            "pid": os.getpid(),
+        }
+
+
+class RepeatSampler(torch.utils.data.Sampler[int]):
+    """0, 1, ..., n - 1, 0, 1, ... without end: a stress test stops when it has enough."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Any:
+        i = 0
+        while True:
+            yield i % self.n
+            i += 1
+
+
+class VersionRecorder:
+    """Stands in for a dataset's SharedState: forwards to it and remembers the version read.
+
+    Lets a test run an example's own ``__getitem__`` unchanged and still know which version
+    each sample was made from.
+    """
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+        self.last = 0
+
+    def read(self) -> Any:
+        snap = self.state.read()
+        self.last = snap.version
+        return snap
+
+    def update(self, *args: Any, **kwargs: Any) -> int:
+        return self.state.update(*args, **kwargs)
+
+    def close(self) -> None:
+        self.state.close()

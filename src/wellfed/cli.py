@@ -1,6 +1,8 @@
 """The ``wellfed`` command: argparse wiring and rendering only; each command is one library call.
 
-Exit codes: 0 ok; 1 ran and found problems; 2 usage or configuration error; 3 runtime failure.
+Exit codes: 0 ok; 1 ran and found problems; 2 usage or configuration error; 3 runtime failure;
+128 + the signal's number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP, each
+after the child processes in flight (a trial, a probe, their workers) were stopped.
 Results go to stdout, progress and diagnostics to stderr. torch is imported inside the
 commands, so ``wellfed --help`` answers at once.
 """
@@ -11,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +29,58 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 3
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: Signals handled like Ctrl-C: the command unwinds (each isolated child process tree in flight
+#: is killed on the way, see wellfed._isolate) and exits 128 + the signal's number.
+TERMINATING_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_terminating_signal(signum: int, frame: Any) -> None:
+    # A second signal must not interrupt the cleanup the first one starts.
+    for name in (*TERMINATING_SIGNALS, "SIGINT"):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminating_signals_raise() -> Any:
+    """Within the block, SIGTERM and SIGHUP raise _Terminated; the old handlers come back after.
+
+    Only a signal left at its default action is taken over: one ignored on purpose (``nohup``
+    ignores SIGHUP) or handled by an embedding program stays as it is. Only from the main
+    thread (elsewhere Python refuses signal handlers): ``main()`` called from another thread
+    keeps the signals as they are.
+    """
+    old: dict[int, Any] = {}
+    for name in (*TERMINATING_SIGNALS, "SIGINT"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            current = signal.getsignal(sig)
+            if current is None:
+                continue  # a handler installed outside Python: it could not be put back
+            old[sig] = current
+            # SIGINT keeps Python's KeyboardInterrupt; it is only restored after the block
+            if name != "SIGINT" and current == signal.SIG_DFL:
+                signal.signal(sig, _on_terminating_signal)
+        except ValueError:  # not the main thread
+            old.pop(sig, None)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,15 +242,36 @@ def _add_tune(sub: Any) -> None:
     p.add_argument(
         "--start-method", choices=("fork", "spawn", "forkserver"), help="worker start method"
     )
-    p.add_argument("--max-workers", type=int, metavar="N", help="most worker processes to try")
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        metavar="N",
+        help="most worker processes to try on the node (per rank: N // --nproc-per-node)",
+    )
     p.add_argument(
         "--max-threads",
         type=int,
         metavar="N",
-        help="most thread workers to try (default 256; 0: measure no threads)",
+        help="most thread workers to try on the node (default 256; per rank: N // "
+        "--nproc-per-node; 0: measure no threads)",
     )
     p.add_argument(
-        "--budget-s", type=float, metavar="S", help="bound on the whole run, seconds (default 75)"
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="measure N loaders at once, as N local ranks (e.g. torchrun --nproc-per-node N) "
+        "will run, and recommend the per-rank configuration; CPU, memory and worker caps are "
+        "per node (default: LOCAL_WORLD_SIZE when set, as under torchrun, else 1)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        metavar="S",
+        help="bound on the whole run, seconds (default 75 for one rank, x (1 + (N-1)/2) for "
+        "--nproc-per-node N: 112 for 2, 188 for 4): no trial starts once it is spent (a note "
+        "says what was skipped), and a trial still running at the budget plus one "
+        "main-process trial's timeout (20 s + 6 x the measuring time; 29 s at the default) is "
+        "cut short there",
     )
     _add_json(p, "the result")
     p.add_argument(
@@ -255,7 +331,9 @@ def _check_plot_option(text: str) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from wellfed.tune import DEFAULT_BUDGET_S, tune
+    from wellfed.platform import local_rank
+    from wellfed.tune import DEFAULT_BUDGET_S, default_budget_s, tune
+    from wellfed.tune._ranks import resolve_nproc
 
     if getattr(args, "step_ms", None) is not None:
         return _run_tune_step(args)
@@ -266,10 +344,31 @@ def _run_tune(args: argparse.Namespace) -> int:
     if not args.target:
         for path, reason in getattr(spec.dataset, "skipped", ()):
             err.print(f"[yellow]left out[/] {path}: {reason}")
-    quiet = args.json == "-"
-    budget = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S
+    nproc, nproc_source = resolve_nproc(args.nproc_per_node)
+    rank = local_rank()
+    follower = nproc > 1 and rank is not None and rank > 0  # local rank 0 measures for all
+    quiet = args.json == "-" or follower
+    budget = args.budget_s if args.budget_s is not None else default_budget_s(nproc)
     if not quiet:
         err.print(f"[bold]workload[/]: {spec.description}")
+        if nproc > 1:
+            scaled = (
+                f"; the default {DEFAULT_BUDGET_S:.0f}s scaled for {nproc} ranks"
+                if args.budget_s is None
+                else ""
+            )
+            err.print(
+                f"[bold]per rank[/]: {nproc} loaders measured at once ({nproc_source}), "
+                f"time bound {budget:.0f}s{scaled}",
+                soft_wrap=True,
+            )
+    elif follower:
+        err.print(
+            f"local rank {rank} of {nproc}: local rank 0 measures all {nproc} loaders at once; "
+            "waiting for its result",
+            markup=False,
+            soft_wrap=True,
+        )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -296,18 +395,19 @@ def _run_tune(args: argparse.Namespace) -> int:
             max_threads=args.max_threads,
             store=not args.no_store,
             progress=progress,
+            nproc_per_node=args.nproc_per_node,
         )
-    if args.json is not None:
+    if args.json is not None and not follower:
         _write_json(result.to_dict(), args.json)
     if not quiet:
         _render_tune(result)
-    if args.plot is not None:
+    if args.plot is not None and not follower:
         from wellfed.tune import plot_sweep
 
         written = plot_sweep(result, args.plot)
         err.print(f"plot written to {written}", markup=False, soft_wrap=True)
-    if result.findings:
-        return EXIT_FOUND
+    if result.findings or _bad_file_trials(result):
+        return EXIT_FOUND  # the README's 1: problems found (hazards, an unreadable image)
     if result.recommended is None:
         return EXIT_RUNTIME
     return EXIT_OK
@@ -381,29 +481,59 @@ def _run_tune_step(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bad_file_trials(result: Any) -> list[Any]:
+    """Trials that failed on an unreadable data file (WF020): a problem in the data."""
+    trials = [*result.trials, result.baseline]
+    return [t for t in trials if t is not None and t.error_code == "WF020"]
+
+
 def _render_tune(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    out = _console(width=150)  # a label such as "4 workers, persistent, fork" on one line
+    ranked = getattr(result, "nproc_per_node", 1) > 1
+    # a label such as "4 workers, persistent, fork" on one line (two more columns per rank)
+    out = _console(width=175 if ranked else 150)
     base = (
         result.baseline.samples_per_s
         if result.baseline is not None and result.baseline.ok
         else None
     )
     rec = result.recommended
-    table = Table(title=f"wellfed tune: {result.workload['description']}", title_justify="left")
+    nproc = getattr(result, "nproc_per_node", 1)
+    title = f"wellfed tune: {result.workload['description']}"
+    if ranked:
+        title += (
+            f"; {nproc} ranks at once: samples/s and memory per rank (the slowest rank's), "
+            f"node = {nproc} x that"
+        )
+    table = Table(title=title, title_justify="left")
     table.add_column("configuration")
     table.add_column("backend")
-    table.add_column("samples/s", justify="right")
+    table.add_column("samples/s", justify="right")  # with ranks: the slowest rank's
     table.add_column("± (IQR)", justify="right")
+    if ranked:
+        table.add_column("ranks" if nproc <= 4 else "ranks (min-max)", justify="right")
+        table.add_column("node", justify="right")
     table.add_column("vs main process", justify="right")
     table.add_column("first batch s", justify="right")
-    table.add_column(
-        f"memory ({result.trials[0].memory_kind or 'rss'})" if result.trials else "memory",
-        justify="right",
-    )
+    kind = result.trials[0].memory_kind or "rss" if result.trials else None
+    memory = f"memory ({kind})" if kind else "memory"
+    table.add_column(memory, justify="right")
     table.add_column("")
+
+    def rank_cells(t: Any) -> list[str]:
+        if not ranked:
+            return []
+        if not t.ok:
+            return ["", ""]
+        rates = [r.samples_per_s for r in t.ranks]
+        if nproc <= 4:
+            each = " / ".join(f"{rate:.0f}" for rate in rates)
+        else:
+            each = f"{min(rates):.0f}-{max(rates):.0f}"
+        return [each, f"{t.aggregate_samples_per_s:.0f}"]
+
     for t in result.trials:
         mark = ""
         if rec is not None and t.config == rec.config:
@@ -416,6 +546,7 @@ def _render_tune(result: Any) -> None:
                 t.config.backend,
                 f"{t.samples_per_s:.0f}",
                 f"{t.samples_per_s_spread:.0f}",
+                *rank_cells(t),
                 f"{t.samples_per_s / base:.2f}x" if base else "-",
                 f"{t.first_batch_s:.2f}",
                 format_bytes(t.peak_memory_bytes),
@@ -428,17 +559,21 @@ def _render_tune(result: Any) -> None:
                 t.config.backend,
                 f"[red]{t.status}[/]",
                 "",
+                *rank_cells(t),
                 "",
                 "",
                 format_bytes(t.peak_memory_bytes),
                 first_line[:60],
             )
     if result.ceiling_samples_per_s is not None:
+        per = f" / {nproc} ranks" if ranked else ""
         table.add_row(
-            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} usable CPUs[/]",
+            f"[dim]ceiling: 1 process x {result.platform.usable_cpus} "
+            f"{'CPUs' if ranked else 'usable CPUs'}{per}[/]",
             "",
             f"[dim]{result.ceiling_samples_per_s:.0f}[/]",
             "",
+            *(["", f"[dim]{nproc * result.ceiling_samples_per_s:.0f}[/]"] if ranked else []),
             f"[dim]{result.ceiling_samples_per_s / base:.2f}x[/]" if base else "",
             "",
             "",
@@ -464,15 +599,21 @@ def _render_tune(result: Any) -> None:
             out.print(f"probe: {label}? {verdict}: {escape(str(probe['why']))}", highlight=False)
     for note in getattr(result, "notes", ()) or ():
         out.print(f"search: {note}", markup=False, highlight=False)
-    out.print(f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all[/]")
+    out.print(
+        f"[dim]search ended: {result.stopped_because}; {result.tuning_time_s:.0f}s in all "
+        f"(time bound {result.budget_s:.0f}s)[/]"
+    )
     if rec is None:
         out.print("[red]No configuration could be measured[/]; see the errors above.")
         return
-    out.print(f"\n[bold]Recommended[/] ({rec.reason})\n")
+    per_rank = " per rank" if ranked else ""
+    out.print(f"\n[bold]Recommended{per_rank}[/] ({rec.reason})\n")
     out.print(rec.code, markup=False, soft_wrap=True)  # never wrap: it must paste as Python
     if result.stored_path:
+        where = f" in each of {nproc} local ranks (LOCAL_WORLD_SIZE={nproc})" if ranked else ""
         out.print(
-            f"\n[dim]stored for create_dataloader(num_workers='auto'): {result.stored_path}[/]"
+            f"\n[dim]stored for create_dataloader(num_workers='auto'){where}: "
+            f"{result.stored_path}[/]"
         )
 
 
@@ -676,7 +817,9 @@ def _add_precompute(sub: Any) -> None:
             "Run FN over every batch of TARGET once (source read by workers, FN in this process "
             "on the device) and write the outputs to a sharded, memory-mapped store in OUT; "
             "train from it with wellfed.CachedDataset(OUT) and any number of workers. The same "
-            "command resumes an interrupted run. Exit 0: done; 2: usage; 3: runtime failure."
+            "command resumes an interrupted run. Exit 0: done; 1: an unreadable image; 2: usage; "
+            "3: runtime failure (a store of another fingerprint, a corrupt store, another "
+            "precompute writing OUT)."
         ),
     )
     _add_target(p, data=True)
@@ -720,7 +863,8 @@ def _add_precompute(sub: Any) -> None:
         "--ray-address",
         default=None,
         metavar="ADDR",
-        help="engine ray: an existing cluster (default: local Ray)",
+        help="engine ray: an existing cluster, host:port or auto (the one `ray start` "
+        "started here); default: RAY_ADDRESS, else a new local Ray",
     )
     p.add_argument(
         "--input",
@@ -745,7 +889,15 @@ def _add_precompute(sub: Any) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="rebuild OUT when it holds a store with another fingerprint",
+        help="rebuild OUT when it holds a store with another fingerprint or a corrupt manifest",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="when another precompute is writing OUT, wait up to S seconds for it "
+        "(default 0: refuse at once; inf: as long as it takes)",
     )
     _add_json(p, "the store's summary")
     p.set_defaults(handler=_run_precompute)
@@ -826,6 +978,7 @@ def _run_precompute(args: argparse.Namespace) -> int:
             keep_source=not args.no_keep_source,
             fn_version=args.fn_version,
             shard_bytes=args.shard_bytes,
+            wait_s=args.wait,
             ray_address=args.ray_address,
             progress=progress,
         )
@@ -1098,6 +1251,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_text(exc: BaseException) -> str:
+    """A wellfed error's message; for one PyTorch re-raised from a DataLoader worker (its text
+    "Caught X in DataLoader worker process N. Original Traceback ..."), the worker's own
+    message and where it was raised, without the traceback (``--debug`` shows it)."""
+    text = str(exc)
+    name = type(exc).__name__
+    head, _, rest = text.partition("\n")
+    if not (head.startswith(f"Caught {name} ") and rest.startswith("Original Traceback")):
+        return text
+    qualified = f"{type(exc).__module__}.{name}: "
+    lines = rest.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(qualified)]
+    if not starts:
+        return text
+    message = "\n".join(lines[starts[-1] :])[len(qualified) :].strip()
+    where = head[len(f"Caught {name} ") :].rstrip(".")
+    return f"{where}: {message}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``wellfed`` command; return its exit code."""
     parser = build_parser()
@@ -1116,21 +1288,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _terminating_signals_raise():
+            return handler(args)
+    except _Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(
+            f"terminated by {name}; the processes wellfed had started were stopped",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except ConfigError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except BadFileError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_FOUND
     except WellfedError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

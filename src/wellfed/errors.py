@@ -70,12 +70,21 @@ class StateError(WellfedError, ValueError):
 
 
 class BadFileError(WellfedError, ValueError):
-    """A data file cannot be decoded.
+    """A data file cannot be decoded (exit code 1 on the command line: a problem found).
+
+    Its code defaults to WF020, also when PyTorch rebuilds it from the message alone in the
+    main process after a DataLoader worker raised it.
 
     Attributes:
-        path: The file's path.
+        path: The file's path, when known.
         index: The sample index that reads it, when known.
     """
+
+    path: str | None = None
+    index: int | None = None
+
+    def __init__(self, message: str, *, code: str | None = "WF020", **facts: Any) -> None:
+        super().__init__(message, code=code, **facts)
 
 
 class PrecomputeError(WellfedError, RuntimeError):

@@ -181,6 +181,13 @@ def _resolve_num_workers(num_workers: Any, dataset: Any, batch_size: Any) -> tup
     cpus = usable_cpu_count()
     if auto.result is not None and auto.num_workers > cpus:
         reason += f"; {_beyond_cpus_evidence(auto.result, auto.num_workers, cpus)}"
+    busy = getattr(auto.result, "contention", None) or {}
+    if busy.get("contended"):
+        reason += (
+            f"; measured under contention (other processes kept {busy.get('other_cpus', 0):.1f} "
+            f"of {busy.get('usable_cpus', '?')} usable CPUs busy): it may pick too few workers; "
+            "run wellfed tune again on a quiet machine"
+        )
     return auto.num_workers, reason, auto.result
 
 

@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from wellfed._isolate import IsolatedResult, run_isolated
+from wellfed._isolate import GroupMember, IsolatedResult, run_isolated, run_isolated_group
 from wellfed.target import LoaderConfig, LoaderSpec
 
 __all__ = [
     "IsolatedResult",
     "LoaderConfig",
+    "RankTrial",
     "Trial",
     "close_iterator",
     "close_loader",
@@ -131,6 +132,77 @@ def stream(loader: Any) -> Generator[Any, None, None]:
 
 
 @dataclass(frozen=True)
+class RankTrial:
+    """One rank's figures in a trial that ran several loaders at once (``measure(nproc=N)``).
+
+    Attributes:
+        rank: The rank (0 to N - 1); its trial process had RANK and LOCAL_RANK set to it.
+        samples_per_s: Median throughput of this rank's loader over its windows, samples/s.
+        samples_per_s_spread: Interquartile range (or range, below 4 windows), samples/s.
+        window_samples_per_s: Throughput of each of its measurement windows, samples/s.
+        first_batch_s: Seconds from creating its iterator to its first batch.
+        wait_s_p50: Median time its consumer was blocked in ``next()`` per batch, s.
+        wait_s_p90: 90th percentile of the same, s.
+        batches: Batches it measured (after warm-up).
+        samples: Samples it measured.
+        peak_memory_bytes: Peak memory of its trial process plus its workers.
+        cpu_per_wall: CPU seconds per wall second of its trial process (see Trial).
+        spans_unix_s: (start, end) of each measured span, Unix time in seconds, one per
+            repeat: the ranks' spans start together (a barrier) and overlap.
+        repeats: Runs pooled here.
+    """
+
+    rank: int
+    samples_per_s: float
+    samples_per_s_spread: float
+    window_samples_per_s: tuple[float, ...]
+    first_batch_s: float | None = None
+    wait_s_p50: float | None = None
+    wait_s_p90: float | None = None
+    batches: int = 0
+    samples: int = 0
+    peak_memory_bytes: int | None = None
+    cpu_per_wall: float | None = None
+    spans_unix_s: tuple[tuple[float, float], ...] = ()
+    repeats: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["window_samples_per_s"] = list(self.window_samples_per_s)
+        out["spans_unix_s"] = [list(span) for span in self.spans_unix_s]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RankTrial:
+        """Build a RankTrial from ``to_dict()`` output."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["window_samples_per_s"] = tuple(data.get("window_samples_per_s", ()))
+        kwargs["spans_unix_s"] = tuple(
+            (float(a), float(b)) for a, b in data.get("spans_unix_s", ())
+        )
+        return cls(**kwargs)
+
+    def merged(self, other: RankTrial) -> RankTrial:
+        """Pool this rank's windows with the same rank's in a repeat of the trial."""
+        windows = self.window_samples_per_s + other.window_samples_per_s
+        median, spread = summarize_windows(windows)
+        mems = [m for m in (self.peak_memory_bytes, other.peak_memory_bytes) if m is not None]
+        return dataclasses.replace(
+            self,
+            samples_per_s=median,
+            samples_per_s_spread=spread,
+            window_samples_per_s=windows,
+            batches=self.batches + other.batches,
+            samples=self.samples + other.samples,
+            peak_memory_bytes=max(mems) if mems else None,
+            spans_unix_s=self.spans_unix_s + other.spans_unix_s,
+            repeats=self.repeats + other.repeats,
+        )
+
+
+@dataclass(frozen=True)
 class Trial:
     """One measured configuration.
 
@@ -152,6 +224,8 @@ class Trial:
             (every process's RSS, where the OS gives no USS).
         elapsed_s: Wall seconds the trial took, start-up included.
         error: The failure, with the worker's own message; None when ok.
+        error_code: The wellfed code of the error that failed the trial (e.g. "WF020": an
+            unreadable image, a problem in the data rather than in the configuration).
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
         torch_threads: torch's intra-op threads in the trial's main process (1 when the
             measuring process was forked: see ``run_isolated``).
@@ -160,6 +234,12 @@ class Trial:
             process alone means CPU-bound loading; well below 1 means it waits (storage,
             sleeps), where more workers than cores pay off.
         repeats: How many runs of this configuration are pooled here (see merged()).
+        nproc: Loaders that ran at once, one per trial process, as N local ranks will
+            (``measure(nproc=N)``). With N > 1 every figure above is per rank: the slowest
+            rank's (samples_per_s, its windows and spread, waits, batches, cpu_per_wall: what
+            a synchronous step of N ranks gets), the latest first batch, the largest peak
+            memory of one rank; ``ranks`` holds each rank's own figures.
+        ranks: Each rank's figures when nproc > 1 (RankTrial), else empty.
     """
 
     config: LoaderConfig
@@ -176,22 +256,34 @@ class Trial:
     memory_kind: str | None = None
     elapsed_s: float = 0.0
     error: str | None = None
+    error_code: str | None = None
     warnings: tuple[str, ...] = field(default=())
     torch_threads: int | None = None
     cpu_per_wall: float | None = None
     repeats: int = 1
+    nproc: int = 1
+    ranks: tuple[RankTrial, ...] = ()
 
     @property
     def ok(self) -> bool:
         """True when the trial measured throughput."""
         return self.status == "ok" and self.samples_per_s is not None
 
+    @property
+    def aggregate_samples_per_s(self) -> float | None:
+        """What the node delivers, samples/s: nproc x the slowest rank's rate (a synchronous
+        step waits for the slowest rank); None when the trial failed."""
+        return self.nproc * self.samples_per_s if self.ok and self.samples_per_s else None
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (config nested as a dict)."""
+        """Return a JSON-ready dict (config nested as a dict; ``aggregate_samples_per_s``
+        included)."""
         out = dataclasses.asdict(self)
         out["config"] = self.config.to_dict()
         out["window_samples_per_s"] = list(self.window_samples_per_s)
         out["warnings"] = list(self.warnings)
+        out["ranks"] = [r.to_dict() for r in self.ranks]
+        out["aggregate_samples_per_s"] = self.aggregate_samples_per_s
         return out
 
     @classmethod
@@ -202,14 +294,30 @@ class Trial:
         kwargs["config"] = LoaderConfig.from_dict(data["config"])
         kwargs["window_samples_per_s"] = tuple(data.get("window_samples_per_s", ()))
         kwargs["warnings"] = tuple(data.get("warnings", ()))
+        kwargs["ranks"] = tuple(RankTrial.from_dict(r) for r in data.get("ranks", ()))
         return cls(**kwargs)
 
     def merged(self, other: Trial) -> Trial:
-        """Pool this trial's windows with a repeat of the same configuration."""
+        """Pool this trial's windows with a repeat of the same configuration.
+
+        With several ranks, each rank's windows are pooled with its own, and the pooled
+        slowest rank gives the trial's figures.
+        """
         if not other.ok:
             return self
         if not self.ok:
             return other
+        if self.ranks and len(self.ranks) == len(other.ranks):
+            ranks = tuple(a.merged(b) for a, b in zip(self.ranks, other.ranks, strict=True))
+            pooled = _from_ranks(self.config, ranks)
+            return dataclasses.replace(
+                pooled,
+                elapsed_s=self.elapsed_s + other.elapsed_s,
+                repeats=self.repeats + other.repeats,
+                warnings=tuple(sorted(set(self.warnings) | set(other.warnings))),
+                torch_threads=self.torch_threads,
+                memory_kind=self.memory_kind,
+            )
         windows = self.window_samples_per_s + other.window_samples_per_s
         median, spread = summarize_windows(windows)
         firsts = [t for t in (self.first_batch_s, other.first_batch_s) if t is not None]
@@ -276,8 +384,15 @@ def _run_trial(
     measure_s: float,
     min_batches: int,
     windows: int,
+    group: GroupMember | None = None,
+    barrier_timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Child-process body: iterate the loader and time every batch (see measure())."""
+    """Child-process body: iterate the loader and time every batch (see measure()).
+
+    In a group (``measure(nproc=N)``) every member starts its measured span at the same
+    moment (a barrier after the warm-up), and a member whose span is over goes on loading,
+    unmeasured, until every member's is: each rank is measured with all N loading.
+    """
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
@@ -295,6 +410,9 @@ def _run_trial(
             stamps: list[float] = []
             sizes: list[int] = []
             waits: list[float] = []
+            if group is not None:
+                group.wait_for_all(barrier_timeout_s)
+            span_start_unix = time.time()
             t0 = clock()
             cpu0 = time.process_time()
             last = t0
@@ -311,6 +429,13 @@ def _run_trial(
                 if len(stamps) > 100_000:
                     break
             cpu_s = time.process_time() - cpu0
+            span_end_unix = time.time()
+            if group is not None:
+                # keep the node loaded while the slower ranks finish their spans
+                group.finish()
+                drain_until = clock() + max(30.0, 10 * measure_s)
+                while not group.all_finished() and clock() < drain_until:
+                    next(batches)
         finally:
             batches.close()
         caught = [f"{r.category.__name__}: {r.message}" for r in records]
@@ -341,6 +466,7 @@ def _run_trial(
         "wait_s_p90": _percentile(waits, 90),
         "cpu_per_wall": cpu_s / (last - t0) if last > t0 else None,
         "warnings": sorted(set(caught)),
+        "span_unix_s": (span_start_unix, span_end_unix),
     }
 
 
@@ -354,8 +480,9 @@ def measure(
     windows: int = 6,
     timeout_s: float = 120.0,
     make_loader: Callable[[LoaderConfig], Any] | None = None,
+    nproc: int = 1,
 ) -> Trial:
-    """Measure one loader configuration in an isolated child process.
+    """Measure one loader configuration in an isolated child process (or N at once).
 
     The child builds the DataLoader (``spec.make_loader(config)``), takes the first batch
     (first-batch latency, worker start-up included), loads ``warmup_batches`` more (at least
@@ -376,11 +503,31 @@ def measure(
         make_loader: Builds the iterable to measure from ``config`` instead of
             ``spec.make_loader`` (a picklable callable: the benchmarks measure other
             libraries' pipelines with it). Each ``iter()`` of what it returns is an epoch.
+        nproc: Loaders to run at once, each in its own isolated child (``run_isolated_group``)
+            with RANK, LOCAL_RANK (0 to nproc - 1), WORLD_SIZE and LOCAL_WORLD_SIZE (nproc)
+            set, as nproc local ranks of one node will run. Their measured spans start
+            together (a barrier) and each rank loads until all are done; the Trial's figures
+            are the slowest rank's (see Trial.nproc), each rank's are in ``Trial.ranks``.
+            One rank failing fails the trial (its error, prefixed "rank K:").
 
     Returns:
         A Trial; a failure or hang is a Trial with status "failed" or "timeout", not an
         exception.
+
+    Raises:
+        ConfigError: nproc < 1 (WF010).
     """
+    if nproc != 1:
+        from wellfed.errors import check_option, is_count
+
+        check_option("nproc", nproc, is_count(nproc, 1), "an int >= 1", code="WF010")
+        return _measure_group(
+            make_loader if make_loader is not None else spec.make_loader,
+            config,
+            (warmup_batches, measure_s, min_batches, windows),
+            timeout_s,
+            nproc,
+        )
     result = run_isolated(
         _run_trial,
         make_loader if make_loader is not None else spec.make_loader,
@@ -400,6 +547,7 @@ def measure(
             memory_kind=result.memory_kind,
             elapsed_s=result.elapsed_s,
             error=_short_error(result.error),
+            error_code=result.error_code,
         )
     data = result.value
     median, spread = summarize_windows(data["windows"])
@@ -420,6 +568,109 @@ def measure(
         warnings=tuple(data["warnings"]),
         torch_threads=data["torch_threads"],
         cpu_per_wall=data.get("cpu_per_wall"),
+    )
+
+
+def _rank_env(rank: int, nproc: int) -> dict[str, str]:
+    """The variables torchrun sets that a loader reads, for local rank ``rank`` of ``nproc``."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+    }
+
+
+def _measure_group(
+    make_loader: Callable[[LoaderConfig], Any],
+    config: LoaderConfig,
+    settings: tuple[int, float, int, int],
+    timeout_s: float,
+    nproc: int,
+) -> Trial:
+    """``measure(nproc=N)``: N trial processes at once, figures per rank (see measure())."""
+    results = run_isolated_group(
+        _run_trial,
+        [(make_loader, config, *settings)] * nproc,
+        timeout_s=timeout_s,
+        sample_memory=True,
+        env_per_member=[_rank_env(rank, nproc) for rank in range(nproc)],
+        barrier_timeout_s=timeout_s,
+    )
+    elapsed = max(r.elapsed_s for r in results)
+    mems = [r.peak_memory_bytes for r in results if r.peak_memory_bytes is not None]
+    kind = next((r.memory_kind for r in results if r.memory_kind), None)
+    failed = [(rank, r) for rank, r in enumerate(results) if r.status not in ("ok", "stopped")]
+    if failed:
+        rank, first = failed[0]
+        status = "timeout" if any(r.status == "timeout" for _, r in failed) else "failed"
+        return Trial(
+            config=config,
+            status=status,
+            peak_memory_bytes=max(mems) if mems else None,
+            memory_kind=kind,
+            elapsed_s=elapsed,
+            error=_short_error(f"rank {rank}: {first.error}"),
+            nproc=nproc,
+        )
+    ranks = []
+    warned: set[str] = set()
+    for rank, r in enumerate(results):
+        data = r.value
+        median, spread = summarize_windows(data["windows"])
+        warned.update(data["warnings"])
+        ranks.append(
+            RankTrial(
+                rank=rank,
+                samples_per_s=median,
+                samples_per_s_spread=spread,
+                window_samples_per_s=tuple(data["windows"]),
+                first_batch_s=data["first_batch_s"],
+                wait_s_p50=data["wait_s_p50"],
+                wait_s_p90=data["wait_s_p90"],
+                batches=data["batches"],
+                samples=data["samples"],
+                peak_memory_bytes=r.peak_memory_bytes,
+                cpu_per_wall=data.get("cpu_per_wall"),
+                spans_unix_s=(tuple(data["span_unix_s"]),),
+            )
+        )
+    trial = _from_ranks(config, tuple(ranks))
+    return dataclasses.replace(
+        trial,
+        memory_kind=kind,
+        elapsed_s=elapsed,
+        warnings=tuple(sorted(warned)),
+        torch_threads=results[0].value["torch_threads"],
+    )
+
+
+def _from_ranks(config: LoaderConfig, ranks: tuple[RankTrial, ...]) -> Trial:
+    """A Trial whose figures are the slowest rank's (a synchronous step waits for it).
+
+    The first batch is the latest rank's, memory the largest one rank used; cpu_per_wall is
+    the largest of the ranks (a rank starved of CPU by the others must not make CPU-bound
+    loading look wait-bound).
+    """
+    slowest = min(ranks, key=lambda r: r.samples_per_s)
+    firsts = [r.first_batch_s for r in ranks if r.first_batch_s is not None]
+    mems = [r.peak_memory_bytes for r in ranks if r.peak_memory_bytes is not None]
+    cpus = [r.cpu_per_wall for r in ranks if r.cpu_per_wall is not None]
+    return Trial(
+        config=config,
+        status="ok",
+        samples_per_s=slowest.samples_per_s,
+        samples_per_s_spread=slowest.samples_per_s_spread,
+        window_samples_per_s=slowest.window_samples_per_s,
+        first_batch_s=max(firsts) if firsts else None,
+        wait_s_p50=slowest.wait_s_p50,
+        wait_s_p90=slowest.wait_s_p90,
+        batches=slowest.batches,
+        samples=slowest.samples,
+        peak_memory_bytes=max(mems) if mems else None,
+        cpu_per_wall=max(cpus) if cpus else None,
+        nproc=len(ranks),
+        ranks=ranks,
     )
 
 

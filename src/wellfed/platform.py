@@ -24,6 +24,7 @@ __all__ = [
     "default_start_method",
     "is_rank_zero",
     "is_windows",
+    "local_rank",
     "local_world_size",
     "local_world_size_source",
     "rank_and_world_size",
@@ -185,6 +186,17 @@ def local_world_size_source() -> str | None:
         value = os.environ.get(name, "")
         if value.isdigit() and int(value) > 0:
             return name
+    return None
+
+
+def local_rank() -> int | None:
+    """This process's rank on its machine under a launcher (``LOCAL_RANK``, set by torchrun,
+    ``accelerate launch`` and Lightning; else Slurm's ``SLURM_LOCALID``, Open MPI's
+    ``OMPI_COMM_WORLD_LOCAL_RANK``), or None outside one."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
     return None
 
 

@@ -16,20 +16,28 @@ How it works (the protocol, in short):
   file ``wellfed_<owner pid>_<token>_ctl`` holds one 64-bit word: (version, current slot).
 * ``update`` (owner process only) copies the new values, and the unchanged fields, into a
   slot that no reader is using, then publishes the word with one aligned 8-byte store. It never
-  writes into the current slot, nor into a slot a reader holds.
-* A reader *pins* the slot it reads with a shared ``flock`` on its own descriptor of that slot,
-  and keeps the pin until a later ``read`` in the same thread finds a newer version. The writer
-  only writes a slot it can lock exclusively, so pinned memory is never overwritten: the views
-  a ``read`` returns stay intact until that thread's next ``read`` (no torn reads, zero copies).
+  writes into the current slot, nor into a slot a reader pins. At most ``max_slots`` slots
+  exist; when every one is pinned, ``update`` waits (up to ``update_timeout_s``) for a pin to
+  go, then raises StateError WF510 naming the processes that hold them.
+* Every snapshot a ``read`` builds holds a *pin* on its slot: a shared ``flock`` on a
+  descriptor of its own. The pin lives exactly as long as the snapshot's views: the views are
+  built over one buffer object, and the pin is released when the last view of that buffer
+  (the snapshot, a field, a slice or a 0-d element of it, a numpy array from ``.numpy()``) is
+  garbage collected. So a view returned from ``__getitem__`` keeps its version's memory intact
+  until the DataLoader has collated (copied) the batch; no torn sample, zero copies.
 * The reader's fast path, when the version has not changed, is one 8-byte load from the
-  control mapping and a comparison (about 0.2 us); no system call, no lock.
+  control mapping and a comparison (about 0.12 us); no system call, no lock. Each reader
+  thread caches its latest snapshot (so that slot stays pinned until the thread's next read
+  finds a newer version).
 * Replacing a field with a different shape or dtype (or adding a field) is supported: the new
   values go into a new slot with the new layout, which workers open lazily the first time they
   see its number in the control word.
 * The owner unlinks every file on ``close()``, at interpreter exit, and when the object is
   garbage collected. Locks of a crashed worker are released by the kernel. If the owner is
   killed, multiprocessing's resource tracker unlinks the files (Linux, ``/dev/shm``), and
-  ``SharedState.cleanup_orphans()`` removes any file whose owner process is gone.
+  ``SharedState.cleanup_orphans()`` removes any file whose owner process is gone. A forked
+  child (a fork DataLoader worker) closes the descriptors and mappings it inherits, so it holds
+  none of the parent's pins or (possibly retired) slots.
 
 Platform: POSIX (Linux and macOS; ``fcntl.flock`` and ``mmap``). Files go to ``/dev/shm``
 where it exists, else to the temporary directory.
@@ -39,9 +47,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import errno
+import gc
 import json
 import logging
+import math
 import mmap
 import os
 import re
@@ -50,12 +61,13 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wellfed.errors import ConfigError, StateError
+from wellfed.errors import ConfigError, StateError, check_option, is_count
 
 try:  # POSIX only; Windows gets a clear error at construction (WF507).
     import fcntl
@@ -87,6 +99,16 @@ _SLOT_LAYOUT_LEN_OFFSET = 16
 _SLOT_LAYOUT_OFFSET = 24
 _ALIGN = 64
 
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Python >= 3.13 can map a file without keeping a duplicate of its descriptor; before that
+# every mapping holds one (closed with the mapping, and in a forked child by the fork hook).
+_MMAP_KW: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+DEFAULT_MAX_SLOTS = 16
+DEFAULT_UPDATE_TIMEOUT_S = 60.0
+_WAIT_FIRST_S = 0.0005  # first sleep of update() waiting for a free slot; doubles up to:
+_WAIT_MAX_S = 0.02
+
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
 _unpack_u64 = _U64.unpack_from
@@ -103,6 +125,7 @@ def _words(mm: mmap.mmap) -> memoryview:
 
 
 _SCALAR_KINDS = ("bool", "int", "float", "npscalar")
+_VIEW_KINDS = ("torch", "numpy")
 _CLEANUP_GRACE_S = 1.0  # tolerance when comparing process start times (s)
 
 
@@ -283,13 +306,141 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
+# --------------------------------------------------------------------------- buffers and views
+
+
+def _map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, **_MMAP_KW)
+
+
+def _buffer_type(size: int) -> Any:
+    """A ctypes char-array type over a whole slot: the buffer object views are built on.
+
+    A ctypes array made with ``from_buffer`` holds an export of the mapping (so the mapping
+    cannot be closed under a live view) and is the ``base`` numpy keeps and the object torch's
+    ``frombuffer`` keeps alive; a memoryview would be unwrapped by numpy and give neither.
+    """
+    return ctypes.c_char * size
+
+
+def _build_views(buf: Any, fields: list[_Field], *, writable: bool) -> dict[str, Any]:
+    """One zero-copy array per field over ``buf`` (torch fields as tensors, others numpy)."""
+    np = _np()
+    views: dict[str, Any] = {}
+    for f in fields:
+        if f.kind == "torch":
+            torch = _torch()
+            dtype = getattr(torch, f.dtype)
+            if f.nbytes == 0:
+                views[f.name] = torch.empty(f.shape, dtype=dtype)
+                continue
+            count = f.nbytes // dtype.itemsize
+            views[f.name] = torch.frombuffer(buf, dtype=dtype, count=count, offset=f.offset).view(
+                f.shape
+            )
+        else:
+            arr = np.ndarray(f.shape, dtype=np.dtype(f.dtype), buffer=buf, offset=f.offset)
+            if not writable:
+                arr.flags.writeable = False
+            views[f.name] = arr
+    return views
+
+
+def _close_mapping(mm: mmap.mmap) -> None:
+    """Unmap now unless views still use the mapping (then it goes with the last of them)."""
+    with contextlib.suppress(BufferError, ValueError, OSError):
+        mm.close()
+
+
+# --------------------------------------------------------------------------- pins
+#
+# A pin is a descriptor of a slot file holding a shared flock. Each one is opened for one
+# snapshot and released (unlocked, closed) by a finalizer of the buffer that snapshot's views
+# keep alive, in the process that opened it. The registry lets a forked child close the
+# parent's pin descriptors it inherited (without unlocking: the lock is the parent's), and the
+# lock keeps a fork from copying a descriptor that is half registered.
+
+_PIN_LOCK = threading.RLock()
+_PIN_FDS: set[int] = set()
+
+
+def _pin_open(path: str) -> int:
+    """Open a descriptor for a pin on ``path`` (not locked yet); FileNotFoundError if gone."""
+    with _PIN_LOCK:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        _PIN_FDS.add(fd)
+    return fd
+
+
+def _pin_release(fd: int, pid: int) -> None:
+    """Unlock and close a pin's descriptor (a no-op outside the process that opened it)."""
+    if os.getpid() != pid:
+        return
+    with _PIN_LOCK:
+        if fd not in _PIN_FDS:
+            return
+        _PIN_FDS.discard(fd)
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _pins_before_fork() -> None:
+    _PIN_LOCK.acquire()
+
+
+def _pins_after_fork_in_parent() -> None:
+    _PIN_LOCK.release()
+
+
+def _pins_after_fork_in_child() -> None:
+    global _PIN_LOCK
+    for fd in _PIN_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the parent's pins: closing our copy leaves its lock alone
+    _PIN_FDS.clear()
+    _PIN_LOCK = threading.RLock()
+
+
+def _flock_holders(paths: Iterable[str]) -> dict[int, int]:
+    """pid -> number of ``paths`` it holds a shared flock on, from /proc/locks (Linux).
+
+    Empty where /proc/locks does not exist (macOS). The pid is the process that took the lock.
+    """
+    keys: dict[str, str] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        keys[f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"] = p
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return {}
+    held: dict[int, set[str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  READ  1234 00:1b:5678 0 EOF"; a waiter has "->" after "1:".
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "READ":
+            continue
+        path = keys.get(parts[5])
+        if path is None:
+            continue
+        with contextlib.suppress(ValueError):
+            held.setdefault(int(parts[4]), set()).add(path)
+    return {pid: len(p) for pid, p in held.items()}
+
+
 # --------------------------------------------------------------------------- segments
 
 
 class _Segment:
-    """One open slot file: descriptor (for flock), mapping, layout and cached views."""
+    """The owner's handle on one slot: descriptor (for the exclusive flock), mapping, views."""
 
-    __slots__ = ("__weakref__", "fd", "fields", "mm", "path", "slot", "views")
+    __slots__ = ("fd", "fields", "mm", "path", "signature", "slot", "views")
 
     def __init__(self, path: str, slot: int, fd: int, mm: mmap.mmap, fields: list[_Field]):
         self.path = path
@@ -297,56 +448,66 @@ class _Segment:
         self.fd = fd
         self.mm = mm
         self.fields = fields
-        self.views: dict[str, Any] = {}
+        self.signature = [f.signature() for f in fields]
+        self.views = _build_views(_buffer_type(len(mm)).from_buffer(mm), fields, writable=True)
 
-    def build_views(self, *, writable: bool) -> None:
-        """Create one zero-copy view per field over the mapping."""
-        np = _np()
-        views: dict[str, Any] = {}
-        for f in self.fields:
-            if f.kind == "torch":
-                views[f.name] = self.torch_view(f)
-            else:
-                arr = np.ndarray(f.shape, dtype=np.dtype(f.dtype), buffer=self.mm, offset=f.offset)
-                if not writable:
-                    arr.flags.writeable = False
-                views[f.name] = arr
-        self.views = views
-
-    def torch_view(self, f: _Field) -> Any:
-        """A new tensor over field ``f``, with a storage of its own.
-
-        Readers get a new one per version: torch moves a tensor's storage into new shared
-        memory when it is pickled for a worker queue (``share_memory_``), so a tensor cached
-        per slot could silently stop pointing at the slot.
-        """
-        torch = _torch()
-        dtype = getattr(torch, f.dtype)
-        if f.nbytes == 0:
-            return torch.empty(f.shape, dtype=dtype)
-        count = f.nbytes // torch.empty((), dtype=dtype).element_size()
-        return torch.frombuffer(self.mm, dtype=dtype, count=count, offset=f.offset).view(f.shape)
-
-    def content_version(self) -> int:
-        return int(_unpack_u64(self.mm, _SLOT_VERSION_OFFSET)[0])
-
-    def close(self) -> None:
-        """Close the descriptor (does not unlock a lock other descriptors share)."""
+    def release(self) -> None:
+        """Drop the views, close the descriptor and unmap (does not unlock other holders)."""
+        self.views = {}
         fd, self.fd = self.fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def __del__(self) -> None:
-        self.close()
+        _close_mapping(self.mm)
 
 
-def _open_segment(path: str, slot: int, *, writable: bool) -> _Segment:
-    """Open an existing slot file and parse its layout header."""
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+class _Mapping:
+    """A reader's map of one slot (one per process and slot, shared by its threads)."""
+
+    __slots__ = ("buffer_type", "fields", "has_views", "mm", "path", "slot")
+
+    def __init__(self, path: str, slot: int, mm: mmap.mmap, fields: list[_Field]) -> None:
+        self.path = path
+        self.slot = slot
+        self.mm = mm
+        self.fields = fields
+        self.buffer_type = _buffer_type(len(mm))
+        self.has_views = any(f.kind in _VIEW_KINDS for f in fields)
+
+    def content_version(self) -> int:
+        return int(_unpack_u64(self.mm, _SLOT_VERSION_OFFSET)[0])
+
+    def snapshot(self, version: int, fd: int, pid: int) -> StateSnapshot:
+        """Build the snapshot of ``version`` while ``fd`` holds its pin; hand the pin over.
+
+        The pin is released when the last view of this snapshot is garbage collected (at once
+        when the layout has no tensor or array field: scalars are copies).
+        """
+        buf = self.buffer_type.from_buffer(self.mm)
+        values = _build_views(buf, self.fields, writable=False)
+        for f in self.fields:
+            if f.kind in _SCALAR_KINDS:
+                v = values[f.name][()]
+                values[f.name] = v if f.kind == "npscalar" else v.item()
+        if self.has_views:
+            weakref.finalize(buf, _pin_release, fd, pid).atexit = False
+        else:
+            _pin_release(fd, pid)
+        return StateSnapshot(version, values)
+
+    def close(self) -> None:
+        _close_mapping(self.mm)
+
+
+def _open_mapping(path: str, slot: int) -> _Mapping:
+    """Map an existing slot file and parse its layout header (FileNotFoundError if gone)."""
+    fd = os.open(path, os.O_RDWR | _O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        mm = mmap.mmap(fd, size)
+        mm = _map(fd, size)
+    finally:
+        os.close(fd)
+    try:
         if mm[:8] != _SLOT_MAGIC:
             raise StateError(
                 f"SharedState slot file is not a wellfed slot: {path} has magic "
@@ -359,11 +520,9 @@ def _open_segment(path: str, slot: int, *, writable: bool) -> _Segment:
         raw = bytes(mm[_SLOT_LAYOUT_OFFSET : _SLOT_LAYOUT_OFFSET + n])
         fields = [_Field.from_json(item) for item in json.loads(raw)]
     except BaseException:
-        os.close(fd)
+        mm.close()
         raise
-    seg = _Segment(path, slot, fd, mm, fields)
-    seg.build_views(writable=writable)
-    return seg
+    return _Mapping(path, slot, mm, fields)
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -385,9 +544,11 @@ class StateSnapshot(dict[str, Any]):
     what a dict lookup costs; the mutating methods raise TypeError. Fields are read by key
     only (``snap.values`` would be the dict method, not a field named "values").
 
-    Validity: the views stay intact until the next ``read()`` (or ``state[name]``) of the
-    same state in the same thread that finds a newer version; after that the writer may reuse
-    their memory. Use ``copy()`` to keep values longer. Never write into the views.
+    Validity: the views stay intact for as long as any of them (or the snapshot) is alive, in
+    any process: their slot is pinned until the last one is garbage collected, and the writer
+    never overwrites a pinned slot. Keeping old views alive therefore keeps their memory in
+    use (up to ``max_slots`` versions); ``copy()`` gives private copies that pin nothing.
+    Never write into the views.
 
     Attributes:
         version: The state's version these values belong to (1 at creation, +1 per update).
@@ -425,33 +586,31 @@ class StateSnapshot(dict[str, Any]):
 
 
 class _Reader:
-    """Per-thread reader: the pinned slot, the cached snapshot and this thread's descriptors."""
+    """Per-thread reader: the control word seen last and the snapshot built for it.
 
-    __slots__ = ("ctl", "pinned", "segments", "snap", "word", "words")
+    Only the thread's ``threading.local`` holds it strongly, so a thread that ends takes its
+    cached snapshot (and that snapshot's pin) with it.
+    """
+
+    __slots__ = ("__weakref__", "slot", "snap", "word", "words")
 
     def __init__(self, ctl: mmap.mmap) -> None:
-        self.ctl = ctl
         self.words = _words(ctl)
         self.word = -1
+        self.slot = -1
         self.snap: StateSnapshot | None = None
-        self.pinned: _Segment | None = None
-        self.segments: dict[int, _Segment] = {}
 
     def drop(self) -> None:
-        """Forget everything without unlocking (after fork: the locks belong to the parent)."""
-        for seg in self.segments.values():
-            seg.close()
-        self.segments = {}
-        self.pinned = None
+        """Forget the cached snapshot (its pin goes when no one else holds its views)."""
         self.snap = None
         self.word = -1
+        self.slot = -1
 
     def release(self) -> None:
-        """Unlock the pinned slot and close every descriptor."""
-        if self.pinned is not None and self.pinned.fd >= 0 and fcntl is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.pinned.fd, fcntl.LOCK_UN)
+        """Forget the snapshot and let go of the control mapping."""
         self.drop()
+        with contextlib.suppress(ValueError, BufferError):
+            self.words.release()
 
 
 # --------------------------------------------------------------------------- the state
@@ -540,20 +699,34 @@ class SharedState:
     loop, and ``read`` in ``__getitem__``. Works with fork, spawn and forkserver, persistent
     workers or not; a worker sees the new values from the first ``read`` after ``update``
     returns (samples already prefetched keep the version they were made with; each snapshot
-    says which). The fields of one snapshot always come from the same version.
+    says which). The fields of one snapshot always come from the same version, and its views
+    stay intact for as long as any of them is alive (returning one from ``__getitem__`` is
+    safe: it outlives the collate that copies it).
 
     Args:
         fields: Field name -> initial value, as a mapping (optional, positional only).
         directory: Where the shared-memory files go; default ``/dev/shm`` (else the temporary
             directory).
+        max_slots: Most copies of the fields that may exist at once (>= 2; default 16). One
+            is the current version; the others hold versions whose views readers still use,
+            plus the one ``update`` writes into. Slots are made only when every existing one
+            is in use, so a state whose readers move on uses 2-3; the bound caps the memory
+            (``max_slots`` x the fields' total size) when readers keep old views. Each reader
+            thread (each worker) keeps its latest version pinned until its next read, so with
+            idle workers and frequent updates this should be at least num_workers + 2.
+        update_timeout_s: Seconds ``update`` waits for a slot to be freed when all
+            ``max_slots`` are pinned, before StateError WF510 (default 60.0); 0 = do not wait;
+            None = wait forever.
         **kwargs: More fields. Values may be CPU ``torch.Tensor`` (any dtype, read back as a
             tensor of the same dtype and shape), ``numpy.ndarray`` (numeric or bool, read back
             as a read-only array), ``bool``/``int``/``float`` (read back as the same Python type;
-            int is stored as int64) or numpy scalars.
+            int is stored as int64) or numpy scalars. (The names ``directory``, ``max_slots``
+            and ``update_timeout_s`` are options; pass fields so named in the mapping.)
 
     Raises:
         ConfigError: an unsupported value (WF501), a tensor not on the CPU (WF502), a name that
-            is not an identifier (WF505), no shared-memory support here (WF507).
+            is not an identifier (WF505), no shared-memory support here (WF507), an invalid
+            ``max_slots`` or ``update_timeout_s`` (WF511).
         StateError: not enough space in the shared-memory directory (WF506).
 
     Example:
@@ -573,13 +746,15 @@ class SharedState:
         >>> ds.state.close()
 
     Contract:
-        * ``read()`` returns a ``StateSnapshot``: zero-copy views valid until this thread's
-          next ``read`` that finds a newer version. ``state[name]`` is ``read()[name]``; two
-          ``state[...]`` calls may see different versions, so read several fields through
-          one snapshot.
+        * ``read()`` returns a ``StateSnapshot`` of zero-copy views that stay intact while any
+          of them is alive (their slot is pinned until the last is garbage collected).
+          ``state[name]`` is ``read()[name]``; two ``state[...]`` calls may see different
+          versions, so read several fields through one snapshot.
         * ``update`` may only be called in the process that created the state (StateError
           WF509 elsewhere). Fields not named keep their values; a new name adds a field; a new
-          shape, dtype or kind is allowed (new storage, opened lazily by the workers).
+          shape, dtype or kind is allowed (new storage, opened lazily by the workers). It
+          waits while all ``max_slots`` slots are pinned (StateError WF510 after
+          ``update_timeout_s``).
         * Pickling (DataLoader under spawn/forkserver, ``ForkingPickler``) sends only the file
           names (~100 bytes); the worker maps the files at its first ``read``. Unpickling in
           the owner process returns the owner object itself.
@@ -599,6 +774,8 @@ class SharedState:
         /,
         *,
         directory: str | None = None,
+        max_slots: int = DEFAULT_MAX_SLOTS,
+        update_timeout_s: float | None = DEFAULT_UPDATE_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
         if fcntl is None:  # pragma: no cover - Windows
@@ -610,6 +787,30 @@ class SharedState:
                 attribute="sys.platform",
                 value=sys.platform,
             )
+        check_option(
+            "max_slots",
+            max_slots,
+            is_count(max_slots, 2) and max_slots <= _SLOT_MASK + 1,
+            f"an int from 2 to {_SLOT_MASK + 1}",
+            code="WF511",
+            fix="Pass at least 2 (the current version and one to write the next into); "
+            f"the default is {DEFAULT_MAX_SLOTS}.",
+        )
+        timeout_ok = update_timeout_s is None or (
+            isinstance(update_timeout_s, (int, float))
+            and not isinstance(update_timeout_s, bool)
+            and math.isfinite(update_timeout_s)
+            and update_timeout_s >= 0
+        )
+        check_option(
+            "update_timeout_s",
+            update_timeout_s,
+            timeout_ok,
+            "a number of seconds >= 0 or None",
+            code="WF511",
+            fix=f"Pass seconds (default {DEFAULT_UPDATE_TIMEOUT_S}), 0 not to wait, or None "
+            "to wait forever.",
+        )
         values: dict[str, Any] = dict(fields or {})
         overlap = set(values) & set(kwargs)
         if overlap:
@@ -626,6 +827,8 @@ class SharedState:
 
         directory = os.fspath(directory) if directory is not None else _default_directory()
         self._init_common(directory, f"{PREFIX}{os.getpid()}_{secrets.token_hex(6)}", os.getpid())
+        self._max_slots = int(max_slots)
+        self._update_timeout_s = None if update_timeout_s is None else float(update_timeout_s)
         self._paths: set[str] = set()
         self._tracked: set[str] = set()
         self._segments: dict[int, _Segment] = {}
@@ -635,21 +838,19 @@ class SharedState:
         self._version = 0
 
         ctl_path = self._ctl_path()
-        fd = os.open(
-            ctl_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600
-        )
+        fd = os.open(ctl_path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_CLOEXEC, 0o600)
         self._paths.add(ctl_path)
         self._register(ctl_path)
         try:
             os.ftruncate(fd, _CTL_SIZE)
-            ctl = mmap.mmap(fd, _CTL_SIZE)
+            ctl = _map(fd, _CTL_SIZE)
         finally:
             os.close(fd)
         ctl[:8] = _CTL_MAGIC
         _U64.pack_into(ctl, _PID_OFFSET, self._owner_pid)
         _F64.pack_into(ctl, _START_OFFSET, _process_start_time(self._owner_pid) or 0.0)
         self._ctl = ctl
-        self._ctl_words = _words(ctl)
+        self._ctl_words: memoryview | None = _words(ctl)
         self._finalizer = weakref.finalize(
             self, _release_files, self._owner_pid, directory, ctl, self._paths, self._tracked
         )
@@ -668,9 +869,12 @@ class SharedState:
         self._prefix = prefix
         self._owner_pid = owner_pid
         self._local = threading.local()
-        self._readers: list[_Reader] = []
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._readers_lock = threading.Lock()
+        self._mapped: dict[int, _Mapping] = {}
+        self._closed = False
         self._ctl = None
+        self._ctl_words = None
         _LIVE.add(self)
 
     @classmethod
@@ -683,6 +887,8 @@ class SharedState:
         self._segments = {}
         self._current = None
         self._version = 0
+        self._max_slots = DEFAULT_MAX_SLOTS
+        self._update_timeout_s = DEFAULT_UPDATE_TIMEOUT_S
         self._finalizer = None
         return self
 
@@ -706,13 +912,14 @@ class SharedState:
     def read(self) -> StateSnapshot:
         """Return the current version of every field, consistently and without copying.
 
-        Cost: about 0.2 us when the version has not changed since this thread's last read;
-        a few microseconds (two ``flock`` calls, plus mapping the slot the first time this
-        process sees it) when it has.
+        Cost: about 0.12 us when the version has not changed since this thread's last read;
+        a few microseconds (open and ``flock`` a pin, build the views, plus mapping the slot
+        the first time this process sees it) when it has.
 
         Returns:
             A StateSnapshot (mapping name -> value, plus ``version``). Its views stay intact
-            until this thread's next ``read`` that finds a newer version.
+            for as long as any of them is alive: the slot stays pinned until the last one is
+            garbage collected.
 
         Raises:
             StateError: the state was closed (WF503) or its files are gone (WF504).
@@ -733,6 +940,8 @@ class SharedState:
     @property
     def version(self) -> int:
         """The latest published version (1 at creation, +1 per update); 0 once closed."""
+        if self._closed:
+            return 0
         try:
             r = self._local.r
         except AttributeError:
@@ -742,6 +951,8 @@ class SharedState:
     @property
     def closed(self) -> bool:
         """True once the owner closed the state (its files are gone)."""
+        if self._closed:
+            return True
         ctl = self._ctl
         if ctl is None:
             try:
@@ -757,89 +968,107 @@ class SharedState:
 
     def _open_ctl(self) -> mmap.mmap:
         with self._readers_lock:
+            if self._closed:
+                raise self._closed_error()
             if self._ctl is not None:
                 return self._ctl
             path = self._ctl_path()
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
             except FileNotFoundError:
                 raise self._gone_error(path) from None
             try:
-                ctl = mmap.mmap(fd, _CTL_SIZE, access=mmap.ACCESS_READ)
+                ctl = mmap.mmap(fd, _CTL_SIZE, access=mmap.ACCESS_READ, **_MMAP_KW)
             finally:
                 os.close(fd)
             self._ctl = ctl
             return ctl
 
     def _new_reader(self) -> _Reader:
-        ctl = self._ctl if self._ctl is not None else self._open_ctl()
+        ctl = self._ctl if self._ctl is not None and not self._closed else self._open_ctl()
         r = _Reader(ctl)
         with self._readers_lock:
-            self._readers.append(r)
+            self._readers.add(r)
         self._local.r = r
         return r
+
+    def _mapping(self, slot: int) -> _Mapping:
+        """This process's map of ``slot`` (FileNotFoundError if the slot was retired)."""
+        m = self._mapped.get(slot)
+        if m is None:
+            with self._readers_lock:
+                m = self._mapped.get(slot)
+                if m is None:
+                    m = _open_mapping(self._slot_path(slot), slot)
+                    self._mapped[slot] = m
+        return m
+
+    def _forget_retired(self, keep: int) -> None:
+        """Drop maps of slots the writer has unlinked, so their memory can go."""
+        with self._readers_lock:
+            gone = [s for s, m in self._mapped.items() if s != keep and not os.path.exists(m.path)]
+            for s in gone:
+                del self._mapped[s]  # unmapped when its last view is collected
 
     def _refresh(self, r: _Reader, word: int) -> StateSnapshot:
         """Slow path: pin the slot the control word names and build its snapshot."""
         assert fcntl is not None
-        for _ in range(10_000):
-            if r.words[_CLOSED_INDEX]:
-                raise StateError(
-                    f"SharedState was closed: {self._prefix} (owner pid {self._owner_pid}) "
-                    "was closed, or its owner exited, so its fields no longer exist. Keep the "
-                    "state open (do not call close() or leave a `with` block) while a "
-                    "DataLoader that reads it is running.",
-                    code="WF503",
-                    attribute="state",
-                    value=self._prefix,
-                )
-            slot = word & _SLOT_MASK
-            seg = r.segments.get(slot)
-            if seg is None:
-                path = self._slot_path(slot)
-                try:
-                    seg = _open_segment(path, slot, writable=False)
-                except FileNotFoundError:
-                    again = r.words[_WORD_INDEX]
-                    if again == word:
-                        raise self._gone_error(path) from None
+        pid = os.getpid()
+        fd, fd_slot = -1, -1
+        m: _Mapping | None = None
+        try:
+            for _ in range(10_000):
+                if r.words[_CLOSED_INDEX]:
+                    raise self._closed_error()
+                slot = word & _SLOT_MASK
+                if slot != fd_slot:
+                    if fd >= 0:
+                        _pin_release(fd, pid)
+                        fd, fd_slot = -1, -1
+                    try:
+                        m = self._mapping(slot)
+                        fd = _pin_open(m.path)
+                    except FileNotFoundError:
+                        again = r.words[_WORD_INDEX]
+                        if again == word:
+                            raise self._gone_error(self._slot_path(slot)) from None
+                        word = again
+                        continue
+                    fd_slot = slot
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while the writer fills it
+                assert m is not None
+                # Pinned. Still the current version? (The writer may have moved on and
+                # reused this slot between our load of the word and the lock.)
+                again = r.words[_WORD_INDEX]
+                if again != word or m.content_version() != word >> _SLOT_BITS:
                     word = again
                     continue
-                r.segments[slot] = seg
-            if seg is not r.pinned:
-                fcntl.flock(seg.fd, fcntl.LOCK_SH)
-            again = r.words[_WORD_INDEX]
-            if again != word or seg.content_version() != word >> _SLOT_BITS:
-                if seg is not r.pinned:
-                    fcntl.flock(seg.fd, fcntl.LOCK_UN)
-                word = again
-                continue
-            old = r.pinned
-            if old is not None and old is not seg:
-                fcntl.flock(old.fd, fcntl.LOCK_UN)
-            r.pinned = seg
-            if old is not seg:
-                # Forget slots the writer has retired (unlinked) so their memory can go.
-                for other in [s for s in r.segments.values() if s is not seg]:
-                    if not os.path.exists(other.path):
-                        del r.segments[other.slot]
-                        other.close()
-            values = dict(seg.views)
-            for f in seg.fields:
-                if f.kind == "torch":
-                    values[f.name] = seg.torch_view(f)
-                elif f.kind in _SCALAR_KINDS:
-                    v = values[f.name][()]
-                    values[f.name] = v if f.kind == "npscalar" else v.item()
-            snap = StateSnapshot(word >> _SLOT_BITS, values)
-            r.snap = snap
-            r.word = word
-            return snap
+                snap = m.snapshot(word >> _SLOT_BITS, fd, pid)
+                fd = -1  # the snapshot's views own the pin now
+                moved = slot != r.slot
+                r.snap, r.word, r.slot = snap, word, slot  # the old snapshot may unpin here
+                if moved:
+                    self._forget_retired(slot)
+                return snap
+        finally:
+            if fd >= 0:
+                _pin_release(fd, pid)
         raise StateError(  # pragma: no cover - needs 10,000 updates during one read
             f"SharedState read did not settle: {self._prefix} changed 10000 times while one "
             "reader tried to pin a version, so the writer is updating faster than readers can "
             "read. Update less often (for example once per batch, not per sample).",
             code="WF508",
+            attribute="state",
+            value=self._prefix,
+        )
+
+    def _closed_error(self) -> StateError:
+        return StateError(
+            f"SharedState was closed: {self._prefix} (owner pid {self._owner_pid}) "
+            "was closed, or its owner exited, so its fields no longer exist. Keep the "
+            "state open (do not call close() or leave a `with` block) while a "
+            "DataLoader that reads it is running.",
+            code="WF503",
             attribute="state",
             value=self._prefix,
         )
@@ -866,6 +1095,10 @@ class SharedState:
         new shape, dtype or kind, and new names add fields (the workers map the new storage
         lazily); fields cannot be removed. Cost: one copy of all fields into shared memory.
 
+        The copy goes into a slot no reader pins. When all ``max_slots`` slots are pinned
+        (readers still hold views of that many versions), this waits for one to be released,
+        up to ``update_timeout_s``.
+
         Args:
             fields: Name -> new value, as a mapping (optional, positional only).
             **kwargs: More name -> new value pairs; same types as the constructor.
@@ -875,7 +1108,8 @@ class SharedState:
 
         Raises:
             StateError: the state is closed (WF503), this is not the process that created it
-                (WF509), or shared memory is full (WF506).
+                (WF509), shared memory is full (WF506), or every slot stayed pinned for
+                ``update_timeout_s`` (WF510; ``pids`` names the processes holding pins).
             ConfigError: an unsupported value (WF501, WF502, WF505).
         """
         values: dict[str, Any] = dict(fields or {})
@@ -933,18 +1167,7 @@ class SharedState:
                 value=version,
             )
 
-        target = None
-        for seg in self._segments.values():
-            if seg is current or [f.signature() for f in seg.fields] != signature:
-                continue
-            try:
-                fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a reader pins it
-            target = seg
-            break
-        if target is None:
-            target = self._new_slot(layout, size)  # returned locked (LOCK_EX)
+        target = self._acquire_slot(layout, size, signature)  # locked LOCK_EX
         try:
             for f in target.fields:
                 dst = target.views[f.name]
@@ -965,12 +1188,108 @@ class SharedState:
             _U64.pack_into(target.mm, _SLOT_VERSION_OFFSET, version)
         finally:
             fcntl.flock(target.fd, fcntl.LOCK_UN)
-        assert self._ctl is not None
+        assert self._ctl_words is not None
         self._ctl_words[_WORD_INDEX] = (version << _SLOT_BITS) | target.slot
         self._current = target
         self._version = version
         self._retire_slots(signature)
         return version
+
+    def _try_lock(self, seg: _Segment) -> bool:
+        """Lock a slot for writing if no reader pins it (never waits)."""
+        assert fcntl is not None
+        try:
+            fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _acquire_slot(
+        self,
+        layout: list[_Field],
+        size: int,
+        signature: list[tuple[str, str, str, tuple[int, ...]]],
+    ) -> _Segment:
+        """A slot to write the next version into, locked exclusively.
+
+        An unpinned slot of this layout if there is one; else a new slot while fewer than
+        ``max_slots`` exist (unpinned slots of other layouts are retired to make room); else
+        wait for a pin to go, up to ``update_timeout_s``, then StateError WF510.
+        """
+        started: float | None = None
+        delay = _WAIT_FIRST_S
+        collected = False
+        while True:
+            for seg in sorted(self._segments.values(), key=lambda s: s.slot):
+                if seg is self._current or not self._try_lock(seg):
+                    continue
+                if seg.signature == signature:
+                    return seg
+                self._drop_segment(seg)  # another layout, unpinned: make room
+            if len(self._segments) < self._max_slots:
+                return self._new_slot(layout, size)
+            if not collected:
+                collected = True
+                if os.getpid() in self._pin_holders():
+                    gc.collect()  # views in reference cycles pin slots until collected
+                    continue
+            now = time.monotonic()
+            if started is None:
+                started = now
+                holders = self._pin_holders()
+                alone = threading.active_count() == 1 and set(holders) == {os.getpid()}
+                if self._update_timeout_s == 0 or alone:
+                    raise self._slots_busy_error(0.0, size, holders, alone=alone)
+                logger.debug(
+                    "SharedState %s: all %d slots pinned (%s); update() waits",
+                    self._prefix,
+                    self._max_slots,
+                    holders,
+                )
+            elif self._update_timeout_s is not None and now - started >= self._update_timeout_s:
+                raise self._slots_busy_error(now - started, size, self._pin_holders())
+            time.sleep(delay)
+            delay = min(2 * delay, _WAIT_MAX_S)
+
+    def _pin_holders(self) -> dict[int, int]:
+        """pid -> slots it pins, for the slots update() cannot write (not the current one)."""
+        return _flock_holders(s.path for s in self._segments.values() if s is not self._current)
+
+    def _slots_busy_error(
+        self, waited_s: float, size: int, holders: dict[int, int], *, alone: bool = False
+    ) -> StateError:
+        me = os.getpid()
+        who = (
+            ", ".join(
+                f"pid {pid}{' (this process)' if pid == me else ''}: {n} slot(s)"
+                for pid, n in sorted(holders.items())
+            )
+            or "holders unknown: /proc/locks is not readable here"
+        )
+        if alone:
+            waited = (
+                "it did not wait, because this process holds every pin and has no other "
+                "thread that could release one"
+            )
+        else:
+            timeout = self._update_timeout_s
+            waited = f"it waited {waited_s:.1f}s (update_timeout_s={timeout}) for one to be freed"
+        return StateError(
+            f"SharedState.update() found no free slot: all max_slots={self._max_slots} slots "
+            f"of {self._prefix} hold versions that readers still use (pins held by {who}), "
+            f"and {waited}. A slot stays pinned while any snapshot or view of its version is "
+            "alive (a view returned from __getitem__ until its batch is collated; each reader "
+            "thread's latest snapshot until that thread reads again), and writing it would "
+            "change data a reader holds. Drop old snapshots and views, or copy what you keep "
+            "(snap.copy(), tensor.clone()); or raise max_slots (now "
+            f"{self._max_slots}; each slot takes {size} bytes of {self._directory}) to at "
+            "least the number of reading workers + 2; or raise update_timeout_s.",
+            code="WF510",
+            attribute="max_slots",
+            value=self._max_slots,
+            pids=tuple(sorted(holders)),
+            waited_s=waited_s,
+        )
 
     def _new_slot(self, layout: list[_Field], size: int) -> _Segment:
         assert fcntl is not None
@@ -985,7 +1304,7 @@ class SharedState:
             )
         self._next_slot += 1
         path = self._slot_path(slot)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | _O_CLOEXEC, 0o600)
         self._paths.add(path)
         self._register(path)
         try:
@@ -1008,7 +1327,7 @@ class SharedState:
                     value=size,
                     path=self._directory,
                 ) from exc
-            mm = mmap.mmap(fd, size)
+            mm = _map(fd, size)
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = _layout_json(layout, 0)
             mm[:8] = _SLOT_MAGIC
@@ -1020,31 +1339,31 @@ class SharedState:
             self._unlink(path)
             raise
         seg = _Segment(path, slot, fd, mm, layout)
-        seg.build_views(writable=True)
         self._segments[slot] = seg
         return seg
 
     def _retire_slots(self, signature: list[tuple[str, str, str, tuple[int, ...]]]) -> None:
-        """Unlink slots no reader pins, keeping one spare of the current layout."""
+        """Unlink slots no reader pins, keeping one unpinned spare of the current layout."""
         assert fcntl is not None
         spare_kept = False
         for slot in sorted(self._segments, reverse=True):
             seg = self._segments[slot]
-            if seg is self._current:
-                continue
-            same = [f.signature() for f in seg.fields] == signature
-            if same and not spare_kept:
+            if seg is self._current or not self._try_lock(seg):
+                continue  # current, or pinned by a reader
+            if seg.signature == signature and not spare_kept:
                 spare_kept = True
+                fcntl.flock(seg.fd, fcntl.LOCK_UN)
                 continue
-            try:
-                fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            self._unlink(seg.path)
+            self._drop_segment(seg)
+
+    def _drop_segment(self, seg: _Segment) -> None:
+        """Unlink a slot this process holds LOCK_EX on and forget it."""
+        assert fcntl is not None
+        self._unlink(seg.path)
+        with contextlib.suppress(OSError):
             fcntl.flock(seg.fd, fcntl.LOCK_UN)
-            del self._segments[slot]
-            seg.views = {}
-            seg.close()  # the mapping is unmapped when its last view is garbage collected
+        del self._segments[seg.slot]
+        seg.release()
 
     def _unlink(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -1059,21 +1378,35 @@ class SharedState:
 
         In the owner, workers that read afterwards get StateError WF503; memory they still
         map is freed when they exit. Idempotent. A worker's handle only closes its own
-        descriptors.
+        descriptors and maps. Views still alive keep their mapping (and, in a handle, their
+        pin) until they are garbage collected; nothing else stays open.
         """
         if self._is_owner:
             with self._write_lock:
                 assert self._finalizer is not None
                 self._finalizer()
                 for seg in self._segments.values():
-                    seg.close()
+                    seg.release()
                 self._segments = {}
                 self._current = None
         with self._readers_lock:
-            readers, self._readers = self._readers, []
+            # The owner's state is gone for good; a handle may read again (it maps anew).
+            self._closed = self._finalizer is not None
+            readers, self._readers = list(self._readers), weakref.WeakSet()
+            mapped, self._mapped = self._mapped, {}
+        self._local = threading.local()
         for r in readers:
             r.release()
-        self._local = threading.local()
+        del readers
+        for m in mapped.values():
+            m.close()
+        words, self._ctl_words = self._ctl_words, None
+        if words is not None:
+            with contextlib.suppress(ValueError, BufferError):
+                words.release()
+        ctl, self._ctl = self._ctl, None
+        if ctl is not None:
+            _close_mapping(ctl)
 
     def __enter__(self) -> SharedState:
         return self
@@ -1082,14 +1415,17 @@ class SharedState:
         self.close()
 
     def _after_fork_in_child(self) -> None:
-        """Forget descriptors and locks inherited from the parent (they are the parent's)."""
-        for r in self._readers:
+        """Drop what the parent held: its snapshots, maps and descriptors (not its locks)."""
+        for r in list(self._readers):
             r.drop()
-        self._readers = []
+        self._readers = weakref.WeakSet()
         self._readers_lock = threading.Lock()
         self._local = threading.local()
+        for m in self._mapped.values():
+            m.close()
+        self._mapped = {}
         for seg in self._segments.values():
-            seg.close()
+            seg.release()
         self._segments = {}
         self._current = None
         if hasattr(self, "_write_lock"):
@@ -1113,7 +1449,7 @@ class SharedState:
         if self._is_owner:
             return (
                 f"SharedState(version={self._version}, fields={self._describe_current()}, "
-                f"{role}, name={self._prefix!r})"
+                f"{role}, max_slots={self._max_slots}, name={self._prefix!r})"
             )
         return f"SharedState({role}, name={self._prefix!r}, owner_pid={self._owner_pid})"
 
@@ -1199,6 +1535,7 @@ def _open_shared_state(directory: str, prefix: str, owner_pid: int) -> SharedSta
 
 
 def _after_fork_in_child() -> None:
+    _pins_after_fork_in_child()
     for state in list(_LIVE):
         state._after_fork_in_child()
     _OWNED.clear()
@@ -1213,5 +1550,9 @@ def _close_all_at_exit() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_pins_before_fork,
+        after_in_parent=_pins_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 atexit.register(_close_all_at_exit)

@@ -1,18 +1,33 @@
-"""The note 000 examples run, show stale batches without SharedState and none with it."""
+"""The note 000 examples run, show stale batches without SharedState and none with it.
+
+And the drifting-values example's own dataset (``snap["values"][i]``, a 0-d view returned
+from ``__getitem__``) gives no torn sample under 1,000 updates with 4 workers (issue 14).
+"""
 
 from __future__ import annotations
 
 import importlib
 import re
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
-pytestmark = pytest.mark.workers
+from tests import helpers_shared_state as h
+
+pytestmark = [
+    pytest.mark.workers,
+    # 4 workers, as issue 14 asks; torch warns when that exceeds this machine's CPUs.
+    pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning"),
+]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TIMEOUT_S = 60.0
 
 
 def _example(name: str) -> ModuleType:
@@ -33,3 +48,69 @@ def test_example_reproduces_note_000(name: str, capsys: pytest.CaptureFixture[st
     # Tasks 1 and 2 (two thirds of the batches) ran on task 0's state in persistent workers.
     assert int(naive.group(1)) == 2 * int(naive.group(2)) // 3
     assert int(shared.group(1)) == 0
+
+
+def _recorded_example_dataset() -> Any:
+    example = _example("note000_drifting_values")
+
+    class Recorded(example.SharedDriftingValuesDataset):  # type: ignore[name-defined,misc]
+        """The example's dataset, its __getitem__ unchanged, plus index and version read."""
+
+        def __getitem__(self, i: int) -> tuple[int, torch.Tensor, int]:
+            _, y = super().__getitem__(i)
+            return i, y, self.state.last
+
+    return example, Recorded
+
+
+def test_example_dataset_is_never_torn_under_1000_updates() -> None:
+    """The example's ``snap["values"][i]`` view, 4 fork workers, 1,000 set_task calls: 0 torn."""
+    example, recorded = _recorded_example_dataset()
+    x = example.make_inputs(1 << 16)  # (N, 16): each set_task computes and copies 256 KiB
+    ds = recorded(x)
+    ds.state = h.VersionRecorder(ds.state)
+    loader = DataLoader(
+        ds,
+        batch_size=16,
+        sampler=h.RepeatSampler(len(x)),
+        num_workers=4,
+        multiprocessing_context="fork",
+        timeout=TIMEOUT_S,
+    )
+    it = iter(loader)
+    batches = [next(it)]  # workers are up before the writer starts
+    done = threading.Event()
+
+    def writer() -> None:
+        try:
+            for task in range(1, 1001):  # task t is version t + 1
+                ds.set_task(task)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while not done.is_set():
+            batches.append(next(it))
+        batches.extend(next(it) for _ in range(8))
+    finally:
+        done.wait(TIMEOUT_S)
+        t.join(TIMEOUT_S)
+        it._shutdown_workers()
+        del it
+        ds.state.close()
+    by_version: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for i, y, version in batches:
+        for v in version.unique().tolist():
+            sel = version == v
+            by_version.setdefault(int(v), []).append((i[sel], y[sel]))
+    torn = samples = 0
+    for v, parts in by_version.items():
+        want = example.values_for_task(x, v - 1)
+        for i, y in parts:
+            torn += int((y != want[i]).sum())
+            samples += len(i)
+    assert torn == 0, f"{torn} torn samples in {samples}"
+    assert len(by_version) > 20, f"workers saw only {len(by_version)} versions: no concurrency"
+    assert 1001 in by_version

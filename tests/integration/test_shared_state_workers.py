@@ -9,9 +9,20 @@ Issue 7 "Done when", and the command that proves each:
 * no shared-memory file left after normal exit, a killed worker, a killed main process:
   ``test_normal_exit_*``, ``test_killed_worker_*``, ``test_killed_main_*``.
 
+Issue 14 "Done when" (SharedState part):
+
+* views returned from ``__getitem__``, 4 workers, 1,000 updates from the main process, 0 torn
+  collated samples, fork and spawn: ``test_returned_views_are_never_torn_under_1000_updates``
+  (negative control: ``test_checker_sees_torn_views_without_shared_state``); the documented
+  ``snap["values"][i]`` pattern: ``test_documented_pattern_is_never_torn_under_1000_updates``
+  (and the example's own dataset in ``test_shared_state_examples.py``);
+* no descriptor a worker inherits, nothing left in the store directory or /dev/shm after
+  close: ``test_workers_hold_no_inherited_descriptors``; an update with every slot pinned
+  names the worker holding the pins (WF510): ``test_update_names_the_worker_that_pins_*``.
+
 Run: ``pytest tests/unit/test_shared_state.py tests/integration/test_shared_state*.py``
-(~35 s on 2 CPUs); add ``--runslow`` for the whole matrix (non-persistent spawn/forkserver
-workers start 20 times per configuration: ~20 min on 2 busy CPUs).
+(~3 min on 2 busy CPUs); add ``--runslow`` for the whole matrix (non-persistent
+spawn/forkserver workers start 20 times per configuration: ~20 min on 2 busy CPUs).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests import helpers_shared_state as h
+from wellfed.errors import StateError
 from wellfed.shared_state import SharedState
 
 pytestmark = [
@@ -284,6 +296,186 @@ def test_checker_sees_torn_reads_without_shared_state() -> None:
     rows, _ = _stress(ds, ds.set_version, 1000)
     torn, _ = _check_rows(rows, h.TORN_K)
     assert torn > 0
+
+
+# ----------------------------------------------------------------------- returned views (issue 14)
+
+
+def _stress_batches(ds: Any, set_version: Any, updates: int, method: str, **kw: Any) -> list[Any]:
+    """Batches from 4 workers while a thread of this (the main) process makes ``updates``."""
+    loader = make_loader(ds, method, 4, False, batch_size=kw.pop("batch_size", 8), **kw)
+    it = iter(loader)
+    batches = [next(it)]  # workers are up before the writer starts
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for v in range(2, updates + 2):
+                set_version(v)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while not done.is_set():
+            batches.append(next(it))
+        batches.extend(next(it) for _ in range(8))  # the last versions too
+    finally:
+        done.wait(TIMEOUT_S)
+        t.join(TIMEOUT_S)
+        it._shutdown_workers()
+        del it
+    assert not failed, f"update() failed: {failed[0]!r}"
+    return batches
+
+
+def _torn_views(batches: list[dict[str, torch.Tensor]]) -> tuple[int, int, set[int], set[int]]:
+    """(torn samples, samples, versions seen, worker pids) of ReturnedViewDataset batches."""
+    torn = samples = 0
+    versions: set[int] = set()
+    pids: set[int] = set()
+    offsets = torch.arange(h.VIEW_LEN)
+    for b in batches:
+        v = b["version"]
+        a_ok = (b["a"] == v[:, None].to(torch.float64)).all(1)
+        b_ok = (b["b"] == b["start"][:, None] + offsets[None, :] + v[:, None]).all(1)
+        torn += int((~(a_ok & b_ok)).sum())
+        samples += len(v)
+        versions.update(v.tolist())
+        pids.update(b["pid"].tolist())
+    return torn, samples, versions, pids
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_returned_views_are_never_torn_under_1000_updates(method: str) -> None:
+    """Issue 14: views returned from __getitem__, 4 workers, 1,000 updates: 0 torn samples.
+
+    Before per-snapshot pins, a worker's later read released the slot behind an earlier
+    sample's view before the batch was collated: 68 of 744 samples were torn.
+    """
+    state = SharedState(h.view_fields(1))
+    prefix = state._prefix
+    try:
+        batches = _stress_batches(
+            h.ReturnedViewDataset(state), lambda v: state.update(h.view_fields(v)), 1000, method
+        )
+        assert state.version == 1001
+    finally:
+        state.close()
+    torn, samples, versions, pids = _torn_views(batches)
+    assert torn == 0, f"{torn} torn samples in {samples}"
+    assert len(versions) > 20, f"workers saw only {len(versions)} versions: no concurrency"
+    assert len(pids) == 4  # all four workers read
+    assert 1001 in versions  # the final update reached the workers
+    assert shm_files(prefix) == []
+    assert h.fds_into(prefix) == []
+
+
+def test_checker_sees_torn_views_without_shared_state() -> None:
+    """Negative control: views of plain shared tensors edited in place are torn."""
+    ds = h.NaiveViewDataset()
+    batches = _stress_batches(ds, ds.set_version, 200, "fork")
+    torn, _, _, _ = _torn_views(batches)
+    assert torn > 0
+
+
+def test_documented_pattern_is_never_torn_under_1000_updates() -> None:
+    """docs/shared_state.md's ``snap["values"][i]`` (a 0-d view), 4 workers, 1,000 updates."""
+    n = h.VIEW_K  # 1 MiB: an update takes long enough for workers to see many versions
+    state = SharedState(values=h.doc_values(1, n))
+    try:
+        batches = _stress_batches(
+            h.DocPatternDataset(state, n),
+            lambda v: state.update(values=h.doc_values(v, n)),
+            1000,
+            "fork",
+            batch_size=16,
+        )
+    finally:
+        state.close()
+    torn = samples = 0
+    versions: set[int] = set()
+    for i, value, version in batches:
+        want = version.to(torch.float64) * n + i.to(torch.float64)
+        torn += int((value != want).sum())
+        samples += len(version)
+        versions.update(version.tolist())
+    assert torn == 0, f"{torn} torn samples in {samples}"
+    assert len(versions) > 20, f"workers saw only {len(versions)} versions: no concurrency"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_hold_no_inherited_descriptors(method: str, tmp_path: Path) -> None:
+    """A worker holds no parent's pin, slot or retired file; only what it opened itself.
+
+    The one exception is a map that a view inherited with the parent's memory still uses
+    (here ``kept``): it cannot be unmapped under that view, but it is not pinned. After
+    close, the store directory is empty and no descriptor points into it.
+    """
+    state = SharedState(a=torch.zeros(1000), epoch=0, directory=str(tmp_path))
+    prefix = state._prefix
+    kept = state.read()["a"]  # the parent pins version 1 (slot 0) while the workers fork
+    state.update(a=torch.ones(1000))
+    state.read()  # and version 2, through this thread's cached snapshot
+    state.update(a=torch.zeros(10, 10))  # a new layout: a third slot
+    directory = state._directory
+    ctl = (os.path.join(directory, f"{prefix}_ctl"), "rw")
+    kept_map = (os.path.join(directory, f"{prefix}_s0"), "rw")
+    loader = make_loader(
+        h.FdDataset(state), method, 2, True, batch_size=1, collate_fn=h.list_collate
+    )
+    try:
+        samples = [s for batch in loader for s in batch]
+    finally:
+        shutdown(loader)
+    current = os.path.join(directory, f"{prefix}_s{state._current.slot}")
+    # its control map (spawn: opened read-only), its slot map and its pin
+    mine = {ctl, (ctl[0], "r"), (current, "rw"), (current, "r")}
+    inherited = {ctl, kept_map} if method == "fork" else set()
+    seen: set[int] = set()
+    for pid, before, during in samples:
+        allowed = mine | inherited if pid in seen else inherited
+        seen.add(pid)
+        assert set(before) <= allowed, f"worker {pid} holds {before} before it reads"
+        assert set(during) <= mine | inherited, f"worker {pid} holds {during} while it reads"
+        assert not any(t.endswith("(deleted)") for t, _ in before + during)
+    assert len(seen) == 2
+    assert kept.tolist() == [0.0] * 1000
+    del kept
+    state.close()
+    assert os.listdir(tmp_path) == []
+    assert h.fds_into(prefix) == []
+
+
+def test_update_names_the_worker_that_pins_every_slot() -> None:
+    """A worker keeping views of every version it reads: WF510 names its pid, then recovers."""
+    state = SharedState(a=torch.zeros(8), max_slots=3, update_timeout_s=0.5)
+    loader = make_loader(h.HoardingDataset(state), "fork", 1, True, batch_size=1, prefetch_factor=1)
+    try:
+        it = iter(loader)
+        worker, version = next(it)
+        assert int(version) == 1
+        for v in (2, 3):
+            state.update(a=torch.full((8,), float(v)))
+            while int(next(it)[1]) != v:  # the worker has read (and hoarded) version v
+                pass
+        with pytest.raises(StateError) as info:
+            state.update(a=torch.full((8,), 4.0))
+        err = info.value
+        assert err.code == "WF510"
+        assert err.pids == (int(worker),)
+        assert f"pid {int(worker)}: 2 slot(s)" in str(err)
+        assert "waited 0.5s (update_timeout_s=0.5)" in str(err)
+        assert state.version == 3
+    finally:
+        shutdown(loader)
+    # The worker is gone and the kernel dropped its locks: the slots are free again.
+    assert state.update(a=torch.full((8,), 4.0)) == 4
+    state.close()
 
 
 # ----------------------------------------------------------------------- cleanup

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from tests.helpers_cache import (
     store_digest,
 )
 from wellfed.cache import CachedDataset, PrecomputeError, precompute
-from wellfed.cache._store import MANIFEST_NAME
+from wellfed.cache._store import LOCK_NAME, MANIFEST_NAME, release_store_lock, try_store_lock
 from wellfed.errors import ConfigError, StateError
 
 SMALL_SHARDS = 8 * (3 * 4 * 4 * 4 + 8)  # two batches of 4 samples (output + label) per shard
@@ -375,3 +378,103 @@ def test_doctor_finds_cached_dataset_clean(tmp_path: Path) -> None:
     report = wellfed.diagnose(ds, live=False)
     assert not report.has_errors, report
     assert store_arrays(tmp_path / "s")["output.npy"].shape == (40, 3, 4, 4)
+
+
+def _reshaped(key: str, value: object) -> Callable[[dict], dict]:
+    def damage(manifest: dict) -> dict:
+        manifest[key] = value
+        return manifest
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda m: {}, '"format": "wellfed-cache"'),
+        (_reshaped("status", "done"), "'status'"),
+        (_reshaped("fields", 5), "'fields' is int"),
+        (_reshaped("shards", [{"dir": "../etc"}]), "'shards'[0]['dir']"),
+        (_reshaped("rows_per_shard", "8"), "'rows_per_shard'"),
+        (_reshaped("layout", {"kind": "tuple", "fields": ["nope"]}), "'layout' names"),
+        (lambda m: {**m, "shards": m["shards"][:-1]}, "'shards' lists 4 shards"),
+    ],
+)
+def test_manifest_of_the_wrong_shape_is_named_and_overwrite_recovers(
+    tmp_path: Path, damage: Callable[[dict], dict], named: str
+) -> None:
+    # Issue 14: valid JSON of the wrong shape gave KeyError or TypeError (exit 3 "unexpected").
+    root = tmp_path / "s"
+    build(root)
+    digest = store_digest(root)
+    file = root / MANIFEST_NAME
+    file.write_text(json.dumps(damage(json.loads(file.read_text()))))
+    with pytest.raises(StateError) as exc:
+        CachedDataset(root)
+    assert exc.value.code == "WF412"
+    assert named in exc.value.problem
+    with pytest.raises(StateError) as exc:
+        build(root)
+    assert exc.value.code == "WF412"
+    build(root, overwrite=True)
+    assert store_digest(root) == digest  # the rebuilt store is byte for byte the first
+
+
+def test_damaged_shard_files_are_named_and_the_same_call_recomputes_them(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    build(root)
+    digest = store_digest(root)
+    cut = root / "shard-00001" / "output.npy"
+    size = cut.stat().st_size  # 8 rows of float32 (3, 4, 4) and a 128-byte header: 1664
+    cut.write_bytes(cut.read_bytes()[:100])
+    shutil.rmtree(root / "shard-00003")
+    with pytest.raises(StateError) as exc:
+        CachedDataset(root)
+    assert exc.value.code == "WF408"
+    assert exc.value.value == [
+        f"shard-00001/output.npy (100 bytes, recorded {size})",
+        "shard-00003/output.npy (missing)",
+        "shard-00003/source_1.npy (missing)",
+    ]
+    assert "Run the same precompute call again" in str(exc.value)
+    build(root)  # the same call recomputes shards 1 and 3
+    assert store_digest(root) == digest
+
+    # The same size with another header: named when the shard is first read.
+    other = root / "shard-00002" / "output.npy"
+    np.save(other, np.zeros((8, 48), dtype=np.float32))
+    assert other.stat().st_size == size
+    ds = CachedDataset(root)
+    with pytest.raises(StateError) as exc:
+        ds[17]
+    assert exc.value.code == "WF408"
+    assert exc.value.value == [
+        "shard-00002/output.npy (holds float32[8, 48], the store's schema says float32[8, 3, 4, 4])"
+    ]
+
+
+def test_second_writer_is_refused_and_a_complete_store_still_returned(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    root.mkdir()
+    fd = try_store_lock(root)  # another open file of the lock: as a second process would be
+    assert fd is not None
+    try:
+        with pytest.raises(StateError) as exc:
+            build(root)
+        assert exc.value.code == "WF413"
+        assert exc.value.pid == os.getpid()
+        assert "Store busy" in str(exc.value)
+        assert list(root.iterdir()) == [root / LOCK_NAME]  # nothing written
+        with pytest.raises(StateError, match=r"within 0 s"):
+            build(root, wait_s=0.2)
+    finally:
+        release_store_lock(fd)
+    ds = build(root)
+    fd = try_store_lock(root)
+    assert fd is not None
+    try:
+        assert len(build(root)) == len(ds)  # complete and this job's: read, never written
+    finally:
+        release_store_lock(fd)
+    with pytest.raises(ConfigError):
+        build(root, wait_s=-1)

@@ -322,7 +322,8 @@ def test_auto_uses_a_stored_tune_result(monkeypatch: pytest.MonkeyPatch) -> None
     stored = SimpleNamespace(recommended=SimpleNamespace(config=config), stored_path="/x.json")
     seen: list[Any] = []
 
-    def fake(dataset: Any, *, batch_size: int | None = None) -> Any:
+    def fake(dataset: Any, *, batch_size: int | None = None, nproc_per_node: int = 1) -> Any:
+        assert nproc_per_node == 1  # one local rank: a single-rank result
         seen.append(batch_size)
         return stored if batch_size is None else None
 

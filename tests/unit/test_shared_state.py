@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import pickle
 import threading
@@ -16,7 +18,7 @@ import torch
 
 import wellfed
 from wellfed import ConfigError, StateError
-from wellfed.shared_state import SharedState, StateSnapshot
+from wellfed.shared_state import SharedState, StateSnapshot, _flock_holders
 
 
 @pytest.fixture
@@ -270,22 +272,202 @@ def test_threads_read_consistent_versions(shm: Path) -> None:
         assert errors == []
 
 
+def _pins(state: SharedState) -> dict[int, int]:
+    """pid -> slots of ``state`` it holds a shared flock on (from /proc/locks)."""
+    return _flock_holders(p for p in state.segment_paths() if not p.endswith("_ctl"))
+
+
+def _fds_into(directory: Path) -> list[str]:
+    """Descriptors of this process that point into ``directory``."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(directory)):
+                out.append(target)
+    return out
+
+
 def test_writer_never_takes_a_pinned_slot(shm: Path) -> None:
-    """The pin is a shared flock: the slot a reader holds is never locked for writing."""
+    """The pin is a shared flock: the slot a live snapshot uses is never locked for writing."""
     with SharedState(a=np.zeros(8), directory=str(shm)) as state:
         held = state.read()
-        pinned = state._local.r.pinned
-        fd = os.open(pinned.path, os.O_RDWR)
+        path = state._mapped[state._local.r.slot].path
+        fd = os.open(path, os.O_RDWR)
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             state.update(a=np.ones(8))
-            state.read()  # moves the pin to version 2, releasing version 1's slot
+            state.read()  # this thread moves on to version 2; `held` still pins version 1
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert held.version == 1
+            assert not held["a"].any()
+            del held  # the last reference: the pin goes with it
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
-        assert held.version == 1
+
+
+def test_issue_14_view_keeps_version_1(shm: Path) -> None:
+    """Issue 14's reproduction: a view of version 1 survives a later read and two updates."""
+    s = SharedState(t=torch.ones(4), v=1, directory=str(shm))
+    a = s.read()
+    view = a["t"]
+    s.update(t=torch.full((4,), 2.0), v=2)
+    s.read()
+    s.update(t=torch.full((4,), 3.0), v=3)
+    assert a["v"] == 1
+    assert view.tolist() == [1.0] * 4
+    assert s.read()["t"].tolist() == [3.0] * 4
+    s.close()
+
+
+def test_views_outlive_their_snapshot_and_later_reads(shm: Path) -> None:
+    """Slices, 0-d elements, .numpy() and numpy slices pin their version by themselves."""
+    with SharedState(t=torch.zeros(64), n=np.zeros(64), directory=str(shm)) as state:
+        snap = state.read()
+        kept = [snap["t"][3], snap["t"][8:16], snap["t"].numpy()[:4], snap["n"][2:5]]
+        del snap
+        for v in range(1, 9):  # every update and read would reuse version 1's slot if free
+            state.update(t=torch.full((64,), float(v)), n=np.full(64, float(v)))
+            assert state.read().version == v + 1
+        assert kept[0].item() == 0.0
+        assert not kept[1].any()
+        assert not kept[2].any()
+        assert not kept[3].any()
+        assert _pins(state)[os.getpid()] == 2  # version 1's slot (kept) and the current one
+        del kept
+        assert _pins(state) == {os.getpid(): 1}  # only this thread's latest snapshot
+        assert len(files(shm)) <= 4  # control + current + spare (+ one being retired)
+
+
+def test_scalar_only_state_pins_nothing(shm: Path) -> None:
+    with SharedState(epoch=3, lr=0.5, directory=str(shm)) as state:
+        assert state.read()["epoch"] == 3
+        assert _pins(state) == {}  # scalars are copies: the pin is released at once
+        state.update(epoch=4)
+        assert state["epoch"] == 4
+
+
+def test_update_without_a_free_slot_names_the_pinning_process(shm: Path) -> None:
+    """max_slots=2 with version 1 kept alive: no slot to write, WF510, nothing published."""
+    state = SharedState(a=torch.zeros(4), max_slots=2, update_timeout_s=0, directory=str(shm))
+    try:
+        kept = state.read()["a"]
+        assert state.update(a=torch.ones(4)) == 2  # the second slot
+        with pytest.raises(StateError) as info:
+            state.update(a=torch.full((4,), 2.0))
+        err = info.value
+        assert err.code == "WF510"
+        assert err.attribute == "max_slots"
+        assert err.value == 2
+        assert err.pids == (os.getpid(),)
+        assert f"pid {os.getpid()} (this process): 1 slot(s)" in str(err)
+        assert "snap.copy()" in str(err)
+        assert state.version == 2
+        assert state.read()["a"].tolist() == [1.0] * 4
+        assert kept.tolist() == [0.0] * 4
+        del kept
+        assert state.update(a=torch.full((4,), 2.0)) == 3
+        assert state.read()["a"].tolist() == [2.0] * 4
+    finally:
+        state.close()
+
+
+def test_update_waits_for_a_pin_to_go(shm: Path) -> None:
+    """All slots pinned: update() waits and writes as soon as another thread drops its view."""
+    state = SharedState(a=torch.zeros(4), max_slots=2, update_timeout_s=60, directory=str(shm))
+    kept = [state.read()["a"]]
+    state.update(a=torch.ones(4))
+    state.read()  # this thread's cache moves to version 2: only `kept` pins version 1
+    waiting = threading.Event()
+
+    class OnWait(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "update() waits" in record.getMessage():
+                waiting.set()
+
+    handler = OnWait(logging.DEBUG)
+    log = logging.getLogger("wellfed.shared_state")
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+
+    def holder() -> None:
+        waiting.wait(60)
+        kept.clear()  # the view of version 1 dies in this thread; its pin with it
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert state.update(a=torch.full((4,), 2.0)) == 3
+        assert waiting.is_set()
+    finally:
+        t.join(60)
+        log.removeHandler(handler)
+        log.setLevel(old_level)
+        state.close()
+
+
+def test_a_thread_that_ends_releases_its_pin(shm: Path) -> None:
+    """A reader thread's cached snapshot goes with the thread (thread pools come and go)."""
+    state = SharedState(a=torch.zeros(4), max_slots=2, update_timeout_s=0, directory=str(shm))
+    try:
+        for v in range(2, 6):
+            t = threading.Thread(target=state.read)  # caches (pins) the current version
+            t.start()
+            t.join()
+            assert state.update(a=torch.full((4,), float(v))) == v
+        assert _pins(state) == {}
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_slots", 1),
+        ("max_slots", 0),
+        ("max_slots", True),
+        ("max_slots", 2.5),
+        ("max_slots", "8"),
+        ("max_slots", 2**21),
+        ("update_timeout_s", -1.0),
+        ("update_timeout_s", float("nan")),
+        ("update_timeout_s", float("inf")),
+        ("update_timeout_s", "60"),
+        ("update_timeout_s", True),
+    ],
+)
+def test_bad_options_fail_with_wf511(shm: Path, option: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        SharedState(a=1, directory=str(shm), **{option: value})
+    assert info.value.code == "WF511"
+    assert info.value.attribute == option
+    assert f"{option}={value!r}" in str(info.value)
+    assert files(shm) == []
+
+
+def test_nothing_left_open_after_close(shm: Path) -> None:
+    """After close, no file in the directory and no descriptor pointing into it."""
+    assert _fds_into(shm) == []
+    state = SharedState(theta=torch.zeros(2, 3), values=np.zeros(4), epoch=0, directory=str(shm))
+    handle = SharedState._handle(state._directory, state._prefix, state._owner_pid)
+    views = [state.read()["theta"], handle.read()["values"]]
+    for v in range(5):
+        state.update(theta=torch.full((2, 3), float(v)), epoch=v)
+        handle.read()
+    state.update(theta=torch.zeros(3, 3))  # a new layout: new slots, the old ones retired
+    state.read()
+    handle.read()
+    assert _fds_into(shm)
+    handle.close()
+    state.close()
+    assert files(shm) == []
+    views.clear()  # views that outlive close() keep only their own mapping until collected
+    assert _fds_into(shm) == []
 
 
 def test_cleanup_orphans_removes_only_dead_owners(shm: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -143,3 +144,72 @@ def test_a_torchvision_that_fails_to_import_falls_back_to_pillow(tmp_path: Path)
     assert done.stdout.strip() == "PillowTrainTransform (3, 64, 64)"
     assert "torchvision is installed but fails to import (RuntimeError" in done.stderr
     assert "torchvision::nms does not exist" in done.stderr
+
+
+def test_dangling_symlink_is_named_or_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 14: a dangling symlink named .jpg was dropped silently, even with on_bad_file="fail".
+    root = _copy_photos(tmp_path / "photos")
+    link = root / "scenes" / "moved.jpg"
+    link.symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(BadFileError) as info:
+        ImageFolderDataset(root)
+    assert info.value.path == str(link)
+    assert info.value.code == "WF020"
+    assert f"is a dangling symlink: its target '{tmp_path / 'gone.jpg'}' does not exist" in str(
+        info.value
+    )
+    with caplog.at_level(logging.WARNING, logger="wellfed.workloads.imagefolder"):
+        ds = ImageFolderDataset(root, on_bad_file="skip")
+    assert len(ds) == 10
+    assert [p for p, _ in ds.skipped] == [str(link)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ImageFolder {root}: left out 1 unreadable file(s) (on_bad_file='skip'): {link} "
+        f"is a dangling symlink: its target '{tmp_path / 'gone.jpg'}' does not exist"
+    ]
+
+
+def test_symlink_loop_is_named_and_a_good_symlink_is_read(tmp_path: Path) -> None:
+    root = _copy_photos(tmp_path / "photos")
+    (root / "scenes" / "alias.jpg").symlink_to(root / "scenes" / "coffee.jpg")
+    assert len(ImageFolderDataset(root)) == 11
+    loop = root / "textures" / "loop.jpg"
+    loop.symlink_to("loop.jpg")
+    with pytest.raises(BadFileError, match="that cannot be followed") as info:
+        ImageFolderDataset(root)
+    assert info.value.path == str(loop)
+
+
+def test_empty_class_folder_fails_as_in_torchvision_or_keeps_its_label_under_skip(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # torchvision's ImageFolder raises FileNotFoundError("Found no valid file for the classes
+    # ...") for a class folder without an image; allow_empty=True keeps its class index.
+    root = _copy_photos(tmp_path / "photos")
+    (root / "a_empty").mkdir()
+    (root / "a_empty" / "notes.txt").write_text("no image here")
+    with pytest.raises(TargetError) as info:
+        ImageFolderDataset(root)
+    assert info.value.code == "WF021"
+    assert info.value.value == [str(root / "a_empty")]
+    assert f"Empty class folder: {root / 'a_empty'} (label 0)" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="wellfed.workloads.imagefolder"):
+        ds = ImageFolderDataset(root, on_bad_file="skip")
+    assert ds.classes == ["a_empty", "scenes", "textures"]
+    assert sorted({label for _, label in ds.samples}) == [1, 2]  # labels unchanged by skip
+    assert "1 class folder(s) hold no readable image" in caplog.text
+
+
+def test_bad_file_error_rebuilt_by_pytorch_keeps_its_code() -> None:
+    # torch re-raises a worker's exception as type(exc)(message): the code must survive.
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise BadFileError("Unreadable image: x.jpg failed to decode.", path="x.jpg", index=3)
+    except BadFileError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BadFileError) as info:
+        wrapped.reraise()
+    assert info.value.code == "WF020"
+    assert str(info.value).startswith("Caught BadFileError in DataLoader worker process 0.")

@@ -14,6 +14,7 @@ from wellfed.cache._store import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     FieldSpec,
+    damaged_files,
     read_manifest,
     verify_shard,
 )
@@ -46,7 +47,10 @@ class CachedDataset:
 
     Raises:
         StateError: no store at path (WF406), the store is incomplete (WF406) or of an
-            unknown format version (WF407).
+            unknown format version (WF407), its manifest is truncated, replaced or of the
+            wrong shape (WF412), or a shard file is missing or cut short (WF408; one
+            ``stat`` per file at construction). A shard file whose header does not hold
+            the recorded dtype and shape raises WF408 when its shard is first read.
         ConfigError: a requested field does not exist (WF409).
 
     Example:
@@ -103,11 +107,15 @@ class CachedDataset:
                 attribute="status",
                 value=manifest.get("status"),
             )
+        damaged = [f for record in manifest["shards"] for f in damaged_files(root, record)]
+        if damaged:
+            raise _damaged_store(self.path, damaged, "are missing or cut short")
         self.manifest = manifest
         self.fields = tuple(FieldSpec.from_dict(f) for f in manifest["fields"])
         self._rows_per_shard = int(manifest["rows_per_shard"])
         self._len = int(manifest["num_samples"])
         self._shard_dirs = [str(s["dir"]) for s in manifest["shards"]]
+        self._shard_rows = [int(s["rows"]) for s in manifest["shards"]]
         names = [f.name for f in self.fields]
         if self._fields_arg is not None:
             missing = [n for n in self._fields_arg if n not in names]
@@ -154,16 +162,46 @@ class CachedDataset:
             self._pid = pid
         arrays = self._open.get(k)
         if arrays is None:
-            folder = Path(self.path) / self._shard_dirs[k]
             arrays = {}
             for spec in self.fields:
                 maps = [
-                    np.load(folder / name, mmap_mode="c", allow_pickle=False)
-                    for name in spec.files()
+                    self._map(k, name, dtype, shape)
+                    for name, dtype, shape in _files(spec, self._shard_rows[k])
                 ]
                 arrays[spec.name] = maps if spec.variable else maps[0]
             self._open[k] = arrays
         return arrays
+
+    def _map(self, k: int, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+        """Memory-map one file of shard k, checking its header against the store's schema.
+
+        ``shape`` is the file's whole shape; a None entry is not checked (the length of a
+        variable-shape field's flat data).
+
+        Raises:
+            StateError: the file cannot be mapped, or holds another dtype or shape (WF408).
+        """
+        file = Path(self.path) / self._shard_dirs[k] / name
+        try:
+            array: np.ndarray = np.load(file, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise _damaged_store(
+                self.path, [f"{self._shard_dirs[k]}/{name} ({type(exc).__name__}: {exc})"]
+            ) from exc
+        if (
+            array.dtype != np.dtype(dtype)
+            or array.ndim != len(shape)
+            or any(w is not None and w != got for w, got in zip(shape, array.shape, strict=True))
+        ):
+            raise _damaged_store(
+                self.path,
+                [
+                    f"{self._shard_dirs[k]}/{name} (holds {array.dtype}{list(array.shape)}, "
+                    f"the store's schema says {np.dtype(dtype)}"
+                    f"{['?' if w is None else w for w in shape]})"
+                ],
+            )
+        return array
 
     def _locate(self, index: int) -> tuple[int, int]:
         if index < 0:
@@ -280,3 +318,32 @@ class CachedDataset:
                 attribute="files",
                 value=bad,
             )
+
+
+def _files(spec: FieldSpec, rows: int) -> list[tuple[str, str, tuple[int | None, ...]]]:
+    """(file name, dtype, shape) of each file of a field in a shard of ``rows`` rows; a None
+    entry of a shape is not checked."""
+    if not spec.variable:
+        assert spec.shape is not None
+        return [(spec.files()[0], spec.dtype, (rows, *spec.shape))]
+    data, offsets, shapes = spec.files()
+    return [
+        (data, spec.dtype, (None,)),
+        (offsets, "int64", (rows + 1,)),
+        (shapes, "int64", (rows, spec.ndim)),
+    ]
+
+
+def _damaged_store(path: str, files: list[str], what: str = "cannot be read") -> StateError:
+    """WF408: shard files that differ from what the manifest records."""
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    return StateError(
+        f"Damaged store: {len(files)} file(s) in {path} {what} ({shown}), so their samples "
+        "cannot be read; the disk or another program changed them. Run the same precompute "
+        "call again: it recomputes the shards whose files are missing or cut short (for "
+        "other damage, delete those shard directories first); or delete the store and "
+        "rebuild it.",
+        code="WF408",
+        attribute="files",
+        value=files,
+    )

@@ -27,12 +27,17 @@ from wellfed.cache._dataset import CachedDataset
 from wellfed.cache._store import (
     FORMAT,
     FORMAT_VERSION,
+    LOCK_NAME,
     FieldSpec,
+    acquire_store_lock,
+    damaged_files,
     is_store,
     read_manifest,
     read_shard_record,
+    release_store_lock,
     remove_store,
     remove_temporaries,
+    try_store_lock,
     write_manifest,
 )
 from wellfed.errors import ConfigError, StateError, check_option, is_count
@@ -206,6 +211,7 @@ def precompute(
     multiprocessing_context: str | None = None,
     fn_concurrency: int | str = "auto",
     timeout_s: float = 300.0,
+    wait_s: float = 0.0,
     ray_address: str | None = None,
     ray_actors: int | None = None,
     progress: ProgressFn | None = None,
@@ -222,8 +228,11 @@ def precompute(
     Safety: ``out_dir`` records fingerprints of the source (type, length, a hash of 8 items),
     of fn (qualified name, a Module's parameters, ``fn_version``) and of the options. The
     same call on the same directory resumes from the committed shards (after a crash or
-    ``kill -9``) or, when complete, returns the store at once; the result is identical to an
-    uninterrupted run's.
+    ``kill -9``) or, when complete, returns the store at once (recomputing any shard whose
+    files went missing or were cut short); the result is identical to an uninterrupted run's.
+    One process writes a store at a time: the call holds a lock on ``out_dir`` for its whole
+    life, and a second writer is refused (or waits, ``wait_s``); a complete store of the same
+    fingerprint is returned even while another process holds the lock.
 
     Args:
         dataset: Map-style source: a Dataset (``len`` and ``__getitem__``), a DataLoader
@@ -258,7 +267,14 @@ def precompute(
             than 1 requires fn to be safe to call from several threads at once, as a Module
             in eval mode is; pass 1 for a fn that keeps state between calls.
         timeout_s: Seconds to wait for one source batch from the workers (0: forever).
-        ray_address: engine="ray": address of an existing cluster; None starts local Ray.
+        wait_s: Seconds to wait when another process is writing out_dir (holds its lock):
+            0 (default) refuses at once (WF413); ``math.inf`` waits for as long as it takes.
+            After the wait the call resumes the store, or returns it when complete (the
+            way for several ranks of one job to share one store).
+        ray_address: engine="ray", when Ray is not initialised in this process: an
+            existing cluster ("host:port", "ray://host:port", or "auto" for the cluster
+            ``ray start`` started on this machine); None: ``RAY_ADDRESS`` when set, else a
+            new local instance, shut down afterwards.
         ray_actors: engine="ray": fn actors (default: 1 per GPU, else 1).
         progress: Called as ``progress(samples_done, samples_total)`` after each batch.
 
@@ -268,7 +284,9 @@ def precompute(
     Raises:
         ConfigError: invalid option (WF010), random source (WF402), out_dir holds other
             files (WF402), unstorable output or bad ``input`` (WF409).
-        StateError: out_dir holds a store with another fingerprint (WF401).
+        StateError: out_dir holds a store with another fingerprint (WF401), its manifest is
+            truncated, replaced or of the wrong shape (WF412: overwrite=True rebuilds it),
+            or another process is writing it (WF413, naming its pid and command line).
         PrecomputeError: fn raised (WF403) or returned inconsistent dtypes or shapes (WF404),
             naming the sample indices; the disk filled up (WF405). The store stays
             resumable in every case.
@@ -305,6 +323,15 @@ def precompute(
             value=repr(fn)[:100],
         )
     shard_size = _parse_bytes(shard_bytes, "shard_bytes")
+    check_option(
+        "wait_s",
+        wait_s,
+        isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and wait_s >= 0,
+        "a number of seconds >= 0",
+        code="WF010",
+        fix="Use 0 to refuse at once when another process writes out_dir, or the seconds to "
+        "wait (math.inf: as long as it takes).",
+    )
     source, collate_fn, source_ctx = _unwrap_source(dataset)
     try:
         n = len(source)
@@ -346,7 +373,7 @@ def precompute(
     if (
         root.is_dir()
         and not is_store(root)
-        and any(not p.name.startswith(".tmp-") for p in root.iterdir())
+        and any(not p.name.startswith(".tmp-") and p.name != LOCK_NAME for p in root.iterdir())
     ):
         raise ConfigError(
             f"Bad out_dir: {str(root)!r} is not empty and holds no wellfed store, and wellfed "
@@ -356,7 +383,102 @@ def precompute(
             value=str(root),
         )
 
-    context = multiprocessing_context or source_ctx
+    def take_fingerprint() -> dict[str, Any]:
+        return {
+            "source": source_fingerprint(source, n),
+            "fn": fn_fingerprint(fn, fn_version),
+            "options": {
+                "batch_size": batch_size,
+                "input": input,
+                "keep_source": keep_source,
+                "shard_bytes": shard_size,
+                "device_type": dev.split(":")[0],
+            },
+        }
+
+    root.mkdir(parents=True, exist_ok=True)
+    # One writer at a time (WF413): the lock is held until this call returns or raises, and
+    # the kernel drops it if this process dies. Another writer's store may still be read
+    # when it is complete and is this very job's (ranks of one job calling precompute).
+    fingerprint: dict[str, Any] | None = None
+    lock = try_store_lock(root)
+    if lock is None:
+        fingerprint = take_fingerprint()
+        if _intact_complete_store(root, fingerprint):
+            logger.info("precompute: %s is complete (another process holds its lock)", root)
+            if progress is not None:
+                progress(n, n)
+            return CachedDataset(root)
+        lock = acquire_store_lock(root, wait_s)
+    try:
+        return _build_locked(
+            root,
+            fingerprint,
+            take_fingerprint,
+            source=source,
+            collate_fn=collate_fn,
+            context=multiprocessing_context or source_ctx,
+            n=n,
+            fn=fn,
+            dev=dev,
+            workers=workers,
+            concurrency=concurrency,
+            threads=threads,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            engine=engine,
+            overwrite=overwrite,
+            input=input,
+            keep_source=keep_source,
+            timeout_s=timeout_s,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
+            progress=progress,
+        )
+    finally:
+        release_store_lock(lock)
+
+
+def _intact_complete_store(root: Path, fingerprint: dict[str, Any]) -> bool:
+    """True when root holds a complete store of this fingerprint with no file missing or cut."""
+    try:
+        manifest = read_manifest(root)
+    except (OSError, StateError):
+        return False
+    return (
+        manifest.get("format_version") == FORMAT_VERSION
+        and manifest.get("status") == "complete"
+        and manifest.get("fingerprint") == fingerprint
+        and not any(damaged_files(root, record) for record in manifest["shards"])
+    )
+
+
+def _build_locked(
+    root: Path,
+    fingerprint: dict[str, Any] | None,
+    take_fingerprint: Callable[[], dict[str, Any]],
+    *,
+    source: Any,
+    collate_fn: Any,
+    context: str | None,
+    n: int,
+    fn: Any,
+    dev: str,
+    workers: int,
+    concurrency: int,
+    threads: int | None,
+    batch_size: int,
+    shard_size: int,
+    engine: str,
+    overwrite: bool,
+    input: int | str | None,
+    keep_source: bool,
+    timeout_s: float,
+    ray_address: str | None,
+    ray_actors: int | None,
+    progress: ProgressFn | None,
+) -> CachedDataset:
+    """precompute's job once the writers' lock is held: check, resume, rebuild or reuse."""
     reader: _SourceBatches | None = None
     if engine == "local" and not is_store(root):
         # A new store computes every batch: start the source workers now, so that they read
@@ -368,17 +490,8 @@ def precompute(
             source, collate_fn, _all_batches(n, batch_size), workers, context, timeout_s
         )
     try:
-        fingerprint = {
-            "source": source_fingerprint(source, n),
-            "fn": fn_fingerprint(fn, fn_version),
-            "options": {
-                "batch_size": batch_size,
-                "input": input,
-                "keep_source": keep_source,
-                "shard_bytes": shard_size,
-                "device_type": dev.split(":")[0],
-            },
-        }
+        if fingerprint is None:
+            fingerprint = take_fingerprint()
         manifest: dict[str, Any] | None = None
         old: dict[str, Any] | None = None
         if is_store(root):
@@ -387,7 +500,11 @@ def precompute(
             except StateError as exc:  # corrupt (WF412): overwrite rebuilds, else it names it
                 if not overwrite:
                     raise
-                logger.info("precompute: rebuilding %s (%s)", root, exc)
+                logger.warning(
+                    "precompute: %s has a corrupt manifest (%s); overwrite=True: rebuilding",
+                    root,
+                    exc.facts.get("problem"),
+                )
                 remove_store(root)
         if old is not None:
             same = old.get("fingerprint") == fingerprint
@@ -408,11 +525,22 @@ def precompute(
             else:
                 manifest = old
                 if old.get("status") == "complete":
-                    logger.info("precompute: %s is complete; nothing to do", root)
-                    if progress is not None:
-                        progress(n, n)
-                    return CachedDataset(root)
-        root.mkdir(parents=True, exist_ok=True)
+                    damaged = [f for r in old["shards"] for f in damaged_files(root, r)]
+                    if not damaged:
+                        logger.info("precompute: %s is complete; nothing to do", root)
+                        if progress is not None:
+                            progress(n, n)
+                        return CachedDataset(root)
+                    # Missing or cut-short shard files: recompute those shards, as a resume.
+                    logger.warning(
+                        "precompute: %s is complete but %d file(s) are missing or cut short "
+                        "(%s); recomputing their shards",
+                        root,
+                        len(damaged),
+                        ", ".join(damaged[:5]),
+                    )
+                    manifest["status"] = "building"
+                    write_manifest(root, manifest)
         remove_temporaries(root)
         if manifest is None:
             manifest = {

@@ -11,6 +11,13 @@ Layout of a store directory::
         boxes.offsets.npy         int64 (rows + 1,): sample i is data[offsets[i]:offsets[i+1]]
         boxes.shapes.npy          int64 (rows, ndim): sample i's shape
       shard-00001/ ...
+      .wellfed-cache.lock         the writers' lock (flock): held by the one precompute writing
+
+Only one precompute writes a store at a time: it holds an exclusive ``flock`` on the lock file
+for the job's life (``acquire_store_lock``); a second one is refused (WF413) naming the first's
+pid and command line. The kernel releases the lock when its holder exits, however it dies
+(``kill -9`` included), so the next call resumes at once. The file stays (empty) after a job:
+deleting a lock file others may hold open would let two writers in.
 
 Every array is a plain NumPy ``.npy`` file (``allow_pickle=False`` works on all of them), so a
 store reads without wellfed::
@@ -36,8 +43,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,16 +58,22 @@ import numpy as np
 
 from wellfed.errors import StateError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "LOCK_NAME",
     "MANIFEST_NAME",
     "FieldSpec",
     "ShardBuilder",
+    "acquire_store_lock",
     "commit_shard",
     "is_store",
     "read_manifest",
+    "release_store_lock",
     "shard_dir_name",
+    "try_store_lock",
     "write_manifest",
 ]
 
@@ -65,6 +82,13 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "wellfed-cache.json"
 SHARD_RECORD = "shard.json"
 TMP_PREFIX = ".tmp-"
+LOCK_NAME = ".wellfed-cache.lock"
+
+#: Seconds between tries while waiting for another writer's lock (``wait_s`` > 0).
+LOCK_POLL_S = 0.1
+
+_SHARD_DIR = re.compile(r"^shard-[0-9]{5,}$")
+_LAYOUT_KINDS = ("tensor", "tuple", "dict")
 
 #: Bytes read per hashing step: large enough that hashlib releases the GIL for most of it.
 _HASH_CHUNK = 1 << 22
@@ -135,8 +159,14 @@ def is_store(path: Path) -> bool:
 def read_manifest(path: Path) -> dict[str, Any]:
     """Read a store's manifest (plain JSON: opening a store never runs code).
 
+    A manifest of this format version is also checked for shape (every key a reader needs,
+    of the right type), so a replaced or hand-edited file fails here, named, rather than as
+    a KeyError later. A manifest of another format version is returned unchecked (callers
+    raise WF407 or rebuild).
+
     Raises:
-        StateError: the manifest is not a JSON object (truncated, replaced, not UTF-8): WF412.
+        StateError: the manifest is not a JSON object (truncated, replaced, not UTF-8), not a
+            wellfed manifest, or of the wrong shape: WF412, naming the file and what is wrong.
     """
     file = path / MANIFEST_NAME
     try:
@@ -145,19 +175,127 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise _corrupt_manifest(file, f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict):
-        raise _corrupt_manifest(file, f"it holds a JSON {type(data).__name__}, not an object")
+        raise _corrupt_manifest(file, f"a JSON {type(data).__name__}, not an object")
+    problem = manifest_problem(data)
+    if problem is not None:
+        raise _corrupt_manifest(file, problem)
     return data
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _shard_problem(k: int, shard: Any) -> str | None:
+    """What is wrong with manifest entry ``shards[k]``, or None."""
+    where = f"'shards'[{k}]"
+    if not isinstance(shard, dict):
+        return f"{where} is a {type(shard).__name__}, expected a shard record (object)"
+    if not isinstance(shard.get("dir"), str) or not _SHARD_DIR.match(shard["dir"]):
+        return f"{where}['dir'] is {shard.get('dir')!r}, expected a name like 'shard-00000'"
+    for key in ("start", "rows"):
+        if not _is_int(shard.get(key)):
+            return f"{where}[{key!r}] is {shard.get(key)!r}, expected an int >= 0"
+    files = shard.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{where}['files'] is {type(files).__name__}, expected an object of files"
+    for name, info in files.items():
+        if (
+            not isinstance(info, dict)
+            or not _is_int(info.get("bytes"))
+            or not isinstance(info.get("sha256"), str)
+            or "/" in name
+        ):
+            return f"{where}['files'][{name!r}] is not a record of bytes and sha256"
+    return None
+
+
+def manifest_problem(data: dict[str, Any]) -> str | None:
+    """What makes a parsed manifest unusable (its shape, not its files), or None.
+
+    Returns:
+        A short phrase naming the key and what was expected, e.g. "'fields' is an int,
+        expected a list of field records"; None for a well-formed manifest (or one of
+        another format version, which is not checked).
+    """
+    if data.get("format") != FORMAT:
+        keys = ", ".join(sorted(map(str, data))[:8]) or "none"
+        return f'a JSON object without "format": "{FORMAT}"; its keys: {keys}'
+    if data.get("format_version") != FORMAT_VERSION:
+        return None  # another version: the callers say so (WF407) or rebuild
+    status = data.get("status")
+    if status not in ("building", "complete"):
+        return f"'status' is {status!r}, expected 'building' or 'complete'"
+    if not isinstance(data.get("fingerprint"), dict):
+        return f"'fingerprint' is {type(data.get('fingerprint')).__name__}, expected an object"
+    if not _is_int(data.get("num_samples")):
+        return f"'num_samples' is {data.get('num_samples')!r}, expected an int >= 0"
+    if not _is_int(data.get("batch_size"), 1):
+        return f"'batch_size' is {data.get('batch_size')!r}, expected an int >= 1"
+    rows, fields, layout = data.get("rows_per_shard"), data.get("fields"), data.get("layout")
+    if (status == "complete" or rows is not None) and not _is_int(rows, 1):
+        return f"'rows_per_shard' is {rows!r}, expected an int >= 1"
+    if status == "complete" or fields is not None:
+        if not isinstance(fields, list) or not fields:
+            return f"'fields' is {type(fields).__name__}, expected a list of field records"
+        for j, spec in enumerate(fields):
+            try:
+                field = FieldSpec.from_dict(spec)
+                np.dtype(field.dtype)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return f"'fields'[{j}] is not a field record (name, dtype, shape, ndim)"
+            if "/" in field.name or field.name.startswith("."):
+                return f"'fields'[{j}] has the name {field.name!r}, not a file name"
+    if status == "complete" or layout is not None:
+        if (
+            not isinstance(layout, dict)
+            or layout.get("kind") not in _LAYOUT_KINDS
+            or not isinstance(layout.get("fields"), list)
+        ):
+            return f"'layout' is {layout!r:.80}, expected an object with 'kind' and 'fields'"
+        names = {f["name"] for f in fields} if isinstance(fields, list) else set()
+        unknown = [n for n in layout["fields"] if n not in names]
+        if unknown:
+            return f"'layout' names fields {unknown[:3]} that 'fields' does not list"
+        if layout["kind"] == "dict" and (
+            not isinstance(layout.get("keys"), list) or len(layout["keys"]) != len(layout["fields"])
+        ):
+            return "'layout' of kind 'dict' has no list of 'keys' matching its 'fields'"
+    shards = data.get("shards")
+    if not isinstance(shards, list):
+        return f"'shards' is {type(shards).__name__}, expected a list of shard records"
+    for k, shard in enumerate(shards):
+        problem = _shard_problem(k, shard)
+        if problem is not None:
+            return problem
+    if status == "complete":
+        assert isinstance(rows, int)
+        n = int(data["num_samples"])
+        expected = -(-n // rows)
+        if len(shards) != expected:
+            return (
+                f"'shards' lists {len(shards)} shards, but {n} samples at "
+                f"{rows} rows per shard need {expected}"
+            )
+        for k, shard in enumerate(shards):
+            want = min(rows, n - k * rows)
+            if shard["dir"] != shard_dir_name(k) or shard["rows"] != want:
+                return f"'shards'[{k}] is {shard['dir']!r} of {shard['rows']} rows, expected " + (
+                    f"{shard_dir_name(k)!r} of {want}"
+                )
+    return None
 
 
 def _corrupt_manifest(file: Path, why: str) -> StateError:
     return StateError(
-        f"Corrupt store manifest: {str(file)!r} cannot be read as a wellfed manifest ({why}); "
-        "it was truncated or replaced, so the store's shards cannot be trusted. Rebuild it: "
-        "run the same precompute call with overwrite=True (--overwrite), which deletes only "
-        "the store's own files (the manifest, shard-* and temporaries).",
+        f"Corrupt store manifest: {str(file)!r} cannot be read ({why}): the file was "
+        "truncated, replaced or edited, so the store's shards cannot be trusted. Rebuild the "
+        "store: run the same precompute call with overwrite=True (--overwrite); it deletes "
+        "only the store's own files (the manifest, shard-* and temporaries).",
         code="WF412",
         attribute="manifest",
         value=str(file),
+        problem=why,
     )
 
 
@@ -516,3 +654,185 @@ def remove_store(root: Path) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+
+def damaged_files(root: Path, record: Mapping[str, Any]) -> list[str]:
+    """Files of a committed shard that are missing or whose size differs from its record.
+
+    One ``stat`` per file (no reading), so it is cheap enough for every open of a store;
+    ``verify_shard`` also compares contents.
+
+    Returns:
+        Descriptions such as ``"shard-00001/output.npy (missing)"`` or
+        ``"shard-00001/output.npy (1200 bytes, recorded 4096)"``.
+    """
+    bad: list[str] = []
+    shard = root / str(record["dir"])
+    for name, info in record["files"].items():
+        try:
+            size = (shard / name).stat().st_size
+        except FileNotFoundError:
+            bad.append(f"{record['dir']}/{name} (missing)")
+            continue
+        except OSError as exc:
+            bad.append(f"{record['dir']}/{name} ({type(exc).__name__}: {exc.strerror})")
+            continue
+        if size != info["bytes"]:
+            bad.append(f"{record['dir']}/{name} ({size} bytes, recorded {info['bytes']})")
+    return bad
+
+
+# ----------------------------------------------------------------------------- the writers' lock
+
+#: File descriptors of the store locks this process holds; a forked child closes its copies
+#: (``_close_inherited_locks``), so that a fork-started DataLoader worker that outlives a
+#: killed precompute does not keep the store locked.
+_held_lock_fds: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: drop the inherited lock descriptors (the parent keeps its lock:
+    closing one of several descriptors of an open file does not release its flock)."""
+    for fd in list(_held_lock_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_lock_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def try_store_lock(root: Path) -> int | None:
+    """Try once to take the exclusive writers' lock of the store at ``root`` (which must exist).
+
+    The lock is a ``flock`` on ``root/.wellfed-cache.lock``; it is released by
+    ``release_store_lock`` or by the kernel when this process exits, however it exits.
+    While held, the file records the holder (pid, command line, host, start time) for the
+    message another writer gets.
+
+    Returns:
+        The lock's file descriptor (pass it to ``release_store_lock``); None when another
+        open file holds the lock; -1 where the filesystem offers no locks (a warning is
+        logged and the job runs unlocked).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return -1
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:  # ENOLCK and the like: a filesystem without locks
+            logger.warning(
+                "precompute: cannot lock %s (%s: %s); running without the writers' lock, so "
+                "do not start a second precompute on this store until this one ends",
+                root / LOCK_NAME,
+                type(exc).__name__,
+                exc,
+            )
+            os.close(fd)
+            return -1
+        import socket
+
+        holder = {
+            "pid": os.getpid(),
+            "argv": list(sys.argv),
+            "host": socket.gethostname(),
+            "started_unix": time.time(),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    _held_lock_fds.add(fd)
+    return fd
+
+
+def acquire_store_lock(root: Path, wait_s: float = 0.0) -> int:
+    """Take the writers' lock of the store at ``root``, waiting up to ``wait_s`` seconds.
+
+    Args:
+        root: The store directory (it must exist).
+        wait_s: Seconds to wait for another holder to finish, polling every LOCK_POLL_S;
+            0 refuses at once; ``math.inf`` waits for as long as it takes.
+
+    Returns:
+        The lock's file descriptor, or -1 (no locks on this filesystem): see
+        ``try_store_lock``.
+
+    Raises:
+        StateError: another process holds the lock (WF413), naming its pid and command line.
+    """
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        fd = try_store_lock(root)
+        if fd is not None:
+            return fd
+        if time.monotonic() >= deadline:
+            raise _store_busy(root, root / LOCK_NAME, wait_s)
+        if not said:
+            logger.info(
+                "precompute: %s is locked by another writer; waiting up to %s s", root, wait_s
+            )
+            said = True
+        time.sleep(LOCK_POLL_S)  # another process's lock: there is no event to wait on
+
+
+def release_store_lock(fd: int) -> None:
+    """Release a lock from ``acquire_store_lock`` (the file stays, emptied)."""
+    if fd < 0:
+        return
+    _held_lock_fds.discard(fd)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)  # while still held: no one reads a stale holder afterwards
+    os.close(fd)  # the last descriptor of the open file: the kernel drops the flock
+
+
+def _store_busy(root: Path, path: Path, wait_s: float) -> StateError:
+    """WF413: the message for a second writer, naming the holder as psutil sees it."""
+    import psutil
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    pid = info.get("pid") if isinstance(info, dict) else None
+    cmdline = " ".join(map(str, info.get("argv") or [])) if isinstance(info, dict) else ""
+    if isinstance(pid, int):
+        try:
+            proc = psutil.Process(pid)
+            cmdline = " ".join(proc.cmdline()) or proc.name()
+            age = time.time() - proc.create_time()
+            holder = f"pid {pid}, running for {age:.0f} s: {cmdline[:300]}"
+        except psutil.NoSuchProcess:
+            holder = (
+                f"pid {pid} on host {info.get('host')!r}, which is not running here (a run on "
+                f"another machine sharing this filesystem?): {cmdline[:300]}"
+            )
+        except psutil.Error:
+            holder = f"pid {pid}: {cmdline[:300]}"
+        stop = f"stop it: kill {pid}"
+    else:
+        holder = "a process that has not recorded itself yet (it is starting)"
+        stop = "stop it"
+    waited = f" and did not release it within {wait_s:.0f} s" if wait_s > 0 else ""
+    return StateError(
+        f"Store busy: out_dir={str(root)!r} is locked by another precompute ({holder}){waited}. "
+        "Two writers on one store would delete each other's shards. Wait for that run to end "
+        f"(or {stop}; a killed run's lock is released by the OS and the next call resumes), "
+        "then run the same call again; or pass wait_s=SECONDS (--wait SECONDS) to wait for it, "
+        "or choose another out_dir.",
+        code="WF413",
+        attribute="out_dir",
+        value=str(root),
+        pid=pid,
+        cmdline=cmdline,
+    )

@@ -9,6 +9,7 @@ from wellfed.tune._search import (
     CLEAR_GAIN,
     DEFAULT_BUDGET_S,
     NEAR_BEST,
+    default_budget_s,
     tune,
 )
 from wellfed.tune._step import DATA_WAIT_GOAL, StepTrial, StepTuneResult, tune_for_step
@@ -27,6 +28,7 @@ __all__ = [
     "auto_workers",
     "cpu_worker_rule",
     "dataset_fingerprint",
+    "default_budget_s",
     "load_stored_result",
     "plot_sweep",
     "store_dir",

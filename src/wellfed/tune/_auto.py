@@ -63,16 +63,20 @@ def cpu_worker_rule() -> tuple[int, str]:
     return n, reason
 
 
-def stored_result(dataset: Any, batch_size: int | None) -> tuple[TuneResult, str] | None:
+def stored_result(
+    dataset: Any, batch_size: int | None, nproc_per_node: int = 1
+) -> tuple[TuneResult, str] | None:
     """(TuneResult, its path) stored by ``wellfed tune`` for this dataset, or None.
 
-    A result measured at this batch size first, else the latest at any batch size. A corrupt
-    or foreign file is logged at DEBUG and ignored: it must not stop loading.
+    A result measured at this batch size first, else the latest at any batch size; either
+    measured for ``nproc_per_node`` local ranks at once (a result for another number of
+    ranks is never used). A corrupt or foreign file is logged at DEBUG and ignored: it must
+    not stop loading.
     """
     result = None
     for size in (batch_size, None) if batch_size is not None else (None,):
         try:
-            result = load_stored_result(dataset, batch_size=size)
+            result = load_stored_result(dataset, batch_size=size, nproc_per_node=nproc_per_node)
         except (OSError, ValueError) as exc:
             logger.debug("stored tune result unreadable: %s", exc)
             return None
@@ -89,16 +93,28 @@ def stored_result(dataset: Any, batch_size: int | None) -> tuple[TuneResult, str
 def auto_workers(dataset: Any, batch_size: int | None) -> AutoWorkers:
     """The auto worker count for ``dataset``: its stored tune result, else ``cpu_worker_rule``.
 
+    The stored result must have been measured for this machine's local world size
+    (``wellfed.platform.local_world_size``: ``LOCAL_WORLD_SIZE`` under torchrun): under
+    2 local ranks only a ``wellfed tune --nproc-per-node 2`` result is used, never one
+    measured for a rank alone.
+
     Args:
         dataset: The dataset (matched by ``wellfed.tune.dataset_fingerprint``); None skips
             the stored results.
         batch_size: Batch size to match a stored result against; None matches any.
     """
-    stored = stored_result(dataset, batch_size) if dataset is not None else None
+    ranks = _platform.local_world_size()
+    stored = stored_result(dataset, batch_size, ranks) if dataset is not None else None
     if stored is not None:
         result, path = stored
         assert result.recommended is not None  # stored_result checked it
         n = int(result.recommended.config.num_workers)
-        return AutoWorkers(n, f"stored wellfed tune result for this dataset ({path})", result, path)
+        what = "this dataset" if ranks == 1 else f"this dataset, per rank of {ranks} local ranks"
+        return AutoWorkers(n, f"stored wellfed tune result for {what} ({path})", result, path)
     n, reason = cpu_worker_rule()
+    if ranks > 1 and dataset is not None and stored_result(dataset, batch_size, 1) is not None:
+        reason += (
+            f"; a wellfed tune result measured for 1 rank exists but is not used for {ranks} "
+            f"local ranks (run `wellfed tune TARGET --nproc-per-node {ranks}`)"
+        )
     return AutoWorkers(n, reason)

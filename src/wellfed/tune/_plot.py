@@ -86,6 +86,9 @@ def _title(result: TuneResult) -> str:
         f"{p.usable_cpus} usable CPUs of {p.cpu_count}{quota}; {p.os} {p.machine}, "
         f"torch {p.torch_version or '?'}"
     )
+    nproc = getattr(result, "nproc_per_node", 1)
+    if nproc > 1:
+        lines[-1] += f"; {nproc} ranks measured at once, samples/s per rank (the slowest)"
     return "\n".join(lines)
 
 
@@ -232,6 +235,8 @@ def _sweep_figure(result: TuneResult) -> Figure:
         entries.append((crosses, "failed or timed out"))
     if result.ceiling_samples_per_s is not None:
         label = f"ceiling: 1 process x {result.platform.usable_cpus} usable CPUs"
+        if getattr(result, "nproc_per_node", 1) > 1:
+            label += f" / {result.nproc_per_node} ranks"
         line = ax.axhline(result.ceiling_samples_per_s, color="grey", linestyle=":", label=label)
         entries.append((line, label))
         top = max(top, result.ceiling_samples_per_s)

@@ -79,6 +79,13 @@ class TuneResult:
             order taken: e.g. "loading is wait-bound (detected): ...", or why thread workers,
             though fastest, were not recommended.
         stored_path: Where the result was stored for ``create_dataloader``'s "auto", or None.
+        nproc_per_node: Loaders measured at once, as that many local ranks will run
+            (``tune(nproc_per_node=N)``); with N > 1 every trial's figures, the
+            recommendation and the ceiling are per rank (see ``Trial.nproc``).
+        contention: CPU other processes used while tuning
+            (``wellfed._contention.Contention.to_dict()``: other_cpus, usable_cpus, window_s,
+            contended, top), or None when not measured. A contended result is still stored,
+            and says so: tune's notes, and ``create_dataloader``'s reason for "auto".
     """
 
     platform: PlatformInfo
@@ -95,6 +102,8 @@ class TuneResult:
     probes: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     stored_path: str | None = None
+    nproc_per_node: int = 1
+    contention: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract: platform, workload, trials, baseline, recommended, ..."""
@@ -113,6 +122,8 @@ class TuneResult:
             "probes": dict(self.probes),
             "notes": list(self.notes),
             "stored_path": self.stored_path,
+            "nproc_per_node": self.nproc_per_node,
+            "contention": dict(self.contention) if self.contention is not None else None,
         }
 
     @classmethod
@@ -142,4 +153,6 @@ class TuneResult:
             probes=dict(data.get("probes") or {}),
             notes=tuple(data.get("notes", ())),
             stored_path=data.get("stored_path"),
+            nproc_per_node=int(data.get("nproc_per_node") or 1),
+            contention=dict(data["contention"]) if data.get("contention") else None,
         )

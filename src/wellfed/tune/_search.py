@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from wellfed._contention import ContentionMeter
 from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
+from wellfed.tune._ranks import budget_scale
 from wellfed.tune._result import Recommendation, TuneResult
 
 logger = logging.getLogger(__name__)
@@ -25,12 +27,21 @@ __all__ = [
     "NEAR_BEST",
     "Recommendation",
     "TuneResult",
+    "default_budget_s",
     "tune",
 ]
 
 #: Default bound on a whole tune run, seconds; the adaptive search usually ends well before it
 #: (benchmarks/results/published/suite_2cpu.md has the tuning times per workload).
 DEFAULT_BUDGET_S = 75.0
+
+
+def default_budget_s(nproc_per_node: int = 1) -> float:
+    """The default bound on a tune run, seconds: DEFAULT_BUDGET_S for one rank, scaled for
+    ``nproc_per_node`` ranks measured at once (x 1.5 for 2, x 2.5 for 4, x 4.5 for 8; see
+    ``wellfed.tune._ranks.BUDGET_PER_EXTRA_RANK``)."""
+    return DEFAULT_BUDGET_S * budget_scale(nproc_per_node)
+
 
 #: A configuration within this fraction of the fastest counts as equally fast; among those the
 #: one with the fewest workers (among as many workers, the fastest) is recommended; so is one
@@ -90,6 +101,17 @@ MIN_BURST_S = 1e-3
 
 #: Rounds of re-measurement for configurations the noise cannot separate.
 MAX_REPEAT_ROUNDS = 2
+
+#: A trial's timeout: TRIAL_STARTUP_S, plus per worker process 3 s (spawn, forkserver: each
+#: starts a fresh interpreter that imports torch) or 0.5 s (fork), plus TRIAL_TIMEOUT_FACTOR
+#: times the measuring time. A main-process trial's timeout (TRIAL_STARTUP_S +
+#: TRIAL_TIMEOUT_FACTOR * measure_s, 29 s at the default budget) is also how far past its
+#: budget a tune run may go: see ``budget_bound_s``.
+TRIAL_STARTUP_S = 20.0
+TRIAL_TIMEOUT_FACTOR = 6.0
+
+#: How a trial cut at the budget's bound says so (its ``error`` starts with this).
+CUT_BY_BUDGET = "cut short by the time budget"
 
 ProgressFn = Callable[[float, str], None]
 
@@ -199,10 +221,42 @@ def _not_gained_text(new: Trial, old: Trial) -> str:
     )
 
 
+def measure_seconds(budget_s: float) -> float:
+    """Seconds of measured loading per trial when ``tune`` is given none: budget_s / 50,
+    within 1-3 s."""
+    return min(3.0, max(1.0, budget_s / 50.0))
+
+
+def trial_timeout_s(measure_s: float, workers: int = 0, start_method: str = "fork") -> float:
+    """Seconds a tune trial may run before it is killed (see TRIAL_STARTUP_S)."""
+    per_worker = 0.5 if start_method == "fork" else 3.0
+    return TRIAL_STARTUP_S + per_worker * workers + TRIAL_TIMEOUT_FACTOR * measure_s
+
+
+def budget_bound_s(
+    budget_s: float, measure_s: float | None = None, nproc_per_node: int = 1
+) -> float:
+    """Seconds by which ``tune(budget_s=...)`` stops every child process it started.
+
+    No trial starts once ``budget_s`` is spent (nor one that the trials so far say would not
+    fit), and whatever runs then (a trial, the live probe) is cut at ``budget_s`` plus one
+    main-process trial's timeout (``trial_timeout_s(measure_s)``; measure_s None: as tune
+    picks it, from the budget before its scaling for ``nproc_per_node`` ranks). tune returns
+    after that bound only by the moments that killing and reaping the cut trial's processes
+    take.
+    """
+    per_trial = (
+        measure_s
+        if measure_s is not None
+        else measure_seconds(budget_s / budget_scale(nproc_per_node))
+    )
+    return budget_s + trial_timeout_s(per_trial)
+
+
 def tune(
     target: Any,
     *,
-    budget_s: float = DEFAULT_BUDGET_S,
+    budget_s: float | None = None,
     start_method: str | None = None,
     max_workers: int | None = None,
     max_threads: int | None = None,
@@ -210,6 +264,7 @@ def tune(
     check_safety: bool = True,
     store: bool = True,
     progress: ProgressFn | None = None,
+    nproc_per_node: int | None = None,
 ) -> TuneResult:
     """Measure loader configurations on this machine and recommend the fastest cheap one.
 
@@ -243,33 +298,64 @@ def tune(
     processes); among as many workers the fastest, then the least memory; thread workers only
     when the probe found them safe.
 
+    Per rank (``nproc_per_node`` N > 1): every configuration is measured with N loaders at
+    once, one per trial process, as N local ranks of this node will run (``measure(nproc=N)``),
+    and its figure is the slowest rank's samples/s (what a synchronous step gets); each
+    rank's figures are in ``Trial.ranks``. The caps are per node: the search starts at the
+    usable CPUs // N, and RAM, max_workers, max_threads, MAX_WORKERS and MAX_THREADS are
+    divided by N. The recommendation is the per-rank configuration; it is stored apart
+    (``<key>.nproc<N>.json``) for ``create_dataloader(num_workers="auto")`` in processes
+    whose local world size is N. Under a launcher (torchrun's LOCAL_RANK), only local rank 0
+    measures; the other local ranks wait for its result and return it.
+
     Args:
         target: A LoaderSpec, Dataset or DataLoader (see ``resolve_target`` for TARGET strings).
-        budget_s: Bound on the whole run in seconds; the search stops early to respect it.
+        budget_s: Bound on the whole run in seconds; None: ``default_budget_s(nproc_per_node)``
+            (75 s for one rank, 112 s for 2). No trial starts once it is spent, nor one that
+            the trials so far say would not fit; the rest of the search is then skipped (a note
+            says so). A trial or probe still running at ``budget_bound_s`` (budget_s plus one
+            main-process trial's timeout: 20 s + 6 x measure_s) is cut short there (its error
+            and a note say so), so tune ends within that bound plus the moments that stopping
+            the cut trial's processes takes.
         start_method: Worker start method; None: the target's own, else the platform default.
-        max_workers: Most worker processes to try; None: from memory and open-file limits.
-        max_threads: Most thread workers to try; None: MAX_THREADS. 0 measures no threads.
-        measure_s: Seconds of measured loading per trial; None: budget_s / 50, within 1-3 s.
+        max_workers: Most worker processes to try on the node (per rank: // nproc_per_node);
+            None: from memory and open-file limits.
+        max_threads: Most thread workers to try on the node (per rank: // nproc_per_node);
+            None: MAX_THREADS. 0 measures no threads.
+        measure_s: Seconds of measured loading per trial; None: budget_s / 50 (for N ranks:
+            the bound before scaling / 50), within 1-3 s.
         check_safety: Run the doctor's static checks first and refuse worker configurations
             when they find errors for this start method.
         store: Save the result where ``create_dataloader(num_workers="auto")`` finds it
             (see ``wellfed.tune.store_dir``).
         progress: Called as ``progress(fraction_of_budget_used, message)`` while measuring.
+        nproc_per_node: Local ranks to measure at once; None: the local world size
+            (``LOCAL_WORLD_SIZE`` under torchrun, see ``wellfed.platform.local_world_size``),
+            else 1.
 
     Returns:
         A TuneResult. Failures of single configurations are trials with their error, not
         exceptions.
 
     Raises:
-        ConfigError: budget_s, max_workers or max_threads out of range (WF010).
+        ConfigError: budget_s, max_workers, max_threads or nproc_per_node out of range
+            (WF010).
+        WellfedError: A non-zero local rank got no result from local rank 0 (WF012).
     """
     from wellfed.errors import check_option
+    from wellfed.tune import _ranks
 
+    nproc, nproc_source = _ranks.resolve_nproc(nproc_per_node)
+    if budget_s is None:
+        budget_s = default_budget_s(nproc)
     check_option("budget_s", budget_s, budget_s > 0, "a positive number of seconds", code="WF010")
     for name, value in (("max_workers", max_workers), ("max_threads", max_threads)):
         check_option(name, value, value is None or value >= 0, "0 or more", code="WF010")
     spec = target if isinstance(target, LoaderSpec) else spec_from_object(target)
+    if _ranks.waits_for_local_rank_zero(nproc):
+        return _ranks.wait_for_local_rank_zero(spec.dataset, spec.batch_size, nproc, budget_s)
     started = time.perf_counter()
+    contention_meter = ContentionMeter().start()
 
     def report(message: str) -> None:
         if progress is not None:
@@ -298,12 +384,31 @@ def tune(
             attribute="start_method",
             value=method,
         )
-    per_trial = measure_s if measure_s is not None else min(3.0, max(1.0, budget_s / 50.0))
+    unscaled = budget_s / budget_scale(nproc)
+    per_trial = measure_s if measure_s is not None else measure_seconds(unscaled)
+    grace_s = trial_timeout_s(per_trial)
+    hard_end = started + budget_s + grace_s
+    notes: list[str] = []
+
+    def note_once(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+
+    def bounded(timeout_s: float) -> float:
+        """``timeout_s``, or less where the budget's bound comes first (0: none left)."""
+        return max(0.0, min(timeout_s, hard_end - time.perf_counter()))
+
+    bound_text = f"budget_s={budget_s:.0f}s plus {grace_s:.0f}s for the trial in flight"
     user_prefetch = user.prefetch_factor if user and user.num_workers > 0 else None
     cap = min(MAX_WORKERS, _fd_cap(platform, user_prefetch or 2))
     if max_workers is not None:
         cap = min(cap, max_workers)
     thread_cap = MAX_THREADS if max_threads is None else min(MAX_THREADS, max_threads)
+    if nproc > 1:
+        # the caps are per node: each rank gets its share (ulimit -n is per process)
+        node_cap = MAX_WORKERS if max_workers is None else min(MAX_WORKERS, max_workers)
+        cap = min(_fd_cap(platform, user_prefetch or 2), _ranks.per_rank_cap(node_cap, nproc))
+        thread_cap = _ranks.per_rank_cap(thread_cap, nproc)
 
     findings: tuple[dict[str, Any], ...] = ()
     if check_safety:
@@ -316,20 +421,55 @@ def tune(
     if not spec.is_iterable:
         report("probing batched fetch and thread safety")
     # an iterable dataset gets its verdicts without a probe (no indices, one iterator)
-    probes = probe_dataset(spec, timeout_s=max(30.0, 10 * per_trial))
+    probe_timeout = max(30.0, 10 * per_trial)
+    probe_started = time.perf_counter()
+    probe_cap = bounded(probe_timeout)
+    probes = probe_dataset(spec, timeout_s=max(0.5, probe_cap))
+    probe_why = str(probes.get("threads", {}).get("why", ""))
+    if probe_cap < probe_timeout and probe_why.startswith("the live probe timeout"):
+        note_once(
+            f"time budget: the live probe of batched fetch and thread safety was {CUT_BY_BUDGET} "
+            f"after {time.perf_counter() - probe_started:.1f}s ({bound_text}); batched fetch "
+            "and thread workers count as not safe"
+        )
     threads_safe = bool(probes.get("threads", {}).get("safe"))
     if spec.is_iterable:
         thread_cap = 0
 
     trials: dict[LoaderConfig, Trial] = {}
-    notes: list[str] = []
+    if nproc > 1:
+        notes.append(
+            f"{nproc} ranks measured at once ({nproc_source}): every figure is per rank, the "
+            f"slowest rank's; per rank the search starts at {max(1, platform.usable_cpus // nproc)}"
+            f" worker(s) ({platform.usable_cpus} usable CPUs // {nproc}), with at most {cap} "
+            f"worker process(es) and {thread_cap} thread(s) (the node's caps // {nproc}); time "
+            f"bound {budget_s:.0f}s"
+        )
     stopped = ""
     per_worker_bytes: float | None = None
 
-    def measure_once(config: LoaderConfig) -> Trial:
+    def measure_once(config: LoaderConfig) -> Trial | None:
+        """One trial, cut at the budget's bound; None when the bound has already passed."""
+        nonlocal stopped
         # worker start-up is slower under spawn/forkserver (a fresh interpreter per worker)
-        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers)
-        return measure(spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial)
+        own = trial_timeout_s(per_trial, config.num_workers * nproc, method)
+        timeout = bounded(own)
+        if timeout <= 0:
+            stopped = f"the time budget's bound ({bound_text}) was reached"
+            note_once(f"time budget: {stopped}; {config.label()} and the rest were skipped")
+            return None
+        trial = measure(spec, config, measure_s=per_trial, timeout_s=timeout, nproc=nproc)
+        if trial.status == "timeout" and timeout < own:
+            why = (
+                f"{CUT_BY_BUDGET} after {trial.elapsed_s:.1f}s: {bound_text} were spent "
+                f"(its own timeout: {own:.0f}s)"
+            )
+            trial = dataclasses.replace(trial, error=why)
+            stopped = f"{config.label()} was {CUT_BY_BUDGET} ({bound_text})"
+            note_once(
+                f"time budget: {config.label()} was {why}; the rest of the search was skipped"
+            )
+        return trial
 
     def run(config: LoaderConfig) -> Trial | None:
         """Measure ``config`` (once; later calls return the trial), or None past the budget."""
@@ -341,9 +481,17 @@ def tune(
             estimate = statistics.median(spent) * (1.0 + 0.1 * config.num_workers)
             if estimate > remaining():
                 stopped = f"the time budget ({budget_s:.0f}s) would be exceeded by {config.label()}"
+                note_once(
+                    f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, "
+                    f"{config.label()} would take ~{estimate:.1f}s (from the trials so far); "
+                    "the rest of the search was skipped"
+                )
                 return None
         report(f"measuring {config.label()}")
-        trial = measure_once(config)
+        measured = measure_once(config)
+        if measured is None:
+            return None
+        trial = measured
         trials[config] = trial
         base = trials.get(main_config)
         if (
@@ -362,17 +510,26 @@ def tune(
         """Measure ``config`` once more (budget permitting) and pool it with its trial."""
         old = trials[config]
         if old.elapsed_s / old.repeats > remaining():
+            note_once(
+                f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, too little "
+                "to re-measure the configurations the noise could not separate"
+            )
             return old
         report(f"re-measuring {config.label()}")
-        trials[config] = old.merged(measure_once(config))
+        again = measure_once(config)
+        if again is not None:
+            trials[config] = old.merged(again)
         return trials[config]
 
     # 2. the main process, per index and batched
     main_config = _config_for(spec, 0, method, has_cuda)
     base = run(main_config)
-    assert base is not None
     batched = False
-    if not base.ok:
+    if base is None:
+        pass  # the budget's bound passed before the first trial (stopped says so)
+    elif not base.ok and (base.error or "").startswith(CUT_BY_BUDGET):
+        pass  # stopped says so
+    elif not base.ok:
         what = "hung" if base.status == "timeout" else "failed"
         first_line = (base.error or "").strip().splitlines()[0] if base.error else ""
         stopped = f"num_workers=0 {what}: {first_line}"
@@ -397,7 +554,7 @@ def tune(
             run,
             trials,
             notes,
-            platform,
+            _ranks.per_rank_platform(platform, nproc),
             method,
             has_cuda,
             batched,
@@ -407,6 +564,7 @@ def tune(
             per_worker_bytes_of=lambda: per_worker_bytes,
             main=trials[main_config],
             rerun=rerun,
+            cpu_share=min(1.0, platform.usable_cpus / nproc),
         )
 
     # 5. re-measure configurations that noise cannot separate from the best
@@ -429,10 +587,22 @@ def tune(
         group = [leader, *unsure]
         cost = sum(t.elapsed_s / t.repeats for t in group)
         if cost > remaining():
+            note_once(
+                f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, re-measuring "
+                f"{len(group)} configurations the noise could not separate would take "
+                f"~{cost:.1f}s; skipped"
+            )
             break
         for t in group:
             rerun(t.config)
 
+    overrun = time.perf_counter() - started - budget_s
+    if overrun > 0 and not any(CUT_BY_BUDGET in n for n in notes):
+        note_once(
+            f"time budget: {overrun:.1f}s past budget_s={budget_s:.0f}s, for the trial in flight "
+            f"when it ran out (trials are let finish until {budget_s + grace_s:.0f}s: the budget "
+            "plus one main-process trial's timeout)"
+        )
     if not stopped:
         stopped = "; ".join(n for n in notes if n.startswith("search ended")) or (
             "every backend stopped gaining"
@@ -474,7 +644,7 @@ def tune(
     single = [
         _rate(t) for t in ok_trials if t.config.num_workers <= 1 and t.config.num_threads == 0
     ]
-    ceiling = max(single) * platform.usable_cpus if single else None
+    ceiling = max(single) * platform.usable_cpus / nproc if single else None
     workload = {
         "description": spec.description,
         "samples": spec.samples,
@@ -484,7 +654,23 @@ def tune(
         "batch_size_given": spec.batch_size_given,
         "start_method": method,
         "user_config": user.to_dict() if user else None,
+        "nproc_per_node": nproc,
+        "nproc_per_node_source": nproc_source,
     }
+    if recommended is not None:
+        recommended = _ranks.per_rank_recommendation(recommended, nproc, nproc_source)
+    contention = contention_meter.stop()
+    if contention.contended:
+        notes.append(
+            f"contention (measured): {contention.describe()} while tuning; every figure is "
+            "lower than on a quiet machine, worker configurations most, so the pick may be too "
+            "few workers. Tune again when the machine is quiet"
+            + (
+                "; this result is stored as create_dataloader's 'auto' default and says so"
+                if store and recommended is not None and not findings
+                else ""
+            )
+        )
     result = TuneResult(
         platform=platform,
         workload=workload,
@@ -499,12 +685,16 @@ def tune(
         findings=findings,
         probes=probes,
         notes=tuple(notes),
+        nproc_per_node=nproc,
+        contention=contention.to_dict(),
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
 
         path = save_result(spec.dataset, result)
         result = dataclasses.replace(result, stored_path=str(path) if path else None)
+    if _ranks.hands_off(nproc):
+        _ranks.write_handoff(spec.dataset, result)
     report("done")
     return result
 
@@ -525,6 +715,7 @@ def _climb(
     per_worker_bytes_of: Callable[[], float | None],
     main: Trial,
     rerun: Callable[[LoaderConfig], Trial],
+    cpu_share: float = 1.0,
 ) -> None:
     """Steps 3 and 4 of ``tune``: climb the worker counts of each backend, then prefetch.
 
@@ -532,13 +723,18 @@ def _climb(
     previous count is measured again right after it (load on a shared machine drifts over
     seconds, more than one trial's own windows show), and the gain must hold against the
     pooled figure.
+
+    With N ranks measured at once, ``platform`` is one rank's share of the node
+    (``_ranks.per_rank_platform``), and ``cpu_share`` (CPUs per rank, at most 1) scales
+    WAIT_BOUND: a rank that gets half a CPU is not waiting on storage at 0.5 CPU s per s.
     """
-    wait_bound = (main.cpu_per_wall if main.cpu_per_wall is not None else 1.0) < WAIT_BOUND
+    bound = WAIT_BOUND * cpu_share
+    wait_bound = (main.cpu_per_wall if main.cpu_per_wall is not None else 1.0) < bound
     factor = 4 if wait_bound else 2
     notes.append(
         f"loading is {'wait-bound' if wait_bound else 'CPU-bound'} (detected): the main process "
         f"used {main.cpu_per_wall or 0:.2f} CPU s per wall s "
-        f"({'below' if wait_bound else 'at or above'} {WAIT_BOUND}), so worker counts climb "
+        f"({'below' if wait_bound else 'at or above'} {bound:.2g}), so worker counts climb "
         f"by {factor}x"
     )
     start = max(1, platform.usable_cpus)

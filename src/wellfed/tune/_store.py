@@ -6,6 +6,10 @@ fingerprint is its type's qualified name, its length, and its plain attributes (
 float, bool, paths: ``root``, ``split``, ...), so the same dataset class over the same files
 matches and another folder does not. The machine is its hostname and usable CPU count: a
 recommendation measured on another machine is never reused.
+
+A result measured for N local ranks at once (``tune(nproc_per_node=N)``, N > 1) is kept
+apart, in ``<key>.nproc<N>.json``: a single-rank result is never used for N ranks, nor the
+reverse.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from wellfed.tune._result import TuneResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dataset_fingerprint", "load_stored_result", "save_result", "store_dir"]
+__all__ = [
+    "dataset_fingerprint",
+    "load_stored_result",
+    "result_file_name",
+    "save_result",
+    "store_dir",
+]
 
 
 def store_dir() -> Path:
@@ -62,15 +72,24 @@ def _key(fingerprint: dict[str, Any], batch_size: int | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def result_file_name(key: str, nproc_per_node: int = 1) -> str:
+    """The file name of a stored result: ``<key>.json``, or ``<key>.nproc<N>.json`` for N > 1
+    local ranks measured at once."""
+    return f"{key}.json" if nproc_per_node <= 1 else f"{key}.nproc{nproc_per_node}.json"
+
+
 def save_result(dataset: Any, result: TuneResult) -> Path | None:
     """Store a result for this dataset and batch size; None when the folder is not writable.
 
     The file is written to a temporary name and renamed, so a reader never sees half of it.
+    A result for N local ranks (``result.nproc_per_node``) goes to its own file (see the
+    module docstring).
     """
     fingerprint = dataset_fingerprint(dataset)
     batch_size = result.workload.get("batch_size")
+    nproc = result.nproc_per_node
     folder = store_dir()
-    path = folder / f"{_key(fingerprint, batch_size)}.json"
+    path = folder / result_file_name(_key(fingerprint, batch_size), nproc)
     data = result.to_dict()
     data["stored_path"] = str(path)
     data["fingerprint"] = fingerprint
@@ -84,7 +103,7 @@ def save_result(dataset: Any, result: TuneResult) -> Path | None:
         return None
     # Also keep it under the dataset alone (any batch size), for loaders that ask without one.
     try:
-        alias = folder / f"{_key(fingerprint, None)}.json"
+        alias = folder / result_file_name(_key(fingerprint, None), nproc)
         tmp = alias.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, alias)
@@ -93,19 +112,24 @@ def save_result(dataset: Any, result: TuneResult) -> Path | None:
     return path
 
 
-def load_stored_result(dataset: Any, *, batch_size: int | None = None) -> TuneResult | None:
+def load_stored_result(
+    dataset: Any, *, batch_size: int | None = None, nproc_per_node: int = 1
+) -> TuneResult | None:
     """The stored tune result for this dataset on this machine, or None.
 
     Args:
         dataset: The dataset (matched by ``dataset_fingerprint``).
         batch_size: Match a result measured at this batch size; None: the latest for the
             dataset at any batch size.
+        nproc_per_node: Match a result measured for this many local ranks at once (1: a
+            single-rank result; ``wellfed tune --nproc-per-node N`` stores N).
 
     Returns:
         The TuneResult (its ``stored_path`` says which file), or None when none matches or
         the file cannot be read.
     """
-    path = store_dir() / f"{_key(dataset_fingerprint(dataset), batch_size)}.json"
+    key = _key(dataset_fingerprint(dataset), batch_size)
+    path = store_dir() / result_file_name(key, nproc_per_node)
     if not path.is_file():
         return None
     try:

@@ -6,6 +6,7 @@ implementation of the same four steps, written to match torchvision's algorithms
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -192,9 +193,12 @@ class ImageFolderDataset:
     Args:
         root: Folder with one sub-folder per class.
         transform: Callable applied to the PIL image; None returns the PIL image.
-        on_bad_file: "fail" raises BadFileError naming the file; "skip" leaves files whose
-            header does not parse out of the dataset (listed in ``skipped``) and, for a file
-            whose pixels fail to decode later, returns the next good sample instead.
+        on_bad_file: "fail" raises BadFileError naming the file (an image ending whose
+            header does not parse, or a dangling symlink: path and target), and TargetError
+            for a class folder with no readable image; "skip" leaves such files out of the
+            dataset (listed in ``skipped``, counted in one logged warning), keeps an empty
+            class's label (with a warning), and, for a file whose pixels fail to decode
+            later, returns the next good sample instead.
         repeat: Each file appears this many times per epoch (index i reads file i % n).
 
     Attributes:
@@ -203,8 +207,11 @@ class ImageFolderDataset:
         skipped: (path, reason) for each file left out.
 
     Raises:
-        TargetError: root is missing or holds no image (WF005, WF007).
-        BadFileError: with on_bad_file="fail", a file's header does not parse (WF020).
+        TargetError: root is missing or holds no image (WF005, WF007); with
+            on_bad_file="fail", a class folder holds no readable image (WF021), as
+            torchvision's ImageFolder raises FileNotFoundError for it.
+        BadFileError: with on_bad_file="fail", a file's header does not parse or it is a
+            symlink whose target is missing (WF020).
         ConfigError: on_bad_file is neither "fail" nor "skip", or repeat < 1 (WF010).
     """
 
@@ -247,19 +254,26 @@ class ImageFolderDataset:
         self.classes = sorted(d.name for d in root_path.iterdir() if d.is_dir())
         samples: list[tuple[str, int]] = []
         skipped: list[tuple[str, str]] = []
+        unreadable: list[str] = []  # files skipped as unreadable (not for their ending)
+        per_class = [0] * len(self.classes)
         for index, name in enumerate(self.classes):
             for path in sorted((root_path / name).rglob("*")):
-                if not path.is_file():
-                    continue
-                if path.suffix.lower() not in IMG_EXTENSIONS:
-                    skipped.append(
-                        (
-                            str(path),
-                            f"ending {path.suffix!r} is not an image ending ImageFolder reads",
+                if path.is_file():
+                    if path.suffix.lower() not in IMG_EXTENSIONS:
+                        skipped.append(
+                            (
+                                str(path),
+                                f"ending {path.suffix!r} is not an image ending ImageFolder reads",
+                            )
                         )
-                    )
-                    continue
-                reason = _header_problem(path)
+                        continue
+                    reason = _header_problem(path)
+                elif path.is_symlink() and path.suffix.lower() in IMG_EXTENSIONS:
+                    reason = _broken_link_problem(path)  # dangling, a loop: None if a folder
+                    if reason is None:
+                        continue
+                else:
+                    continue  # a folder (its files are listed too), a socket, a pipe
                 if reason is not None:
                     if on_bad_file == "fail":
                         raise BadFileError(
@@ -270,8 +284,10 @@ class ImageFolderDataset:
                             index=None,
                         )
                     skipped.append((str(path), reason))
+                    unreadable.append(f"{path} {reason}")
                     continue
                 samples.append((str(path), index))
+                per_class[index] += 1
         if not samples:
             raise TargetError(
                 f"Empty dataset: root={self.root!r} holds no readable image in class "
@@ -282,6 +298,36 @@ class ImageFolderDataset:
             )
         self.samples = samples
         self.skipped = tuple(skipped)
+        empty = [name for name, count in zip(self.classes, per_class, strict=True) if not count]
+        if empty:
+            folders = ", ".join(
+                f"{root_path / name} (label {self.classes.index(name)})" for name in empty[:5]
+            ) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            if on_bad_file == "fail":
+                raise TargetError(
+                    f"Empty class folder: {folders} holds no readable image (endings "
+                    f"{', '.join(IMG_EXTENSIONS)}), so that class would never appear in a "
+                    "batch; torchvision's ImageFolder refuses it too (\"Found no valid file "
+                    'for the classes ..."). Add images, remove the folder (the labels after '
+                    "it then shift down by one), or pass --on-bad-file skip "
+                    "(on_bad_file='skip') to go on without it, keeping every label.",
+                    code="WF021",
+                    value=[str(root_path / name) for name in empty],
+                )
+            logger.warning(
+                "ImageFolder %s: %d class folder(s) hold no readable image: %s; those "
+                "classes never appear in a batch (on_bad_file='skip')",
+                self.root,
+                len(empty),
+                folders,
+            )
+        if unreadable:
+            logger.warning(
+                "ImageFolder %s: left out %d unreadable file(s) (on_bad_file='skip'): %s",
+                self.root,
+                len(unreadable),
+                "; ".join(unreadable)[:1000],
+            )
         for skipped_path, reason in skipped:
             logger.info("left out %s: %s", skipped_path, reason)
 
@@ -338,6 +384,23 @@ class ImageFolderDataset:
             f"ImageFolderDataset(root={self.root!r}, files={len(self.samples)}, "
             f"classes={len(self.classes)}, repeat={self.repeat}, transform={self.transform!r})"
         )
+
+
+def _broken_link_problem(path: Path) -> str | None:
+    """Why a symlink cannot be read as a file (dangling, a loop), or None when it can be
+    followed (to a folder, whose files rglob lists, or another non-file)."""
+    try:
+        target = os.readlink(path)
+    except OSError as exc:
+        return f"is a symlink that cannot be read ({exc.strerror})"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        where = "" if os.path.isabs(target) else f" (relative to {path.parent})"
+        if exc.errno == errno.ENOENT:
+            return f"is a dangling symlink: its target {target!r}{where} does not exist"
+        return f"is a symlink to {target!r}{where} that cannot be followed ({exc.strerror})"
+    return None
 
 
 def _header_problem(path: Path) -> str | None:
