@@ -68,6 +68,11 @@ _EXPORTS: dict[str, str] = {
     "precompute": "wellfed.cache",
     # shared state (issue 7)
     "SharedState": "wellfed.shared_state",
+    # the device side (issue 17)
+    "BatchTransform": "wellfed.device",
+    "DeviceLoader": "wellfed.device",
+    "SeededBatch": "wellfed.seeding",
+    "to_device": "wellfed.device",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
