@@ -99,4 +99,6 @@ def reference_one(transform: BatchTransform, image: torch.Tensor, seed: int) -> 
 
 def reference_batch(transform: BatchTransform, images: torch.Tensor, seeds: Any) -> torch.Tensor:
     """``reference_one`` for each sample, stacked."""
-    return torch.stack([reference_one(transform, im, s) for im, s in zip(images, seeds)])
+    return torch.stack(
+        [reference_one(transform, im, s) for im, s in zip(images, seeds, strict=False)]
+    )

@@ -87,12 +87,20 @@ def test_nested_batches_keep_their_structure_and_pass_non_tensors() -> None:
     ]
     got = list(to_device(batches, "cpu"))
     assert torch.equal(got[0], x)
-    assert type(got[1]) is tuple and torch.equal(got[1][1], y)
-    assert type(got[2]) is list and got[2][1][1] == "s" and got[2][2] == 7
-    assert got[3]["nested"]["path"] == ["a", "b"] and torch.equal(got[3]["nested"]["label"], y)
-    assert isinstance(got[4], Pair) and torch.equal(got[4].image, x)
-    assert isinstance(got[5], Record) and got[5].name == "r" and got[5].meta["n"] == 3
-    assert isinstance(got[6], wellfed.SeededBatch) and got[6].seeds == (1, 2)
+    assert type(got[1]) is tuple
+    assert torch.equal(got[1][1], y)
+    assert type(got[2]) is list
+    assert got[2][1][1] == "s"
+    assert got[2][2] == 7
+    assert got[3]["nested"]["path"] == ["a", "b"]
+    assert torch.equal(got[3]["nested"]["label"], y)
+    assert isinstance(got[4], Pair)
+    assert torch.equal(got[4].image, x)
+    assert isinstance(got[5], Record)
+    assert got[5].name == "r"
+    assert got[5].meta["n"] == 3
+    assert isinstance(got[6], wellfed.SeededBatch)
+    assert got[6].seeds == (1, 2)
 
 
 def test_transform_gets_the_whole_batch_under_no_grad() -> None:
@@ -103,7 +111,8 @@ def test_transform_gets_the_whole_batch_under_no_grad() -> None:
         return batch["image"] * 2
 
     out = list(to_device([{"image": torch.ones(2, 2)}] * 3, "cpu", transform=fn))
-    assert len(out) == 3 and torch.equal(out[0], torch.full((2, 2), 2.0))
+    assert len(out) == 3
+    assert torch.equal(out[0], torch.full((2, 2), 2.0))
     assert [type(b) for b, _ in seen] == [dict] * 3
     assert not any(grad for _, grad in seen)
 
@@ -117,28 +126,31 @@ def test_module_transform_output_trains_a_model() -> None:
     assert [c[2] for c in model.calls] == [4, 4, 4]  # once per batch, the whole batch
     assert not any(c[3] for c in model.calls)
     for y in batches:
-        assert not y.requires_grad and not y.is_inference()
+        assert not y.requires_grad
+        assert not y.is_inference()
         net(y).sum().backward()  # inference tensors would raise here
     assert net.weight.grad is not None
 
 
-def test_depth_is_how_many_batches_are_taken_ahead() -> None:
-    for depth in (0, 1, 2, 4):
-        pulled: list[int] = []
+class _Counted:
+    """An iterable of 10 one-element batches that counts how many were taken."""
 
-        def source(n: int = 10) -> Any:
-            for i in range(n):
-                pulled.append(i)
-                yield torch.tensor([i])
+    def __init__(self) -> None:
+        self.pulled = 0
 
-        class Source:
-            def __iter__(self) -> Any:
-                return source()
+    def __iter__(self) -> Any:
+        for i in range(10):
+            self.pulled += 1
+            yield torch.tensor([i])
 
-        it = iter(to_device(Source(), "cpu", depth=depth))
-        assert int(next(it)) == 0
-        assert len(pulled) == depth + 1
-        assert [int(b) for b in it] == list(range(1, 10))
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 4])
+def test_depth_is_how_many_batches_are_taken_ahead(depth: int) -> None:
+    source = _Counted()
+    it = iter(to_device(source, "cpu", depth=depth))
+    assert int(next(it)) == 0
+    assert source.pulled == depth + 1
+    assert [int(b) for b in it] == list(range(1, 10))
 
 
 # --- what the wrapped loader has -------------------------------------------------------------
@@ -148,7 +160,8 @@ def test_len_set_epoch_and_attributes_are_the_loaders() -> None:
     loader = _seeded()
     dev = to_device(loader, "cpu")
     assert len(dev) == len(loader) == 3
-    assert dev.dataset is loader.dataset and dev.batch_size == 8
+    assert dev.dataset is loader.dataset
+    assert dev.batch_size == 8
     dev.set_epoch(4)
     assert loader.state_dict()["epoch"] == 4
     first = [b[1].tolist() for b in dev]
@@ -174,7 +187,8 @@ def test_state_dict_counts_only_delivered_batches(depth: int, stop: int) -> None
     it = iter(dev)
     seen = [next(it)[1].tolist() for _ in range(stop)]
     state = dev.state_dict()
-    assert state["epoch"] == 0 and state["batches_done"] == stop
+    assert state["epoch"] == 0
+    assert state["batches_done"] == stop
     del it
     fresh = to_device(_seeded(n, batch), "cpu", depth=depth)
     fresh.load_state_dict(state)
@@ -215,7 +229,8 @@ def test_state_dict_of_another_format_with_batches_in_flight_raises() -> None:
     next(it)
     with pytest.raises(StateError, match="not yet delivered") as info:
         dev.state_dict()
-    assert info.value.code == "WF602" and info.value.value == 2
+    assert info.value.code == "WF602"
+    assert info.value.value == 2
     assert to_device(_OtherStateful(), "cpu", depth=0).state_dict() == {"done": 0}
     list(it)
     assert dev.state_dict() == {"done": 6}  # nothing in flight: the loader's own
@@ -241,7 +256,8 @@ def test_state_dict_of_an_unseeded_loader_raises_the_loaders_error() -> None:
 def test_invalid_options(kwargs: dict[str, Any], attribute: str) -> None:
     with pytest.raises(ConfigError) as info:
         to_device([torch.zeros(1)], **kwargs)
-    assert info.value.code == "WF601" and info.value.attribute == attribute
+    assert info.value.code == "WF601"
+    assert info.value.attribute == attribute
 
 
 def test_not_iterable_and_cuda_without_cuda() -> None:
@@ -266,7 +282,8 @@ def test_batched_transform_equals_per_sample_reference(name: str) -> None:
     out, got_labels = transform(wellfed.SeededBatch((images, labels), seeds))
     assert got_labels is labels
     expected = reference_batch(transform, images, seeds)
-    assert out.dtype == torch.float32 and out.shape == expected.shape
+    assert out.dtype == torch.float32
+    assert out.shape == expected.shape
     assert torch.equal(out, expected)
 
 
@@ -278,7 +295,10 @@ def test_flip_and_crop_draw_per_sample() -> None:
     boxes = {crop.params(wellfed.sample_seed(0, 0, i), 30, 40) for i in range(300)}
     assert len(boxes) > 250  # distinct per sample
     for top, left, h, w in boxes:
-        assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 40
+        assert top >= 0
+        assert top + h <= 30
+        assert left >= 0
+        assert left + w <= 40
         assert 0.08 * 1200 * 0.9 <= h * w <= 1200
     assert all(0.0 <= uniform(s, j) < 1.0 for s in (0, 2**64 - 1) for j in range(5))
 
@@ -310,14 +330,16 @@ def test_bare_batch_draws_seeds_from_the_global_generator() -> None:
     a = transform(images)
     torch.manual_seed(0)
     b = transform(images)
-    assert torch.equal(a, b) and not torch.equal(a, images)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, images)
 
 
 def test_keys_for_dicts_namedtuples_and_dataclasses() -> None:
     images = _images(4)
     t = BatchTransform([ToFloat()], key="image")
     out = t({"image": images, "label": 1})
-    assert out["image"].dtype == torch.float32 and out["label"] == 1
+    assert out["image"].dtype == torch.float32
+    assert out["label"] == 1
     assert t(Pair(images, 2)).image.dtype == torch.float32
     assert t(Record(images, {})).image.dtype == torch.float32
     assert BatchTransform([ToFloat()], key=1)(["x", images])[1].dtype == torch.float32
@@ -406,7 +428,8 @@ def test_sample_seeds_with_batched_fetch_and_threads() -> None:
 def test_sample_seeds_option_errors(kwargs: dict[str, Any], code: str) -> None:
     with pytest.raises(ConfigError) as info:
         wellfed.create_dataloader(ImagesDataset(8), batch_size=4, num_workers=0, **kwargs)
-    assert info.value.code == code and info.value.attribute == "sample_seeds"
+    assert info.value.code == code
+    assert info.value.attribute == "sample_seeds"
     with pytest.raises(ConfigError, match="batch_size=None") as info:
         wellfed.SeededDataLoader(ImagesDataset(8), batch_size=None, seed=0, sample_seeds=True)
     assert info.value.code == "WF203"
