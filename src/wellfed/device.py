@@ -252,7 +252,7 @@ class DeviceLoader:
         cuda = self.device.type == "cuda"
         if cuda and self._stream is None:
             self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        return self._run(it, self._stream if cuda else None)
+        return _DeviceIterator(self._run(it, self._stream if cuda else None), it)
 
     def _read_state(self) -> dict[str, Any] | None:
         method = getattr(self.loader, "state_dict", None)
@@ -343,6 +343,36 @@ class DeviceLoader:
             with torch.no_grad():
                 batch = self.transform(batch)
         return batch
+
+
+class _DeviceIterator:
+    """The iterator of one pass over a DeviceLoader.
+
+    Has ``_shutdown_workers`` like a DataLoader iterator, so wellfed's loader driver
+    (``measure.iterate``, ``open_batches``) stops the wrapped loader's workers at once when a
+    pass ends early; otherwise they stop when the iterator is collected.
+    """
+
+    def __init__(self, gen: Iterator[Any], inner: Any) -> None:
+        self._gen = gen
+        self._inner = inner
+
+    def __iter__(self) -> _DeviceIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """End the pass: drop the batches in flight."""
+        self._gen.close()  # type: ignore[attr-defined]
+
+    def _shutdown_workers(self) -> None:
+        self.close()
+        shutdown = getattr(self._inner, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        self._inner = None
 
 
 def to_device(
@@ -647,11 +677,12 @@ class RandomResizedCrop:
       edge), so shrinking a large crop aliases, and at the crop's edge it reads the pixels
       beyond it (border-clamped) where ``interpolate`` clamps to the crop.
 
-    Measured on this project's 2-CPU machine (torch 2.13 CPU, 1 thread, a shared and busy
-    machine, so read the order, not the values): a batch of 32 (3, 256, 256) float images to
-    224, median of 9: batched grid_sample 25 ms, per-sample interpolate 33 ms (50 ms with
-    antialias), kornia 0.9 ``crop_and_resize`` 60 ms. On a GPU the batched grid_sample is one
-    launch against B; the GPU figures are open (no GPU was lent for issue 17).
+    Measured on this project's 2-CPU machine (torch 2.13 CPU, 1 thread; shared with other
+    jobs, so read the order, not the values), a batch of 32 (3, 256, 256) float images to
+    224, median of 3: batched grid_sample 54 ms, per-sample interpolate 85 ms (127 ms with
+    antialias), kornia 0.9 ``crop_and_resize`` 161 ms; an earlier run, median of 9: 25, 33,
+    50 and 60 ms, the same order. On a GPU the batched grid_sample is one launch against B;
+    the GPU figures are open (no GPU was lent for issue 17).
 
     Args:
         size: Output side, pixels: an int (square) or (height, width).
@@ -665,8 +696,8 @@ class RandomResizedCrop:
 
     Source:
         Crop parameters: torchvision.transforms.RandomResizedCrop.get_params (10 attempts,
-        then a central crop), defaults scale=(0.08, 1.0), ratio=(3/4, 4/3). Timing: the
-        ``--crop`` section of ``benchmarks/device_split.py``.
+        then a central crop), defaults scale=(0.08, 1.0), ratio=(3/4, 4/3). Timing:
+        ``python benchmarks/device_split.py --smoke --crop`` (kornia 0.9.0 installed beside).
     """
 
     random = True

@@ -167,3 +167,33 @@ def test_breaking_out_leaves_no_worker_behind() -> None:
         time.sleep(0.05)  # polling for exit, not synchronising the test
         alive = {p.pid for p in me.children(recursive=True) if p.status() != "zombie"} & workers
     assert not alive, f"workers outlived the loop: {alive}"
+
+
+def test_the_loader_driver_stops_the_workers_at_once() -> None:
+    """measure.iterate (tune's, the benchmarks' driver) closes a to_device pass like a
+    DataLoader's: the wrapped loader's workers are shut down when it ends early."""
+    from wellfed.measure import iterate
+
+    loader = wellfed.create_dataloader(
+        ImagesDataset(64), batch_size=4, num_workers=2, persistent_workers=False, timeout=60
+    )
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    dev = to_device(loader, "cpu")
+    it = iter(dev)
+    got = list(iterate(_Once(it), max_batches=2))
+    assert len(got) == 2
+    alive = {p.pid for p in me.children(recursive=True) if p.status() != "zombie"} - before
+    assert not alive, f"workers still running after the driver closed the pass: {alive}"
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+class _Once:
+    """An iterable handing out one given iterator (so the test holds a reference to it)."""
+
+    def __init__(self, it: Any) -> None:
+        self.it = it
+
+    def __iter__(self) -> Any:
+        return self.it
