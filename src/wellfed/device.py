@@ -190,7 +190,7 @@ class DeviceLoader:
         Raises:
             AttributeError: The wrapped loader has no ``state_dict``.
             StateError: Batches are in flight and the loader's state is not a wellfed state,
-                so it would count batches the training loop never received (WF602).
+                so it would count batches the training loop never received (WF702).
             StateError: Whatever the wrapped loader's ``state_dict`` raises (WF208: seed=None).
         """
         state = dict(self._require("state_dict")())
@@ -204,8 +204,8 @@ class DeviceLoader:
                 f"loader={type(self.loader).__name__} by to_device are not yet delivered, and "
                 "this loader's state would count them as done, so a resume would skip them. "
                 "Save the state at the end of an epoch, wrap a wellfed loader "
-                "(create_dataloader(..., seed=...)), or use depth=0. [WF602]",
-                code="WF602",
+                "(create_dataloader(..., seed=...)), or use depth=0. [WF702]",
+                code="WF702",
                 attribute="state_dict",
                 value=in_flight,
             )
@@ -426,7 +426,7 @@ def to_device(
     Raises:
         ConfigError: ``device`` does not parse or is a CUDA device and CUDA is not available,
             ``depth`` is not an int >= 0, ``transform`` is not callable, or ``loader`` is not
-            iterable (WF601).
+            iterable (WF701).
 
     Example:
         >>> loader = wellfed.create_dataloader(ds, batch_size=64, seed=0, num_workers=4,
@@ -446,8 +446,8 @@ def to_device(
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(
             f"Invalid option: device={device!r} is not a device torch knows ({exc}). Pass "
-            "'cuda', 'cuda:0', 'cpu' or a torch.device. [WF601]",
-            code="WF601",
+            "'cuda', 'cuda:0', 'cpu' or a torch.device. [WF701]",
+            code="WF701",
             attribute="device",
             value=device,
         ) from exc
@@ -455,32 +455,32 @@ def to_device(
         raise ConfigError(
             f"Invalid option: device={device!r}, but torch.cuda.is_available() is False "
             f"(torch {torch.__version__}), so batches cannot be copied there. Pass "
-            "device='cpu', or install a CUDA build of torch on a machine with a GPU. [WF601]",
-            code="WF601",
+            "device='cpu', or install a CUDA build of torch on a machine with a GPU. [WF701]",
+            code="WF701",
             attribute="device",
             value=device,
         )
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
         raise ConfigError(
             f"Invalid option: depth={depth!r} is not an int >= 0 (batches copied ahead). "
-            "Pass depth=2, or 0 to copy each batch when it is asked for. [WF601]",
-            code="WF601",
+            "Pass depth=2, or 0 to copy each batch when it is asked for. [WF701]",
+            code="WF701",
             attribute="depth",
             value=depth,
         )
     if transform is not None and not callable(transform):
         raise ConfigError(
             f"Invalid option: transform={transform!r} is not callable. Pass a function of "
-            "the batch, a torch.nn.Module or a wellfed.BatchTransform. [WF601]",
-            code="WF601",
+            "the batch, a torch.nn.Module or a wellfed.BatchTransform. [WF701]",
+            code="WF701",
             attribute="transform",
             value=type(transform).__name__,
         )
     if not hasattr(loader, "__iter__"):
         raise ConfigError(
             f"Invalid option: loader={type(loader).__name__} is not iterable. Pass a "
-            "DataLoader (or any iterable of batches). [WF601]",
-            code="WF601",
+            "DataLoader (or any iterable of batches). [WF701]",
+            code="WF701",
             attribute="loader",
             value=type(loader).__name__,
         )
@@ -521,8 +521,8 @@ def _check_images(images: Any, step: str) -> torch.Tensor:
         raise ConfigError(
             f"Cannot apply {step}: it takes images as one tensor (B, C, H, W), got {got}. "
             "Point BatchTransform's key at the image field of the batch (key=0 for "
-            "(images, labels), key='image' for a dict). [WF603]",
-            code="WF603",
+            "(images, labels), key='image' for a dict). [WF703]",
+            code="WF703",
             attribute="images",
             value=got,
         )
@@ -559,9 +559,9 @@ class Normalize:
         std: Per-channel standard deviation, C values, > 0.
 
     Raises:
-        ConfigError: ``mean`` and ``std`` differ in length or a std is not > 0 (WF601); at
+        ConfigError: ``mean`` and ``std`` differ in length or a std is not > 0 (WF701); at
             call time, the images are not floating point or have another channel count
-            (WF603).
+            (WF703).
     """
 
     random = False
@@ -572,8 +572,8 @@ class Normalize:
         if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
             raise ConfigError(
                 f"Invalid option: Normalize(mean={self.mean}, std={self.std}) needs one mean "
-                "and one std > 0 per channel. Pass e.g. IMAGENET_MEAN, IMAGENET_STD. [WF601]",
-                code="WF601",
+                "and one std > 0 per channel. Pass e.g. IMAGENET_MEAN, IMAGENET_STD. [WF701]",
+                code="WF701",
                 attribute="std",
                 value=self.std,
             )
@@ -587,8 +587,8 @@ class Normalize:
                 f"Cannot apply Normalize: images of dtype {images.dtype} with "
                 f"{images.shape[1]} channel(s), but it normalises float images with "
                 f"{len(self.mean)} channel(s). Put ToFloat() before it, or give one mean and "
-                "std per channel. [WF603]",
-                code="WF603",
+                "std per channel. [WF703]",
+                code="WF703",
                 attribute="images",
                 value=str(images.dtype),
             )
@@ -622,7 +622,7 @@ class RandomHorizontalFlip:
         p: Probability of a flip, in [0, 1].
 
     Raises:
-        ConfigError: ``p`` is outside [0, 1] (WF601).
+        ConfigError: ``p`` is outside [0, 1] (WF701).
     """
 
     random = True
@@ -632,8 +632,8 @@ class RandomHorizontalFlip:
         if not 0.0 <= p <= 1.0:
             raise ConfigError(
                 f"Invalid option: RandomHorizontalFlip(p={p!r}) is not a probability in "
-                "[0, 1]. Pass e.g. p=0.5. [WF601]",
-                code="WF601",
+                "[0, 1]. Pass e.g. p=0.5. [WF701]",
+                code="WF701",
                 attribute="p",
                 value=p,
             )
@@ -692,7 +692,7 @@ class RandomResizedCrop:
 
     Raises:
         ConfigError: ``size`` not positive, or a range whose low end exceeds its high end
-            (WF601); at call time, images that are not floating point (WF603).
+            (WF701); at call time, images that are not floating point (WF703).
 
     Source:
         Crop parameters: torchvision.transforms.RandomResizedCrop.get_params (10 attempts,
@@ -715,8 +715,8 @@ class RandomResizedCrop:
         if len(out) != 2 or any(not isinstance(s, int) or s < 1 for s in out):
             raise ConfigError(
                 f"Invalid option: RandomResizedCrop(size={size!r}) is not a positive int or "
-                "(height, width). Pass e.g. size=224. [WF601]",
-                code="WF601",
+                "(height, width). Pass e.g. size=224. [WF701]",
+                code="WF701",
                 attribute="size",
                 value=size,
             )
@@ -725,8 +725,8 @@ class RandomResizedCrop:
                 raise ConfigError(
                     f"Invalid option: RandomResizedCrop({name}={rng!r}) is not a range "
                     "(low, high) with 0 < low <= high. Pass e.g. scale=(0.08, 1.0), "
-                    "ratio=(3/4, 4/3). [WF601]",
-                    code="WF601",
+                    "ratio=(3/4, 4/3). [WF701]",
+                    code="WF701",
                     attribute=name,
                     value=rng,
                 )
@@ -774,8 +774,8 @@ class RandomResizedCrop:
         if not images.is_floating_point():
             raise ConfigError(
                 f"Cannot apply RandomResizedCrop: images of dtype {images.dtype}, but it "
-                "resamples float images. Put ToFloat() before it. [WF603]",
-                code="WF603",
+                "resamples float images. Put ToFloat() before it. [WF703]",
+                code="WF703",
                 attribute="images",
                 value=str(images.dtype),
             )
@@ -866,9 +866,9 @@ class BatchTransform:
             batch is the image tensor itself.
 
     Raises:
-        ConfigError: ``steps`` is empty or holds a non-callable (WF601); at call time, no
+        ConfigError: ``steps`` is empty or holds a non-callable (WF701); at call time, no
             images at ``key``, images that are not (B, C, H, W), or a ``SeededBatch`` whose
-            seed count is not B (WF603).
+            seed count is not B (WF703).
 
     Example:
         >>> augment = BatchTransform([RandomHorizontalFlip(), ToFloat(),
@@ -885,8 +885,8 @@ class BatchTransform:
             raise ConfigError(
                 f"Invalid option: BatchTransform(steps={list(self.steps)!r}) needs one or more "
                 "callables. Pass e.g. [ToFloat(), Normalize(IMAGENET_MEAN, IMAGENET_STD)]. "
-                "[WF601]",
-                code="WF601",
+                "[WF701]",
+                code="WF701",
                 attribute="steps",
                 value=[type(s).__name__ for s in bad],
             )
@@ -933,8 +933,8 @@ class BatchTransform:
             raise ConfigError(
                 f"Cannot apply BatchTransform: the batch has {len(seeds)} sample seed(s) for "
                 f"{b} image(s) at key={self.key!r}. Point key at the image field of the batch "
-                "(its first dimension is the batch size). [WF603]",
-                code="WF603",
+                "(its first dimension is the batch size). [WF703]",
+                code="WF703",
                 attribute="seeds",
                 value=len(seeds),
             )
@@ -975,8 +975,8 @@ def _get(batch: Any, key: int | str | None) -> Any:
         raise ConfigError(
             f"Cannot apply BatchTransform: the batch ({type(batch).__name__}) has no images at "
             f"key={key!r}. Pass the key of the image field: 0 for (images, labels), "
-            "'image' for a dict, None when the batch is the image tensor. [WF603]",
-            code="WF603",
+            "'image' for a dict, None when the batch is the image tensor. [WF703]",
+            code="WF703",
             attribute="key",
             value=key,
         ) from None

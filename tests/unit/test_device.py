@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import wellfed
 from tests.helpers_device import ImagesDataset, RecordingModel, reference_batch
+from wellfed import workloads
 from wellfed.device import (
     BatchTransform,
     Normalize,
@@ -229,7 +230,7 @@ def test_state_dict_of_another_format_with_batches_in_flight_raises() -> None:
     next(it)
     with pytest.raises(StateError, match="not yet delivered") as info:
         dev.state_dict()
-    assert info.value.code == "WF602"
+    assert info.value.code == "WF702"
     assert info.value.value == 2
     assert to_device(_OtherStateful(), "cpu", depth=0).state_dict() == {"done": 0}
     list(it)
@@ -256,7 +257,7 @@ def test_state_dict_of_an_unseeded_loader_raises_the_loaders_error() -> None:
 def test_invalid_options(kwargs: dict[str, Any], attribute: str) -> None:
     with pytest.raises(ConfigError) as info:
         to_device([torch.zeros(1)], **kwargs)
-    assert info.value.code == "WF601"
+    assert info.value.code == "WF701"
     assert info.value.attribute == attribute
 
 
@@ -267,7 +268,7 @@ def test_not_iterable_and_cuda_without_cuda() -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match=r"torch.cuda.is_available\(\) is False") as info:
         to_device([torch.zeros(1)], "cuda")
-    assert info.value.code == "WF601"
+    assert info.value.code == "WF701"
 
 
 # --- device transforms -----------------------------------------------------------------------
@@ -370,7 +371,7 @@ def test_keys_for_dicts_namedtuples_and_dataclasses() -> None:
 def test_transform_errors_name_the_fix(transform: BatchTransform, batch: Any, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         transform(batch)
-    assert info.value.code == "WF603"
+    assert info.value.code == "WF703"
 
 
 def test_invalid_transform_options() -> None:
@@ -385,7 +386,7 @@ def test_invalid_transform_options() -> None:
     ):
         with pytest.raises(ConfigError) as info:
             make()
-        assert info.value.code == "WF601"
+        assert info.value.code == "WF701"
 
 
 def test_normalize_leaves_its_input_alone() -> None:
@@ -433,3 +434,34 @@ def test_sample_seeds_option_errors(kwargs: dict[str, Any], code: str) -> None:
     with pytest.raises(ConfigError, match="batch_size=None") as info:
         wellfed.SeededDataLoader(ImagesDataset(8), batch_size=None, seed=0, sample_seeds=True)
     assert info.value.code == "WF203"
+
+
+# --- the doctor's suggestion -----------------------------------------------------------------
+
+
+def test_doctor_suggests_the_uint8_split_for_normalised_float_images() -> None:
+    from wellfed.workloads import PHOTOS_DIR, ImageFolderDataset, PillowTrainTransform
+
+    float_ds = ImageFolderDataset(PHOTOS_DIR, PillowTrainTransform(224))
+    report = wellfed.diagnose(float_ds, loader_kwargs={"num_workers": 2}, live=False)
+    (f,) = [f for f in report.findings if f.code == "WF125"]
+    assert f.severity == "info"
+    assert f.category == "worker-config"
+    assert f.path == "dataset.transform"
+    assert "602,112 B" in f.message
+    assert "sample_seeds=True" in f.fix
+    assert report.is_clean
+    split = workloads.builtin_dataset(output="uint8")
+    for ds, kwargs in ((split, {"num_workers": 2}), (float_ds, {"num_workers": 0})):
+        codes = {f.code for f in wellfed.diagnose(ds, loader_kwargs=kwargs, live=False).findings}
+        assert "WF125" not in codes
+
+
+def test_builtin_dataset_output_option() -> None:
+    ds = workloads.builtin_dataset(output="uint8")
+    assert type(ds.transform).__name__ == "PillowCropTransform"
+    with pytest.raises(ConfigError) as info:
+        workloads.builtin_dataset(output="float16")
+    assert info.value.code == "WF010"
+    spec = workloads.builtin_spec(output="uint8")
+    assert "split form" in spec.description
