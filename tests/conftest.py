@@ -127,3 +127,13 @@ def hymenoptera() -> Path:
     if not HYMENOPTERA.is_dir():
         pytest.skip("../shared/data/hymenoptera_data is absent")
     return HYMENOPTERA
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This test's own RAY_TMPDIR; fails the test if a process of its Ray outlives it
+    (tests/helpers_ray.py)."""
+    from tests.helpers_ray import own_ray_tmpdir
+
+    with own_ray_tmpdir(monkeypatch) as tmpdir:
+        yield tmpdir

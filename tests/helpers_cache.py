@@ -88,6 +88,29 @@ class SlowDouble:
         return double(x)
 
 
+class WhereDouble:
+    """double(), sleeping delay_s per batch, that tells where it runs: with ``record_dir``, each
+    process calling it writes ``record_dir/<pid>.node`` holding its Ray node id (so a test can
+    kill the node and the process that host the fn actor). Neither argument is part of the
+    store's fingerprint (its qualified name is)."""
+
+    def __init__(self, delay_s: float = 0.0, record_dir: str | None = None) -> None:
+        self.delay_s = delay_s
+        self.record_dir = record_dir
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record_dir is not None:
+            path = Path(self.record_dir) / f"{os.getpid()}.node"
+            if not path.exists():
+                import ray
+
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(ray.get_runtime_context().get_node_id())
+                tmp.replace(path)  # readers never see a partial id
+        time.sleep(self.delay_s)
+        return double(x)
+
+
 class TinyNet(torch.nn.Module):
     """A 3->3 conv with fixed weights (seed 0)."""
 
@@ -187,3 +210,8 @@ def image_folder_source(root: str) -> Any:
     from wellfed.workloads import ImageFolderDataset
 
     return ImageFolderDataset(root, ToSmallTensor())
+
+
+#: ``--fn tests.helpers_cache:slow_where_double``: WhereDouble at 0.5 s per batch (the CLI
+#: kill test's fn; its store equals one built with ``WhereDouble()``).
+slow_where_double = WhereDouble(delay_s=0.5)

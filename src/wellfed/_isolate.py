@@ -4,6 +4,15 @@ This is the isolation under every measurement and live probe: a crashed or hung
 configuration ends its own child process (and that child's DataLoader workers), never the
 caller. The child gets its own process group; on timeout or error the whole tree is killed
 with SIGKILL and reaped.
+
+Nothing outlives the caller either, however it ends. On POSIX each child starts a *sentinel*:
+a small forked process outside the child's group and outside the caller's tree. When the
+caller dies (SIGKILL included) the sentinel kills the child's whole group, DataLoader workers
+hung in ``__getitem__`` with it; on Linux the child also has ``PR_SET_PDEATHSIG``. The
+sentinel is also the child tree's multiprocessing resource tracker: it hears every named
+semaphore and shared-memory block the tree registers (spawn and forkserver DataLoaders make
+~10 per loader) and unlinks what is left in ``/dev/shm`` once the tree is gone, which the
+stock tracker, started inside the killed group, could not.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -139,6 +150,249 @@ def _single_threaded_torch_after_fork() -> None:
         torch.set_num_threads(1)
 
 
+#: ``prctl`` option that sends the calling process a signal when its parent dies (Linux,
+#: <linux/prctl.h>).
+_PR_SET_PDEATHSIG = 1
+
+#: Seconds between two checks by the sentinel that the caller still runs (besides the pipe
+#: that reports its death at once; see _sentinel_main).
+SENTINEL_POLL_S = 1.0
+
+#: Seconds the sentinel waits, once the caller died (it then kills the child's group) or the
+#: group is empty, for processes that left the group to close the tracker pipe, before it
+#: unlinks what was registered and exits.
+SENTINEL_DRAIN_S = 30.0
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies; exit now if the parent is gone.
+
+    PR_SET_PDEATHSIG fires when the parent *thread* that forked us ends; ``run_isolated``
+    waits in that thread until the child is reaped, so it fires only when the caller dies.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if _parent_gone(_parent_sentinel()):
+        os._exit(1)  # the parent died before prctl took effect
+
+
+def _parent_sentinel() -> int | None:
+    """multiprocessing's pipe from the parent: readable (EOF) once the parent has died."""
+    parent = multiprocessing.parent_process()
+    fd = getattr(parent, "sentinel", None) if parent is not None else None
+    return fd if isinstance(fd, int) else None
+
+
+def _parent_gone(fd: int | None) -> bool:
+    if fd is None:
+        return False
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _start_sentinel() -> None:
+    """Start the sentinel for this child (already its own group leader); see the module doc.
+
+    The sentinel is double-forked (so no process of the caller's tree is its parent, and
+    ``kill_tree`` and ``tree_memory`` never see it) and leads its own process group (so
+    neither the child's group kill nor a signal to the caller's group reaches it). This
+    process, its DataLoader workers and forkserver then register semaphores with it instead
+    of multiprocessing's global resource tracker.
+    """
+    if not hasattr(os, "fork"):
+        return
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker.ResourceTracker()
+    if not (hasattr(tracker, "_fd") and hasattr(tracker, "_pid")):
+        return  # a multiprocessing this code does not know: keep the stock tracker
+    try:
+        import _multiprocessing
+        import _posixshmem
+    except ImportError:
+        return
+    del _multiprocessing, _posixshmem  # imported now: the sentinel only looks them up
+    parent_fd = _parent_sentinel()
+    try:
+        caller: psutil.Process | None = psutil.Process(os.getppid())
+    except psutil.Error:
+        caller = None
+    group = os.getpgrp()
+    started_ns = time.time_ns()
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    if pid == 0:  # the intermediate process: fork the sentinel and exit at once
+        code = 0
+        try:
+            if os.fork() == 0:
+                _sentinel_main(read_fd, parent_fd, caller, group, started_ns)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(read_fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    tracker._fd = write_fd
+    tracker._pid = None  # not our child: never waited for (as in a spawned process)
+    resource_tracker._resource_tracker = tracker
+    resource_tracker.ensure_running = tracker.ensure_running
+    resource_tracker.register = tracker.register
+    resource_tracker.unregister = tracker.unregister
+    resource_tracker.getfd = tracker.getfd
+
+
+def _sentinel_main(
+    tracker_fd: int,
+    parent_fd: int | None,
+    caller: psutil.Process | None,
+    group: int,
+    started_ns: int,
+) -> None:
+    """The sentinel's whole life; never returns.
+
+    Reads multiprocessing's resource-tracker protocol (``REGISTER:name:rtype``,
+    ``UNREGISTER:...``, ``PROBE:...``, one line each) from ``tracker_fd`` until EOF, which
+    comes when every process of the child's tree has exited. Meanwhile, once the caller dies
+    (``parent_fd`` readable, or ``caller`` no longer running), SIGKILLs process group
+    ``group``. At EOF (or SENTINEL_DRAIN_S after the caller died or the group emptied, when a
+    process that left the group still holds the pipe) unlinks every name still registered,
+    silently (the stock tracker would warn about "leaked" semaphores: here they are the
+    expected remains of a killed tree), and exits.
+
+    A semaphore is registered only where it is created. A shared-memory block is registered
+    also where it is merely attached (Python < 3.13, ``SharedMemory(name)``): one created
+    before the tree started (``started_ns``, by the caller, say, and attached by a spawn
+    worker) is not the tree's to unlink, so such a block is kept only when its inode is
+    younger than the tree.
+    """
+    code = 0
+    try:
+        os.setpgrp()
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                signal.signal(sig, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):
+            os.dup2(null, std)
+        # Hold nothing of the tree (above all not the tracker pipe's write end, or EOF would
+        # never come) nor of the caller (its pipes, a terminal, a test harness's stdout).
+        _close_fds_except({0, 1, 2, tracker_fd, *([parent_fd] if parent_fd is not None else [])})
+        names: dict[str, set[str]] = {"semaphore": set(), "shared_memory": set()}
+        pending = b""
+        watch_parent = parent_fd
+        orphaned = group_gone = False
+        draining_since: float | None = None
+        while True:
+            fds = [tracker_fd] if watch_parent is None else [tracker_fd, watch_parent]
+            ready = select.select(fds, [], [], SENTINEL_POLL_S)[0]
+            if tracker_fd in ready:
+                chunk = os.read(tracker_fd, 65536)
+                if not chunk:
+                    break  # the whole tree is gone
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    cmd, _, rest = line.decode("ascii", "replace").partition(":")
+                    name, _, rtype = rest.rpartition(":")
+                    if rtype in names and cmd == "REGISTER":
+                        if rtype != "shared_memory" or _created_since(name, started_ns):
+                            names[rtype].add(name)
+                    elif rtype in names and cmd == "UNREGISTER":
+                        names[rtype].discard(name)
+            if not group_gone and not _group_alive(group):
+                # Once empty, the group's id is never signalled again (it could be reused).
+                group_gone = True
+                draining_since = draining_since or time.monotonic()
+            if not orphaned and (
+                (watch_parent is not None and watch_parent in ready) or not _running(caller)
+            ):
+                orphaned, watch_parent = True, None
+                draining_since = draining_since or time.monotonic()
+                if not group_gone:
+                    with contextlib.suppress(OSError):
+                        os.killpg(group, signal.SIGKILL)
+            # A process that left the group may still hold the pipe: do not wait for it forever.
+            if draining_since is not None and time.monotonic() - draining_since > SENTINEL_DRAIN_S:
+                break
+        _unlink(names)
+    except BaseException:
+        code = 1
+    os._exit(code)
+
+
+def _created_since(shm_name: str, started_ns: int) -> bool:
+    """Whether POSIX shared memory ``shm_name`` ("/psm_...") was made at or after started_ns.
+
+    Where shared memory has no files to look at (no /dev/shm), False: kept, not unlinked.
+    """
+    try:
+        st = os.stat(os.path.join("/dev/shm", shm_name.lstrip("/")))
+    except OSError:
+        return False
+    return st.st_ctime_ns >= started_ns
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc (macOS): every number up to the limit
+        open_fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in open_fds:
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (EPERM: not ours to signal, which never happens here)
+    return True
+
+
+def _running(proc: psutil.Process | None) -> bool:
+    if proc is None:
+        return True  # unknown: rely on the pipe alone
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _unlink(names: dict[str, set[str]]) -> None:
+    """Unlink named semaphores and shared-memory blocks, ignoring names already gone."""
+    import _multiprocessing
+    import _posixshmem
+
+    unlinkers: dict[str, Any] = {"shared_memory": _posixshmem.shm_unlink}
+    sem_unlink = getattr(_multiprocessing, "sem_unlink", None)
+    if sem_unlink is not None:
+        unlinkers["semaphore"] = sem_unlink
+    for rtype, found in names.items():
+        unlink = unlinkers.get(rtype)
+        if unlink is None:
+            continue
+        for name in found:
+            with contextlib.suppress(OSError):
+                unlink(name)
+
+
 def _child_main(
     conn: Any,
     func: Callable[..., Any],
@@ -149,9 +403,12 @@ def _child_main(
     if forked:
         _forget_parent_forkserver()
         _single_threaded_torch_after_fork()
+    _die_with_parent()
     if hasattr(os, "setpgrp"):
         with contextlib.suppress(OSError):
             os.setpgrp()
+        with contextlib.suppress(OSError):
+            _start_sentinel()
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:

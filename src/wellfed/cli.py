@@ -1,6 +1,8 @@
 """The ``wellfed`` command: argparse wiring and rendering only; each command is one library call.
 
-Exit codes: 0 ok; 1 ran and found problems; 2 usage or configuration error; 3 runtime failure.
+Exit codes: 0 ok; 1 ran and found problems; 2 usage or configuration error; 3 runtime failure;
+128 + the signal's number when interrupted: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129 SIGHUP, each
+after the child processes in flight (a trial, a probe, their workers) were stopped.
 Results go to stdout, progress and diagnostics to stderr. torch is imported inside the
 commands, so ``wellfed --help`` answers at once.
 """
@@ -11,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +29,58 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 3
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: Signals handled like Ctrl-C: the command unwinds (each isolated child process tree in flight
+#: is killed on the way, see wellfed._isolate) and exits 128 + the signal's number.
+TERMINATING_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so that cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_terminating_signal(signum: int, frame: Any) -> None:
+    # A second signal must not interrupt the cleanup the first one starts.
+    for name in (*TERMINATING_SIGNALS, "SIGINT"):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminating_signals_raise() -> Any:
+    """Within the block, SIGTERM and SIGHUP raise _Terminated; the old handlers come back after.
+
+    Only a signal left at its default action is taken over: one ignored on purpose (``nohup``
+    ignores SIGHUP) or handled by an embedding program stays as it is. Only from the main
+    thread (elsewhere Python refuses signal handlers): ``main()`` called from another thread
+    keeps the signals as they are.
+    """
+    old: dict[int, Any] = {}
+    for name in (*TERMINATING_SIGNALS, "SIGINT"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            current = signal.getsignal(sig)
+            if current is None:
+                continue  # a handler installed outside Python: it could not be put back
+            old[sig] = current
+            # SIGINT keeps Python's KeyboardInterrupt; it is only restored after the block
+            if name != "SIGINT" and current == signal.SIG_DFL:
+                signal.signal(sig, _on_terminating_signal)
+        except ValueError:  # not the main thread
+            old.pop(sig, None)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -213,7 +268,10 @@ def _add_tune(sub: Any) -> None:
         type=float,
         metavar="S",
         help="bound on the whole run, seconds (default 75 for one rank, x (1 + (N-1)/2) for "
-        "--nproc-per-node N: 112 for 2, 188 for 4)",
+        "--nproc-per-node N: 112 for 2, 188 for 4): no trial starts once it is spent (a note "
+        "says what was skipped), and a trial still running at the budget plus one "
+        "main-process trial's timeout (20 s + 6 x the measuring time; 29 s at the default) is "
+        "cut short there",
     )
     _add_json(p, "the result")
     p.add_argument(
@@ -728,7 +786,8 @@ def _add_precompute(sub: Any) -> None:
         "--ray-address",
         default=None,
         metavar="ADDR",
-        help="engine ray: an existing cluster (default: local Ray)",
+        help="engine ray: an existing cluster, host:port or auto (the one `ray start` "
+        "started here); default: RAY_ADDRESS, else a new local Ray",
     )
     p.add_argument(
         "--input",
@@ -931,7 +990,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _terminating_signals_raise():
+            return handler(args)
+    except _Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(
+            f"terminated by {name}; the processes wellfed had started were stopped",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except ConfigError as exc:
         if args.debug:
             raise

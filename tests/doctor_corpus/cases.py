@@ -236,6 +236,14 @@ def _cache_in_getitem(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.CachingDataset(), None
 
 
+def _model_in_getitem(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return d.ModelInGetitemDataset(), {"num_workers": 2}
+
+
+def _normalize_module(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return d.NormalizeModuleDataset(), {"num_workers": 2}
+
+
 def _hand_lru(tmp: Path, closers: list) -> tuple[Any, Any]:
     return d.HandLRUDataset(), {"num_workers": 2}
 
@@ -516,6 +524,13 @@ HAZARDS: tuple[Case, ...] = (
         "a GPU transform (x.to('cuda')) applied in the worker",
     ),
     Case(
+        "model_in_getitem_cpu",
+        _model_in_getitem,
+        (("model-in-worker", "dataset.model"),),
+        "issue 15 / note 001: a super-resolution CNN run per sample in __getitem__ on the CPU "
+        "was reported clean",
+    ),
+    Case(
         "big_list",
         _big_list,
         (("memory-growth", "dataset.samples"),),
@@ -783,6 +798,12 @@ CLEAN: tuple[Case, ...] = (
         "issue 15: a cache filled only while len(self.cache) < 1000",
     ),
     Case("deque_maxlen_history", _deque_history, (), "a deque(maxlen=64) filled in __getitem__"),
+    Case(
+        "parameter_free_module_transform",
+        _normalize_module,
+        (),
+        "an nn.Module transform without parameters (torchvision v2 style) is not a model",
+    ),
     Case(
         "global_rng_augment",
         _global_rng,

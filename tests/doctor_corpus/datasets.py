@@ -269,6 +269,51 @@ class DequeHistoryDataset(Dataset):
         return torch.full((4,), float(idx))
 
 
+class SuperResNet(torch.nn.Module):
+    """A small super-resolution CNN (~57k parameters), the shape of note 001's model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 64, 5, padding=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(64, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 3 * 4, 3, padding=1),
+            torch.nn.PixelShuffle(2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ModelInGetitemDataset(Dataset):
+    """Runs a CPU model per sample in ``__getitem__`` (note 001, without CUDA)."""
+
+    def __init__(self) -> None:
+        self.model = SuperResNet().eval()
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(torch.full((1, 3, 16, 16), float(idx)))[0]
+
+
+class NormalizeModuleDataset(Dataset):
+    """A parameter-free ``nn.Module`` transform (as torchvision v2 transforms are): not a model."""
+
+    def __init__(self) -> None:
+        self.transform = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Flatten(0))
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return self.transform(torch.full((2, 2), float(idx)))
+
+
 class EpochDataset(Dataset):
     """Curriculum: ``set_epoch`` changes what ``__getitem__`` returns."""
 

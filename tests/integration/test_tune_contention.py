@@ -19,6 +19,7 @@ import wellfed
 from tests.helpers import SquaresDataset
 from wellfed.platform import usable_cpu_count
 from wellfed.target import spec_from_object
+from wellfed.tune import tune
 
 pytestmark = [pytest.mark.workers, pytest.mark.timeout(240)]
 
@@ -45,7 +46,7 @@ def test_a_contended_run_is_named_and_its_stored_default_says_so() -> None:
             burners.append(int(out.stdout.split()[0]))
         dataset = SquaresDataset(96)
         spec = spec_from_object(dataset).with_batch_size(8)
-        result = wellfed.tune(spec, budget_s=15, max_workers=2, measure_s=0.3)
+        result = tune(spec, budget_s=15, max_workers=2, measure_s=0.3)
     finally:
         for pid in burners:
             with contextlib.suppress(ProcessLookupError):

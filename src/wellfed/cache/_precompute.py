@@ -271,7 +271,10 @@ def precompute(
             0 (default) refuses at once (WF413); ``math.inf`` waits for as long as it takes.
             After the wait the call resumes the store, or returns it when complete (the
             way for several ranks of one job to share one store).
-        ray_address: engine="ray": address of an existing cluster; None starts local Ray.
+        ray_address: engine="ray", when Ray is not initialised in this process: an
+            existing cluster ("host:port", "ray://host:port", or "auto" for the cluster
+            ``ray start`` started on this machine); None: ``RAY_ADDRESS`` when set, else a
+            new local instance, shut down afterwards.
         ray_actors: engine="ray": fn actors (default: 1 per GPU, else 1).
         progress: Called as ``progress(samples_done, samples_total)`` after each batch.
 

@@ -11,20 +11,31 @@ the stored bytes are identical)::
 The driver writes the shards (with the local engine's writer thread), so ``out_dir`` must be
 on the driver's filesystem; reading and fn scale out across the cluster. Batches travel as
 pickles inside the build only: the store's read path never unpickles.
+
+Faults: a read task lost with its node is retried by Ray; the fn actors form a fixed-size
+``ray.data.ActorPoolStrategy`` pool, which Ray Data restarts without limit
+(``max_restarts=-1``) and whose lost calls it retries (``max_task_retries=-1``), so losing a
+node mid-job costs the batches in flight, not the job, while a node with CPUs survives. If
+the job fails anyway (the driver killed, no node left), the committed shards stay and the same
+call resumes; the store is byte-for-byte the local engine's either way (tested on a 3-node
+``ray.cluster_utils.Cluster``: ``tests/integration/test_precompute_ray_multinode.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from wellfed.errors import DependencyError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_ray"]
+__all__ = ["resolve_address", "run_ray"]
 
 
 def _import_ray() -> Any:
@@ -93,8 +104,11 @@ def run_ray(
 ) -> None:
     """Run the job's remaining batches on Ray Data; the driver commits the shards.
 
-    Uses the Ray instance already initialised in this process, else connects to
-    ``ray_address``, else starts a local one (and shuts it down afterwards).
+    Which Ray: the instance already initialised in this process (``ray.init`` by the caller),
+    else ``ray_address`` (see ``resolve_address``: None means ``RAY_ADDRESS`` when set, else a
+    new local instance, never a cluster found on this machine). A Ray connection made here is
+    closed afterwards (a local instance is shut down). Ray Data's global ``DataContext``
+    (``preserve_order``, progress bars), set for the job, is restored afterwards.
 
     Raises:
         DependencyError: ray[data] is not installed (WF410).
@@ -117,60 +131,23 @@ def _run_ray(
     actors: int | None,
 ) -> None:
     ray = _import_ray()
-    from wellfed.cache._build import ProcessedBatch
-
     batches = job.plan()
     if not batches:
         return
     started_here = False
     if not ray.is_initialized():
+        address, why = resolve_address(ray_address)
+        logger.info("precompute on Ray: ray_address=%s -> %s (%s)", ray_address, address, why)
         ray.init(
-            address=ray_address,
+            address=address,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
         started_here = True
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        use_gpu = processor.device.startswith("cuda") and gpus >= 1
-        n_actors = actors or (int(gpus) if use_gpu else 1)
-        ds = ray.data.from_items(
-            [{"b": j} for j in range(len(batches))], override_num_blocks=len(batches)
-        )
-        read = ds.map_batches(_ReadBatch(source, collate_fn, batches), batch_size=1)
-        computed = read.map_batches(
-            _FnActor,
-            fn_constructor_args=(processor, batches),
-            batch_size=1,
-            concurrency=n_actors,
-            num_gpus=1 if use_gpu else 0,
-        )
-        logger.info(
-            "precompute on Ray: %d batches, %d fn actor(s), gpu=%s", len(batches), n_actors, use_gpu
-        )
-        expected = 0
-        ok = False
-        try:
-            for row in computed.iter_rows():
-                j = int(row["b"])
-                if j != expected:
-                    raise RuntimeError(f"internal: Ray returned batch {j}, expected {expected}")
-                expected += 1
-                fields, origins, layout = pickle.loads(row["result"])
-                job.accept(
-                    ProcessedBatch(
-                        indices=batches[j], fields=fields, origins=origins, layout=layout
-                    )
-                )
-            job.close()
-            ok = True
-        finally:
-            if not ok:
-                job.abort()
+        with _job_data_context(ray):
+            _compute(ray, job, source, collate_fn, processor, batches, actors)
     except Exception as exc:
         cause = _unwrap_ray_error(exc)
         if cause is not exc:
@@ -179,6 +156,89 @@ def _run_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def resolve_address(ray_address: str | None) -> tuple[str, str]:
+    """The address ``ray.init`` gets when no Ray is initialised in this process, and why.
+
+    A given address is used as it is (``"host:port"``; ``"ray://host:port"``: Ray Client;
+    ``"auto"``: Ray's own search, ``RAY_ADDRESS`` else the cluster ``ray start`` started on
+    this machine, ConnectionError if none). None means the environment
+    variable ``RAY_ADDRESS`` when set (as ``ray job submit`` sets it for the job's driver),
+    else ``"local"``: a new local instance, which the job shuts down afterwards. Ray's own
+    ``ray.init()`` default would instead attach to the last cluster any ``ray start`` or test
+    cluster on the machine recorded in ``/tmp/ray/ray_current_cluster``, which may be stale or
+    another user's, so None never does that: pass ``"auto"`` for it.
+    """
+    if ray_address is not None:
+        return ray_address, "given"
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env:
+        return env, "RAY_ADDRESS"
+    return "local", "a new local Ray instance; RAY_ADDRESS is unset"
+
+
+@contextlib.contextmanager
+def _job_data_context(ray: Any) -> Iterator[None]:
+    """Ray Data's process-wide DataContext set for the job (batches in order, no progress
+    bars), then restored: the caller's own Ray Data pipelines are not changed."""
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _compute(
+    ray: Any,
+    job: Any,
+    source: Any,
+    collate_fn: Any,
+    processor: Any,
+    batches: list[list[int]],
+    actors: int | None,
+) -> None:
+    """Build the Ray Data pipeline and commit its batches in order."""
+    from wellfed.cache._build import ProcessedBatch
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    use_gpu = processor.device.startswith("cuda") and gpus >= 1
+    n_actors = actors or (int(gpus) if use_gpu else 1)
+    ds = ray.data.from_items(
+        [{"b": j} for j in range(len(batches))], override_num_blocks=len(batches)
+    )
+    read = ds.map_batches(_ReadBatch(source, collate_fn, batches), batch_size=1)
+    computed = read.map_batches(
+        _FnActor,
+        fn_constructor_args=(processor, batches),
+        batch_size=1,
+        # A fixed pool; Ray Data restarts a dead actor and retries its calls (module doc).
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        num_gpus=1 if use_gpu else 0,
+    )
+    logger.info(
+        "precompute on Ray: %d batches, %d fn actor(s), gpu=%s", len(batches), n_actors, use_gpu
+    )
+    expected = 0
+    ok = False
+    try:
+        for row in computed.iter_rows():
+            j = int(row["b"])
+            if j != expected:
+                raise RuntimeError(f"internal: Ray returned batch {j}, expected {expected}")
+            expected += 1
+            fields, origins, layout = pickle.loads(row["result"])
+            job.accept(
+                ProcessedBatch(indices=batches[j], fields=fields, origins=origins, layout=layout)
+            )
+        job.close()
+        ok = True
+    finally:
+        if not ok:
+            job.abort()
 
 
 def _unwrap_ray_error(exc: BaseException) -> BaseException:

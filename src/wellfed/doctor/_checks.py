@@ -19,6 +19,7 @@ from collections.abc import Callable
 from wellfed.doctor._checks_cuda import check_cuda
 from wellfed.doctor._checks_handles import check_fork_shared_handles
 from wellfed.doctor._checks_memory import check_copy_on_read, check_worker_caches
+from wellfed.doctor._checks_model import check_model_in_worker
 from wellfed.doctor._checks_rng import check_rng, check_worker_init_seeds
 from wellfed.doctor._checks_sharding import check_iterable_sharding
 from wellfed.doctor._checks_shared_memory import check_shared_memory
@@ -47,6 +48,7 @@ ALL_CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_interactive_main,
     check_fork_shared_handles,
     check_cuda,
+    check_model_in_worker,
     check_rng,
     check_worker_init_seeds,
     check_copy_on_read,

@@ -275,7 +275,9 @@ def _probe_one(
         obs["worker_uss_last_bytes"] = _worker_uss(it)
     obs["kind"] = "map"
     # Main process, after the workers: is the first sample random at all, and how random?
+    t0 = time.perf_counter()
     main = [_digest(main_fetch()) for _ in range(REPEATS)]
+    obs["main_sample_s"] = (time.perf_counter() - t0) / REPEATS  # WF126's measured cost
     obs["main_random"] = len(set(main)) > 1
     if len(batch_digests) >= 2 * REPEATS and obs["main_random"]:
         b = batch_digests

@@ -176,6 +176,15 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 out = _refute(
                     out, ("WF117",), m, f"no sample repeated across workers ({per_worker})", "info"
                 )
+        sample_s = obs.get("main_sample_s")
+        if isinstance(sample_s, (int, float)):
+            update(
+                ("WF126",),
+                m,
+                f"one sample took {sample_s * 1e3:.1f} ms in the probe's main process (mean "
+                "of its repeated fetches of one index), model included; every worker pays it "
+                "per sample",
+            )
         sample_bytes = obs.get("sample_bytes")
         if sample_bytes and not any(f.code == "WF113" for f in out):
             out.extend(

@@ -31,6 +31,7 @@ CATEGORIES: tuple[str, ...] = (
     "thread-hazard",
     "iterable-sharding",
     "worker-config",
+    "model-in-worker",
 )
 
 #: The start methods a finding names, in the order reports list them.
@@ -66,6 +67,7 @@ CODES: dict[str, tuple[str, str]] = {
     "WF122": ("worker-config", "workers crashed or hung in the live probe"),
     "WF123": ("worker-config", "live probe not run for a start method (static findings only)"),
     "WF125": ("worker-config", "normalised float32 images sent from workers (4x uint8's bytes)"),
+    "WF126": ("model-in-worker", "neural-network model run per sample in the workers"),
 }
 
 

@@ -102,6 +102,17 @@ MIN_BURST_S = 1e-3
 #: Rounds of re-measurement for configurations the noise cannot separate.
 MAX_REPEAT_ROUNDS = 2
 
+#: A trial's timeout: TRIAL_STARTUP_S, plus per worker process 3 s (spawn, forkserver: each
+#: starts a fresh interpreter that imports torch) or 0.5 s (fork), plus TRIAL_TIMEOUT_FACTOR
+#: times the measuring time. A main-process trial's timeout (TRIAL_STARTUP_S +
+#: TRIAL_TIMEOUT_FACTOR * measure_s, 29 s at the default budget) is also how far past its
+#: budget a tune run may go: see ``budget_bound_s``.
+TRIAL_STARTUP_S = 20.0
+TRIAL_TIMEOUT_FACTOR = 6.0
+
+#: How a trial cut at the budget's bound says so (its ``error`` starts with this).
+CUT_BY_BUDGET = "cut short by the time budget"
+
 ProgressFn = Callable[[float, str], None]
 
 
@@ -210,6 +221,38 @@ def _not_gained_text(new: Trial, old: Trial) -> str:
     )
 
 
+def measure_seconds(budget_s: float) -> float:
+    """Seconds of measured loading per trial when ``tune`` is given none: budget_s / 50,
+    within 1-3 s."""
+    return min(3.0, max(1.0, budget_s / 50.0))
+
+
+def trial_timeout_s(measure_s: float, workers: int = 0, start_method: str = "fork") -> float:
+    """Seconds a tune trial may run before it is killed (see TRIAL_STARTUP_S)."""
+    per_worker = 0.5 if start_method == "fork" else 3.0
+    return TRIAL_STARTUP_S + per_worker * workers + TRIAL_TIMEOUT_FACTOR * measure_s
+
+
+def budget_bound_s(
+    budget_s: float, measure_s: float | None = None, nproc_per_node: int = 1
+) -> float:
+    """Seconds by which ``tune(budget_s=...)`` stops every child process it started.
+
+    No trial starts once ``budget_s`` is spent (nor one that the trials so far say would not
+    fit), and whatever runs then (a trial, the live probe) is cut at ``budget_s`` plus one
+    main-process trial's timeout (``trial_timeout_s(measure_s)``; measure_s None: as tune
+    picks it, from the budget before its scaling for ``nproc_per_node`` ranks). tune returns
+    after that bound only by the moments that killing and reaping the cut trial's processes
+    take.
+    """
+    per_trial = (
+        measure_s
+        if measure_s is not None
+        else measure_seconds(budget_s / budget_scale(nproc_per_node))
+    )
+    return budget_s + trial_timeout_s(per_trial)
+
+
 def tune(
     target: Any,
     *,
@@ -267,8 +310,13 @@ def tune(
 
     Args:
         target: A LoaderSpec, Dataset or DataLoader (see ``resolve_target`` for TARGET strings).
-        budget_s: Bound on the whole run in seconds; the search stops early to respect it.
-            None: ``default_budget_s(nproc_per_node)`` (75 s for one rank, 112 s for 2).
+        budget_s: Bound on the whole run in seconds; None: ``default_budget_s(nproc_per_node)``
+            (75 s for one rank, 112 s for 2). No trial starts once it is spent, nor one that
+            the trials so far say would not fit; the rest of the search is then skipped (a note
+            says so). A trial or probe still running at ``budget_bound_s`` (budget_s plus one
+            main-process trial's timeout: 20 s + 6 x measure_s) is cut short there (its error
+            and a note say so), so tune ends within that bound plus the moments that stopping
+            the cut trial's processes takes.
         start_method: Worker start method; None: the target's own, else the platform default.
         max_workers: Most worker processes to try on the node (per rank: // nproc_per_node);
             None: from memory and open-file limits.
@@ -337,7 +385,20 @@ def tune(
             value=method,
         )
     unscaled = budget_s / budget_scale(nproc)
-    per_trial = measure_s if measure_s is not None else min(3.0, max(1.0, unscaled / 50.0))
+    per_trial = measure_s if measure_s is not None else measure_seconds(unscaled)
+    grace_s = trial_timeout_s(per_trial)
+    hard_end = started + budget_s + grace_s
+    notes: list[str] = []
+
+    def note_once(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+
+    def bounded(timeout_s: float) -> float:
+        """``timeout_s``, or less where the budget's bound comes first (0: none left)."""
+        return max(0.0, min(timeout_s, hard_end - time.perf_counter()))
+
+    bound_text = f"budget_s={budget_s:.0f}s plus {grace_s:.0f}s for the trial in flight"
     user_prefetch = user.prefetch_factor if user and user.num_workers > 0 else None
     cap = min(MAX_WORKERS, _fd_cap(platform, user_prefetch or 2))
     if max_workers is not None:
@@ -360,13 +421,22 @@ def tune(
     if not spec.is_iterable:
         report("probing batched fetch and thread safety")
     # an iterable dataset gets its verdicts without a probe (no indices, one iterator)
-    probes = probe_dataset(spec, timeout_s=max(30.0, 10 * per_trial))
+    probe_timeout = max(30.0, 10 * per_trial)
+    probe_started = time.perf_counter()
+    probe_cap = bounded(probe_timeout)
+    probes = probe_dataset(spec, timeout_s=max(0.5, probe_cap))
+    probe_why = str(probes.get("threads", {}).get("why", ""))
+    if probe_cap < probe_timeout and probe_why.startswith("the live probe timeout"):
+        note_once(
+            f"time budget: the live probe of batched fetch and thread safety was {CUT_BY_BUDGET} "
+            f"after {time.perf_counter() - probe_started:.1f}s ({bound_text}); batched fetch "
+            "and thread workers count as not safe"
+        )
     threads_safe = bool(probes.get("threads", {}).get("safe"))
     if spec.is_iterable:
         thread_cap = 0
 
     trials: dict[LoaderConfig, Trial] = {}
-    notes: list[str] = []
     if nproc > 1:
         notes.append(
             f"{nproc} ranks measured at once ({nproc_source}): every figure is per rank, the "
@@ -378,12 +448,28 @@ def tune(
     stopped = ""
     per_worker_bytes: float | None = None
 
-    def measure_once(config: LoaderConfig) -> Trial:
+    def measure_once(config: LoaderConfig) -> Trial | None:
+        """One trial, cut at the budget's bound; None when the bound has already passed."""
+        nonlocal stopped
         # worker start-up is slower under spawn/forkserver (a fresh interpreter per worker)
-        startup = 20.0 + ((3.0 if method != "fork" else 0.5) * config.num_workers * nproc)
-        return measure(
-            spec, config, measure_s=per_trial, timeout_s=startup + 6 * per_trial, nproc=nproc
-        )
+        own = trial_timeout_s(per_trial, config.num_workers * nproc, method)
+        timeout = bounded(own)
+        if timeout <= 0:
+            stopped = f"the time budget's bound ({bound_text}) was reached"
+            note_once(f"time budget: {stopped}; {config.label()} and the rest were skipped")
+            return None
+        trial = measure(spec, config, measure_s=per_trial, timeout_s=timeout, nproc=nproc)
+        if trial.status == "timeout" and timeout < own:
+            why = (
+                f"{CUT_BY_BUDGET} after {trial.elapsed_s:.1f}s: {bound_text} were spent "
+                f"(its own timeout: {own:.0f}s)"
+            )
+            trial = dataclasses.replace(trial, error=why)
+            stopped = f"{config.label()} was {CUT_BY_BUDGET} ({bound_text})"
+            note_once(
+                f"time budget: {config.label()} was {why}; the rest of the search was skipped"
+            )
+        return trial
 
     def run(config: LoaderConfig) -> Trial | None:
         """Measure ``config`` (once; later calls return the trial), or None past the budget."""
@@ -395,9 +481,17 @@ def tune(
             estimate = statistics.median(spent) * (1.0 + 0.1 * config.num_workers)
             if estimate > remaining():
                 stopped = f"the time budget ({budget_s:.0f}s) would be exceeded by {config.label()}"
+                note_once(
+                    f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, "
+                    f"{config.label()} would take ~{estimate:.1f}s (from the trials so far); "
+                    "the rest of the search was skipped"
+                )
                 return None
         report(f"measuring {config.label()}")
-        trial = measure_once(config)
+        measured = measure_once(config)
+        if measured is None:
+            return None
+        trial = measured
         trials[config] = trial
         base = trials.get(main_config)
         if (
@@ -416,17 +510,26 @@ def tune(
         """Measure ``config`` once more (budget permitting) and pool it with its trial."""
         old = trials[config]
         if old.elapsed_s / old.repeats > remaining():
+            note_once(
+                f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, too little "
+                "to re-measure the configurations the noise could not separate"
+            )
             return old
         report(f"re-measuring {config.label()}")
-        trials[config] = old.merged(measure_once(config))
+        again = measure_once(config)
+        if again is not None:
+            trials[config] = old.merged(again)
         return trials[config]
 
     # 2. the main process, per index and batched
     main_config = _config_for(spec, 0, method, has_cuda)
     base = run(main_config)
-    assert base is not None
     batched = False
-    if not base.ok:
+    if base is None:
+        pass  # the budget's bound passed before the first trial (stopped says so)
+    elif not base.ok and (base.error or "").startswith(CUT_BY_BUDGET):
+        pass  # stopped says so
+    elif not base.ok:
         what = "hung" if base.status == "timeout" else "failed"
         first_line = (base.error or "").strip().splitlines()[0] if base.error else ""
         stopped = f"num_workers=0 {what}: {first_line}"
@@ -484,10 +587,22 @@ def tune(
         group = [leader, *unsure]
         cost = sum(t.elapsed_s / t.repeats for t in group)
         if cost > remaining():
+            note_once(
+                f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, re-measuring "
+                f"{len(group)} configurations the noise could not separate would take "
+                f"~{cost:.1f}s; skipped"
+            )
             break
         for t in group:
             rerun(t.config)
 
+    overrun = time.perf_counter() - started - budget_s
+    if overrun > 0 and not any(CUT_BY_BUDGET in n for n in notes):
+        note_once(
+            f"time budget: {overrun:.1f}s past budget_s={budget_s:.0f}s, for the trial in flight "
+            f"when it ran out (trials are let finish until {budget_s + grace_s:.0f}s: the budget "
+            "plus one main-process trial's timeout)"
+        )
     if not stopped:
         stopped = "; ".join(n for n in notes if n.startswith("search ended")) or (
             "every backend stopped gaining"
