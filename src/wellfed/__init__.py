@@ -73,6 +73,11 @@ _EXPORTS: dict[str, str] = {
     "WatchStats": "wellfed._meter",
     "watch": "wellfed._watch",
     "watch_script": "wellfed._watch",
+    # the device side (issue 17)
+    "BatchTransform": "wellfed.device",
+    "DeviceLoader": "wellfed.device",
+    "SeededBatch": "wellfed.seeding",
+    "to_device": "wellfed.device",
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])

@@ -395,7 +395,10 @@ def create_dataloader(
             "fallback" (``num_workers=0``, with a ``WorkerSafetyWarning`` naming the findings).
             Windows keeps its workers unless a finding says otherwise.
         **kwargs: Other DataLoader arguments (``sampler``, ``batch_sampler``, ``collate_fn``,
-            ``drop_last``, ``timeout``, ``worker_init_fn``, ...), passed on unchanged.
+            ``drop_last``, ``timeout``, ``worker_init_fn``, ...), passed on unchanged; and
+            ``SeededDataLoader``'s own ``sample_seeds=True`` (with a seed): each batch comes as
+            ``wellfed.SeededBatch(batch, seeds)``, for per-sample random transforms on the
+            device (``wellfed.to_device``, ``docs/device.md``).
 
     Returns:
         A SeededDataLoader (a ``torch.utils.data.DataLoader`` subclass).

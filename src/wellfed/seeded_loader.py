@@ -56,6 +56,7 @@ from wellfed.seeding import (
     _SALT_COLLATE,
     _SALT_SAMPLER,
     _SALT_SHUFFLE,
+    SeededBatch,
     _check_seed,
     _enter_sample,
     _epoch_key,
@@ -109,7 +110,8 @@ class _SeededFetch:
 
     With ``threaded=True`` (thread workers: many fetches at once in the main process) it
     takes no lock and leaves the process-wide RNGs alone; each thread's ``sample_rng()`` and
-    ``sample_generator()`` carry the per-sample seed.
+    ``sample_generator()`` carry the per-sample seed. With ``sample_seeds=True`` each batch
+    is returned as ``SeededBatch(batch, seeds)`` (the loader's ``sample_seeds`` option).
     """
 
     def __init__(
@@ -118,11 +120,13 @@ class _SeededFetch:
         collate_fn: Callable[[Any], Any],
         batched: bool,
         threaded: bool = False,
+        sample_seeds: bool = False,
     ) -> None:
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.batched = batched
         self.threaded = threaded
+        self.sample_seeds = sample_seeds
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -157,7 +161,10 @@ class _SeededFetch:
                 set_current_index(None)
                 batch_seed = _fold(p[1] for p in pairs)
             _enter_sample(_mix(batch_seed ^ _SALT_COLLATE), seed_globals=seed_globals)
-            return self.collate_fn(samples)
+            batch = self.collate_fn(samples)
+            if self.sample_seeds:
+                return SeededBatch(batch, tuple(p[1] for p in pairs))
+            return batch
         finally:
             _leave_sample()
 
@@ -284,6 +291,43 @@ def _backend_options(kwargs: dict[str, Any]) -> tuple[int, int | None, bool]:
             value=num_threads,
         )
     return num_threads, kwargs.pop("prefetch_factor", None), batched_fetch
+
+
+def _check_sample_seeds(value: Any, seed: Any, kwargs: dict[str, Any]) -> bool:
+    """Validate the ``sample_seeds`` option (a bool; needs a seed and automatic batching).
+
+    Raises:
+        ConfigError: not a bool (WF202), with ``seed=None``, or with ``batch_size=None``
+            (WF203).
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"Invalid option: sample_seeds={value!r} is not True or False. Pass "
+            "sample_seeds=True to receive SeededBatch(batch, seeds) batches.",
+            code="WF202",
+            attribute="sample_seeds",
+            value=value,
+        )
+    if not value:
+        return False
+    if seed is None:
+        raise ConfigError(
+            "Conflicting options: sample_seeds=True with seed=None: without a seed there are "
+            "no per-sample seeds to attach. Pass a seed, e.g. seed=0.",
+            code="WF203",
+            attribute="sample_seeds",
+            value=True,
+        )
+    if "batch_size" in kwargs and kwargs["batch_size"] is None:
+        raise ConfigError(
+            "Conflicting options: sample_seeds=True with batch_size=None: the seeds belong to "
+            "the samples of a batch, and batch_size=None turns batching off. Pass a "
+            "batch_size, or drop sample_seeds.",
+            code="WF203",
+            attribute="sample_seeds",
+            value=True,
+        )
+    return True
 
 
 def _epoch_target(user: Any) -> Any:
@@ -465,7 +509,10 @@ class SeededDataLoader(DataLoader[Any]):
     ``num_threads`` (thread workers in the main process, ``wellfed.backends``; they exclude
     ``num_workers``, and ``prefetch_factor`` is then batches in flight per thread) and
     ``batched_fetch`` (one ``dataset[list_of_indices]`` call per batch, default collate only).
-    How to reproduce and resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``.
+    How to reproduce and resume: ``seed``, ``set_epoch``, ``state_dict``, ``load_state_dict``;
+    ``sample_seeds=True`` (wellfed's own) yields ``wellfed.SeededBatch(batch, seeds)``, each
+    batch with its samples' seeds, for per-sample random transforms on the device
+    (``wellfed.to_device``; ``docs/device.md``).
 
     Args:
         dataset: The user's dataset. With ``seed``, it must be map-style.
@@ -537,6 +584,8 @@ class SeededDataLoader(DataLoader[Any]):
         call = dict(kwargs) if seed is None else {**kwargs, "seed": seed}
         num_threads, thread_prefetch, batched_fetch = _backend_options(kwargs)
         num_replicas, rank = kwargs.pop("num_replicas", None), kwargs.pop("rank", None)
+        sample_seeds = kwargs.pop("sample_seeds", False)
+        self.sample_seeds: bool = _check_sample_seeds(sample_seeds, seed, kwargs)
         self.num_threads: int = num_threads
         self.thread_prefetch_factor: int | None = thread_prefetch
         self.batched_fetch: bool = batched_fetch
@@ -666,10 +715,12 @@ class SeededDataLoader(DataLoader[Any]):
             collate_fn = self.collate_fn  # default_collate or default_convert, as torch chose
         threaded = num_threads > 0
         if batched_fetch and not _has_batched_fetch(dataset):
-            self._wf_fetch = _SeededFetch(IndexBatchFetch(dataset), _passthrough, True, threaded)
+            self._wf_fetch = _SeededFetch(
+                IndexBatchFetch(dataset), _passthrough, True, threaded, sample_seeds
+            )
         else:
             self._wf_fetch = _SeededFetch(
-                dataset, collate_fn, _has_batched_fetch(dataset), threaded
+                dataset, collate_fn, _has_batched_fetch(dataset), threaded, sample_seeds
             )
 
     def _check_batched_fetch(self, collate_fn: Any) -> None:

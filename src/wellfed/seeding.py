@@ -27,7 +27,7 @@ import random
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wellfed.errors import ConfigError
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SeedInfo",
+    "SeededBatch",
     "sample_generator",
     "sample_rng",
     "sample_seed",
@@ -56,6 +57,7 @@ _SALT_SAMPLER = 0x53414D50  # "SAMP"
 _SALT_COLLATE = 0x434F4C4C  # "COLL"
 _SALT_NUMPY_GEN = 0x4E50  # "NP"
 _SALT_TORCH_GEN = 0x5447  # "TG"
+_SALT_DEVICE = 0x444556  # "DEV": per-batch device transforms (wellfed.device)
 
 
 def _mix(x: int) -> int:
@@ -112,6 +114,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
         splitmix64 hashing of (seed, epoch, index); see ``_mix``.
     """
     return _sample_seed_from_key(_epoch_key(seed, epoch), index)
+
+
+class SeededBatch(NamedTuple):
+    """A collated batch with the per-sample seed of each of its samples.
+
+    A seeded loader built with ``sample_seeds=True`` (``create_dataloader(..., seed=0,
+    sample_seeds=True)``) yields these instead of the bare batch, so that per-sample random
+    transforms run later, on the device, per batch (``wellfed.device.BatchTransform``), draw
+    the same numbers for the same (seed, epoch, index) whatever the worker count.
+
+    A NamedTuple, so it pickles from worker processes, the DataLoader's pin-memory thread pins
+    it field by field, and ``wellfed.to_device`` moves ``batch`` while ``seeds`` (Python ints)
+    stay on the host, where the transforms derive their parameters without a device sync.
+
+    Attributes:
+        batch: What the collate function returned for the samples.
+        seeds: ``sample_seed(seed, epoch, index)`` of each sample, in batch order: a tuple of
+            B ints in [0, 2**64) (B = samples in the batch).
+    """
+
+    batch: Any
+    seeds: tuple[int, ...]
 
 
 # --- per-sample state (one per thread, so thread-based loaders do not mix samples) ----------

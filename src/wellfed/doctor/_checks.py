@@ -25,6 +25,7 @@ from wellfed.doctor._checks_sharding import check_iterable_sharding
 from wellfed.doctor._checks_shared_memory import check_shared_memory
 from wellfed.doctor._checks_stale import check_stale_state
 from wellfed.doctor._checks_threads import check_thread_hazards
+from wellfed.doctor._checks_transfer import check_float_images_from_workers
 from wellfed.doctor._checks_unpicklable import check_interactive_main, check_unpicklable
 from wellfed.doctor._checks_worker_config import (
     check_main_guard,
@@ -59,6 +60,7 @@ ALL_CHECKS: tuple[Callable[[Context], list[Finding]], ...] = (
     check_worker_count,
     check_pickled_size,
     check_main_guard,
+    check_float_images_from_workers,
 )
 
 

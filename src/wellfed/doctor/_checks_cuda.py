@@ -34,7 +34,8 @@ def check_cuda(ctx: Context) -> list[Finding]:
             "Keep the dataset on the CPU and move batches in the training loop: "
             "`for batch in loader: batch = batch.to('cuda', non_blocking=True)` with "
             "pin_memory=True. For a model that transforms samples, precompute its outputs once "
-            "(wellfed precompute) or run it per batch on the GPU in the main process."
+            "(wellfed precompute) or run it per batch on the GPU in the main process "
+            "(`wellfed.to_device(loader, 'cuda', transform=model)`; docs/device.md)."
         )
         for severity, methods, why in (
             (

@@ -61,8 +61,9 @@ def check_model_in_worker(ctx: Context) -> list[Finding]:
             "same outputs are computed again every epoch.",
             "Precompute its outputs once (`wellfed precompute SOURCE --fn MODEL`: workers then "
             "only read a memory-mapped store), or run it per batch in the main process (on "
-            "the GPU when there is one) after the loader, and keep the dataset to decoding and "
-            "cheap augmentation.",
+            "the GPU when there is one) after the loader: `wellfed.to_device(loader, device, "
+            "transform=BatchTransform([model], key=0))` (docs/device.md), and keep the dataset "
+            "to decoding and cheap augmentation.",
             f"static: {count:,} parameters ({mb(size)}) at {node.path}",
         )
         if f is not None:

@@ -2,6 +2,10 @@
 
 torchvision is optional: when it is installed its transforms are used; otherwise a Pillow
 implementation of the same four steps, written to match torchvision's algorithms.
+
+The split form (``builtin_dataset(output="uint8")``, issue 17): workers decode and crop to
+uint8 (3, size, size), a quarter of the float32 bytes; flip and normalise run per batch on
+the device (``device_train_transform()`` with ``wellfed.to_device``).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
+    "OUTPUTS",
     "PHOTOS_DIR",
     "ImageFolderDataset",
+    "PillowCropTransform",
     "PillowTrainTransform",
     "builtin_dataset",
     "builtin_spec",
+    "device_train_transform",
     "train_transform",
 ]
 
@@ -47,6 +54,10 @@ PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
 #: How often the built-in workload reads each shipped photo per epoch: 10 photos x 32 = 320
 #: samples, 10 batches of 32, enough for several measurement windows per epoch.
 BUILTIN_REPEAT = 32
+
+#: What the built-in workload's workers return: "float" (normalised float32, the standard
+#: pipeline) or "uint8" (cropped uint8; flip and normalise on the device).
+OUTPUTS = ("float", "uint8")
 
 
 class PillowTrainTransform:
@@ -147,6 +158,84 @@ class PillowTrainTransform:
             f"PillowTrainTransform(size={self.size}, scale={self.scale}, "
             f"ratio=({self.ratio[0]:.3f}, {self.ratio[1]:.3f}))"
         )
+
+
+class PillowCropTransform:
+    """RandomResizedCrop to a uint8 tensor (3, size, size): the worker half of the split form.
+
+    The crop is ``PillowTrainTransform``'s, drawn from ``wellfed.sample_generator()`` in the
+    same order, so a sample gets the same crop (the same pixels, before flip and
+    normalisation) in both forms. Flip and normalisation are left to the device:
+    ``device_train_transform()``, given to ``wellfed.to_device``, draws each sample's flip
+    from its seed (a seeded loader with ``sample_seeds=True``). Per sample this sends
+    3 x size x size bytes from the worker instead of 4 times that (float32).
+
+    Args:
+        size: Output side in pixels.
+        scale: Range of the crop's area as a fraction of the image's area.
+        ratio: Range of the crop's aspect ratio (width / height).
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    ) -> None:
+        self.size = size
+        self.scale = scale
+        self.ratio = ratio
+
+    def __call__(self, image: Any) -> Any:
+        """Map a PIL image (any mode) to a uint8 tensor (3, size, size)."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        from wellfed.seeding import sample_generator
+
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        crop = PillowTrainTransform(self.size, self.scale, self.ratio)
+        width, height = image.size
+        box = crop.crop_box(width, height, generator=sample_generator())
+        image = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        array = np.array(image, dtype=np.uint8)  # (H, W, 3), a writable copy
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return (
+            f"PillowCropTransform(size={self.size}, scale={self.scale}, "
+            f"ratio=({self.ratio[0]:.3f}, {self.ratio[1]:.3f}))"
+        )
+
+
+def device_train_transform() -> Any:
+    """The device half of the split form: flip, to float, normalise, per batch.
+
+    ``wellfed.BatchTransform([RandomHorizontalFlip(), ToFloat(), Normalize(IMAGENET_MEAN,
+    IMAGENET_STD)], key=0)``: for batches ``(uint8 images (B, 3, H, W), labels (B,))``, or
+    their ``SeededBatch``; returns ``(float32 images (B, 3, H, W), labels)``, normalised as
+    ``PillowTrainTransform`` does (the same float32 arithmetic). Flip before the conversion:
+    it moves a quarter of the bytes.
+
+    Example:
+        >>> ds = builtin_dataset(output="uint8")
+        >>> loader = wellfed.create_dataloader(ds, batch_size=32, seed=0, sample_seeds=True)
+        >>> for images, labels in wellfed.to_device(loader, "cuda",
+        ...                                         transform=device_train_transform()):
+        ...     ...
+    """
+    from wellfed.device import (
+        BatchTransform,
+        Normalize,
+        RandomHorizontalFlip,
+        ToFloat,
+    )
+
+    return BatchTransform(
+        [RandomHorizontalFlip(), ToFloat(), Normalize(IMAGENET_MEAN, IMAGENET_STD)], key=0
+    )
 
 
 def train_transform(size: int = 224) -> Callable[[Any], Any]:
@@ -422,6 +511,7 @@ def builtin_dataset(
     *,
     on_bad_file: str = "fail",
     size: int = 224,
+    output: str = "float",
 ) -> ImageFolderDataset:
     """The built-in workload's dataset: ImageFolder decode + augment.
 
@@ -434,15 +524,32 @@ def builtin_dataset(
             BUILTIN_REPEAT times per epoch (10 photos, 320 samples).
         on_bad_file: "fail" or "skip" (see ImageFolderDataset).
         size: Crop side in pixels.
+        output: "float": the whole pipeline in the workers (``PillowTrainTransform``);
+            "uint8": the split form, decode and crop only (``PillowCropTransform``), flip and
+            normalise on the device with ``device_train_transform()``.
 
     Returns:
-        A map-style dataset of (float32 tensor (3, size, size), int label).
+        A map-style dataset of (float32 tensor (3, size, size), int label), or with
+        ``output="uint8"`` of (uint8 tensor (3, size, size), int label).
+
+    Raises:
+        ConfigError: ``output`` is not one of OUTPUTS (WF010).
     """
+    if output not in OUTPUTS:
+        raise ConfigError(
+            f"Invalid option: output={output!r} is not one of 'float', 'uint8'. Use 'float' "
+            "(normalised float32 from the workers) or 'uint8' (flip and normalise on the "
+            "device).",
+            code="WF010",
+            attribute="output",
+            value=output,
+        )
+    transform: Any = PillowTrainTransform(size) if output == "float" else PillowCropTransform(size)
     if data is None:
         return ImageFolderDataset(
-            PHOTOS_DIR, PillowTrainTransform(size), on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
+            PHOTOS_DIR, transform, on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
         )
-    return ImageFolderDataset(data, PillowTrainTransform(size), on_bad_file=on_bad_file)
+    return ImageFolderDataset(data, transform, on_bad_file=on_bad_file)
 
 
 def builtin_spec(
@@ -450,12 +557,20 @@ def builtin_spec(
     *,
     on_bad_file: str = "fail",
     batch_size: int = 32,
+    output: str = "float",
 ) -> LoaderSpec:
-    """The built-in workload as a LoaderSpec: shuffled batches of 32 (3, 224, 224) images."""
+    """The built-in workload as a LoaderSpec: shuffled batches of 32 (3, 224, 224) images.
+
+    ``output="uint8"``: the workers' half of the split form (see ``builtin_dataset``).
+    """
     from wellfed.target import LoaderSpec
 
-    dataset = builtin_dataset(data, on_bad_file=on_bad_file)
-    backend = "torchvision" if not isinstance(dataset.transform, PillowTrainTransform) else "Pillow"
+    dataset = builtin_dataset(data, on_bad_file=on_bad_file, output=output)
+    backend = (
+        "torchvision"
+        if not isinstance(dataset.transform, (PillowTrainTransform, PillowCropTransform))
+        else "Pillow"
+    )
     if data is None:
         where = f"{len(dataset.samples)} shipped photos x {dataset.repeat}"
     else:
@@ -465,6 +580,11 @@ def builtin_spec(
         f"ImageFolder: JPEG decode, RandomResizedCrop(224), flip, normalize ({backend}) "
         f"over {where}{skipped}"
     )
+    if output == "uint8":
+        description = (
+            f"ImageFolder, split form: JPEG decode, RandomResizedCrop(224) to uint8 "
+            f"({backend}; flip and normalize on the device) over {where}{skipped}"
+        )
     return LoaderSpec(
         dataset=dataset,
         description=description,
