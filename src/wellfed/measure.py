@@ -78,9 +78,10 @@ def open_batches(loader: Any, *, keep_workers: bool = False) -> Iterator[Iterato
     it = iter(loader)
     try:
         yield it
-    except RuntimeError as exc:
+    except (RuntimeError, ConnectionError, EOFError) as exc:
         # torch reports a dead worker from its SIGCHLD handler, wherever the main process is
-        # at that moment: name it here too when it lands outside the iterator's next().
+        # at that moment (or as a lost connection to it): name it here too when it lands
+        # outside a wellfed iterator's next() (a plain DataLoader's iterator, a loop body).
         # Imported here, on the failure path: seeded_loader imports torch, measure does not.
         from wellfed.seeded_loader import worker_failure
 
@@ -223,9 +224,12 @@ class Trial:
         memory_kind: "rss+uss" (main process RSS plus workers' private memory) or "rss"
             (every process's RSS, where the OS gives no USS).
         elapsed_s: Wall seconds the trial took, start-up included.
-        error: The failure, with the worker's own message; None when ok.
+        error: The failure, with the worker's own message; None when ok. A worker that
+            died is named as ``WorkerStartError`` / ``WorkerCrashedError`` name it (worker id,
+            pid, signal, samples, likely cause and fix), without a traceback.
         error_code: The wellfed code of the error that failed the trial (e.g. "WF020": an
-            unreadable image, a problem in the data rather than in the configuration).
+            unreadable image, a problem in the data rather than in the configuration; WF301
+            or WF302: a worker died), else None.
         warnings: Warnings raised while loading (text), e.g. PyTorch's worker-count warning.
         torch_threads: torch's intra-op threads in the trial's main process (1 when the
             measuring process was forked: see ``run_isolated``).
@@ -470,6 +474,20 @@ def _run_trial(
     }
 
 
+def _run_trial_named(
+    make_loader: Callable[[LoaderConfig], Any], config: LoaderConfig, *args: Any
+) -> dict[str, Any]:
+    """``_run_trial``, with a worker's death or hang returned as its named error's text and
+    code: the message says all (worker, signal, samples, cause, fix); torch's frames add
+    nothing a user can act on."""
+    from wellfed.errors import WorkerError
+
+    try:
+        return _run_trial(make_loader, config, *args)
+    except WorkerError as exc:
+        return {"worker_error": str(exc), "code": exc.code}
+
+
 def measure(
     spec: LoaderSpec,
     config: LoaderConfig,
@@ -529,7 +547,7 @@ def measure(
             nproc,
         )
     result = run_isolated(
-        _run_trial,
+        _run_trial_named,
         make_loader if make_loader is not None else spec.make_loader,
         config,
         warmup_batches,
@@ -550,6 +568,16 @@ def measure(
             error_code=result.error_code,
         )
     data = result.value
+    if "worker_error" in data:
+        return Trial(
+            config=config,
+            status="failed",
+            peak_memory_bytes=result.peak_memory_bytes,
+            memory_kind=result.memory_kind,
+            elapsed_s=result.elapsed_s,
+            error=_short_error(data["worker_error"]),
+            error_code=data.get("code"),
+        )
     median, spread = summarize_windows(data["windows"])
     return Trial(
         config=config,

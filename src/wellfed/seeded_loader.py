@@ -27,6 +27,7 @@ import itertools
 import logging
 import re
 import signal
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ from torch.utils.data.dataloader import (
     _SingleProcessDataLoaderIter,
 )
 
+from wellfed._worker_death import (
+    RssSampler,
+    describe_death,
+    loading_text,
+    oom_counters,
+    signal_from_text,
+)
 from wellfed.backends import IndexBatchFetch, ThreadWorkersIter, set_current_index
 from wellfed.errors import (
     ConfigError,
@@ -351,32 +359,85 @@ def _valid_epoch(value: Any) -> TypeGuard[int]:
 
 # --- worker failures -------------------------------------------------------------------------
 
-#: What a worker's death by signal usually means, and what to do (the signal is a fact; the
-#: cause is the common one: SIGKILL from the kernel's OOM killer, SIGBUS from a full /dev/shm).
-_SIGNAL_HINTS = {
-    "SIGKILL": "likely the out-of-memory killer (see `dmesg`); lower num_workers, the batch "
-    "size or the dataset's per-worker memory",
-    "SIGSEGV": "a crash in native code called by __getitem__ (a C extension, OpenCV, a "
-    "corrupt file); run the dataset with num_workers=0 to see where",
-    "SIGBUS": "often /dev/shm exhausted (Docker's default is 64 MB); raise it "
-    "(docker run --shm-size=8g) or lower num_workers",
-    "SIGABRT": "an abort in native code (an assertion in a C extension)",
-}
 _WORKER_DIED = re.compile(
     r"DataLoader worker \(pids?\(?s?\)? ?([\d, ]+)\) "
     r"(?:exited unexpectedly|is killed by signal: (.+))"
 )
 
 
-def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
+def _plain_indices(task: Any, seeded: bool) -> list[Any]:
+    """The sample indices of one task sent to a worker (a batch's list, or one index); a
+    seeded loader's tasks pair each index with its seed, ``(index, seed)``."""
+    items = task if isinstance(task, list) else [task]
+    if seeded:
+        return [i[0] if isinstance(i, tuple) and len(i) == 2 else i for i in items]
+    return list(items)
+
+
+def _undelivered(it: Any, worker_id: int | None) -> list[list[Any]] | None:
+    """The sample indices of each task sent to worker ``worker_id`` that it never delivered,
+    oldest first: it died loading one of them (a worker runs its tasks in order, but a result
+    it had finished may die with it in its queue's feeder thread). None when unknown (an
+    iterator that does not record its tasks: a plain DataLoader's)."""
+    sent = getattr(it, "_wf_sent", None)
+    info = getattr(it, "_task_info", None)
+    if worker_id is None or not isinstance(sent, dict) or not isinstance(info, dict):
+        return None
+    seeded = isinstance(getattr(it, "_index_sampler", None), _SeededIndex)
+    pending = sorted(k for k, v in info.items() if len(v) == 1 and v[0] == worker_id)
+    tasks = [_plain_indices(sent[k], seeded) for k in pending if k in sent]
+    return tasks or None
+
+
+def _dead_worker(it: Any, pids: list[int]) -> tuple[int | None, int | None, int | None]:
+    """(worker id, pid, exit code) of the first named pid among the iterator's workers."""
+    for wid, worker in enumerate(getattr(it, "_workers", None) or ()):
+        pid = getattr(worker, "pid", None)
+        if pid in pids:
+            exitcode = worker.exitcode  # reaps a zombie (torch's waitid leaves it unreaped)
+            if exitcode is None:
+                worker.join(timeout=0.5)
+                exitcode = worker.exitcode
+            return wid, pid, exitcode
+    return None, (pids[0] if pids else None), None
+
+
+#: What torch's IPC raises in the main process when the worker at the other end just died (a
+#: batch's shared storage is fetched from the worker's resource sharer, or its pipe closes).
+IPC_ERRORS = (ConnectionError, EOFError)
+
+
+def _wait_for_dead(it: Any, wait_s: float = 1.0) -> list[int]:
+    """Pids of the iterator's workers that have died, waiting up to ``wait_s`` for one (a
+    worker's sockets close as it exits, a moment before it can be reaped)."""
+    import time
+
+    workers = list(getattr(it, "_workers", None) or ())
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [w.pid for w in workers if getattr(w, "exitcode", None) is not None]
+        if dead or not workers or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.01)
+
+
+def worker_failure(it: Any, exc: BaseException) -> WorkerError | None:
     """The wellfed error for a worker failure torch reported as ``exc``, or None (not one).
 
     torch reports a dead worker as ``RuntimeError("DataLoader worker (pid(s) N) exited
     unexpectedly")`` or "... is killed by signal: Killed.", and a missing batch as
-    "DataLoader timed out after T seconds". This names the signal (from the worker's exit
-    code), what it usually means and the fix, and keeps torch's text. Before the iterator
-    delivered its first batch the error is a ``WorkerStartError``, later a
-    ``WorkerCrashedError``; a timeout is a ``WorkerTimeoutError``. All subclass RuntimeError.
+    "DataLoader timed out after T seconds". This names the worker (id and pid), the signal
+    (from the worker's exit code, else torch's words), when (batches delivered), the sample
+    indices it was fetching (wellfed's iterators record them), the likely cause with its
+    evidence (``wellfed._worker_death.describe_death``: for SIGKILL the memory at death and
+    the kernel's OOM-kill counts) and the fix, and keeps torch's text. Before the iterator
+    delivered its first batch the error is a ``WorkerStartError`` (WF301), later a
+    ``WorkerCrashedError`` (WF302); a timeout is a ``WorkerTimeoutError`` (WF303). All
+    subclass RuntimeError. Facts: ``worker_id``, ``pid``, ``exitcode``, ``signal``,
+    ``indices`` (the samples of ``undelivered``, flat), ``undelivered`` (the index lists of
+    the tasks it was sent and never delivered, oldest first), ``batches_delivered``,
+    ``cause``, ``fix``, ``memory``. ``exc`` is torch's RuntimeError, or a ConnectionError /
+    EOFError from torch's IPC with a worker that died (then the dead worker is named).
     """
     if isinstance(exc, WorkerError):  # already named (the iterator's next() did it)
         return None
@@ -396,48 +457,108 @@ def worker_failure(it: Any, exc: RuntimeError) -> WorkerError | None:
             timeout_s=timeout,
             batches_delivered=delivered,
         )
-    match = _WORKER_DIED.search(text)
-    if match is None:
+    match = _WORKER_DIED.search(text) if isinstance(exc, RuntimeError) else None
+    if match is not None:
+        pids = [int(p) for p in re.findall(r"\d+", match.group(1))]
+    elif isinstance(exc, IPC_ERRORS) and "in DataLoader worker process" not in text:
+        # not the dataset's own error re-raised from a worker: the main process lost a
+        # worker's connection, because the worker died
+        pids = _wait_for_dead(it)
+        if not pids:
+            return None
+        text = f"{type(exc).__name__}: {text}"
+    else:
         return None
-    pids = [int(p) for p in re.findall(r"\d+", match.group(1))]
-    exitcode: int | None = None
-    for worker in getattr(it, "_workers", ()):
-        if getattr(worker, "pid", None) in pids and worker.exitcode is not None:
-            exitcode = worker.exitcode
-            break
-    name: str | None = None
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-    elif match.group(2):
-        said = match.group(2).strip().rstrip(".")
-        name = {
-            "Killed": "SIGKILL",
-            "Segmentation fault": "SIGSEGV",
-            "Bus error": "SIGBUS",
-            "Aborted": "SIGABRT",
-        }.get(said, said)
-    how = f"was killed by {name}" if name else f"exited (exit code {exitcode})"
-    hint = _SIGNAL_HINTS.get(name or "", "see the worker's own output above")
-    pid_text = ", ".join(str(p) for p in pids)
-    cls = WorkerStartError if delivered == 0 else WorkerCrashedError
+    worker_id, pid, exitcode = _dead_worker(it, pids)
+    sampler = getattr(it, "_wf_rss", None)
+    context = getattr(it, "_wf_start_method", None)
+    death = describe_death(
+        exitcode=exitcode,
+        signal_name=signal_from_text(text),
+        pid=pid,
+        rss=sampler.last(pid) if isinstance(sampler, RssSampler) else None,
+        oom_before=getattr(it, "_wf_oom_before", None),
+        start_method=context,
+        num_workers=getattr(it, "_num_workers", None),
+        prefetch_factor=getattr(it, "_prefetch_factor", None),
+    )
+    tasks = _undelivered(it, worker_id)
+    indices = [i for task in tasks for i in task] if tasks else None
+    who = f"DataLoader worker {worker_id} (pid {pid})" if worker_id is not None else (
+        f"DataLoader worker (pid {', '.join(str(p) for p in pids)})"
+    )
+    how = f"was killed by {death.signal}" if death.signal else (
+        f"exited with code {exitcode}" if exitcode is not None else "exited"
+    )
     if delivered is None:
         when = "while loading"
     elif delivered == 0:
         when = "before the first batch"
     else:
         when = f"after {delivered} batch(es)"
+    what = loading_text(tasks)
+    cls = WorkerStartError if delivered == 0 else WorkerCrashedError
     code = "WF301" if delivered == 0 else "WF302"
     return cls(
-        f"DataLoader worker (pid {pid_text}) {how} {when}: {hint}. PyTorch said: {text} [{code}]",
+        f"{who} {how} {when}{what}: {death.cause}. Fix: {death.fix}. PyTorch said: "
+        f"{text.strip()} [{code}]",
         code=code,
-        pid=pids[0] if pids else None,
+        worker_id=worker_id,
+        pid=pid,
         exitcode=exitcode,
-        signal=name,
+        signal=death.signal,
+        indices=indices,
+        undelivered=tasks,
         batches_delivered=delivered,
+        cause=death.cause,
+        fix=death.fix,
+        memory=death.memory,
     )
+
+
+#: Multiprocessing iterators whose workers may die: id -> weak reference (a plain dict: the
+#: SIGCHLD handler reads it between any two bytecodes of the main thread).
+_LIVE_ITERATORS: dict[int, Any] = {}
+
+
+def _sigchld_names_deaths() -> None:
+    """Make torch's SIGCHLD handler raise wellfed's named errors.
+
+    torch's handler (``torch.utils.data._utils.signal_handling``) raises its bare
+    RuntimeError wherever the main thread is when a worker dies: in ``next()``, but just as
+    often in the training step between two batches, where no iterator can catch it. This wraps
+    the handler once, so that what it raises is ``worker_failure``'s error for the iterator
+    that owns the dead worker (chained from torch's). Main thread only, as torch's own.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGCHLD)
+    if not callable(current) or getattr(current, "_wellfed_names_deaths", False):
+        return
+    torch_handler = current
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as exc:
+            if isinstance(exc, WorkerError):
+                raise
+            failure = None
+            for ref in list(_LIVE_ITERATORS.values()):
+                it = ref()
+                pids = {getattr(w, "pid", None) for w in getattr(it, "_workers", None) or ()}
+                named = [int(p) for p in re.findall(r"pids?\(?s?\)? ?(\d+)", str(exc))]
+                if it is not None and pids.intersection(named):
+                    failure = worker_failure(it, exc)
+                    break
+            if failure is None:
+                raise
+            raise failure from exc
+
+    handler._wellfed_names_deaths = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGCHLD, handler)
 
 
 # --- iterators -------------------------------------------------------------------------------
@@ -471,7 +592,7 @@ class _SeededIterMixin(_BaseDataLoaderIter):
             if self._wf_progress is not None:
                 self._wf_progress.exhausted = True
             raise
-        except RuntimeError as exc:
+        except (RuntimeError, *IPC_ERRORS) as exc:
             failure = worker_failure(self, exc)
             if failure is None:
                 raise
@@ -485,7 +606,70 @@ class _SeededSingleProcessIter(_SingleProcessDataLoaderIter, _SeededIterMixin):
     pass
 
 
-class _SeededMultiProcessingIter(_MultiProcessingDataLoaderIter, _SeededIterMixin):
+class _DeathWatchIter(_MultiProcessingDataLoaderIter):
+    """Worker processes whose death ``worker_failure`` can name in full: records the sample
+    indices sent to each worker, samples each worker's RSS (RssSampler, at most once a second,
+    in ``next()``), reads the kernel's OOM-kill counts when the workers start, and makes
+    torch's SIGCHLD handler raise the named error (``_sigchld_names_deaths``)."""
+
+    def __init__(self, loader: DataLoader[Any]) -> None:
+        self._wf_sent: dict[int, Any] = {}
+        self._wf_drawn: Any = None
+        self._wf_rss = RssSampler()
+        self._wf_oom_before = oom_counters()
+        ctx = loader.multiprocessing_context
+        self._wf_start_method: str | None = (
+            ctx.get_start_method() if ctx is not None else _mp_default_start_method()
+        )
+        super().__init__(loader)
+        key = id(self)
+        _LIVE_ITERATORS[key] = weakref.ref(self, lambda _r: _LIVE_ITERATORS.pop(key, None))
+        _sigchld_names_deaths()
+
+    def _reset(self, loader: Any, first_iter: bool = False) -> None:
+        self._wf_sent = {}
+        super()._reset(loader, first_iter)  # type: ignore[misc]
+
+    def _next_index(self) -> Any:
+        index = super()._next_index()  # type: ignore[misc]
+        self._wf_drawn = index
+        return index
+
+    def _try_put_index(self) -> None:
+        # torch draws the index and sends it in one method, keeping only the worker id per
+        # task: remember which indices task number ``_send_idx`` carried, until delivered.
+        before = self._send_idx  # type: ignore[has-type]
+        super()._try_put_index()  # type: ignore[misc]
+        if self._send_idx > before:  # type: ignore[has-type]
+            sent = self._wf_sent
+            sent[before] = self._wf_drawn
+            if len(sent) > 2 * len(self._task_info) + 16:  # type: ignore[has-type]
+                for k in [k for k in sent if k not in self._task_info]:  # type: ignore[has-type]
+                    del sent[k]
+
+    def _next_data(self) -> Any:
+        # before the wait and after it (rate-limited): the last sample is the latest possible
+        self._wf_rss.sample([w.pid for w in self._workers])  # type: ignore[has-type]
+        data = super()._next_data()  # type: ignore[misc]
+        self._wf_rss.sample([w.pid for w in self._workers])  # type: ignore[has-type]
+        return data
+
+    def _shutdown_workers(self) -> None:
+        live = _LIVE_ITERATORS
+        if live is not None:  # None at interpreter exit, when module globals are cleared
+            live.pop(id(self), None)
+        super()._shutdown_workers()  # type: ignore[misc]
+
+
+def _mp_default_start_method() -> str | None:
+    import multiprocessing
+
+    return multiprocessing.get_start_method(allow_none=True) or (
+        multiprocessing.get_all_start_methods()[0]
+    )
+
+
+class _SeededMultiProcessingIter(_DeathWatchIter, _SeededIterMixin):
     pass
 
 

@@ -189,11 +189,50 @@ def probe_one(
     # (any large tensor op), GNU OpenMP deadlocks on the next one here, so the main-process
     # half of the probe runs single-threaded, as DataLoader workers do.
     torch.set_num_threads(1)
+    from wellfed.errors import WorkerCrashedError, WorkerStartError
+
     with warnings.catch_warnings():
         # DataLoader's own hints (e.g. "Got pickle error when attempting to start a worker")
         # must not print from the library; the error itself is what the probe reports.
         warnings.simplefilter("ignore")
-        return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle)
+        try:
+            return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle)
+        except (WorkerStartError, WorkerCrashedError) as exc:
+            # A worker died (a signal, or an exit): what the loader named, as plain facts.
+            return {
+                "batches": exc.facts.get("batches_delivered") or 0,
+                "observations": {},
+                "worker_death": _death_facts(exc),
+            }
+
+
+def _death_facts(exc: Any) -> dict[str, Any]:
+    """The facts of a WorkerStartError/WorkerCrashedError, picklable and JSON-ready."""
+    facts = dict(exc.facts)
+
+    def plain(items: list[Any]) -> list[Any]:
+        return [i if isinstance(i, (int, str)) else repr(i) for i in items]
+
+    if facts.get("indices") is not None:
+        facts["indices"] = plain(facts["indices"])
+    if facts.get("undelivered") is not None:
+        facts["undelivered"] = [plain(t) for t in facts["undelivered"]]
+    keep = (
+        "worker_id",
+        "pid",
+        "exitcode",
+        "signal",
+        "indices",
+        "undelivered",
+        "batches_delivered",
+        "cause",
+        "fix",
+        "memory",
+    )
+    out = {k: facts.get(k) for k in keep}
+    out["code"] = exc.code
+    out["message"] = str(exc)
+    return out
 
 
 def _probe_one(
@@ -203,7 +242,11 @@ def _probe_one(
     loader_timeout_s: float,
     measure_pickle: bool,
 ) -> dict[str, Any]:
-    from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert
+    from torch.utils.data import IterableDataset, default_collate, default_convert
+
+    # The class create_dataloader builds and tune measures (seed=None: it loads as a plain
+    # DataLoader), so that a worker's death is named as users see it: worker, signal, samples.
+    from wellfed.seeded_loader import SeededDataLoader as DataLoader
 
     obs: dict[str, Any] = {}
     if measure_pickle:
@@ -337,6 +380,22 @@ def probe_all(
         ):
             reason = str(result.value["not_probed"])
             runs.append(ProbeRun(method, "not_probed", elapsed, 0, reason, {}))
+        elif (
+            result.status == "ok"
+            and isinstance(result.value, dict)
+            and result.value.get("worker_death")
+        ):
+            death = dict(result.value["worker_death"])
+            runs.append(
+                ProbeRun(
+                    method,
+                    "failed",
+                    elapsed,
+                    int(result.value.get("batches", 0)),
+                    _trim(str(death.get("message", ""))),
+                    {"worker_death": death},
+                )
+            )
         elif result.status == "ok" and isinstance(result.value, dict):
             runs.append(
                 ProbeRun(
@@ -353,8 +412,14 @@ def probe_all(
             # the dataset does not pickle): nothing was seen in workers, so nothing is judged.
             runs.append(ProbeRun(method, "not_probed", elapsed, 0, _trim(result.error or ""), {}))
         else:
+            obs: dict[str, Any] = {}
+            if result.status == "failed" and result.exitcode is not None and result.exitcode < 0:
+                # the probe's own process died (the dataset crashed it in the main process)
+                obs["process_death"] = {"exitcode": result.exitcode}
             runs.append(
-                ProbeRun(method, result.status, elapsed, 0, _trim(result.error or "no result"), {})
+                ProbeRun(
+                    method, result.status, elapsed, 0, _trim(result.error or "no result"), obs
+                )
             )
     return runs
 

@@ -1,9 +1,11 @@
 """The live probe's runs turned into findings: confirmed, refuted or new.
 
 ``apply_probes`` reads what the probe (``_probe``) saw in real workers under each start
-method: a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a CUDA error
-WF105/WF106, a shared-memory failure WF113; another crash or a hang is WF122, a start method
-the probe could not run WF123 (info). Identical random samples across workers confirm WF107,
+method: a worker killed by a signal is WF124 (the signal, the worker, the samples, the likely
+cause and fix, as ``WorkerStartError``/``WorkerCrashedError`` name it; SIGBUS also confirms
+WF113); a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a CUDA error
+WF105/WF106, a shared-memory failure WF113; another crash (a worker's exit code) or a hang is
+WF122, a start method the probe could not run WF123 (info). Identical random samples across workers confirm WF107,
 different ones refute it; samples yielded by several workers confirm WF117, none repeated
 refute it. Measured sample sizes and pickled size re-judge WF113/WF114 and WF120; worker
 memory is noted on WF109/WF110.
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import Any
+
+from wellfed._worker_death import describe_death, loading_text, signal_from_exitcode
 from wellfed.doctor._checks_rng import rng_fix
 from wellfed.doctor._checks_shared_memory import check_shared_memory
 from wellfed.doctor._checks_worker_config import check_pickled_size
@@ -50,6 +55,13 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 hit = True
         return hit
 
+    # start methods under which workers died by each signal (one finding names them all)
+    killed_under: dict[str, list[str]] = {}
+    for run in probes:
+        death = _signal_death(run)
+        if death is not None:
+            killed_under.setdefault(str(death["signal"]), []).append(run.start_method)
+
     for run in probes:
         m = run.start_method
         if run.status == "not_probed":
@@ -76,7 +88,37 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
         if run.status != "ok":
             error = run.error or ""
             first = _first_line(error)
-            if any(k in error for k in _PICKLE_MARKERS) and m != "fork":
+            death = run.observations.get("worker_death") or run.observations.get(
+                "process_death"
+            )
+            signalled = _signal_death(run)
+            if signalled is not None:
+                f = _death_finding(
+                    ctx, run, signalled, path_code, killed_under[str(signalled["signal"])]
+                )
+                if f is not None:
+                    if f.path == "env.dev_shm":
+                        update(("WF113",), m, f"a worker was killed by SIGBUS ({first[:120]})")
+                    out.append(f)
+                continue
+            if death is not None:  # a worker exited with an error code: named, unexplained
+                f = ctx.finding(
+                    "WF122",
+                    "error",
+                    path_code,
+                    f"Workers crashed under {m} in the live probe: {_death_text(death)}: "
+                    f"{death.get('cause')}.",
+                    _sentence(str(death.get("fix", "")))[:-1] + "; fix the findings listed "
+                    "for this start method first.",
+                    f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
+                    + _torch_said(str(death.get("message", ""))),
+                    (m,),
+                )
+                if f is not None:
+                    out.append(f)
+                continue
+            messages = _exception_lines(error)
+            if any(k in messages for k in _PICKLE_MARKERS) and m != "fork":
                 if not update(("WF101", "WF102"), m, first):
                     f = ctx.finding(
                         "WF101",
@@ -92,9 +134,11 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                     if f is not None:
                         out.append(f)
                 continue
-            if any(k in error for k in _CUDA_MARKERS) and update(("WF105", "WF106"), m, first):
+            if any(k in messages for k in _CUDA_MARKERS) and update(
+                ("WF105", "WF106"), m, first
+            ):
                 continue
-            if any(k in error for k in _SHM_MARKERS):
+            if any(k in messages for k in _SHM_MARKERS):
                 if not update(("WF113",), m, first):
                     f = ctx.finding(
                         "WF113",
@@ -227,6 +271,97 @@ def _refute(
             )
         out.append(f)
     return out
+
+
+def _death_text(death: dict[str, Any]) -> str:
+    """"DataLoader worker 0 (pid 4711) was killed by SIGSEGV before the first batch, loading
+    samples [3]", from a worker's death facts (the probe's isolated process: "the probe's
+    process was killed by SIGSEGV")."""
+    sig = death.get("signal")
+    if death.get("pid") is None and "worker_id" not in death:
+        how = f"was killed by {sig}" if sig else f"exited with code {death.get('exitcode')}"
+        return f"the probe's own process (where the dataset is pickled and fetched once) {how}"
+    wid = death.get("worker_id")
+    who = f"DataLoader worker {wid} (pid {death.get('pid')})" if wid is not None else (
+        f"DataLoader worker (pid {death.get('pid')})"
+    )
+    how = f"was killed by {sig}" if sig else f"exited with code {death.get('exitcode')}"
+    delivered = death.get("batches_delivered")
+    when = "" if delivered is None else (
+        " before the first batch" if delivered == 0 else f" after {delivered} batch(es)"
+    )
+    return f"{who} {how}{when}{loading_text(death.get('undelivered'))}"
+
+
+def _torch_said(message: str) -> str:
+    said = message.partition("PyTorch said: ")[2]
+    return ("PyTorch said: " + said.rsplit(" [WF", 1)[0].strip()) if said else message[:300]
+
+
+def _signal_death(run: ProbeRun) -> dict[str, Any] | None:
+    """The death facts of a run whose worker (or own process) a signal killed, with
+    ``signal`` set; None for any other run."""
+    if run.status == "ok":
+        return None
+    death = run.observations.get("worker_death") or run.observations.get("process_death")
+    if not isinstance(death, dict):
+        return None
+    sig = death.get("signal") or signal_from_exitcode(death.get("exitcode"))
+    return {**death, "signal": sig} if sig else None
+
+
+def _death_finding(
+    ctx: Context,
+    run: ProbeRun,
+    death: dict[str, Any],
+    path_code: str,
+    methods: list[str],
+) -> Finding | None:
+    """WF124: a worker (or the probe's own process) was killed by a signal.
+
+    ``methods`` are the start methods under which workers died by the same signal: when a
+    spawn or forkserver worker died too, the cause is not fork's, and neither is the fix.
+    """
+    m = run.start_method
+    sig = str(death["signal"])
+    not_fork = any(x in ("spawn", "forkserver") for x in methods)
+    if "cause" not in death or (not_fork and sig in ("SIGSEGV", "SIGABRT")):
+        # the probe's own process, or a crash spawn shares: described here, from the exit code
+        report = describe_death(
+            exitcode=death.get("exitcode"),
+            signal_name=sig,
+            start_method="spawn" if not_fork else m,
+        )
+        death = {**death, "cause": report.cause, "fix": report.fix}
+    under = ", ".join(methods[:-1]) + f" and {methods[-1]}" if len(methods) > 1 else m
+    detail = f" ({m}: {_death_text(death)})" if len(methods) > 1 else f": {_death_text(death)}"
+    return ctx.finding(
+        "WF124",
+        "error",
+        "env.dev_shm" if sig == "SIGBUS" else path_code,
+        f"A worker was killed by {sig} in the live probe under {under}{detail}: "
+        f"{death.get('cause')}.",
+        _sentence(str(death.get("fix") or "")),
+        f"confirmed live ({m}): exit code {death.get('exitcode')} ({sig}) after "
+        f"{run.elapsed_s:.1f} s; " + _torch_said(str(death.get("message", ""))),
+        (m,),
+    )
+
+
+def _sentence(text: str) -> str:
+    """``text`` with a capital first letter and a final full stop."""
+    text = text.strip().rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
+def _exception_lines(error: str) -> str:
+    """The lines of an error text that state exceptions, not a traceback's frames and source
+    (whose words, e.g. a variable called ``measure_pickle``, say nothing about the cause)."""
+    return "\n".join(
+        line
+        for line in error.splitlines()
+        if line.strip() and not line.startswith((" ", "\t", "Traceback (most recent call"))
+    )
 
 
 def _first_line(error: str) -> str:
