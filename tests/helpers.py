@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import threading
+import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -59,6 +61,37 @@ class HangingDataset(SquaresDataset):
         return super().__getitem__(index)
 
 
+class SignalDataset(SquaresDataset):
+    """In a worker process, indices >= ``at`` die by a real signal.
+
+    ``how`` is "segfault" (a real SIGSEGV: native code reads address 0), or the name of a
+    signal the worker sends itself ("SIGKILL", as the OOM killer would; "SIGBUS"). With
+    ``go_file``, a worker waits (up to 60 s) for that file to exist before it dies, so that a
+    test can choose where the main process is when the death lands. The main process never
+    dies: ``dataset[i]`` there returns the sample.
+    """
+
+    def __init__(
+        self, n: int = 32, how: str = "segfault", at: int = 8, go_file: str | None = None
+    ) -> None:
+        super().__init__(n)
+        self.how = how
+        self.at = at
+        self.go_file = go_file
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if index >= self.at and get_worker_info() is not None:
+            if self.go_file is not None:
+                deadline = time.monotonic() + 60
+                while not os.path.exists(self.go_file) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # polling a file the test creates, not a timed wait
+            if self.how == "segfault":
+                ctypes.string_at(0)  # reads address 0: SIGSEGV
+            os.kill(os.getpid(), getattr(signal, self.how))
+            threading.Event().wait(10)  # the signal is delivered before this returns
+        return super().__getitem__(index)
+
+
 # Targets for resolve_target and the CLI (tests.helpers:<name>).
 squares = SquaresDataset(64)
 empty = SquaresDataset(0)
@@ -92,3 +125,7 @@ class TransformedSquares(SquaresDataset):
 
 # Unpicklable under spawn and forkserver (a lambda); fine under fork.
 lambda_squares = TransformedSquares(32, lambda x: x * 2)
+
+# Workers die by signal from the 4th sample on (the doctor's probe fetches 0 x16, then 1..8).
+segfaulting = SignalDataset(32, "segfault", at=3)
+sigkilled = SignalDataset(32, "SIGKILL", at=3)

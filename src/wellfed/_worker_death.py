@@ -377,11 +377,15 @@ def describe_death(
         where = "/dev/shm"
         if shm is not None:
             shm_facts["shm_free_bytes"], shm_facts["shm_total_bytes"] = shm
-            where = f"/dev/shm ({format_bytes(shm[0])} free of {format_bytes(shm[1])} now)"
+            where = (
+                f"/dev/shm ({format_bytes(shm[0])} free of {format_bytes(shm[1])} now, after "
+                "the dead worker's segments were freed)"
+            )
         return DeathReport(
             name,
-            f"shared memory exhausted: batches travel from workers through {where}, and a "
-            "worker writing past its end gets SIGBUS",
+            f"likely shared memory exhausted: batches travel from workers through {where}"
+            ", and a worker writing past its end gets SIGBUS (or a memory-mapped file shrank "
+            "while a worker read it)",
             f"give the container more shared memory (docker run --shm-size=8g), or lower "
             f"{lower} or the batch size; `df -h /dev/shm` shows its size",
             shm_facts,

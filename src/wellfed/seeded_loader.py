@@ -516,6 +516,16 @@ def worker_failure(it: Any, exc: BaseException) -> WorkerError | None:
     )
 
 
+def _abandon(it: Any) -> None:
+    """Drop a failed iterator from its loader (``loader._iterator``, kept for persistent
+    workers): the loader's next ``iter()`` starts new workers, and the failed iterator's
+    workers stop when it is released (torch's ``__del__``) or shut down."""
+    ref = getattr(it, "_wf_loader", None)
+    loader = ref() if ref is not None else None
+    if loader is not None and getattr(loader, "_iterator", None) is it:
+        loader._iterator = None
+
+
 #: Multiprocessing iterators whose workers may die: id -> weak reference (a plain dict: the
 #: SIGCHLD handler reads it between any two bytecodes of the main thread).
 _LIVE_ITERATORS: dict[int, Any] = {}
@@ -545,14 +555,18 @@ def _sigchld_names_deaths() -> None:
         except RuntimeError as exc:
             if isinstance(exc, WorkerError):
                 raise
-            failure = None
+            failure, it = None, None
+            named = [int(p) for p in re.findall(r"pids?\(?s?\)? ?(\d+)", str(exc))]
             for ref in list(_LIVE_ITERATORS.values()):
                 it = ref()
                 pids = {getattr(w, "pid", None) for w in getattr(it, "_workers", None) or ()}
-                named = [int(p) for p in re.findall(r"pids?\(?s?\)? ?(\d+)", str(exc))]
                 if it is not None and pids.intersection(named):
                     failure = worker_failure(it, exc)
+                    # No shutdown here (a signal handler may interrupt any queue call): the
+                    # loader lets go of the iterator, whose workers stop when it is released.
+                    _abandon(it)
                     break
+            del it  # this frame stays in the traceback: it must not keep the iterator alive
             if failure is None:
                 raise
             raise failure from exc
@@ -593,8 +607,18 @@ class _SeededIterMixin(_BaseDataLoaderIter):
                 self._wf_progress.exhausted = True
             raise
         except (RuntimeError, *IPC_ERRORS) as exc:
-            failure = worker_failure(self, exc)
+            # already named when the SIGCHLD handler raised it inside torch's own code
+            failure = exc if isinstance(exc, WorkerError) else worker_failure(self, exc)
             if failure is None:
+                raise
+            # This iterator cannot go on: stop its other workers now, and let the loader's
+            # next epoch start new ones (persistent workers would else stay with a dead peer).
+            _abandon(self)
+            try:
+                self._shutdown_workers()
+            except Exception:  # the named failure matters more than how shutdown went
+                logger.debug("shutting down after a worker died failed", exc_info=True)
+            if failure is exc:
                 raise
             raise failure from exc
         if self._wf_progress is not None:
@@ -1110,6 +1134,7 @@ class SeededDataLoader(DataLoader[Any]):
             it = super().__iter__()
         progress = _Progress(epoch=epoch, start=skip)
         it._wf_progress = progress  # type: ignore[attr-defined]
+        it._wf_loader = weakref.ref(self)  # type: ignore[attr-defined]
         self._wf_progress = progress
         return it
 

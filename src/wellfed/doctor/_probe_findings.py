@@ -333,6 +333,16 @@ def _death_finding(
             start_method="spawn" if not_fork else m,
         )
         death = {**death, "cause": report.cause, "fix": report.fix}
+    elif sig in ("SIGKILL", "SIGBUS"):
+        # the probe ran 2 workers of its own: the fix names the user's settings
+        pf = ctx.settings.get("prefetch_factor")
+        report = describe_death(
+            exitcode=death.get("exitcode"),
+            signal_name=sig,
+            num_workers=ctx.num_workers,
+            prefetch_factor=pf if isinstance(pf, int) else None,
+        )
+        death = {**death, "fix": report.fix}
     under = ", ".join(methods[:-1]) + f" and {methods[-1]}" if len(methods) > 1 else m
     detail = f" ({m}: {_death_text(death)})" if len(methods) > 1 else f": {_death_text(death)}"
     return ctx.finding(
