@@ -281,8 +281,7 @@ def _memory_at_death(
     if rss is not None:
         facts["worker_rss_bytes"], facts["rss_age_s"] = rss[0], round(rss[1], 2)
         parts.append(
-            f"the worker's RSS was {format_bytes(rss[0])} when last sampled, "
-            f"{rss[1]:.1f} s before"
+            f"the worker's RSS was {format_bytes(rss[0])} when last sampled, {rss[1]:.1f} s before"
         )
     else:
         parts.append("the worker's RSS was not sampled")
@@ -301,10 +300,14 @@ def _memory_at_death(
         grew = {k: v for k, v in rose.items() if v[1] > v[0]}
         if grew:
             killed_by_kernel = True
-            text += "; the kernel's OOM killer ran meanwhile (" + ", ".join(
-                f"{'/proc/vmstat' if k == 'system' else 'cgroup'} oom_kill {a} -> {b}"
-                for k, (a, b) in grew.items()
-            ) + ")"
+            text += (
+                "; the kernel's OOM killer ran meanwhile ("
+                + ", ".join(
+                    f"{'/proc/vmstat' if k == 'system' else 'cgroup'} oom_kill {a} -> {b}"
+                    for k, (a, b) in grew.items()
+                )
+                + ")"
+            )
         elif rose:
             system = rose.get("system", next(iter(rose.values())))
             text += (

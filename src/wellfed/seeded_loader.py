@@ -484,11 +484,15 @@ def worker_failure(it: Any, exc: BaseException) -> WorkerError | None:
     )
     tasks = _undelivered(it, worker_id)
     indices = [i for task in tasks for i in task] if tasks else None
-    who = f"DataLoader worker {worker_id} (pid {pid})" if worker_id is not None else (
-        f"DataLoader worker (pid {', '.join(str(p) for p in pids)})"
+    who = (
+        f"DataLoader worker {worker_id} (pid {pid})"
+        if worker_id is not None
+        else (f"DataLoader worker (pid {', '.join(str(p) for p in pids)})")
     )
-    how = f"was killed by {death.signal}" if death.signal else (
-        f"exited with code {exitcode}" if exitcode is not None else "exited"
+    how = (
+        f"was killed by {death.signal}"
+        if death.signal
+        else (f"exited with code {exitcode}" if exitcode is not None else "exited")
     )
     if delivered is None:
         when = "while loading"
@@ -615,7 +619,9 @@ class _SeededIterMixin(_BaseDataLoaderIter):
             # next epoch start new ones (persistent workers would else stay with a dead peer).
             _abandon(self)
             try:
-                self._shutdown_workers()
+                close_iterator = getattr(self, "_shutdown_workers", None)
+                if callable(close_iterator):
+                    close_iterator()
             except Exception:  # the named failure matters more than how shutdown went
                 logger.debug("shutting down after a worker died failed", exc_info=True)
             if failure is exc:
@@ -652,44 +658,45 @@ class _DeathWatchIter(_MultiProcessingDataLoaderIter):
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         self._wf_sent = {}
-        super()._reset(loader, first_iter)  # type: ignore[misc]
+        super()._reset(loader, first_iter)
 
     def _next_index(self) -> Any:
-        index = super()._next_index()  # type: ignore[misc]
+        index = super()._next_index()  # type: ignore[no-untyped-call]
         self._wf_drawn = index
         return index
 
     def _try_put_index(self) -> None:
         # torch draws the index and sends it in one method, keeping only the worker id per
         # task: remember which indices task number ``_send_idx`` carried, until delivered.
-        before = self._send_idx  # type: ignore[has-type]
-        super()._try_put_index()  # type: ignore[misc]
-        if self._send_idx > before:  # type: ignore[has-type]
+        before = self._send_idx
+        super()._try_put_index()
+        if self._send_idx > before:
             sent = self._wf_sent
             sent[before] = self._wf_drawn
-            if len(sent) > 2 * len(self._task_info) + 16:  # type: ignore[has-type]
-                for k in [k for k in sent if k not in self._task_info]:  # type: ignore[has-type]
+            if len(sent) > 2 * len(self._task_info) + 16:
+                for k in [k for k in sent if k not in self._task_info]:
                     del sent[k]
 
     def _next_data(self) -> Any:
         # before the wait and after it (rate-limited): the last sample is the latest possible
-        self._wf_rss.sample([w.pid for w in self._workers])  # type: ignore[has-type]
-        data = super()._next_data()  # type: ignore[misc]
-        self._wf_rss.sample([w.pid for w in self._workers])  # type: ignore[has-type]
+        self._wf_rss.sample([w.pid for w in self._workers])
+        data = super()._next_data()  # type: ignore[no-untyped-call]
+        self._wf_rss.sample([w.pid for w in self._workers])
         return data
 
     def _shutdown_workers(self) -> None:
         live = _LIVE_ITERATORS
         if live is not None:  # None at interpreter exit, when module globals are cleared
             live.pop(id(self), None)
-        super()._shutdown_workers()  # type: ignore[misc]
+        super()._shutdown_workers()
 
 
 def _mp_default_start_method() -> str | None:
     import multiprocessing
 
-    return multiprocessing.get_start_method(allow_none=True) or (
-        multiprocessing.get_all_start_methods()[0]
+    return (
+        multiprocessing.get_start_method(allow_none=True)
+        or (multiprocessing.get_all_start_methods()[0])
     )
 
 

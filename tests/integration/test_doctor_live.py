@@ -102,7 +102,9 @@ def test_crash_is_reported() -> None:
     report = diagnose(d.CrashingDataset(), start_methods=["fork"], timeout_s=20)
     (f,) = report.findings
     assert f.code == "WF122"
-    assert "exited unexpectedly" in f.message
+    assert "DataLoader worker 0 (pid " in f.message or "DataLoader worker 1 (pid " in f.message
+    assert "exited with code 3" in f.message
+    assert "exited unexpectedly" in f.evidence  # torch's own words
     assert report.has_errors
 
 

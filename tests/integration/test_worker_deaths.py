@@ -67,11 +67,15 @@ def test_a_segfaulting_worker_is_named_with_signal_samples_cause_and_fix(method:
     assert isinstance(err.pid, int)
     assert err.batches_delivered >= 1
     # the worker died loading one of the batches it had been sent: those hold index >= 8
-    assert err.indices and max(err.indices) >= 8
+    assert err.indices
+    assert max(err.indices) >= 8
     text = str(err)
-    assert text.startswith(f"DataLoader worker {err.worker_id} (pid {err.pid}) was killed by SIGSEGV")
+    assert text.startswith(
+        f"DataLoader worker {err.worker_id} (pid {err.pid}) was killed by SIGSEGV"
+    )
     assert "a crash in native code" in text
-    assert "num_workers=0" in text and "faulthandler" in text
+    assert "num_workers=0" in text
+    assert "faulthandler" in text
     if method == "fork":
         assert "do not survive fork (CUDA, OpenMP" in text
         assert "multiprocessing_context='spawn' or 'forkserver' (now 'fork')" in text
@@ -122,7 +126,8 @@ def test_a_sigbus_names_dev_shm() -> None:
     err = info.value
     assert err.signal == "SIGBUS"
     assert "shared memory exhausted" in str(err)
-    assert "/dev/shm (" in str(err) and "--shm-size" in str(err)
+    assert "/dev/shm (" in str(err)
+    assert "--shm-size" in str(err)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -135,18 +140,9 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     it = iter(loader)
     batch = next(it)
     assert batch is not None
+    go.touch()
     with pytest.raises(wellfed.WorkerCrashedError) as info:
-        go.touch()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # "the training step": poll for the death
-            if any(_zombie(c) for c in me.children()):
-                break
-            time.sleep(0.01)
-        # the handler may run at the poll above or here; either way no next() is involved
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-        pytest.fail("no error was raised for the dead worker")
+        _training_step(me)
     err = info.value
     assert err.signal == "SIGSEGV"
     assert err.indices == [4, 5]
@@ -154,6 +150,19 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     assert isinstance(err.__cause__, RuntimeError)
     assert loader._iterator is None  # the loader let go of it: its next epoch starts afresh
     del it  # its other worker stops with it (the autouse fixture checks)
+
+
+def _training_step(me: psutil.Process) -> None:
+    """Stands for the training step between two batches: no next() runs here."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # poll for the death; the handler may raise anywhere
+        if any(_zombie(c) for c in me.children()):
+            break
+        time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    pytest.fail("no error was raised for the dead worker")
 
 
 def _zombie(p: psutil.Process) -> bool:
@@ -219,7 +228,8 @@ def test_tune_reports_the_dead_workers_trial() -> None:
 def test_doctor_names_a_segfault_not_an_unpicklable_dataset(method: str) -> None:
     report = diagnose(SignalDataset(32, "segfault", at=3), start_methods=[method], timeout_s=60)
     codes = [f.code for f in report.findings]
-    assert "WF101" not in codes and "WF102" not in codes
+    assert "WF101" not in codes
+    assert "WF102" not in codes
     (f,) = [f for f in report.findings if f.code == "WF124"]
     assert f.severity == "error"
     assert f.path == "type(dataset).__getitem__"
@@ -262,7 +272,9 @@ def test_doctor_cli_on_segfaulting_workers_leaves_nothing_behind() -> None:
     env = {
         **os.environ,
         "WELLFED_TEST_MARK": marker,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     args = [sys.executable, "-m", "wellfed", "doctor", "tests.helpers:segfaulting"]
     args += [a for m in METHODS for a in ("--start-method", m)]
@@ -272,7 +284,8 @@ def test_doctor_cli_on_segfaulting_workers_leaves_nothing_behind() -> None:
     assert done.returncode == 1, done.stderr[-2000:]
     data = json.loads(done.stdout)
     codes = [f["code"] for f in data["findings"]]
-    assert "WF124" in codes and "WF101" not in codes, codes
+    assert "WF124" in codes, codes
+    assert "WF101" not in codes, codes
     (f,) = [f for f in data["findings"] if f["code"] == "WF124"]
     assert "SIGSEGV" in f["message"]
     assert f["start_methods"] == METHODS

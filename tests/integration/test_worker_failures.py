@@ -73,8 +73,12 @@ def test_a_sigkilled_worker_is_named_with_the_oom_hint() -> None:
     assert err.code == "WF302"
     assert err.signal == "SIGKILL"
     assert err.batches_delivered >= 1
-    assert "out-of-memory killer" in str(err)
+    assert "likely the OOM killer; memory at death: " in str(err) or (
+        "the kernel's OOM killer; memory at death: " in str(err)
+    )
     assert err.pid is not None
+    assert err.worker_id == 0
+    assert 4 in err.indices  # index 4 killed it
 
 
 def test_a_worker_killed_before_its_first_batch_is_a_start_error() -> None:

@@ -19,7 +19,9 @@ def test_signal_names_from_exit_codes_and_torch_words() -> None:
     assert signal_from_exitcode(-signal.SIGSEGV) == "SIGSEGV"
     assert signal_from_exitcode(3) is None
     assert signal_from_exitcode(None) is None
-    assert signal_from_text("DataLoader worker (pid 7) is killed by signal: Bus error. ") == "SIGBUS"
+    assert (
+        signal_from_text("DataLoader worker (pid 7) is killed by signal: Bus error. ") == "SIGBUS"
+    )
     assert signal_from_text("... is killed by signal: Killed.") == "SIGKILL"
     assert signal_from_text("DataLoader worker (pid(s) 7) exited unexpectedly") is None
 
@@ -51,10 +53,12 @@ def test_sigsegv_names_native_code_and_the_fork_hint_only_under_fork() -> None:
     fork = describe_death(exitcode=-11, start_method="fork")
     assert "a crash in native code" in fork.cause
     assert "CUDA, OpenMP" in fork.cause
-    assert "num_workers=0" in fork.fix and "faulthandler" in fork.fix
+    assert "num_workers=0" in fork.fix
+    assert "faulthandler" in fork.fix
     assert "multiprocessing_context='spawn' or 'forkserver' (now 'fork')" in fork.fix
     spawn = describe_death(exitcode=-11, start_method="spawn")
-    assert "fork" not in spawn.cause and "spawn" not in spawn.fix
+    assert "fork" not in spawn.cause
+    assert "spawn" not in spawn.fix
 
 
 def test_sigbus_names_dev_shm_and_an_exit_code_names_the_code() -> None:

@@ -417,9 +417,7 @@ def probe_all(
                 # the probe's own process died (the dataset crashed it in the main process)
                 obs["process_death"] = {"exitcode": result.exitcode}
             runs.append(
-                ProbeRun(
-                    method, result.status, elapsed, 0, _trim(result.error or "no result"), obs
-                )
+                ProbeRun(method, result.status, elapsed, 0, _trim(result.error or "no result"), obs)
             )
     return runs
 

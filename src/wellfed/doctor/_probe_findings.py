@@ -5,16 +5,15 @@ method: a worker killed by a signal is WF124 (the signal, the worker, the sample
 cause and fix, as ``WorkerStartError``/``WorkerCrashedError`` name it; SIGBUS also confirms
 WF113); a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a CUDA error
 WF105/WF106, a shared-memory failure WF113; another crash (a worker's exit code) or a hang is
-WF122, a start method the probe could not run WF123 (info). Identical random samples across workers confirm WF107,
-different ones refute it; samples yielded by several workers confirm WF117, none repeated
-refute it. Measured sample sizes and pickled size re-judge WF113/WF114 and WF120; worker
-memory is noted on WF109/WF110.
+WF122, a start method the probe could not run WF123 (info). Identical random samples across
+workers confirm WF107, different ones refute it; samples yielded by several workers confirm
+WF117, none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114
+and WF120; worker memory is noted on WF109/WF110.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 from wellfed._worker_death import describe_death, loading_text, signal_from_exitcode
@@ -88,9 +87,7 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
         if run.status != "ok":
             error = run.error or ""
             first = _first_line(error)
-            death = run.observations.get("worker_death") or run.observations.get(
-                "process_death"
-            )
+            death = run.observations.get("worker_death") or run.observations.get("process_death")
             signalled = _signal_death(run)
             if signalled is not None:
                 f = _death_finding(
@@ -134,9 +131,7 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                     if f is not None:
                         out.append(f)
                 continue
-            if any(k in messages for k in _CUDA_MARKERS) and update(
-                ("WF105", "WF106"), m, first
-            ):
+            if any(k in messages for k in _CUDA_MARKERS) and update(("WF105", "WF106"), m, first):
                 continue
             if any(k in messages for k in _SHM_MARKERS):
                 if not update(("WF113",), m, first):
@@ -274,7 +269,7 @@ def _refute(
 
 
 def _death_text(death: dict[str, Any]) -> str:
-    """"DataLoader worker 0 (pid 4711) was killed by SIGSEGV before the first batch, loading
+    """ "DataLoader worker 0 (pid 4711) was killed by SIGSEGV before the first batch, loading
     samples [3]", from a worker's death facts (the probe's isolated process: "the probe's
     process was killed by SIGSEGV")."""
     sig = death.get("signal")
@@ -282,13 +277,17 @@ def _death_text(death: dict[str, Any]) -> str:
         how = f"was killed by {sig}" if sig else f"exited with code {death.get('exitcode')}"
         return f"the probe's own process (where the dataset is pickled and fetched once) {how}"
     wid = death.get("worker_id")
-    who = f"DataLoader worker {wid} (pid {death.get('pid')})" if wid is not None else (
-        f"DataLoader worker (pid {death.get('pid')})"
+    who = (
+        f"DataLoader worker {wid} (pid {death.get('pid')})"
+        if wid is not None
+        else (f"DataLoader worker (pid {death.get('pid')})")
     )
     how = f"was killed by {sig}" if sig else f"exited with code {death.get('exitcode')}"
     delivered = death.get("batches_delivered")
-    when = "" if delivered is None else (
-        " before the first batch" if delivered == 0 else f" after {delivered} batch(es)"
+    when = (
+        ""
+        if delivered is None
+        else (" before the first batch" if delivered == 0 else f" after {delivered} batch(es)")
     )
     return f"{who} {how}{when}{loading_text(death.get('undelivered'))}"
 

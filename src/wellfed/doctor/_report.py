@@ -66,7 +66,10 @@ CODES: dict[str, tuple[str, str]] = {
     "WF121": ("worker-config", "script without the __main__ guard that spawn needs"),
     "WF122": ("worker-config", "workers crashed or hung in the live probe"),
     "WF123": ("worker-config", "live probe not run for a start method (static findings only)"),
-    "WF124": ("worker-config", "workers killed by a signal in the live probe (SIGSEGV, SIGKILL...)"),
+    "WF124": (
+        "worker-config",
+        "workers killed by a signal in the live probe (SIGSEGV, SIGKILL...)",
+    ),
     "WF125": ("worker-config", "normalised float32 images sent from workers (4x uint8's bytes)"),
     "WF126": ("model-in-worker", "neural-network model run per sample in the workers"),
 }
