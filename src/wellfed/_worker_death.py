@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,6 @@ __all__ = [
     "format_indices",
     "loading_text",
     "oom_counters",
-    "rss_bytes",
     "signal_from_exitcode",
     "signal_from_text",
 ]
@@ -75,16 +75,6 @@ def signal_from_text(text: str) -> str | None:
     return _STRSIGNAL.get(said, said)
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a live process in bytes (psutil), or None when it is gone."""
-    try:
-        import psutil
-
-        return int(psutil.Process(pid).memory_info().rss)
-    except Exception:
-        return None
-
-
 #: Seconds between two samples of the workers' RSS by a loader's iterator (each sample reads
 #: /proc/PID/statm once per worker: ~20 us; taken in ``next()``, never by a thread).
 RSS_SAMPLE_INTERVAL_S = 1.0
@@ -101,8 +91,6 @@ class RssSampler:
 
     def sample(self, pids: Sequence[int | None]) -> None:
         """Read each live worker's RSS, unless the last reading is under the interval old."""
-        import time
-
         now = time.monotonic()
         if now < self._next:
             return
@@ -122,8 +110,6 @@ class RssSampler:
 
     def last(self, pid: int | None) -> tuple[int, float] | None:
         """(bytes, seconds ago) of the last RSS read of ``pid``, or None (never sampled)."""
-        import time
-
         if pid is None or pid not in self._last:
             return None
         rss, when = self._last[pid]

@@ -751,6 +751,14 @@ class SeededDataLoader(DataLoader[Any]):
     loader was built. One live iterator per loader at a time (torch's rule for persistent
     workers too).
 
+    A worker that dies (a signal, an exit) makes iteration raise ``WorkerStartError`` (before
+    the first batch of the iteration, WF301) or ``WorkerCrashedError`` (WF302), naming the
+    worker's id and pid, the signal, the samples it had been sent and not delivered, the
+    likely cause with its evidence (SIGKILL: the memory at death and the kernel's OOM-kill
+    counts) and the fix, with torch's error chained; also when torch's SIGCHLD handler raises
+    it outside ``next()`` (in the training step). The loader then drops that iterator and its
+    workers: the next ``iter(loader)`` starts new ones. See ``docs/errors.md`` (WF3xx).
+
     ``loader.sampler`` and ``loader.batch_sampler`` are the user's objects when given. Given
     no sampler, the sampler is a ``wellfed.WorldInvariantSampler`` (a ``DistributedSampler``,
     and a ``RandomSampler``/``SequentialSampler`` as it shuffles or not): under
