@@ -902,6 +902,7 @@ def run_isolated_group(
                 elapsed,
                 peak,
                 kinds[rank],
+                error_code=message[3] if message is not None and len(message) > 3 else None,
             )
         )
     return results

@@ -488,6 +488,15 @@ def _run_trial_named(
         return {"worker_error": str(exc), "code": exc.code}
 
 
+def _named_worker_error(result: IsolatedResult) -> str | None:
+    """A member's error text; for a dead or hung worker (WF301-303) its message alone, which
+    says all (the traceback's torch frames add nothing a user can act on)."""
+    error = result.error
+    if error and result.error_code in ("WF301", "WF302", "WF303"):
+        return error.split("\n", 1)[0]
+    return error
+
+
 def measure(
     spec: LoaderSpec,
     config: LoaderConfig,
@@ -618,7 +627,7 @@ def _measure_group(
 ) -> Trial:
     """``measure(nproc=N)``: N trial processes at once, figures per rank (see measure())."""
     results = run_isolated_group(
-        _run_trial,
+        _run_trial,  # raises, so that a member's failure breaks the group's barrier
         [(make_loader, config, *settings)] * nproc,
         timeout_s=timeout_s,
         sample_memory=True,
@@ -638,7 +647,8 @@ def _measure_group(
             peak_memory_bytes=max(mems) if mems else None,
             memory_kind=kind,
             elapsed_s=elapsed,
-            error=_short_error(f"rank {rank}: {first.error}"),
+            error=_short_error(f"rank {rank}: {_named_worker_error(first)}"),
+            error_code=first.error_code,
             nproc=nproc,
         )
     ranks = []

@@ -208,6 +208,25 @@ def test_a_trial_whose_worker_dies_is_failed_with_the_named_error(method: str) -
     assert trial.to_dict()["error_code"] == trial.error_code
 
 
+def test_a_group_trial_whose_worker_dies_names_the_rank_and_the_death() -> None:
+    spec = spec_from_object(SignalDataset(64, "SIGKILL", at=8))
+    cfg = LoaderConfig(num_workers=1, batch_size=4, persistent_workers=True)
+    trial = measure(spec, cfg, timeout_s=90, measure_s=0.3, min_batches=4, windows=2, nproc=2)
+    assert trial.status == "failed"
+    assert trial.error_code in ("WF301", "WF302")
+    assert trial.error is not None
+    assert trial.error.startswith(
+        (
+            "rank 0: WorkerStartError: DataLoader worker 0 (pid ",
+            "rank 0: WorkerCrashedError: DataLoader worker 0 (pid ",
+            "rank 1: WorkerStartError: DataLoader worker 0 (pid ",
+            "rank 1: WorkerCrashedError: DataLoader worker 0 (pid ",
+        )
+    )
+    assert "was killed by SIGKILL" in trial.error
+    assert "Traceback" not in trial.error
+
+
 def test_tune_reports_the_dead_workers_trial() -> None:
     from wellfed.tune import tune
 
