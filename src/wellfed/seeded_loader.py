@@ -520,6 +520,24 @@ def worker_failure(it: Any, exc: BaseException) -> WorkerError | None:
     )
 
 
+def _stop_other_workers(it: Any) -> None:
+    """SIGTERM the live workers of a failed iterator, from a signal handler: only calls that
+    are safe anywhere (``os.kill``; no queue, no lock). torch's SIGCHLD check forgets their
+    pids first, so their deaths raise nothing more; the iterator's shutdown reaps them."""
+    if getattr(it, "_worker_pids_set", False):
+        try:
+            torch._C._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        except Exception:
+            return  # torch still watches them: a second error would follow the first
+    for w in getattr(it, "_workers", None) or ():
+        try:
+            if w.exitcode is None:
+                w.terminate()
+        except Exception:
+            continue
+
+
 def _abandon(it: Any) -> None:
     """Drop a failed iterator from its loader (``loader._iterator``, kept for persistent
     workers): the loader's next ``iter()`` starts new workers, and the failed iterator's
@@ -567,8 +585,10 @@ def _sigchld_names_deaths() -> None:
                 if it is not None and pids.intersection(named):
                     failure = worker_failure(it, exc)
                     # No shutdown here (a signal handler may interrupt any queue call): the
-                    # loader lets go of the iterator, whose workers stop when it is released.
+                    # loader lets go of the iterator, and its other workers are stopped now
+                    # (the traceback may keep the iterator, and so them, alive for long).
                     _abandon(it)
+                    _stop_other_workers(it)
                     break
             del it  # this frame stays in the traceback: it must not keep the iterator alive
             if failure is None:

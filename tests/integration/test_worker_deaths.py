@@ -140,6 +140,7 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     it = iter(loader)
     batch = next(it)
     assert batch is not None
+    workers = [psutil.Process(w.pid) for w in it._workers]
     go.touch()
     with pytest.raises(wellfed.WorkerCrashedError) as info:
         _training_step(me)
@@ -149,7 +150,12 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     assert "is killed by signal: Segmentation fault" in str(err)  # torch's SIGCHLD text
     assert isinstance(err.__cause__, RuntimeError)
     assert loader._iterator is None  # the loader let go of it: its next epoch starts afresh
-    del it  # its other worker stops with it (the autouse fixture checks)
+    # the other worker is stopped at once, though the exception (and so the iterator) lives on
+    deadline = time.monotonic() + 5
+    while any(not _zombie(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for exit, not synchronising
+    assert all(_zombie(w) for w in workers)
+    del it
 
 
 def _training_step(me: psutil.Process) -> None:
