@@ -97,3 +97,17 @@ def test_the_stop_reason_states_the_rule_it_applied_in_its_own_figures() -> None
     assert text.startswith("913 vs 858 samples/s, +6.4%; needs +5% after subtracting 2 standard")
     slower = _trial(4, (300.0,) * 7)
     assert "-65.0%" in _not_gained_text(slower, fewer)
+
+
+def test_a_note_says_why_its_figures_can_differ_from_the_pooled_table() -> None:
+    import dataclasses
+
+    from wellfed.tune._search import _figures_note
+
+    once = _trial(2, (100.0,) * 5)
+    assert _figures_note((once,)) is None
+    pooled = dataclasses.replace(_trial(4, (120.0,) * 5), repeats=3)
+    text = _figures_note((once, pooled))
+    assert text is not None
+    assert "table pools every measurement" in text
+    assert "(1 re-measured, up to 3 times)" in text

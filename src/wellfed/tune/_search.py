@@ -207,6 +207,23 @@ def _gained(new: Trial, old: Trial | None) -> bool:
     return _rate(new) - 2.0 * _standard_error(new) >= CLEAR_GAIN * _rate(old)
 
 
+def _figures_note(trials: tuple[Trial, ...]) -> str | None:
+    """The note that says why a note's figures can differ from the table's, or None.
+
+    Issue 15: "421 vs 219 samples/s" in a stop note beside a table row of 396 read as a
+    contradiction. Each note quotes the measurements its decision was taken on; the table
+    pools every repeat of a configuration (``Trial.merged``).
+    """
+    repeated = [t for t in trials if t.repeats > 1]
+    if not repeated:
+        return None
+    return (
+        "figures: each search note quotes the measurements its decision was taken on; the "
+        f"table pools every measurement of a configuration ({len(repeated)} re-measured, up "
+        f"to {max(t.repeats for t in repeated)} times), so its figures can differ from a note's"
+    )
+
+
 def _not_gained_text(new: Trial, old: Trial) -> str:
     """Why ``_gained(new, old)`` is False, in its own figures: the change and the noise margin.
 
@@ -608,6 +625,9 @@ def tune(
             "every backend stopped gaining"
         )
     result_trials = tuple(trials.values())
+    figures = _figures_note(result_trials)
+    if figures:
+        notes.append(figures)
     baseline = trials.get(_config_for(spec, 0, method, has_cuda))
     ok_trials = [t for t in result_trials if t.ok]
     allowed = [t for t in ok_trials if t.config.backend != "thread" or threads_safe]
