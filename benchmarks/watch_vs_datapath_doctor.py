@@ -521,9 +521,25 @@ def _doctor_text(result: dict[str, Any]) -> str:
     return f"{diagnosis['summary']} ({diagnosis['type']}, {diagnosis['confidence']}; {ids})"
 
 
-def _wellfed_text(verdict: dict[str, Any]) -> str:
-    codes = ", ".join(c["code"] for c in verdict["causes"])
-    return f"{verdict['kind']}: {codes}"
+def _wellfed_text(verdict: dict[str, Any], *, evidence: bool = False) -> str:
+    """The verdict's kind and causes; with ``evidence``, each cause's first figure."""
+    fraction = verdict["headline"].split(":", 1)[1].split(" of step time")[0].strip()
+    if not evidence:
+        codes = ", ".join(c["code"] for c in verdict["causes"])
+        return f"{verdict['kind']} ({fraction}): {codes}"
+    causes = "; ".join(
+        f"**{c['code']}** ({c['evidence'][0]})" if c["evidence"] else f"**{c['code']}**"
+        for c in verdict["causes"]
+    )
+    return f"{verdict['kind']} ({fraction}): {causes}"
+
+
+def _doctor_cell(result: dict[str, Any]) -> str:
+    """datapath-doctor's diagnosis with its evidence chain, for the Markdown table."""
+    diagnosis = result["diagnosis"]
+    if diagnosis is None:
+        return _doctor_text(result)
+    return f"{_doctor_text(result)}: {'; '.join(diagnosis['chain'])}"
 
 
 def _run(cmd: list[str], timeout_s: float) -> tuple[int, str, float]:
@@ -542,9 +558,10 @@ def compare_loop(loop: str, data: str | None, work: Path, timeout_s: float) -> d
     wf_json = work / f"{loop}.wellfed.json"
     dpd_json = work / f"{loop}.datapath_doctor.json"
     load = os.getloadavg()
-    wf_cmd = [sys.executable, "-m", "wellfed", "watch", "--json", str(wf_json), str(HERE)]
+    script = os.path.relpath(HERE)
+    wf_cmd = [sys.executable, "-m", "wellfed", "watch", "--json", str(wf_json), script]
     rc_wf, out_wf, wall_wf = _run([*wf_cmd, "--loop", loop, *extra], timeout_s)
-    dpd_cmd = [sys.executable, str(HERE), "--loop", loop, *extra]
+    dpd_cmd = [sys.executable, script, "--loop", loop, *extra]
     rc_dpd, out_dpd, wall_dpd = _run([*dpd_cmd, "--datapath-doctor", str(dpd_json)], timeout_s)
     record: dict[str, Any] = {
         "record": "loop",
@@ -636,8 +653,8 @@ def render_markdown(run: dict[str, Any], loops: list[dict[str, Any]], end: dict[
             continue
         lines.append(
             f"| {r['loop']}: {r['what']} "
-            f"| {_doctor_text(dpd['documented'])} | {_doctor_text(dpd['corrected'])} "
-            f"| {_wellfed_text(wf['verdict'])} "
+            f"| {_doctor_cell(dpd['documented'])} | {_doctor_cell(dpd['corrected'])} "
+            f"| {_wellfed_text(wf['verdict'], evidence=True)} "
             f"| {r['wellfed_vs_documented']} (corrected: {r['wellfed_vs_corrected']}) |"
         )
     lines += [

@@ -208,7 +208,7 @@ def judge(
         empty = workers.get("queue_empty_at_request")
         ready = workers.get("queue_ready_mean")
         capacity = workers.get("queue_capacity")
-        ahead = ready is not None and bool(capacity) and ready >= HANDOVER_READY * capacity
+        ahead = ready is not None and capacity and ready >= HANDOVER_READY * capacity
         if empty is not None and n_workers and ahead:
             on_cpu = stats.wait_cpu_s / stats.host_data_wait_s if stats.host_data_wait_s else 0.0
             causes.append(
@@ -319,8 +319,8 @@ def judge(
                         f"The workers keep the {cpus} usable CPUs busy: more workers cannot "
                         "help; the per-sample work must shrink.",
                         (
-                            f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
-                            f"each ({cores or 0:.1f} cores in all)",
+                            f"{n_workers} worker{'s' if n_workers != 1 else ''} on the CPU "
+                            f"{_pct(cpu_share)} of the time each ({cores or 0:.1f} cores in all)",
                             *queue_note,
                         ),
                     )
@@ -332,8 +332,8 @@ def judge(
                         f"Each worker is CPU-bound, and only {n_workers} of {cpus} usable CPUs "
                         "load data.",
                         (
-                            f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
-                            f"each (/proc/<pid>/stat)",
+                            f"{n_workers} worker{'s' if n_workers != 1 else ''} on the CPU "
+                            f"{_pct(cpu_share)} of the time each (/proc/<pid>/stat)",
                             *queue_note,
                         ),
                     )
