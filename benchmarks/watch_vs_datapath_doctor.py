@@ -115,7 +115,7 @@ LOOPS: dict[str, dict[str, Any]] = {
         "expected": "storage",
     },
     "healthy": {
-        "what": "healthy: in-memory images, 2 workers, 150 ms step",
+        "what": "in-memory images, 2 workers, 150 ms step",
         "samples": 1024,
         "batch_size": 32,
         "num_workers": 2,
@@ -125,7 +125,7 @@ LOOPS: dict[str, dict[str, Any]] = {
         "expected": "not data-bound",
     },
     "handover": {
-        "what": "the same in-memory loop with a 20 ms step: the hand-over from the workers",
+        "what": "the same in-memory images, 2 workers, 20 ms step: the hand-over",
         "samples": 2048,
         "batch_size": 32,
         "num_workers": 2,
@@ -445,7 +445,7 @@ NO_CAUSE = "data-bound, no cause named"
 def wellfed_classes(verdict: dict[str, Any]) -> list[str]:
     """The cause classes wellfed's verdict names."""
     if verdict["kind"] != "data-bound":
-        return [verdict["kind"].replace("-", " ")]
+        return [{"not-data-bound": "not data-bound"}.get(verdict["kind"], verdict["kind"])]
     out: list[str] = []
     for cause in verdict["causes"]:
         code = cause["code"]
@@ -514,10 +514,13 @@ def compare(wf: list[str], recommended: int | None, dpd: str, fraction: float | 
 
 
 def _doctor_text(result: dict[str, Any]) -> str:
+    """datapath-doctor's correlated diagnosis (or its absence) and its findings."""
     diagnosis = result["diagnosis"]
-    ids = ", ".join(f["rule_id"] for f in result["findings"]) or "no findings"
+    if not result["findings"]:
+        return 'no issues found ("Input path looks healthy")'
+    ids = ", ".join(f"{f['rule_id']} {f['title']}" for f in result["findings"])
     if diagnosis is None:
-        return f"no diagnosis ({ids})"
+        return f"no root cause; findings: {ids}"
     return f"{diagnosis['summary']} ({diagnosis['type']}, {diagnosis['confidence']}; {ids})"
 
 
@@ -582,26 +585,30 @@ def compare_loop(loop: str, data: str | None, work: Path, timeout_s: float) -> d
             stats=lr["stats"],
             workers=lr["workers"],
             system=report["system"],
-            classes=wellfed_classes(lr["verdict"]),
         )
     if rc_dpd != 0 or not dpd_json.exists():
         record["datapath_doctor"]["output_tail"] = out_dpd[-3000:]
     else:
-        result = json.loads(dpd_json.read_text())
-        result["documented"]["class"] = doctor_class(result["documented"])
-        result["corrected"]["class"] = doctor_class(result["corrected"])
-        record["datapath_doctor"].update(result)
+        record["datapath_doctor"].update(json.loads(dpd_json.read_text()))
+    return judge_record(record)
+
+
+def judge_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Set the cause classes, the comparisons and who got the loop's cause right."""
     wf, dpd = record["wellfed"], record["datapath_doctor"]
-    if "verdict" in wf and "documented" in dpd:
-        rec = wf["verdict"].get("recommended_workers")
-        fraction = wf["stats"].get("data_bound_fraction")
-        for kind in ("documented", "corrected"):
-            record[f"wellfed_vs_{kind}"] = compare(wf["classes"], rec, dpd[kind]["class"], fraction)
-        record["wellfed_right"] = LOOPS[loop]["expected"] in wf["classes"]
-        record["datapath_doctor_right"] = {
-            kind: dpd[kind]["class"] == LOOPS[loop]["expected"]
-            for kind in ("documented", "corrected")
-        }
+    if "verdict" not in wf or "documented" not in dpd:
+        return record
+    wf["classes"] = wellfed_classes(wf["verdict"])
+    for kind in ("documented", "corrected"):
+        dpd[kind]["class"] = doctor_class(dpd[kind])
+    rec = wf["verdict"].get("recommended_workers")
+    fraction = wf["stats"].get("data_bound_fraction")
+    for kind in ("documented", "corrected"):
+        record[f"wellfed_vs_{kind}"] = compare(wf["classes"], rec, dpd[kind]["class"], fraction)
+    record["wellfed_right"] = record["expected"] in wf["classes"]
+    record["datapath_doctor_right"] = {
+        kind: dpd[kind]["class"] == record["expected"] for kind in ("documented", "corrected")
+    }
     return record
 
 
@@ -640,10 +647,12 @@ def render_markdown(run: dict[str, Any], loops: list[dict[str, Any]], end: dict[
         f"`{run['command']}` at git {env['git_sha']}, wellfed {env['wellfed']}, "
         f"datapath-doctor {env['datapath_doctor']}, torch {env['torch']}, Python "
         f"{env['python']}, {env['usable_cpus']} usable CPUs ({env['os']}). Load average "
-        f"{run['load_average']} before, {end['load_average']} after; {end['wall_s']} s in all.",
+        f"{run['load_average']} before, {end['load_average']} after; {end['wall_s']} s in all."
+        + (f" Judged again with `{run['rendered']}`." if run.get("rendered") else ""),
         "",
-        "| loop | datapath-doctor (documented wiring) | datapath-doctor (worker CPU corrected) "
-        "| wellfed watch (unchanged loop) | wellfed vs datapath-doctor |",
+        "| loop | datapath-doctor (documented wiring) "
+        "| datapath-doctor (worker CPU, disk util corrected) | wellfed watch (unchanged loop) "
+        "| wellfed vs datapath-doctor |",
         "|---|---|---|---|---|",
     ]
     for r in loops:
@@ -757,6 +766,13 @@ def compare_all(out: Path, loops: Sequence[str], timeout_s: float) -> int:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - started, 1),
     }
+    return write_results(out, run, records, end)
+
+
+def write_results(
+    out: Path, run: dict[str, Any], records: list[dict[str, Any]], end: dict[str, Any]
+) -> int:
+    """Print the table; write the .jsonl and .md into ``out``; 1 if a run failed."""
     print()
     header = ("loop", "datapath-doctor", "wellfed", "wellfed is")
     rows = [
@@ -772,7 +788,10 @@ def compare_all(out: Path, loops: Sequence[str], timeout_s: float) -> int:
     ]
     for row in (header, *rows):
         print(" | ".join(row))
-    print(f"load average after: {end['load_average']}; {end['wall_s']} s")
+    print(
+        f"load average before: {run['load_average']}, after: {end['load_average']} "
+        f"({run['env']['usable_cpus']} CPUs); {end['wall_s']} s"
+    )
     out.mkdir(parents=True, exist_ok=True)
     with (out / "watch_vs_datapath_doctor.jsonl").open("w") as f:
         for rec in (run, *records, end):
@@ -783,6 +802,19 @@ def compare_all(out: Path, loops: Sequence[str], timeout_s: float) -> int:
         "verdict" not in r["wellfed"] or "documented" not in r["datapath_doctor"] for r in records
     )
     return 1 if failed else 0
+
+
+def render(jsonl: Path, out: Path) -> int:
+    """Judge the records of an earlier run again (the rules here) and rewrite its results."""
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    run, end = records[0], records[-1]
+    loops = []
+    for record in records[1:-1]:
+        for key in ("what", "expected"):
+            record[key] = LOOPS[record["loop"]][key]
+        loops.append(judge_record(record))
+    run["rendered"] = f"python benchmarks/watch_vs_datapath_doctor.py --render {jsonl}"
+    return write_results(out, run, loops, end)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -796,7 +828,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(LOOPS), help="compare these")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for .jsonl and .md")
     parser.add_argument("--timeout-s", type=float, default=150.0, help="per run")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSONL", help="judge an earlier run's records again"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        return render(args.render, args.out)
     if args.loop:
         return run_loop(args.loop, args.data, args.datapath_doctor)
     return compare_all(args.out, args.only or list(LOOPS), args.timeout_s)
