@@ -108,6 +108,59 @@ def test_watch_overhead_smoke(tmp_path: Path) -> None:
     assert record["step_ms"] == 10.0
 
 
+@pytest.mark.timeout(200)
+def test_watch_vs_datapath_doctor_smoke(tmp_path: Path) -> None:
+    """One loop under ``wellfed watch`` and wired for datapath-doctor: both verdicts recorded.
+
+    No verdict is asserted for either tool (the machine's load moves the CPU figures), only
+    that both ran, were read and were compared.
+    """
+    pytest.importorskip("datapath_doctor")
+    from benchmarks.watch_vs_datapath_doctor import main as vs_main
+
+    assert vs_main(["--only", "decode", "--out", str(tmp_path), "--timeout-s", "150"]) == 0
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "watch_vs_datapath_doctor.jsonl").read_text().splitlines()
+    ]
+    assert [r["record"] for r in records] == ["run", "loop", "end"]
+    loop = records[1]
+    assert loop["wellfed"]["exit_code"] == 0
+    assert loop["wellfed"]["verdict"]["kind"] in {"data-bound", "not-data-bound"}
+    assert loop["datapath_doctor"]["exit_code"] == 0
+    assert loop["datapath_doctor"]["steps"] == 24  # 192 samples / batch 8
+    assert loop["datapath_doctor"]["documented"]["report"].startswith("datapath-doctor:")
+    assert loop["wellfed_vs_documented"].split(" (")[0] in {
+        "same",
+        "more specific",
+        "less specific",
+        "different",
+    }
+    assert "| decode: " in (tmp_path / "watch_vs_datapath_doctor.md").read_text()
+
+
+def test_watch_vs_datapath_doctor_compares_cause_classes() -> None:
+    """The comparison rules of the side-by-side benchmark, on verdicts the test writes."""
+    from benchmarks.watch_vs_datapath_doctor import NO_CAUSE, compare, wellfed_classes
+
+    cpu = {
+        "kind": "data-bound",
+        "causes": [
+            {"code": "prefetch-underrun", "summary": ""},
+            {"code": "worker-cpu-saturated", "summary": ""},
+        ],
+    }
+    assert wellfed_classes(cpu) == ["CPU-bound loading"]
+    symptom = {"kind": "data-bound", "causes": [{"code": "prefetch-underrun", "summary": ""}]}
+    assert wellfed_classes(symptom) == [NO_CAUSE]
+    assert compare(["CPU-bound loading"], None, NO_CAUSE, 0.8) == "more specific"
+    assert compare(["storage"], None, "storage", 0.5) == "same"
+    assert compare([NO_CAUSE], None, "storage", 0.5) == "less specific"
+    assert compare(["not data-bound"], 1, "not data-bound", 0.02) == "more specific"
+    assert compare(["not data-bound"], None, "not data-bound", 0.02) == "same"
+    assert compare(["hand-over"], None, "not data-bound", 0.1).startswith("different (thresh")
+
+
 @pytest.mark.timeout(300)
 def test_pipeline_contenders_stop_their_threads_and_exit_cleanly() -> None:
     """SPDL and torchdata.nodes pipelines leave no thread and exit 0 with nothing on stderr.

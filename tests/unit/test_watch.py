@@ -146,6 +146,27 @@ def test_verdict_model_in_dataset_says_precompute() -> None:
     assert "wellfed precompute t.py:ATTR" in v.next_step
 
 
+def test_verdict_prefetch_underrun_against_the_cost_of_the_handover() -> None:
+    """Steps that wait while the queue is full pay for the hand-over, not for slow workers."""
+    stats = _stats(data_bound_fraction=0.13, wait_s_p50=0.0028, step_s_p50=0.023)
+    starved = {"queue_empty_at_request": 0.9, "queue_ready_mean": 0.1, "queue_capacity": 4}
+    v = judge(stats, SETTINGS, starved, SYSTEM)
+    codes = [c.code for c in v.causes]
+    assert "prefetch-underrun" in codes
+    assert "handover-cost" not in codes
+    ahead = {"queue_empty_at_request": 0.99, "queue_ready_mean": 3.8, "queue_capacity": 4}
+    v = judge(stats, SETTINGS, ahead, SYSTEM, target="t.py:DS")
+    codes = [c.code for c in v.causes]
+    assert "handover-cost" in codes
+    assert "prefetch-underrun" not in codes
+    evidence = " ".join(v.causes[codes.index("handover-cost")].evidence)
+    assert "queue sampled 3.8 of 4 batches ready" in evidence
+    assert "99% of steps still waited" in evidence
+    assert "on the CPU 90%" in evidence  # wait_cpu_s 0.45 of host_data_wait_s 0.5
+    assert v.next_step.startswith("The hand-over costs 2.8 ms per batch")
+    assert "`wellfed tune t.py:DS`" in v.next_step
+
+
 def test_verdict_cpu_saturated_workers_and_the_cpu_limit() -> None:
     workers = {"cpu_per_worker": 0.97, "cpu_cores": 1.94}
     few = judge(_stats(), SETTINGS, workers, SYSTEM)

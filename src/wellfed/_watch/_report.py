@@ -18,8 +18,8 @@ class Cause:
     Attributes:
         code: A stable name: "loading-in-main-process", "model-in-dataset",
             "worker-cpu-saturated", "cpu-limit", "cpu-contention", "storage-wait",
-            "waits-in-dataset", "prefetch-underrun", "worker-restarts", "stalls",
-            "small-reads", "no-work-in-step", "queue-full", "loading-keeps-up".
+            "waits-in-dataset", "prefetch-underrun", "handover-cost", "worker-restarts",
+            "stalls", "small-reads", "no-work-in-step", "queue-full", "loading-keeps-up".
         summary: One sentence.
         evidence: The measured figures, one line each.
     """

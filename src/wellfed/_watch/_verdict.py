@@ -48,6 +48,11 @@ RESTART_SHARE = 0.1
 #: A step "found the queue empty" when it waited longer than this share of the median step
 #: (and at least 1 ms).
 EMPTY_WAIT_SHARE = 0.05
+#: The prefetch queue sampled at least this full on average: the workers are ahead, and a
+#: step that still waits pays for the hand-over itself. Source: benchmarks/
+#: watch_vs_datapath_doctor.py (in-memory images, 2 workers, 20 ms step: 3.8 of 4 batches
+#: ready, yet every step waited 2-3 ms; starved loops sampled 0.0-0.1 of 2-4).
+HANDOVER_READY = 0.5
 #: A loop whose median work between batches (step minus wait) is below this does no real
 #: training step: any loader holds it up.
 NO_WORK_S = 1e-3
@@ -201,7 +206,28 @@ def judge(
         )
     if bound:
         empty = workers.get("queue_empty_at_request")
-        if empty is not None and n_workers:
+        ready = workers.get("queue_ready_mean")
+        capacity = workers.get("queue_capacity")
+        ahead = ready is not None and capacity and ready >= HANDOVER_READY * capacity
+        if empty is not None and n_workers and ahead:
+            on_cpu = stats.wait_cpu_s / stats.host_data_wait_s if stats.host_data_wait_s else 0.0
+            causes.append(
+                Cause(
+                    "handover-cost",
+                    "Batches were ready (the prefetch queue stayed full), yet each step waited: "
+                    "taking a batch from the workers (unpickling it, receiving its shared "
+                    "memory) costs that time in the training process.",
+                    (
+                        f"queue sampled {ready:.1f} of {capacity} batches ready on average",
+                        f"{_pct(empty)} of steps still waited > "
+                        f"{_ms(max(1e-3, EMPTY_WAIT_SHARE * (step or 0)))} (wait p50 "
+                        f"{_ms(stats.wait_s_p50)} per batch)",
+                        f"the training thread was on the CPU {_pct(min(1.0, on_cpu))} of its "
+                        f"{stats.host_data_wait_s:.2f} s in next()",
+                    ),
+                )
+            )
+        elif empty is not None and n_workers:
             causes.append(
                 Cause(
                     "prefetch-underrun",
@@ -293,8 +319,8 @@ def judge(
                         f"The workers keep the {cpus} usable CPUs busy: more workers cannot "
                         "help; the per-sample work must shrink.",
                         (
-                            f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
-                            f"each ({cores or 0:.1f} cores in all)",
+                            f"{n_workers} worker{'s' if n_workers != 1 else ''} on the CPU "
+                            f"{_pct(cpu_share)} of the time each ({cores or 0:.1f} cores in all)",
                             *queue_note,
                         ),
                     )
@@ -306,8 +332,8 @@ def judge(
                         f"Each worker is CPU-bound, and only {n_workers} of {cpus} usable CPUs "
                         "load data.",
                         (
-                            f"{n_workers} workers on the CPU {_pct(cpu_share)} of the time "
-                            f"each (/proc/<pid>/stat)",
+                            f"{n_workers} worker{'s' if n_workers != 1 else ''} on the CPU "
+                            f"{_pct(cpu_share)} of the time each (/proc/<pid>/stat)",
                             *queue_note,
                         ),
                     )
@@ -380,6 +406,13 @@ def judge(
                 "Free the CPUs: other programs on this machine take them (see `top`), or run "
                 "where the CPUs are the job's own; then watch again. "
                 f"{_tune(target, program)} measures what the loader can do here."
+            )
+        elif "handover-cost" in codes:
+            next_step = (
+                f"The hand-over costs {_ms(stats.wait_s_p50)} per batch, whatever the "
+                "workers do: larger batches or a longer step amortise it, thread workers or "
+                f"batched fetch in the main process avoid it; {_tune(target, program)} "
+                "measures them on this machine."
             )
         elif "cpu-limit" in codes:
             next_step = (
