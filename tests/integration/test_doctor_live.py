@@ -167,3 +167,20 @@ def test_probe_child_that_cannot_start_is_not_probed(monkeypatch: pytest.MonkeyP
     assert codes == {("WF107", "error"), ("WF123", "info")}, report.findings
     (rng,) = [f for f in report.findings if f.code == "WF107"]
     assert "not probed (fork): the isolated process could not start (spawn)" in rng.evidence
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_failure_the_main_process_reproduces_confirms_no_worker_hazard() -> None:
+    # Issue 15: "Torch not compiled with CUDA enabled", raised by ds[0] in the main process
+    # too, was reported as live confirmation of WF105 (a CUDA hazard of the workers).
+    report = diagnose(d.CudaInGetitemDataset(), start_methods=["fork"], timeout_s=30)
+    cuda = [f for f in report.findings if f.code in ("WF105", "WF106")]
+    assert cuda, report.findings
+    for f in cuda:
+        assert not f.confirmed_live, f.evidence
+        assert "no live evidence (fork), the failure is not the workers': the first sample" in (
+            f.evidence
+        )
+    (both,) = [f for f in report.findings if f.code == "WF122"]
+    assert "with or without workers" in both.message
+    assert "Torch not compiled with CUDA enabled" in both.message

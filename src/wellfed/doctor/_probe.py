@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -37,6 +38,7 @@ from wellfed import _isolate
 from wellfed._digest import batch_digest
 from wellfed._isolate import run_isolated
 from wellfed.doctor._report import ProbeRun
+from wellfed.errors import WorkerCrashedError, WorkerStartError
 from wellfed.measure import open_batches
 
 __all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
@@ -189,8 +191,6 @@ def probe_one(
     # (any large tensor op), GNU OpenMP deadlocks on the next one here, so the main-process
     # half of the probe runs single-threaded, as DataLoader workers do.
     torch.set_num_threads(1)
-    from wellfed.errors import WorkerCrashedError, WorkerStartError
-
     with warnings.catch_warnings():
         # DataLoader's own hints (e.g. "Got pickle error when attempting to start a worker")
         # must not print from the library; the error itself is what the probe reports.
@@ -204,6 +204,23 @@ def probe_one(
                 "observations": {},
                 "worker_death": _death_facts(exc),
             }
+
+
+#: Marks a failure the main process reproduces: ``_probe_findings`` never takes it as live
+#: evidence of a worker hazard (issue 15: "Torch not compiled with CUDA enabled", raised by
+#: ``ds[0]`` in the main process too, was called live confirmation of WF105).
+MAIN_TOO = "fails in the main process too"
+
+
+def _raise_if_main_fails_too(exc: BaseException, main_fetch: Callable[[], Any]) -> None:
+    """Raise a RuntimeError naming both when the first sample fails without workers too."""
+    try:
+        main_fetch()
+    except Exception as main_exc:
+        raise RuntimeError(
+            f"the first sample {MAIN_TOO} (num_workers=0): {type(main_exc).__name__}: "
+            f"{main_exc}; in the workers: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _death_facts(exc: Any) -> dict[str, Any]:
@@ -308,14 +325,20 @@ def _probe_one(
 
         loader = DataLoader(dataset, batch_size=None, sampler=indices, collate_fn=collate, **common)
     batch_digests: list[str] = []
-    with open_batches(loader) as it:
-        for batch in it:
-            if batches == 0:
-                obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
-                obs["worker_uss_first_bytes"] = _worker_uss(it)
-            batch_digests.append(_digest(batch))
-            batches += 1
-        obs["worker_uss_last_bytes"] = _worker_uss(it)
+    try:
+        with open_batches(loader) as it:
+            for batch in it:
+                if batches == 0:
+                    obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
+                    obs["worker_uss_first_bytes"] = _worker_uss(it)
+                batch_digests.append(_digest(batch))
+                batches += 1
+            obs["worker_uss_last_bytes"] = _worker_uss(it)
+    except (WorkerStartError, WorkerCrashedError):
+        raise  # a worker died: nothing to retry in this process
+    except Exception as exc:
+        _raise_if_main_fails_too(exc, main_fetch)
+        raise
     obs["kind"] = "map"
     # Main process, after the workers: is the first sample random at all, and how random?
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from wellfed.doctor._checks_shared_memory import check_shared_memory
 from wellfed.doctor._checks_worker_config import check_pickled_size
 from wellfed.doctor._classify import is_iterable, mb
 from wellfed.doctor._context import Context
+from wellfed.doctor._probe import MAIN_TOO
 from wellfed.doctor._report import Finding, ProbeRun
 
 __all__ = ["apply_probes"]
@@ -115,6 +116,28 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                     out.append(f)
                 continue
             messages = _exception_lines(error)
+            if MAIN_TOO in messages:
+                # Not a worker hazard: the main process reproduces it, so it confirms nothing
+                # that a finding about workers claims (issue 15).
+                line = next(ln for ln in messages.splitlines() if MAIN_TOO in ln)
+                line = line.split(": ", 1)[-1] if line.startswith("RuntimeError: ") else line
+                note = f"no live evidence ({m}), the failure is not the workers': {line[:300]}"
+                for i, old in enumerate(out):
+                    if m in old.start_methods and note not in old.evidence:
+                        out[i] = dataclasses.replace(old, evidence=f"{old.evidence}; {note}")
+                f = ctx.finding(
+                    "WF122",
+                    "error",
+                    path_code,
+                    f"Loading fails under {m} with or without workers: {line[:300]}.",
+                    "Fix the error itself first: call dataset[i] in the main process "
+                    "(num_workers=0) to see its traceback; it is not caused by the workers.",
+                    f"live ({m}): the same sample {MAIN_TOO} (num_workers=0)",
+                    (m,),
+                )
+                if f is not None:
+                    out.append(f)
+                continue
             if any(k in messages for k in _PICKLE_MARKERS) and m != "fork":
                 if not update(("WF101", "WF102"), m, first):
                     f = ctx.finding(
