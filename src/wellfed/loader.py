@@ -214,8 +214,8 @@ def _beyond_cpus_evidence(result: Any, n: int, cpus: int) -> str:
     )
     return (
         f"more workers than the {cpus} usable CPUs because they measured faster ({vs}; "
-        "loading waits on I/O or sleeps), so torch's 'suggested max number of worker' "
-        "warning is silenced for this loader"
+        "likely because loading waits on I/O or sleeps), so torch's 'suggested max number of "
+        "worker' warning is silenced for this loader"
     )
 
 
