@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "LOGGED_FIELDS",
     "STALL_FACTOR",
     "WaitMeter",
     "WatchStats",
@@ -54,6 +55,21 @@ __all__ = [
 #: A step is a stall when its data wait exceeds this many median steps (issue 13's rule,
 #: after datapath-doctor's "training starved on input" signature).
 STALL_FACTOR = 2.0
+
+#: The ``WatchStats`` fields the framework callbacks log every epoch (``WatchStats.metrics``).
+LOGGED_FIELDS = (
+    "data_bound_fraction",
+    "data_wait_s",
+    "step_s",
+    "samples_per_s",
+    "wait_s_p50",
+    "wait_s_p90",
+    "step_s_p50",
+    "stalls",
+    "steps",
+    "samples",
+    "warmup_wait_s",
+)
 
 _perf_counter = time.perf_counter
 _thread_time = time.thread_time
@@ -175,6 +191,11 @@ class WatchStats:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""
         return dataclasses.asdict(self)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """LOGGED_FIELDS as ``{prefix + field: float}`` for a framework's logger; None left out."""
+        values = self.to_dict()
+        return {f"{prefix}{k}": float(values[k]) for k in LOGGED_FIELDS if values[k] is not None}
 
 
 class _CudaClock:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from wellfed._meter import WaitMeter, WatchStats, leading_dim
+from wellfed._meter import LOGGED_FIELDS, WaitMeter, WatchStats, leading_dim
 from wellfed.errors import DependencyError
 
 try:
@@ -41,21 +41,6 @@ except ImportError:  # the standalone package
         ) from exc
 
 __all__ = ["LOGGED_FIELDS", "WatchCallback"]
-
-#: The ``WatchStats`` fields logged every epoch (as ``<prefix><field>``); None values are not.
-LOGGED_FIELDS = (
-    "data_bound_fraction",
-    "data_wait_s",
-    "step_s",
-    "samples_per_s",
-    "wait_s_p50",
-    "wait_s_p90",
-    "step_s_p50",
-    "stalls",
-    "steps",
-    "samples",
-    "warmup_wait_s",
-)
 
 _FETCH = "train_dataloader_next"
 
@@ -178,12 +163,7 @@ class WatchCallback(Callback):
             return
         stats = self.meter.stats()
         self.history.append(stats)
-        values = stats.to_dict()
-        metrics = {
-            f"{self.prefix}{key}": float(values[key])
-            for key in LOGGED_FIELDS
-            if values[key] is not None
-        }
+        metrics = stats.metrics(self.prefix)
         if metrics:
             pl_module.log_dict(metrics, on_step=False, on_epoch=True, logger=True)
         self.meter = None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wellfed._meter import WaitMeter, WatchStats, warmup_for
+from wellfed._meter import LOGGED_FIELDS, WaitMeter, WatchStats, warmup_for
 from wellfed._watch._wrap import MeteredIterator
 from wellfed.errors import DependencyError
 
@@ -42,21 +42,6 @@ except ImportError as exc:
     ) from exc
 
 __all__ = ["LOGGED_FIELDS", "WatchCallback"]
-
-#: The ``WatchStats`` fields logged every epoch (as ``<prefix><field>``); None values are not.
-LOGGED_FIELDS = (
-    "data_bound_fraction",
-    "data_wait_s",
-    "step_s",
-    "samples_per_s",
-    "wait_s_p50",
-    "wait_s_p90",
-    "step_s_p50",
-    "stalls",
-    "steps",
-    "samples",
-    "warmup_wait_s",
-)
 
 _MISSING = object()
 
@@ -140,12 +125,7 @@ class WatchCallback(TrainerCallback):
             return
         stats = meter.stats()
         self.history.append(stats)
-        values = stats.to_dict()
-        logs = {
-            f"{self.prefix}{key}": float(values[key])
-            for key in LOGGED_FIELDS
-            if values[key] is not None
-        }
+        logs = stats.metrics(self.prefix)
         if not logs:
             return
         if self.trainer is not None:
