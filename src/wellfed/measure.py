@@ -497,6 +497,21 @@ def _named_worker_error(result: IsolatedResult) -> str | None:
     return error
 
 
+def _measured_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The figures a trial child measured, as the fields ``Trial`` and ``RankTrial`` share."""
+    median, spread = summarize_windows(data["windows"])
+    return {
+        "samples_per_s": median,
+        "samples_per_s_spread": spread,
+        "window_samples_per_s": tuple(data["windows"]),
+        "first_batch_s": data["first_batch_s"],
+        "wait_s_p50": data["wait_s_p50"],
+        "wait_s_p90": data["wait_s_p90"],
+        "batches": data["batches"],
+        "samples": data["samples"],
+    }
+
+
 def measure(
     spec: LoaderSpec,
     config: LoaderConfig,
@@ -587,18 +602,10 @@ def measure(
             error=_short_error(data["worker_error"]),
             error_code=data.get("code"),
         )
-    median, spread = summarize_windows(data["windows"])
     return Trial(
         config=config,
         status="ok",
-        samples_per_s=median,
-        samples_per_s_spread=spread,
-        window_samples_per_s=tuple(data["windows"]),
-        first_batch_s=data["first_batch_s"],
-        wait_s_p50=data["wait_s_p50"],
-        wait_s_p90=data["wait_s_p90"],
-        batches=data["batches"],
-        samples=data["samples"],
+        **_measured_fields(data),
         peak_memory_bytes=result.peak_memory_bytes,
         memory_kind=result.memory_kind,
         elapsed_s=result.elapsed_s,
@@ -655,19 +662,11 @@ def _measure_group(
     warned: set[str] = set()
     for rank, r in enumerate(results):
         data = r.value
-        median, spread = summarize_windows(data["windows"])
         warned.update(data["warnings"])
         ranks.append(
             RankTrial(
                 rank=rank,
-                samples_per_s=median,
-                samples_per_s_spread=spread,
-                window_samples_per_s=tuple(data["windows"]),
-                first_batch_s=data["first_batch_s"],
-                wait_s_p50=data["wait_s_p50"],
-                wait_s_p90=data["wait_s_p90"],
-                batches=data["batches"],
-                samples=data["samples"],
+                **_measured_fields(data),
                 peak_memory_bytes=r.peak_memory_bytes,
                 cpu_per_wall=data.get("cpu_per_wall"),
                 spans_unix_s=(tuple(data["span_unix_s"]),),
