@@ -634,9 +634,8 @@ def create_dataloader(
         loader_args["multiprocessing_context"] = context
     if n == 0 and threads == 0 and "timeout" in loader_args:
         loader_args["timeout"] = 0  # torch asserts timeout == 0 without workers (named above)
-    measured_beyond_cpus = n > usable_cpu_count() and "more workers than the" in (
-        settings["num_workers"].reason
-    )
+    # a stored measurement chose more workers than CPUs (its reason gives the figures)
+    measured_beyond_cpus = stored is not None and n > usable_cpu_count()
     with warnings.catch_warnings():
         if measured_beyond_cpus:
             warnings.filterwarnings("ignore", message=_TORCH_WORKER_COUNT_WARNING)
