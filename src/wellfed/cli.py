@@ -442,6 +442,7 @@ def _run_tune_step(args: argparse.Namespace) -> int:
         spec,
         step_s=args.step_ms / 1e3,
         max_workers=args.max_workers,
+        max_threads=args.max_threads,
         start_method=args.start_method,
         budget_s=args.budget_s if args.budget_s is not None else 120.0,
         progress=progress,
@@ -476,6 +477,11 @@ def _run_tune_step(args: argparse.Namespace) -> int:
     out.print(
         f"{'Recommended' if result.reached else 'Best found'}: {result.reason}.", markup=False
     )
+    if not result.threads.get("safe"):
+        out.print(
+            f"Thread workers not measured: {result.threads.get('why') or 'not probed'}.",
+            markup=False,
+        )
     if rec is None:
         return EXIT_RUNTIME
     return EXIT_OK

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from torch.utils.data import DataLoader
 
 from tests.helpers import SquaresDataset
+from tests.helpers_seeding import ThreadYieldingDataset
 from tests.helpers_watch import SleepyDataset
 from wellfed.cli import main
 from wellfed.errors import ConfigError
@@ -30,7 +32,7 @@ def test_a_loader_far_ahead_of_the_step_needs_no_workers() -> None:
 def test_none_within_the_goal_recommends_the_least_data_bound_and_says_so() -> None:
     # 20 ms per sample, batch 8: 160 ms per batch per worker against a 1 ms step
     result = tune_for_step(
-        SleepyDataset(48, ms_per_sample=20.0), step_s=0.001, max_workers=1, steps=3
+        SleepyDataset(48, ms_per_sample=20.0), step_s=0.001, max_workers=1, max_threads=0, steps=3
     )
     assert not result.reached
     assert [t.config.num_workers for t in result.trials] == [0, 1]
@@ -42,6 +44,31 @@ def test_none_within_the_goal_recommends_the_least_data_bound_and_says_so() -> N
     assert result.reason.startswith("no configuration kept the data wait within 5%")
 
 
+def test_thread_workers_are_tried_and_win_on_memory_at_the_same_count() -> None:
+    # 5 ms per sample, batch 8: 40 ms per batch per worker against a 10 ms step. One worker
+    # is 75% data-bound, 2 workers 50%, 4 workers stay within 5% (up to the machine's noise):
+    # threads (one process's memory) and processes are both measured at each count.
+    loader = DataLoader(SleepyDataset(96, ms_per_sample=5.0), batch_size=8)
+    result = tune_for_step(loader, step_s=0.01, max_workers=8, steps=12)
+    assert result.threads["safe"], result.threads
+    labels = [(t.config.num_threads, t.config.num_workers) for t in result.trials]
+    assert labels[:3] == [(0, 0), (1, 0), (0, 1)]  # threads before processes at a count
+    assert result.reached, result.reason
+    rec = result.recommended
+    assert rec is not None and rec.config.num_threads > 0, result.reason
+    same_count = [t for t in result.trials if t.config.workers == rec.config.workers]
+    assert len(same_count) == 2  # both kinds measured at the recommended count
+    assert rec.peak_memory_bytes == min(t.peak_memory_bytes or 0 for t in same_count)
+
+
+def test_thread_workers_are_not_measured_when_the_probe_finds_them_unsafe() -> None:
+    result = tune_for_step(ThreadYieldingDataset(32), step_s=0.05, steps=4)
+    assert not result.threads["safe"]
+    assert result.threads["why"]
+    assert all(t.config.num_threads == 0 for t in result.trials)
+    assert result.to_dict()["threads"]["safe"] is False
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="step_s"):
         tune_for_step(SquaresDataset(8))
@@ -49,6 +76,8 @@ def test_options_are_checked() -> None:
         tune_for_step(SquaresDataset(8), step_s=-1)
     with pytest.raises(ConfigError, match="goal"):
         tune_for_step(SquaresDataset(8), step_s=0.01, goal=2.0)
+    with pytest.raises(ConfigError, match="max_threads"):
+        tune_for_step(SquaresDataset(8), step_s=0.01, max_threads=-1)
 
 
 def test_cli_step_ms_prints_the_table_and_writes_json(

@@ -3,16 +3,20 @@
 ``tune_for_step(target, step_s=0.040)`` (``wellfed tune TARGET --step-ms 40``) measures
 configurations with a consumer that spends ``step_s`` seconds per batch (sleeping, as a host
 waiting for its GPU does, or running the user's ``step`` callable), in the cheapest-first
-order: the main process, then 1, 2, 3... worker processes up to the usable CPUs, then
-doubling. Each trial runs in an isolated child (``run_isolated``, as ``measure`` does) and
-keeps its books with ``wellfed._meter.WaitMeter``, the accounting ``wellfed.watch`` uses. The
-search stops at the first configuration whose data wait is at most ``goal`` (5%) of the step:
-it is the cheapest one that keeps up (fewest workers; each count is measured once). When none
-does within the budget or the worker cap, the recommendation is the least data-bound one,
-and the result says so.
+order: the main process, then at 1, 2, 3... workers up to the usable CPUs, then doubling,
+thread workers (``num_threads``, in the main process) and worker processes at each count.
+Thread workers are tried only where tune's live probe finds them safe (``tune._probe``:
+threaded samples equal serial ones; no tokenizer shared across threads); the result says
+why when they are not. Each trial runs in an isolated child (``run_isolated``, as
+``measure`` does) and keeps its books with ``wellfed._meter.WaitMeter``, the accounting
+``wellfed.watch`` uses. The search stops at the first count where a configuration's data
+wait is at most ``goal`` (5%) of the step: the cheapest that keeps up (fewest workers or
+threads; between a thread and a process configuration of that count, the one whose measured
+peak memory is lower). When none does within the budget or the caps, the recommendation is
+the least data-bound one, and the result says so.
 
 This is an addition beside the throughput search (``wellfed.tune.tune``), which is left as it
-is; it measures worker processes only (no thread workers, no batched fetch).
+is; it measures no batched fetch and no prefetch depths.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from wellfed._meter import WaitMeter, leading_dim, warmup_for
 from wellfed.errors import check_option
-from wellfed.measure import run_isolated, stream
+from wellfed.measure import close_loader, iterate, run_isolated
 from wellfed.target import LoaderConfig, LoaderSpec, spec_from_object
 
 __all__ = ["DATA_WAIT_GOAL", "StepTrial", "StepTuneResult", "tune_for_step"]
@@ -46,7 +50,7 @@ class StepTrial:
         data_bound_fraction: Data wait over step time, 0..1 (None unless ok).
         samples_per_s: The consumer's pace, samples/s.
         wait_s_p90: 90th percentile of the data wait per step, s.
-        steps: Steps measured (after the warm-up: the first ``num_workers`` batches).
+        steps: Steps measured (each epoch's warm-up steps left out: ``_meter.warmup_for``).
         peak_memory_bytes: Peak memory of the trial's process tree.
         memory_kind: "rss+uss" or "rss".
         elapsed_s: Wall seconds the trial took, start-up included.
@@ -90,6 +94,8 @@ class StepTuneResult:
         reason: One sentence on why it was chosen.
         description: The workload.
         elapsed_s: Wall seconds of the whole search.
+        threads: The thread-safety verdict: ``{"safe": bool, "why": str, "fix": str | None}``
+            (``why``: the detected fact; thread workers are measured only when safe).
     """
 
     step_s: float | None
@@ -100,6 +106,7 @@ class StepTuneResult:
     reason: str
     description: str
     elapsed_s: float
+    threads: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -112,6 +119,7 @@ class StepTuneResult:
             "reason": self.reason,
             "description": self.description,
             "elapsed_s": self.elapsed_s,
+            "threads": dict(self.threads),
         }
 
 
@@ -128,25 +136,39 @@ def _trial_child(
     # torch's "suggested max number of worker" advice: a count above the CPUs is measured here
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     loader = spec.make_loader(config)
-    warmup = warmup_for(loader)
     meter = WaitMeter()
-    meter.new_epoch(warmup)
-    batches = stream(loader)
+    # Epoch by epoch, as ``wellfed.watch`` sees a loop: each epoch's first batches (its
+    # workers' start-up) are warm-up steps, left out of the figures. An epoch made only of
+    # warm-up steps (fewer batches than starting workers) measures nothing: the search gives up
+    # after a bounded number of such batches.
+    limit = 4 * (steps + max(1, config.workers)) + 16
+    handed = 0
     try:
-        for _ in range(warmup + steps):
-            meter.begin()
+        while len(meter.step) < steps and handed < limit:
+            meter.new_epoch(warmup_for(loader))
+            delivered = False
+            batches = iter(iterate(loader, keep_workers=True))
             try:
-                batch = next(batches)
-            except StopIteration:
-                meter.abandon()
+                while len(meter.step) < steps and handed < limit:
+                    meter.begin()
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        meter.abandon()
+                        break
+                    meter.end(leading_dim(batch))
+                    delivered = True
+                    handed += 1
+                    if step is not None:
+                        step(batch)
+                    elif step_s:
+                        time.sleep(step_s)
+            finally:
+                batches.close()  # type: ignore[attr-defined]
+            if not delivered:
                 break
-            meter.end(leading_dim(batch))
-            if step is not None:
-                step(batch)
-            elif step_s:
-                time.sleep(step_s)
     finally:
-        batches.close()
+        close_loader(loader)
     return meter.stats().to_dict()
 
 
@@ -160,6 +182,83 @@ def _counts(cpus: int, cap: int) -> list[int]:
     return counts
 
 
+def _configs(
+    count: int,
+    *,
+    batch_size: int,
+    method: str,
+    process_cap: int,
+    thread_cap: int,
+) -> list[LoaderConfig]:
+    """The configurations of one count, cheapest first: the main process alone at 0; thread
+    workers (one process's memory) before worker processes."""
+    if count == 0:
+        return [LoaderConfig(batch_size=batch_size)]
+    out = []
+    if count <= thread_cap:
+        out.append(LoaderConfig(num_threads=count, batch_size=batch_size))
+    if count <= process_cap:
+        out.append(
+            LoaderConfig(
+                num_workers=count,
+                batch_size=batch_size,
+                persistent_workers=True,
+                multiprocessing_context=method,
+            )
+        )
+    return out
+
+
+def _measure_step(
+    spec: LoaderSpec,
+    config: LoaderConfig,
+    *,
+    step_s: float | None,
+    step: Callable[[Any], Any] | None,
+    steps: int,
+    method: str,
+) -> StepTrial:
+    """One trial in an isolated child, with a timeout that covers start-up and the steps."""
+    count = config.workers
+    startup = 20.0 + (3.0 if method != "fork" and config.num_workers else 0.5) * count
+    per_step = step_s if step_s is not None else 0.5
+    result = run_isolated(
+        _trial_child,
+        spec,
+        config,
+        step_s,
+        step,
+        steps,
+        timeout_s=startup + 4 * (steps + count) * (per_step + 0.5),
+        sample_memory=True,
+    )
+    if result.status == "ok":
+        stats = result.value
+        return StepTrial(
+            config=config,
+            status="ok",
+            data_bound_fraction=stats["data_bound_fraction"],
+            samples_per_s=stats["samples_per_s"],
+            wait_s_p90=stats["wait_s_p90"],
+            steps=stats["steps"],
+            peak_memory_bytes=result.peak_memory_bytes,
+            memory_kind=result.memory_kind,
+            elapsed_s=result.elapsed_s,
+        )
+    return StepTrial(
+        config=config,
+        status=result.status,
+        peak_memory_bytes=result.peak_memory_bytes,
+        memory_kind=result.memory_kind,
+        elapsed_s=result.elapsed_s,
+        error=result.error,
+    )
+
+
+def _within(trial: StepTrial, goal: float) -> bool:
+    return trial.ok and trial.data_bound_fraction is not None and trial.data_bound_fraction <= goal
+
+
 def tune_for_step(
     target: Any,
     *,
@@ -167,6 +266,7 @@ def tune_for_step(
     step: Callable[[Any], Any] | None = None,
     goal: float = DATA_WAIT_GOAL,
     max_workers: int | None = None,
+    max_threads: int | None = None,
     start_method: str | None = None,
     budget_s: float = 120.0,
     steps: int = STEPS_PER_TRIAL,
@@ -184,6 +284,8 @@ def tune_for_step(
             (a forked child: it need not pickle where fork is the start method).
         goal: Data wait at most this share of the step, 0..1 (default 5%).
         max_workers: Most worker processes to try; None: 4x the usable CPUs, at most 64.
+        max_threads: Most thread workers to try; None: ``tune.MAX_THREADS`` (256); 0 tries
+            none.
         start_method: Worker start method; None: the target's own, else the platform's.
         budget_s: Bound on the whole search, seconds.
         steps: Measured steps per trial (after the warm-up).
@@ -194,7 +296,8 @@ def tune_for_step(
 
     Raises:
         ConfigError: neither or both of ``step_s`` and ``step``, ``step_s`` <= 0, ``goal``
-            outside 0..1, ``budget_s`` <= 0, ``steps`` < 1 or ``max_workers`` < 0 (WF010).
+            outside 0..1, ``budget_s`` <= 0, ``steps`` < 1, ``max_workers`` < 0 or
+            ``max_threads`` < 0 (WF010).
     """
     check_option(
         "step_s",
@@ -209,14 +312,11 @@ def tune_for_step(
     check_option("goal", goal, 0 < goal < 1, "a share between 0 and 1", code="WF010")
     check_option("budget_s", budget_s, budget_s > 0, "a positive number of seconds", code="WF010")
     check_option("steps", steps, steps >= 1, "1 or more", code="WF010")
-    check_option(
-        "max_workers",
-        max_workers,
-        max_workers is None or max_workers >= 0,
-        "0 or more",
-        code="WF010",
-    )
+    for name, value in (("max_workers", max_workers), ("max_threads", max_threads)):
+        check_option(name, value, value is None or value >= 0, "0 or more", code="WF010")
     from wellfed.platform import collect_platform_info
+    from wellfed.tune._probe import probe_dataset
+    from wellfed.tune._search import MAX_THREADS
 
     spec = target if isinstance(target, LoaderSpec) else spec_from_object(target)
     platform = collect_platform_info(include_gpus=False)
@@ -228,65 +328,46 @@ def tune_for_step(
     )
     cpus = platform.usable_cpus
     cap = min(64, 4 * cpus) if max_workers is None else max_workers
+    thread_cap = MAX_THREADS if max_threads is None else min(MAX_THREADS, max_threads)
     batch_size = user.batch_size if user else spec.batch_size
     started = time.perf_counter()
+    threads: dict[str, Any] = {"safe": False, "why": "max_threads=0", "fix": None}
+    if thread_cap > 0:
+        if progress is not None:
+            progress(0.0, "probing thread safety")
+        threads = dict(probe_dataset(spec, timeout_s=min(60.0, budget_s / 4))["threads"])
+        if not threads.get("safe"):
+            thread_cap = 0
     trials: list[StepTrial] = []
     recommended: StepTrial | None = None
     reason = ""
-    for count in _counts(cpus, cap):
-        spent = time.perf_counter() - started
-        if trials and spent + max(t.elapsed_s for t in trials) * 1.5 > budget_s:
-            reason = f"the time budget ({budget_s:.0f}s) would be exceeded at {count} workers"
-            break
-        config = LoaderConfig(
-            num_workers=count,
-            batch_size=batch_size,
-            persistent_workers=count > 0,
-            multiprocessing_context=method if count > 0 else None,
+    for count in _counts(cpus, max(cap, thread_cap)):
+        configs = _configs(
+            count, batch_size=batch_size, method=method, process_cap=cap, thread_cap=thread_cap
         )
-        if progress is not None:
-            progress(min(1.0, spent / budget_s), f"measuring {config.label()} with the step")
-        startup = 20.0 + (3.0 if method != "fork" else 0.5) * count
-        per_step = step_s if step_s is not None else 0.5
-        result = run_isolated(
-            _trial_child,
-            spec,
-            config,
-            step_s,
-            step,
-            steps,
-            timeout_s=startup + 4 * (steps + count) * (per_step + 0.5),
-            sample_memory=True,
-        )
-        if result.status == "ok":
-            stats = result.value
-            trial = StepTrial(
-                config=config,
-                status="ok",
-                data_bound_fraction=stats["data_bound_fraction"],
-                samples_per_s=stats["samples_per_s"],
-                wait_s_p90=stats["wait_s_p90"],
-                steps=stats["steps"],
-                peak_memory_bytes=result.peak_memory_bytes,
-                memory_kind=result.memory_kind,
-                elapsed_s=result.elapsed_s,
+        cut = False
+        for config in configs:
+            spent = time.perf_counter() - started
+            if trials and spent + max(t.elapsed_s for t in trials) * 1.5 > budget_s:
+                reason = f"the time budget ({budget_s:.0f}s) would be exceeded at {config.label()}"
+                cut = True
+                break
+            if progress is not None:
+                progress(min(1.0, spent / budget_s), f"measuring {config.label()} with the step")
+            trials.append(
+                _measure_step(spec, config, step_s=step_s, step=step, steps=steps, method=method)
             )
-        else:
-            trial = StepTrial(
-                config=config,
-                status=result.status,
-                peak_memory_bytes=result.peak_memory_bytes,
-                memory_kind=result.memory_kind,
-                elapsed_s=result.elapsed_s,
-                error=result.error,
-            )
-        trials.append(trial)
-        if trial.ok and trial.data_bound_fraction is not None and trial.data_bound_fraction <= goal:
-            recommended = trial
+        within = [t for t in trials[len(trials) - len(configs) :] if _within(t, goal)]
+        if within:
+            recommended = min(within, key=lambda t: t.peak_memory_bytes or 0)
             reason = (
                 f"the cheapest configuration whose data wait is at most {goal:.0%} of the step: "
-                f"{trial.data_bound_fraction:.1%} with {config.label()}"
+                f"{recommended.data_bound_fraction:.1%} with {recommended.config.label()}"
             )
+            if len(within) > 1:
+                reason += " (the least peak memory of the configurations at that count within it)"
+            break
+        if cut:
             break
     reached = recommended is not None
     if recommended is None:
@@ -294,9 +375,9 @@ def tune_for_step(
         if measured:
             recommended = min(
                 measured,
-                key=lambda t: (t.data_bound_fraction or 0.0, t.config.num_workers),
+                key=lambda t: (t.data_bound_fraction or 0.0, t.config.workers),
             )
-            why = reason or f"the worker cap ({cap}) was reached"
+            why = reason or f"the caps ({cap} worker processes, {thread_cap} threads) were reached"
             reason = (
                 f"no configuration kept the data wait within {goal:.0%} of the step ({why}): "
                 f"the least data-bound one, {recommended.data_bound_fraction:.1%} with "
@@ -313,4 +394,5 @@ def tune_for_step(
         reason=reason,
         description=spec.description,
         elapsed_s=time.perf_counter() - started,
+        threads=threads,
     )
