@@ -124,9 +124,9 @@ def _sample_bytes(spec: LoaderSpec) -> int:
             stack.extend(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
-    from wellfed.measure import batch_length
+    from wellfed._meter import leading_dim
 
-    return total // max(1, batch_length(batch))
+    return total // max(1, leading_dim(batch))
 
 
 # --- jpeg -------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ one after the other (``warmup_for``). Warm-up steps are counted apart (``warmup_
 ``warmup_wait_s``) and left out of every other figure.
 
 ``wellfed.watch`` (any iterable, the ``wellfed watch`` command, the framework callbacks) keeps
-its books here; the measuring core can use the same meter for a consumer that takes time.
+its books here, and so do the measuring core's trials (``measure``: its waits and hand-over
+times, with an idle consumer) and ``tune --step-ms`` (with a consumer that takes the step).
 
 Clocks. On the host, ``time.perf_counter`` at the call and at the return. With a CUDA device
 (``WaitMeter(device="cuda")``), the step's GPU work is asynchronous: the host returns from
@@ -393,6 +394,18 @@ class WaitMeter:
         self._last = None
         self._skip = False
         self._warmup_left = max(1, int(warmup))
+
+    def resume(self) -> float:
+        """The consumer resumes after a pause the books leave out (a warm-up kept elsewhere, a
+        barrier): no warm-up steps follow, and the next hand-over ends a step that starts now.
+
+        Returns:
+            The ``time.perf_counter()`` reading the next step starts from.
+        """
+        self._skip = False
+        self._warmup_left = 0
+        self._last = _perf_counter()
+        return self._last
 
     def skip_step(self) -> None:
         """Leave the step in progress out (the loop did other work: validation, checkpoints)."""

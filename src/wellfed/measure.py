@@ -13,7 +13,6 @@ the trial, never the caller. tune, the doctor's live probe, the benchmarks and w
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 import warnings
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wellfed._isolate import GroupMember, IsolatedResult, run_isolated, run_isolated_group
+from wellfed._meter import WaitMeter, leading_dim
 from wellfed.target import LoaderConfig, LoaderSpec
 
 __all__ = [
@@ -352,28 +352,6 @@ def summarize_windows(windows: tuple[float, ...] | list[float]) -> tuple[float, 
     return median, spread
 
 
-def _percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * pct / 100.0
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def batch_length(batch: Any) -> int:
-    """Samples in a collated batch: the length of its first tensor, array or sequence."""
-    if hasattr(batch, "shape") and len(batch.shape) > 0:
-        return int(batch.shape[0])
-    if isinstance(batch, dict):
-        for value in batch.values():
-            return batch_length(value)
-    if isinstance(batch, (list, tuple)) and batch:
-        first = batch[0]
-        if hasattr(first, "shape") or isinstance(first, (list, tuple, dict)):
-            return batch_length(first)
-        return len(batch)
-    return 1
-
-
 #: Batches arrive in bursts of about one per worker, so a measurement window spans two rounds
 #: of the workers; past this many workers (many threads waiting on storage, whose batches
 #: finish at random times) a round is taken as this many batches, so that a 256-thread trial
@@ -411,26 +389,23 @@ def _run_trial(
             # measured span sees steady state rather than batches already waiting.
             for _ in range(max(warmup_batches, min(config.workers, _BURST_CAP))):
                 next(batches)
-            stamps: list[float] = []
-            sizes: list[int] = []
-            waits: list[float] = []
             if group is not None:
                 group.wait_for_all(barrier_timeout_s)
+            # the books of ``wellfed.watch`` (``_meter``): the wait in next(), per hand-over
+            meter = WaitMeter()
             span_start_unix = time.time()
-            t0 = clock()
+            t0 = meter.resume()
             cpu0 = time.process_time()
             last = t0
             deadline = t0 + measure_s
             min_batches = max(min_batches, 3 * max(3, 2 * min(config.workers, _BURST_CAP)))
-            while len(stamps) < min_batches or last < deadline:
-                before = clock()
+            while len(meter.step) < min_batches or last < deadline:
+                meter.begin()
                 batch = next(batches)  # a new epoch's start-up counts, as in training
-                last = clock()
-                waits.append(last - before)
-                stamps.append(last)
-                sizes.append(batch_length(batch))
+                meter.end(leading_dim(batch))
+                last = meter.started + meter.handover[-1]
                 del batch
-                if len(stamps) > 100_000:
+                if len(meter.step) > 100_000:
                     break
             cpu_s = time.process_time() - cpu0
             span_end_unix = time.time()
@@ -443,6 +418,9 @@ def _run_trial(
         finally:
             batches.close()
         caught = [f"{r.category.__name__}: {r.message}" for r in records]
+    stamps = [meter.started + h for h in meter.handover]
+    sizes = list(meter.samples)
+    stats = meter.stats()
     n = len(stamps)
     # A window spans at least two rounds of the workers (batches arrive in bursts of about
     # num_workers), so that a window's rate is not the luck of one burst.
@@ -466,8 +444,8 @@ def _run_trial(
         "windows": rates,
         "batches": n,
         "samples": sum(sizes),
-        "wait_s_p50": _percentile(waits, 50),
-        "wait_s_p90": _percentile(waits, 90),
+        "wait_s_p50": stats.wait_s_p50,
+        "wait_s_p90": stats.wait_s_p90,
         "cpu_per_wall": cpu_s / (last - t0) if last > t0 else None,
         "warnings": sorted(set(caught)),
         "span_unix_s": (span_start_unix, span_end_unix),

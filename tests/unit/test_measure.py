@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wellfed._meter import leading_dim
 from wellfed.errors import ConfigError
-from wellfed.measure import LoaderConfig, Trial, batch_length, summarize_windows
+from wellfed.measure import LoaderConfig, Trial, summarize_windows
 
 
 def test_loader_kwargs_leave_worker_options_out_for_zero_workers() -> None:
@@ -62,8 +63,8 @@ def test_config_round_trips_through_dict() -> None:
         ([[1, 2], [3, 4]], 2),
     ],
 )
-def test_batch_length(batch: object, expected: int) -> None:
-    assert batch_length(batch) == expected
+def test_samples_in_a_batch_are_its_leading_dimension(batch: object, expected: int) -> None:
+    assert leading_dim(batch) == expected
 
 
 def test_summarize_windows_median_and_iqr() -> None:
