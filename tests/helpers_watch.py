@@ -58,3 +58,23 @@ class DictRegressor(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": torch.nn.functional.mse_loss(self.linear(x), labels)}
+
+
+class MultiScaleDataset(Dataset):
+    """Multi-scale training's pattern: ``__getitem__`` reads ``img_size``, which the training
+    loop assigns from outside the class (``dataset.img_size = s``); ``seen`` is a counter the
+    loop keeps on the dataset and worker code never reads.
+
+    Sample i is a float tensor of 2 values, both ``img_size``.
+    """
+
+    def __init__(self, n: int = 48, img_size: int = 416) -> None:
+        self.n = n
+        self.img_size = img_size
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.full((2,), float(self.img_size))

@@ -1220,6 +1220,11 @@ def _render_watch(report: Any, out: Any) -> None:
             for line in cause.evidence:
                 out.print(f"      {escape(line)}", soft_wrap=True)
         out.print(f"  [bold]next[/]: {escape(v.next_step)}", soft_wrap=True)
+    for lr in report.loaders:
+        for entry in lr.stale:
+            out.print(f"\n[bold red]stale dataset state[/] in {escape(lr.name)}")
+            out.print(f"  {escape(entry['message'])}", soft_wrap=True)
+            out.print(f"  [bold]fix[/]: {escape(entry['fix'])}", soft_wrap=True)
     if short:
         names = ", ".join(lr.name.split(" ", 1)[0] for lr in short)
         out.print(

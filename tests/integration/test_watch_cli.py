@@ -195,3 +195,15 @@ def test_note002_runs_unchanged_with_a_live_line_a_verdict_and_json(tmp_path: Pa
     assert train["stats"]["epochs"] == 2
     assert train["stats"]["samples"] + train["stats"]["warmup_samples"] == 2 * 48
     assert train["verdict"]["kind"] in ("data-bound", "not-data-bound")
+
+
+def test_an_attribute_the_loop_sets_while_workers_run_is_reported(tmp_path: Path) -> None:
+    out = tmp_path / "watch.json"
+    script = ROOT / "tests" / "integration" / "scripts" / "watch_multiscale.py"
+    run = _watch("--json", str(out), str(script))
+    assert run.returncode == 0, run.stderr
+    assert "stale dataset state" in run.stderr  # the summary goes to stderr
+    assert "dataset.img_size changed from 416 to" in run.stderr
+    (loader,) = json.loads(out.read_text())["loaders"]
+    (entry,) = loader["stale"]
+    assert entry["path"] == "dataset.img_size" and "SharedState" in entry["fix"]

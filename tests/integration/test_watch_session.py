@@ -83,3 +83,54 @@ def test_module_level_patch_is_gone_even_when_the_block_raises() -> None:
     with pytest.raises(RuntimeError, match="test"), LoaderSession(interval_s=0.05):
         raise RuntimeError("test")
     assert torch.utils.data.DataLoader.__dict__["__iter__"] is original
+
+
+def _multiscale_run(*, persistent: bool, change_at: int | None, epochs: int = 1) -> tuple[
+    list[list[float]], list[dict[str, object]]
+]:
+    """Iterate a MultiScaleDataset with 2 fork workers; at batch ``change_at`` of each epoch
+    the loop sets img_size (None: between epochs, before iter()); it bumps ``seen`` always."""
+    from tests.helpers_watch import MultiScaleDataset
+
+    dataset = MultiScaleDataset(48)
+    loader = DataLoader(
+        dataset,
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=persistent,
+        multiprocessing_context="fork",
+        timeout=60,
+    )
+    sizes: list[list[float]] = []
+    with LoaderSession(interval_s=0.02) as session:
+        for epoch in range(epochs):
+            if change_at is None and epoch:
+                dataset.img_size = 320 + epoch
+            seen = []
+            for i, batch in enumerate(loader):
+                dataset.seen += 1  # never read by workers: not reported
+                if change_at is not None and i == change_at:
+                    dataset.img_size = 320 + epoch
+                seen.append(float(batch[0, 0]))
+            sizes.append(seen)
+        (record,) = session.records
+    return sizes, record.stale
+
+
+def test_an_attribute_the_loop_sets_mid_epoch_is_reported_stale_until_the_epoch_ends() -> None:
+    sizes, stale = _multiscale_run(persistent=False, change_at=3)
+    assert set(sizes[0]) == {416.0}  # the workers never saw 320: the guard is right
+    (entry,) = stale
+    assert entry["path"] == "dataset.img_size"
+    assert (entry["before"], entry["now"]) == ("416", "320")
+    assert entry["persistent"] is False and entry["read_by_workers"] is True
+
+
+def test_a_change_between_epochs_is_fine_without_persistent_workers_not_with_them() -> None:
+    sizes, stale = _multiscale_run(persistent=False, change_at=None, epochs=2)
+    assert set(sizes[1]) == {321.0}  # new workers copied the new value
+    assert stale == []
+    sizes, stale = _multiscale_run(persistent=True, change_at=None, epochs=2)
+    assert set(sizes[1]) == {416.0}  # persistent workers kept their copy
+    (entry,) = stale
+    assert entry["path"] == "dataset.img_size" and entry["persistent"] is True

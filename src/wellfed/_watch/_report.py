@@ -82,6 +82,9 @@ class LoaderReport:
         target: A TARGET for ``wellfed tune``/``precompute`` found in the program, or None.
         model: "path (class)" of a ``torch.nn.Module`` reachable from the dataset, or None.
         verdict: The ``Verdict``.
+        stale: Dataset attributes the program changed while workers held copies made before
+            the change (``wellfed._watch._stale``; ``LoaderRecord.stale`` for the keys), each
+            with ``message`` and ``fix`` in words: silently stale data, whatever the verdict.
         timeline: Per step (hand-over time s since the session began, data wait s, step s);
             left out of ``to_dict()``.
     """
@@ -93,6 +96,7 @@ class LoaderReport:
     target: str | None
     model: str | None
     verdict: Verdict
+    stale: tuple[dict[str, Any], ...] = ()
     timeline: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +109,7 @@ class LoaderReport:
             "target": self.target,
             "model": self.model,
             "verdict": self.verdict.to_dict(),
+            "stale": [dict(e) for e in self.stale],
         }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from wellfed._watch import _proc
+from wellfed._watch import _proc, _stale
 from wellfed._watch._report import LoaderReport, WatchReport
 from wellfed._watch._session import LoaderRecord, LoaderSession
 from wellfed._watch._verdict import judge, worker_evidence
@@ -229,6 +229,7 @@ def build_report(
                 target=record.target,
                 model=model,
                 verdict=verdict,
+                stale=tuple(_stale.describe(e, record.settings) for e in record.stale),
                 timeline=timeline,
             )
         )

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from wellfed._meter import WaitMeter, warmup_for
-from wellfed._watch import _proc
+from wellfed._watch import _proc, _stale
 from wellfed._watch._wrap import MeteredIterator
 
 __all__ = ["LoaderRecord", "LoaderSession", "find_module"]
@@ -163,6 +163,11 @@ class LoaderRecord:
         io: The latest ``/proc/<pid>/io`` per worker pid.
         pids: CPU ticks and run-queue wait per worker pid, first and last seen.
         consumer: The same for the thread that iterates the loader (keyed by its thread id).
+        stale: Dataset attributes the program changed while workers held copies made before
+            the change (``_stale``): dicts with ``path``, ``before``, ``now``, ``step`` (steps
+            handed over when it was first seen), ``epoch`` (1, 2...), ``epochs`` (each epoch
+            whose workers missed a change), ``persistent`` and ``read_by_workers`` (True:
+            worker code reads it; None: that code could not be read).
     """
 
     index: int
@@ -180,7 +185,11 @@ class LoaderRecord:
     pids: dict[int, _PidSeen] = field(default_factory=dict)
     consumer: dict[int, _PidSeen] = field(default_factory=dict)
     consumer_tid: int | None = None
+    stale: list[dict[str, Any]] = field(default_factory=list)
     _iterator: Any = None  # weakref to torch's live iterator
+    # the datasets' attributes when the current workers copied them: (path, dataset, snapshot)
+    _copies: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)
+    _reads: dict[str, set[str] | None] = field(default_factory=dict)
 
     def live_iterator(self) -> Any:
         """torch's current iterator of this loader, or None once it is gone or shut down."""
@@ -266,6 +275,10 @@ class LoaderSession:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for record in list(self.records):
+            if record.live_iterator() is not None:
+                with contextlib.suppress(Exception):
+                    self._check_stale(record)
         self.ended = time.perf_counter()
         self.psi_end = _proc.psi_io_us()
         self.disk_end = _proc.disk_busy_ms()
@@ -303,18 +316,69 @@ class LoaderSession:
             pids = tuple(p.pid for p in workers if p.pid is not None)
             if not record.worker_pids or record.worker_pids[-1] != pids:
                 record.worker_pids.append(pids)
-        if self.progress is None:
-            return MeteredIterator(it, record.meter, warmup=warmup)
-        if new:
+                self._copied(record, loader)  # new workers: new copies of the dataset
+        if new and self.progress is not None:
             self.progress("new", record)
         return MeteredIterator(it, record.meter, self._on_stop(record), warmup=warmup)
 
     def _on_stop(self, record: LoaderRecord) -> Callable[[], None]:
         def on_stop() -> None:
+            with contextlib.suppress(Exception):  # the guard never breaks the program
+                self._check_stale(record)
             if self.progress is not None:
                 self.progress("epoch", record)
 
         return on_stop
+
+    # -- the stale-state guard (``_stale``) --------------------------------------------------
+
+    def _copied(self, record: LoaderRecord, loader: Any) -> None:
+        """The loader's workers have just copied its dataset(s): remember what they hold."""
+        copies: list[tuple[str, Any, dict[str, Any]]] = []
+        path, dataset = "dataset", getattr(loader, "dataset", None)
+        for _ in range(4):  # Subset-like wrappers: their .dataset chain
+            if dataset is None:
+                break
+            with contextlib.suppress(Exception):
+                copies.append((path, dataset, _stale.snapshot(dataset)))
+                if path not in record._reads:
+                    record._reads[path] = _stale.worker_reads(loader, dataset)
+            inner = getattr(dataset, "dataset", None)
+            if inner is dataset:
+                break
+            path, dataset = f"{path}.dataset", inner
+        record._copies = copies
+
+    def _check_stale(self, record: LoaderRecord) -> None:
+        """Compare the datasets with the workers' copies; record each new difference once."""
+        if not record._copies:
+            return
+        persistent = bool(record.settings.get("persistent_workers"))
+        known = {e["path"]: e for e in record.stale}
+        for path, dataset, before in record._copies:
+            reads = record._reads.get(path)
+            for name, was, now in _stale.changes(before, dataset):
+                if reads is not None and name not in reads:
+                    continue
+                full = f"{path}.{name}"
+                epoch = record.meter.epochs
+                entry = known.get(full)
+                if entry is not None:
+                    if epoch not in entry["epochs"]:  # changed again under newer workers
+                        entry["epochs"].append(epoch)
+                    continue
+                entry = {
+                    "path": full,
+                    "before": was,
+                    "now": now,
+                    "step": len(record.meter.step) + record.meter.warmup_steps,
+                    "epoch": epoch,
+                    "epochs": [epoch],
+                    "persistent": persistent,
+                    "read_by_workers": True if reads is not None else None,
+                }
+                record.stale.append(entry)
+                known[full] = entry
 
     def _new_record(self, loader: Any) -> LoaderRecord:
         settings = _settings(loader)
@@ -397,6 +461,7 @@ class LoaderSession:
         it = record.live_iterator()
         if it is None:
             return
+        self._check_stale(record)
         workers = list(getattr(it, "_workers", None) or ())
         now = time.perf_counter()
         tid = record.consumer_tid
