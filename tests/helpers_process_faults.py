@@ -59,3 +59,36 @@ slow_loader = DataLoader(SlowDataset(512, 0.05), batch_size=8)
 #: 3.2 s per batch of 16: a main-process trial (at least 12 batches) outlasts the budget's
 #: bound for a 1 s budget (27 s).
 slower_loader = DataLoader(SlowDataset(512, 0.2), batch_size=16)
+
+
+class PoolInInitDataset(torch.utils.data.Dataset):
+    """milesial/Pytorch-UNet's BasicDataset pattern: ``__init__`` runs helper processes (a
+    ``multiprocessing.Pool`` there) and ends them with SIGTERM (``Pool.terminate``, here
+    ``Process.terminate`` on a sleeping one, so the signal always lands)."""
+
+    def __init__(self, n: int = 8) -> None:
+        import multiprocessing
+
+        helper = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,))
+        helper.start()
+        time.sleep(0.2)  # let it reach its sleep
+        helper.terminate()
+        helper.join(10)
+        self.helper_exitcode = helper.exitcode
+        self.values = list(range(n))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> int:
+        return self.values[index]
+
+
+def pool_in_init() -> PoolInInitDataset:
+    """A TARGET factory for the CLI tests; fails when the helper did not die of SIGTERM."""
+    import signal
+
+    ds = PoolInInitDataset()
+    if ds.helper_exitcode != -signal.SIGTERM:
+        raise RuntimeError(f"the helper process exited with {ds.helper_exitcode}, not -SIGTERM")
+    return ds

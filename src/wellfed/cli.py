@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -43,7 +44,19 @@ class _Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+#: The process that installed ``_on_terminating_signal``. A process forked from it by the
+#: user's code (a ``multiprocessing.Pool`` the dataset's ``__init__`` starts, as
+#: milesial/Pytorch-UNet's BasicDataset does) inherits the handler; when the pool ends it with
+#: SIGTERM, it must die as it would have without wellfed, not raise _Terminated and print a
+#: traceback.
+_handler_pid: int | None = None
+
+
 def _on_terminating_signal(signum: int, frame: Any) -> None:
+    if os.getpid() != _handler_pid:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # the default action: terminate, as without wellfed
+        return
     # A second signal must not interrupt the cleanup the first one starts.
     for name in (*TERMINATING_SIGNALS, "SIGINT"):
         with contextlib.suppress(AttributeError, ValueError, OSError):
@@ -60,6 +73,8 @@ def _terminating_signals_raise() -> Any:
     thread (elsewhere Python refuses signal handlers): ``main()`` called from another thread
     keeps the signals as they are.
     """
+    global _handler_pid
+    _handler_pid = os.getpid()
     old: dict[int, Any] = {}
     for name in (*TERMINATING_SIGNALS, "SIGINT"):
         sig = getattr(signal, name, None)

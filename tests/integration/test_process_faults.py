@@ -301,3 +301,25 @@ def test_shared_memory_of_a_killed_tree_is_unlinked_and_the_callers_is_kept() ->
     finally:
         mine.close()
         mine.unlink()
+
+
+def test_a_pool_the_users_dataset_ends_with_sigterm_prints_no_wellfed_traceback() -> None:
+    # the pool's workers are forked from the CLI process and inherit its SIGTERM handler
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wellfed",
+            "doctor",
+            "tests.helpers_process_faults:pool_in_init",
+            "--static-only",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0, run.stderr
+    assert "_Terminated" not in run.stderr
+    assert "Traceback" not in run.stderr
