@@ -55,7 +55,8 @@ def test_thread_workers_are_tried_and_win_on_memory_at_the_same_count() -> None:
     assert labels[:3] == [(0, 0), (1, 0), (0, 1)]  # threads before processes at a count
     assert result.reached, result.reason
     rec = result.recommended
-    assert rec is not None and rec.config.num_threads > 0, result.reason
+    assert rec is not None
+    assert rec.config.num_threads > 0, result.reason
     same_count = [t for t in result.trials if t.config.workers == rec.config.workers]
     assert len(same_count) == 2  # both kinds measured at the recommended count
     assert rec.peak_memory_bytes == min(t.peak_memory_bytes or 0 for t in same_count)

@@ -206,4 +206,5 @@ def test_an_attribute_the_loop_sets_while_workers_run_is_reported(tmp_path: Path
     assert "dataset.img_size changed from 416 to" in run.stderr
     (loader,) = json.loads(out.read_text())["loaders"]
     (entry,) = loader["stale"]
-    assert entry["path"] == "dataset.img_size" and "SharedState" in entry["fix"]
+    assert entry["path"] == "dataset.img_size"
+    assert "SharedState" in entry["fix"]

@@ -85,9 +85,9 @@ def test_module_level_patch_is_gone_even_when_the_block_raises() -> None:
     assert torch.utils.data.DataLoader.__dict__["__iter__"] is original
 
 
-def _multiscale_run(*, persistent: bool, change_at: int | None, epochs: int = 1) -> tuple[
-    list[list[float]], list[dict[str, object]]
-]:
+def _multiscale_run(
+    *, persistent: bool, change_at: int | None, epochs: int = 1
+) -> tuple[list[list[float]], list[dict[str, object]]]:
     """Iterate a MultiScaleDataset with 2 fork workers; at batch ``change_at`` of each epoch
     the loop sets img_size (None: between epochs, before iter()); it bumps ``seen`` always."""
     from tests.helpers_watch import MultiScaleDataset
@@ -123,7 +123,8 @@ def test_an_attribute_the_loop_sets_mid_epoch_is_reported_stale_until_the_epoch_
     (entry,) = stale
     assert entry["path"] == "dataset.img_size"
     assert (entry["before"], entry["now"]) == ("416", "320")
-    assert entry["persistent"] is False and entry["read_by_workers"] is True
+    assert entry["persistent"] is False
+    assert entry["read_by_workers"] is True
 
 
 def test_a_change_between_epochs_is_fine_without_persistent_workers_not_with_them() -> None:
@@ -133,4 +134,5 @@ def test_a_change_between_epochs_is_fine_without_persistent_workers_not_with_the
     sizes, stale = _multiscale_run(persistent=True, change_at=None, epochs=2)
     assert set(sizes[1]) == {416.0}  # persistent workers kept their copy
     (entry,) = stale
-    assert entry["path"] == "dataset.img_size" and entry["persistent"] is True
+    assert entry["path"] == "dataset.img_size"
+    assert entry["persistent"] is True

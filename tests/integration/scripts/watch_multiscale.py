@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 if __name__ == "__main__":
     dataset = MultiScaleDataset(n=96)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, timeout=60)
-    for i, batch in enumerate(loader):
+    for i, _batch in enumerate(loader):
         if i and i % 5 == 0:
             dataset.img_size = random.choice(range(320, 609, 32))
         time.sleep(0.005)  # the step
