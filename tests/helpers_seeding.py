@@ -201,3 +201,33 @@ class NestedSeededDataset(Dataset[torch.Tensor]):
             GlobalAugmentDataset(4), batch_size=2, shuffle=True, seed=index, num_workers=0
         )
         return torch.cat([b.reshape(-1) for b in inner])
+
+
+class IndexDataset(Dataset[torch.Tensor]):
+    """Sample i is tensor([i]): no randomness at all, so only the order can differ."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([index])
+
+
+#: A shuffle seeded by its own generator over data without randomness: reproducible, as long as
+#: each run starts the generator from its seed (the CLI builds the loader once per run).
+seeded_shuffle_loader = torch.utils.data.DataLoader(
+    IndexDataset(16), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0)
+)
+
+
+def closure_worker_init_loader() -> torch.utils.data.DataLoader[Any]:
+    """Note 002's loader: a ``seed_worker`` defined inside the factory (fine under fork only)."""
+    base = 7
+
+    def seed_worker(worker_id: int) -> None:
+        random.seed(base + worker_id)
+
+    return torch.utils.data.DataLoader(IndexDataset(8), batch_size=4, worker_init_fn=seed_worker)

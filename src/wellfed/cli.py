@@ -112,6 +112,28 @@ def _console(stderr: bool = False, width: int = 120) -> Any:
     return console
 
 
+def _print_table(out: Any, table: Any) -> None:
+    """Print a Rich table; where ``out`` is no terminal, no row wraps inside a cell.
+
+    Rich fits a table to the console's width by wrapping its widest cells, which splits a row
+    (a configuration label, a number) over two lines. A pipe or a file has no width to fit, so
+    there the console is widened to the table's natural width for this one table (issue 15:
+    ``wellfed tune | cat`` printed the ceiling row on two lines). A terminal keeps its width.
+    """
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.measure import Measurement
+
+    needed = Measurement.get(out, out.options.update(width=10_000), table).maximum
+    width = out.width
+    out.width = max(width, needed)
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
 def _write_json(data: dict[str, Any], dest: str) -> None:
     text = json.dumps(data, indent=2, default=str)
     if dest == "-":
@@ -234,7 +256,7 @@ def _run_info(args: argparse.Namespace) -> int:
     ]
     for key, value in rows:
         table.add_row(key, value)
-    _console().print(table)
+    _print_table(_console(), table)
     return EXIT_OK
 
 
@@ -488,7 +510,7 @@ def _run_tune_step(args: argparse.Namespace) -> int:
         else:
             first = (t.error or "").strip().splitlines()[0][:60] if t.error else ""
             table.add_row(t.config.label(), f"[red]{t.status}[/]", "", "", "", first)
-    out.print(table)
+    _print_table(out, table)
     out.print(
         f"{'Recommended' if result.reached else 'Best found'}: {result.reason}.", markup=False
     )
@@ -511,6 +533,8 @@ def _bad_file_trials(result: Any) -> list[Any]:
 def _render_tune(result: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
+
+    from wellfed.doctor import hanging_lines
 
     ranked = getattr(result, "nproc_per_node", 1) > 1
     # a label such as "4 workers, persistent, fork" on one line (two more columns per rank)
@@ -600,15 +624,19 @@ def _render_tune(result: Any) -> None:
             "",
             "",
         )
-    out.print(table)
+    _print_table(out, table)
     for t in result.trials:
         if not t.ok and t.error:
-            out.print(f"[red]{t.config.label()} {t.status}[/]:\n{t.error.strip()}\n")
+            out.print(f"[red]{escape(t.config.label())} {t.status}[/]:")
+            out.print(f"{t.error.strip()}\n", markup=False, highlight=False, soft_wrap=True)
     for f in result.findings:
         out.print(
-            f"[red]error[/] {f.get('code', '')} {f.get('path')}: {f.get('message')}\n"
-            f"  fix: {f.get('fix')}"
+            f"[red]error[/] {escape(str(f.get('code', '')))} {escape(str(f.get('path')))}: "
+            f"{escape(str(f.get('message')))}"
         )
+        # the fix's own lines (code, often) indented beneath "fix:", never wrapped
+        for line in hanging_lines(str(f.get("fix") or ""), "  fix: "):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
     probes = getattr(result, "probes", None) or {}
     for name, key, label in (
         ("batched_fetch", "eligible", "batched fetch"),
@@ -802,7 +830,7 @@ def _render_repro(report: Any, description: str) -> None:
         else:
             verdict = "[green]yes[/]" if run.matches_reference else "[red]no[/]"
         table.add_row(run.label, str(run.batches), f"{run.seconds:.2f}", verdict)
-    out.print(table)
+    _print_table(out, table)
     if report.reproducible:
         out.print(
             "[bold green]Reproducible[/]: identical batches in every configuration over "
@@ -1221,7 +1249,7 @@ def _render_watch(report: Any, out: Any) -> None:
             str(st.stalls),
             f"{st.warmup_wait_s:.2f}",
         )
-    out.print(table)
+    _print_table(out, table)
     short = [lr for lr in report.loaders if lr.verdict.kind == "too-short"]
     for lr in report.loaders:
         if lr.verdict.kind == "too-short":

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from wellfed import platform as _platform
+from wellfed._text import hang
 from wellfed.errors import (
     ConfigError,
     WorkerSafetyError,
@@ -735,7 +736,9 @@ def format_dataloader_config(loader: DataLoader[Any] | None = None, **settings: 
         **settings: Extra name=value pairs to show.
 
     Returns:
-        The text, starting "DataLoader configuration" (no trailing newline).
+        The text, starting "DataLoader configuration" (no trailing newline), within
+        ``wellfed._text.CODE_WIDTH`` (79) columns: a long reason continues on the next lines,
+        beneath its value, broken between words.
     """
     rows: list[tuple[str, str]] = []
     if loader is not None:
@@ -776,4 +779,7 @@ def format_dataloader_config(loader: DataLoader[Any] | None = None, **settings: 
         )
     )
     width = max(len(r[0]) for r in rows)
-    return "DataLoader configuration\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    # a long reason continues beneath its value, broken between words (issue 15: a terminal
+    # broke it mid-word)
+    lines = [line for k, v in rows for line in hang(f"  {k:<{width}}  ", v)]
+    return "DataLoader configuration\n" + "\n".join(lines)

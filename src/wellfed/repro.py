@@ -280,24 +280,190 @@ def _likely_cause(
             "the sampler or dataset length depends on the worker configuration (an "
             "IterableDataset not sharded per worker duplicates data)."
         )
-    if getattr(loader, "seed", None) is None:
-        return (
-            "The loader is not seeded per sample: torch seeds each worker from "
-            "base_seed + worker_id, so random augmentations change with num_workers (and a "
-            "shuffle draws from the global RNG). Build it with "
-            "wellfed.create_dataloader(..., seed=<int>)."
-        )
     if other.num_workers == ref.num_workers and other.start_method == ref.start_method:
         return (
             "The same configuration gave different batches twice: the data depends on "
             "something no seed controls (time, os.urandom, file order from os.listdir, "
             "str hashes without PYTHONHASHSEED, threads, or non-deterministic kernels)."
         )
+    if getattr(loader, "seed", None) is None:
+        kind, order, how = _shuffle_order(loader)
+        workers = (
+            "PyTorch seeds each worker's random and torch RNGs from base_seed + worker_id "
+            "(numpy's global RNG not at all), so a random augmentation in __getitem__ depends "
+            "on which worker loads the sample, and that changes with num_workers"
+        )
+        fix = (
+            "Build it with wellfed.create_dataloader(..., seed=<int>), which seeds every "
+            "sample from (seed, epoch, index) whatever the worker count"
+        )
+        if kind == "global":
+            return (
+                f"The loader is not seeded per sample: {workers} (and {order} draws from the "
+                f"global RNG). {fix}."
+            )
+        if kind == "unknown":
+            return (
+                f"The loader is not seeded per sample: {workers} ({order} decides the order "
+                f"itself: check that it draws from no global RNG). {fix}."
+            )
+        replaces = " (seed= replaces generator=)" if kind == "seeded" else ""
+        return (
+            f"The loader is not seeded per sample. {order[0].upper()}{order[1:]} is {how}, "
+            "so every run visits the samples in the same order: the difference is in the "
+            f"samples themselves. {workers}. {fix}{replaces}."
+        )
     return (
         "The loader is seeded per sample, so the dataset draws randomness that wellfed does not "
         "seed: an RNG object created in __init__ (random.Random, numpy Generator/RandomState, "
         "torch.Generator), state kept between calls, or worker-dependent code "
         "(get_worker_info). Draw from wellfed.sample_rng() / wellfed.sample_generator()."
+    )
+
+
+def _shuffle_order(loader: Any) -> tuple[str, str, str]:
+    """What decides the loader's order, and whether it is seeded: (kind, what, how).
+
+    kind "seeded": the sampler draws from a torch.Generator (``how``: "seeded by
+    loader.generator (initial seed 0)"); "sequential": a SequentialSampler, no shuffle;
+    "global": a RandomSampler without a generator (torch's ``shuffle=True`` without
+    ``generator=``), which draws from the global RNG; "unknown": another sampler, which
+    keeps its own order. ``what`` names the sampler for the message.
+    """
+    import torch
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    own = getattr(loader, "generator", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    candidates: list[tuple[str, Any]] = []
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        candidates.append(("loader.batch_sampler", batch_sampler))
+        inner = getattr(batch_sampler, "sampler", None)
+        if inner is not None:
+            candidates.append(("loader.batch_sampler.sampler", inner))
+    else:
+        candidates.append(("loader.sampler", getattr(loader, "sampler", None)))
+    for path, sampler in candidates:
+        gen = getattr(sampler, "generator", None)
+        if isinstance(gen, torch.Generator):
+            where = "loader.generator" if gen is own else f"{path}.generator"
+            return (
+                "seeded",
+                f"the shuffle ({type(sampler).__name__})",
+                f"seeded by {where} (initial seed {gen.initial_seed()})",
+            )
+        if isinstance(sampler, RandomSampler):
+            return "global", f"the shuffle ({path}, a RandomSampler without a generator)", ""
+    path, sampler = candidates[-1]
+    if isinstance(sampler, SequentialSampler):
+        return "sequential", "the order", "sequential (a SequentialSampler: no shuffle)"
+    return "unknown", f"{path} ({type(sampler).__name__})", ""
+
+
+def _sampling_generators(loader: Any) -> list[Any]:
+    """The torch.Generators a loader's order and worker base seed draw from: its own
+    ``generator`` and that of its sampler, batch sampler and the batch sampler's sampler."""
+    import torch
+
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: list[Any] = []
+    for obj in (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+def _refuse_unpicklable_worker_init(loader: Any) -> None:
+    """Raise WF214 before spawn/forkserver workers fail to unpickle ``loader.worker_init_fn``.
+
+    A closure or lambda ``worker_init_fn`` (a ``seed_worker`` defined inside ``main()``, note
+    002's) works under fork and fails under spawn with a bare pickling error (issue 15). It
+    is there to seed the workers, which per-sample seeding makes unnecessary: the message
+    says so and shows the fix.
+
+    Raises:
+        WorkerSafetyError: code WF214, ``attribute="worker_init_fn"``, ``value`` the function.
+    """
+    fn = getattr(loader, "worker_init_fn", None)
+    if fn is None or getattr(loader, "num_workers", 0) <= 0:
+        return
+    method = _start_method(loader)
+    if method not in ("spawn", "forkserver"):
+        return
+    from multiprocessing.reduction import ForkingPickler
+
+    try:
+        ForkingPickler.dumps(fn)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        short = name.rpartition(".")[2]
+        why = (
+            "a lambda"
+            if short == "<lambda>"
+            else "defined inside another function (a closure)"
+            if "<locals>" in name
+            else "not picklable"
+        )
+        raise WorkerSafetyError(
+            f"loader.worker_init_fn cannot reach {method} workers: {name!r} is {why}, and "
+            f"{method} pickles it for each worker ({type(exc).__name__}: {exc}). "
+            + _worker_init_not_needed(fn, getattr(loader, "seed", None)),
+            code="WF214",
+            attribute="worker_init_fn",
+            value=fn,
+            findings=[],
+        ) from exc
+
+
+def _worker_init_not_needed(fn: Any, seed: int | None) -> str:
+    """Why a seeding ``worker_init_fn`` is not needed with wellfed's seeding, and the fix.
+
+    ``fn`` is the function when known (its code is read for the name of a seeding call:
+    ``random.seed``, ``np.random.seed``, ``torch.manual_seed``), else None; ``seed`` is the
+    loader's per-sample seed, or None for a loader without one.
+    """
+    code = getattr(fn, "__code__", None)
+    calls = sorted({n for n in getattr(code, "co_names", ()) if "seed" in n.lower()})
+    short = (getattr(fn, "__qualname__", None) or "").rpartition(".")[2]
+    more = (
+        f"; if it does more than seed, move {short!r} to module level and pass what it "
+        "captured with functools.partial"
+        if short
+        else ""
+    )
+    does = (
+        f"It seeds the workers' RNGs (its code calls {', '.join(calls)}), which"
+        if calls
+        else "If it only seeds the workers' RNGs (the usual reason for one), that"
+    )
+    how = (
+        f"this loader's seed={seed} already seeds every sample"
+        if seed is not None
+        else "wellfed.create_dataloader(..., seed=<int>) seeds random, numpy and torch for "
+        "every sample from (seed, epoch, index)"
+    )
+    return (
+        f"{does} is not needed with wellfed's seeding: {how}, the same under every start "
+        "method and worker count. Fix: build the loader without worker_init_fn: "
+        f"wellfed.create_dataloader(dataset, ..., seed={seed if seed is not None else 0})"
+        f"{more}."
+    )
+
+
+def _start_method(loader: Any) -> str:
+    """The start method the loader's workers will use (its context, else the default)."""
+    ctx = getattr(loader, "multiprocessing_context", None)
+    if ctx is not None:
+        return str(ctx.get_start_method())
+    return (
+        multiprocessing.get_start_method(allow_none=True)
+        or multiprocessing.get_context().get_start_method()
     )
 
 
@@ -317,7 +483,11 @@ def verify_reproducibility(
     loader built the same way each time, e.g.
     ``lambda **kw: wellfed.create_dataloader(ds, batch_size=32, shuffle=True, seed=0, **kw)``.
     Every loader runs ``epochs`` epochs; each batch and each sample in it is hashed. The first
-    configuration is the reference. With a single configuration, it runs twice.
+    configuration is the reference. With a single configuration, it runs twice. A
+    ``torch.Generator`` that several builds share (``loader.generator``, its sampler's) is put
+    back to its state at the first build before each later run, as a fresh run of the script
+    would start it. Under spawn or forkserver, a ``worker_init_fn`` that cannot be pickled (a
+    closure, a lambda) fails its run before any worker starts, with WF214.
 
     Args:
         make_loader: Factory taking the keyword arguments ``num_workers`` and
@@ -335,7 +505,9 @@ def verify_reproducibility(
 
     Returns:
         ReproReport: per-run results, the first mismatch (epoch, batch, sample) and the likely
-        cause (naming a doctor finding about an RNG object when there is one).
+        cause (naming a doctor finding about an RNG object when there is one; for a loader
+        without per-sample seeds, what decides its order: a shuffle seeded by a generator is
+        named as such, and only an unseeded one is said to draw from the global RNG).
 
     Raises:
         ConfigError: ``epochs`` < 1, an empty or negative ``num_workers``, an unknown start
@@ -414,6 +586,8 @@ def verify_reproducibility(
     loaders: list[Any] = []
     first_mismatch: tuple[int, ReproMismatch] | None = None
     failed_findings: list[Any] = []
+    refusals: dict[int, str] = {}  # run -> the message of a refusal without a finding (WF214)
+    generator_states: list[tuple[Any, Any]] = []  # (generator, its state at the first build)
     for k, (n, m) in enumerate(configs):
         t0 = time.perf_counter()
         error = None
@@ -423,9 +597,13 @@ def verify_reproducibility(
             loader = make_loader(num_workers=n, multiprocessing_context=m)
             _bound_waits(loader, timeout_s)
             _refuse_unguarded_main(loader)
+            _refuse_unpicklable_worker_init(loader)
+            _restart_shared_generators(loader, generator_states)
             trace = _run(loader, epochs, max_batches)
         except Exception as exc:  # a failing configuration is a result, not a crash
             error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, WorkerSafetyError) and not getattr(exc, "findings", None):
+                refusals.setdefault(len(runs), str(exc))
             failed_findings.extend(getattr(exc, "findings", None) or ())
             logger.debug("repro run num_workers=%d %s failed", n, m, exc_info=True)
         seconds = time.perf_counter() - t0
@@ -486,7 +664,17 @@ def verify_reproducibility(
                     if getattr(f, "category", "") == "rng-duplication"
                     else ""
                 )
+                + (
+                    # a closure worker_init_fn under spawn (WF101): not needed once seeded
+                    f" {_worker_init_not_needed(None, None)}"
+                    if getattr(f, "path", "") == "loader.worker_init_fn"
+                    and getattr(f, "code", "") == "WF101"
+                    else ""
+                )
             )
+        elif refusals:
+            k, message = next(iter(refusals.items()))
+            cause = f"The run {runs[k].label} was refused before its workers started: {message}"
         else:
             cause = f"The run {failed.label} failed: {failed.error}"
     reproducible = all(r.matches_reference and r.error is None for r in runs)
@@ -498,6 +686,25 @@ def verify_reproducibility(
         likely_cause=cause,
         findings=findings,
     )
+
+
+def _restart_shared_generators(loader: Any, states: list[tuple[Any, Any]]) -> None:
+    """Put a generator that several builds share back to its state at the first build.
+
+    A factory that closes over one ``torch.Generator`` (a DataLoader target's own
+    ``generator=torch.Generator().manual_seed(0)``, a sampler built once) hands every build
+    the same object, already advanced by the runs before: its shuffle and worker base seeds
+    would differ from the first run's although the loader is seeded (issue 15). A fresh run of
+    the script starts it from its seed; so does each run here. The first build records the
+    states (``states`` is appended to); a generator new to a build is left as it is.
+    """
+    for gen in _sampling_generators(loader):
+        known = next((state for g, state in states if g is gen), None)
+        if known is None:
+            states.append((gen, gen.get_state()))
+        else:
+            logger.debug("a generator shared with an earlier build is put back to its state")
+            gen.set_state(known)
 
 
 def _refuse_unguarded_main(loader: Any) -> None:
@@ -512,13 +719,7 @@ def _refuse_unguarded_main(loader: Any) -> None:
     """
     if getattr(loader, "num_workers", 0) <= 0:
         return
-    ctx = getattr(loader, "multiprocessing_context", None)
-    method = (
-        ctx.get_start_method()
-        if ctx is not None
-        else multiprocessing.get_start_method(allow_none=True)
-        or multiprocessing.get_context().get_start_method()
-    )
+    method = _start_method(loader)
     if method not in ("spawn", "forkserver"):
         return
     from wellfed.doctor import diagnose

@@ -65,3 +65,27 @@ def test_the_cli_calls_the_library_factory() -> None:
 
     assert not hasattr(wellfed.cli, "_repro_factory")
     assert callable(wellfed.repro.loader_factory)
+
+
+@pytest.mark.workers
+@pytest.mark.timeout(60)
+def test_a_target_with_a_seeded_generator_is_reproducible(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the target's own generator=torch.Generator().manual_seed(0), shared by every build
+    argv = ["repro", "tests/helpers_seeding.py:seeded_shuffle_loader", "--plain"]
+    assert main([*argv, "--start-method", "fork", "--json"]) == 0, capsys.readouterr().out
+    assert json.loads(capsys.readouterr().out)["reproducible"] is True
+
+
+@pytest.mark.workers
+@pytest.mark.timeout(60)
+def test_a_closure_worker_init_fn_under_spawn_is_wf214(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = "tests/helpers_seeding.py:closure_worker_init_loader"
+    assert main(["repro", target, "--start-method", "spawn", "--epochs", "1"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "loader.worker_init_fn cannot reach spawn workers" in out
+    assert "is not needed with wellfed's seeding" in out
+    assert "[WF214]" in out

@@ -48,6 +48,18 @@ def test_example_reproduces_note_000(name: str, capsys: pytest.CaptureFixture[st
     # Tasks 1 and 2 (two thirds of the batches) ran on task 0's state in persistent workers.
     assert int(naive.group(1)) == 2 * int(naive.group(2)) // 3
     assert int(shared.group(1)) == 0
+    # The fixed run looks worse (higher loss, lower accuracy): the output says why, with the
+    # naive run's figure on the task's real data beside the one on the stale data (issue 15).
+    stale, real = re.findall(r"task 2: \w+ +([\d.]+%?) \(on task 2's real \w+: ([\d.]+%?)\)", out)[
+        0
+    ]
+    assert stale != real
+    head = re.search(r"why the fixed run shows the|the two runs' \w+ compared", out)
+    assert head is not None
+    why = " ".join(out[head.start() :].split())
+    assert "on task 2 it" in why
+    assert f"{stale} on those stale" in why
+    assert f"but {real} on the task's real ones" in why
 
 
 def _recorded_example_dataset() -> Any:

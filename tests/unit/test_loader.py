@@ -440,3 +440,22 @@ def test_print_dataloader_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert "batch_size" in text2
     assert "42" in text2
     assert capsys.readouterr().out.strip() == text2.strip()
+
+
+def test_dataloader_config_breaks_long_reasons_between_words() -> None:
+    reason = (
+        "a stored tune result measured 4 workers fastest on this machine (913 samples/s vs 858 "
+        "with 2, more than the 2 usable CPUs: loading waits on storage)"
+    )
+    text = wellfed.format_dataloader_config(num_workers=4, why=reason)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 79  # whole in an 80-column terminal
+    start = next(i for i, line in enumerate(lines) if line.startswith("  why"))
+    value_column = lines[start].index("'a stored")
+    block = [lines[start][value_column:]]
+    for line in lines[start + 1 :]:
+        if line[:value_column].strip():
+            break
+        block.append(line[value_column:])
+    assert len(block) > 1
+    assert " ".join(block) == repr(reason)  # broken at spaces only, beneath the value

@@ -33,6 +33,7 @@ from wellfed.doctor._report import (
     Finding,
     ProbeRun,
     dedupe,
+    hanging_lines,
     ordered,
     render_text,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "Finding",
     "ProbeRun",
     "diagnose",
+    "hanging_lines",
     "render_text",
     "static_errors",
     "thread_worker_hazards",

@@ -15,6 +15,7 @@ __all__ = [
     "Finding",
     "ProbeRun",
     "dedupe",
+    "hanging_lines",
     "ordered",
     "render_text",
 ]
@@ -213,6 +214,28 @@ class DoctorReport:
         }
 
 
+def hanging_lines(text: str, head: str) -> list[str]:
+    """``text`` under a label: ``head`` before its first line, as many spaces before the rest.
+
+    A multi-line fix keeps its own indentation (the body of a ``def``) beneath the label, so
+    the code in it stays aligned and pastes as written.
+
+    Args:
+        text: One or more lines, e.g. a finding's fix.
+        head: The label and its indent, e.g. ``"    fix: "``.
+
+    Returns:
+        The lines, without trailing newlines (one line, ``head`` alone, for empty text).
+
+    Example:
+        >>> hanging_lines("Define it at module level:\\n    def f(x): ...", "  fix: ")
+        ['  fix: Define it at module level:', '           def f(x): ...']
+    """
+    body = text.splitlines() or [""]
+    pad = " " * len(head)
+    return [f"{head}{body[0]}".rstrip(), *(f"{pad}{line}".rstrip() for line in body[1:])]
+
+
 def render_text(report: DoctorReport) -> str:
     """Render a report for a terminal: findings grouped by severity, each with path, why, fix.
 
@@ -240,9 +263,7 @@ def render_text(report: DoctorReport) -> str:
         for f in group:
             lines.append(f"  [{f.code}] {f.category} at {f.path}  ({', '.join(f.start_methods)})")
             lines.append(f"    why: {f.message}")
-            fix_lines = f.fix.splitlines() or [""]
-            lines.append(f"    fix: {fix_lines[0]}")
-            lines.extend(f"         {line}" for line in fix_lines[1:])
+            lines.extend(hanging_lines(f.fix, "    fix: "))
             lines.append(f"    evidence: {f.evidence}")
     if report.probes:
         lines.append("")

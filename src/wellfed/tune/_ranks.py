@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wellfed import platform as _platform
+from wellfed._text import wrap_code
 from wellfed.platform import PlatformInfo
 from wellfed.tune._result import Recommendation, TuneResult
 
@@ -37,6 +38,7 @@ __all__ = [
     "per_rank_platform",
     "per_rank_recommendation",
     "resolve_nproc",
+    "stored_note",
 ]
 
 #: Each rank beyond the first adds this share of the single-rank bound to the default bound.
@@ -108,6 +110,21 @@ def per_rank_cap(per_node: int, nproc: int) -> int:
     return per_node // max(1, nproc)
 
 
+def stored_note(nproc: int) -> str:
+    """The comment that ends tune's code: ``create_dataloader``'s "auto" builds the same loader
+    (in each of ``nproc`` local ranks, when more than 1), from the stored result. One line:
+    ``wellfed._text.wrap_code`` breaks it to the printed width."""
+    where = (
+        f" in each rank from the stored result (LOCAL_WORLD_SIZE={nproc})"
+        if nproc > 1
+        else " from the stored result"
+    )
+    return (
+        "# or: wellfed.create_dataloader(dataset, batch_size=..., num_workers='auto') builds "
+        f"this loader{where}"
+    )
+
+
 def per_rank_recommendation(rec: Recommendation, nproc: int, source: str) -> Recommendation:
     """The recommendation reworded for ``nproc`` local ranks (unchanged for 1).
 
@@ -131,16 +148,17 @@ def per_rank_recommendation(rec: Recommendation, nproc: int, source: str) -> Rec
         f"{nproc} at once: {rec.samples_per_s:.0f} samples/s per rank, {aggregate:.0f} for "
         "the node)"
     )
-    code = rec.code.replace(
-        "builds this loader from the stored result",
-        f"builds this loader in each rank from the stored result (LOCAL_WORLD_SIZE={nproc})",
-    )
+    # the call itself, up to its closing ")", then the note on "auto" for N ranks
+    lines = rec.code.split("\n")
+    end = max((i for i, line in enumerate(lines) if line == ")"), default=len(lines) - 1)
+    body = "\n".join(lines[: end + 1])
+    code = wrap_code(f"{head}\n{body}\n{stored_note(nproc)}")
     return dataclasses.replace(
         rec,
         reason=f"{nproc} ranks measured at once, figures per rank; node aggregate "
         f"{aggregate:.0f} samples/s. {rec.reason}",
         reasons=reasons,
-        code=f"{head}\n{code}",
+        code=code,
     )
 
 

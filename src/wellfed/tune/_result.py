@@ -29,7 +29,8 @@ class Recommendation:
             value and whether it was measured or detected.
         code: Ready-to-paste code building the measured loader: ``DataLoader(...)`` for worker
             processes or the main process, ``wellfed.create_dataloader(...)`` for thread
-            workers.
+            workers. Every line fits 79 columns (a long comment goes on as ``#`` lines), so
+            it pastes as Python from any terminal of 80 columns or more.
     """
 
     config: LoaderConfig

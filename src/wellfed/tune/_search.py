@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from wellfed._contention import ContentionMeter
+from wellfed._text import wrap_code
 from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
-from wellfed.tune._ranks import budget_scale
+from wellfed.tune._ranks import budget_scale, stored_note
 from wellfed.tune._result import Recommendation, TuneResult
 
 logger = logging.getLogger(__name__)
@@ -1111,8 +1112,5 @@ def _dataloader_code(spec: LoaderSpec, cfg: LoaderConfig, reasons: dict[str, str
                 arg("multiprocessing_context", cfg.multiprocessing_context)
     arg("pin_memory", cfg.pin_memory)
     lines.append(")")
-    lines.append(
-        "# or: wellfed.create_dataloader(dataset, batch_size=..., num_workers='auto') builds "
-        "this loader from the stored result"
-    )
-    return "\n".join(lines)
+    lines.append(stored_note(1))
+    return wrap_code("\n".join(lines))  # within 79 columns: pastes whole from any terminal
