@@ -14,8 +14,11 @@ made here, at build time, and anything to close goes to ``closers``.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sqlite3
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +173,16 @@ train_dataset = CustomDataset(
 
 
 def _notebook_class_with_lambda(tmp: Path, closers: list) -> tuple[Any, Any]:
-    # A Jupyter cell runs with __name__ == "__main__": the class and the lambda belong to a
-    # __main__ that spawn workers cannot import (computational-cell-analytics/dl-for-micro#20).
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(NOTEBOOK_CELL, "<ipython-input-4-5d0c8e2b1f3a>", "exec"), namespace)
-    return namespace["train_dataset"], {"num_workers": 2, "batch_size": 4}
+    # A Jupyter cell runs in the kernel's __main__, a module without __file__: the class and
+    # the lambda are found there in this process, but spawn workers cannot import them
+    # (computational-cell-analytics/dl-for-micro#20). The real __main__ is put back by closers.
+    notebook_main = types.ModuleType("__main__")
+    real_main = sys.modules["__main__"]
+    sys.modules["__main__"] = notebook_main
+    closers.append(functools.partial(sys.modules.__setitem__, "__main__", real_main))
+    cell = compile(NOTEBOOK_CELL, "<ipython-input-4-5d0c8e2b1f3a>", "exec")
+    exec(cell, notebook_main.__dict__)
+    return notebook_main.train_dataset, {"num_workers": 2, "batch_size": 4}
 
 
 # ------------------------------------------------------------------------------------------
