@@ -36,8 +36,10 @@ N = 8  # samples per small dataset
 # helpers that write the files a case reads
 
 
-def _write_infos(tmp: Path, n: int, name: str = "infos_train.pkl") -> Path:
-    """An mmdet3d-style annotation pickle: ``{"infos": [dict, ...], "metadata": {...}}``."""
+@functools.cache
+def _infos_pickle(n: int) -> bytes:
+    """An mmdet3d-style annotation pickle, ``{"infos": [dict, ...], "metadata": {...}}``, made
+    once per session (two cases read 50,000 infos)."""
     infos = [
         {
             "token": f"{i:032x}",
@@ -51,9 +53,12 @@ def _write_infos(tmp: Path, n: int, name: str = "infos_train.pkl") -> Path:
         }
         for i in range(n)
     ]
+    return pickle.dumps({"infos": infos, "metadata": {"version": "v1.0-trainval"}})
+
+
+def _write_infos(tmp: Path, n: int, name: str = "infos_train.pkl") -> Path:
     path = tmp / name
-    with open(path, "wb") as f:
-        pickle.dump({"infos": infos, "metadata": {"version": "v1.0-trainval"}}, f)
+    path.write_bytes(_infos_pickle(n))
     return path
 
 
