@@ -45,6 +45,9 @@ class Case:
         source: The real-world report or pattern this reproduces.
         start_methods: Start methods to judge; None: all available.
         platform: PlatformInfo fields to override (dataclasses.replace), e.g. small /dev/shm.
+        requires: Optional modules the case needs (``"cuda"``: a CUDA device); the test is
+            skipped where one is missing.
+        live: Judge with the live probe too (real workers); such tests are marked slow.
     """
 
     name: str
@@ -53,6 +56,8 @@ class Case:
     source: str
     start_methods: tuple[str, ...] | None = None
     platform: dict[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    live: bool = False
 
 
 def _file(tmp: Path, name: str = "data.bin", size: int = 64) -> Path:
