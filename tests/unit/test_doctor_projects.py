@@ -11,7 +11,6 @@ from tests.doctor_corpus.cases import Case
 from tests.doctor_corpus.projects import HAZARDS_PROJECTS
 from wellfed.doctor import diagnose
 
-
 #: Measured before the fix: case name -> what the doctor missed.
 MISSED_BEFORE_FIX = {
     "yolov3_multiscale_collate_mutates_dataset": "missed before fix: a collate_fn bound to the "
