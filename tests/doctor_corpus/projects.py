@@ -7,6 +7,13 @@ the pattern with the projects' names and structure, and written down before thei
   training. The collate function runs in the workers, so each worker counts its own batches and
   keeps its own size: with 8 workers the size changes every 80 batches, differently per worker,
   and the main process never sees it. The doctor said "clean" (fork, spawn, forkserver).
+* NVlabs/stylegan2-ada-pytorch at d72cc7d: ``training/dataset.py``'s ``ImageFolderDataset``
+  opens its zip in ``__init__`` (``self._get_zipfile().namelist()``) and keeps it; its
+  ``__getstate__`` drops it for spawn, but forked workers inherit the open ``ZipFile`` and share
+  one file offset. The doctor reported WF104 at ``dataset._zipfile`` (fork only), a true
+  positive: 4 forked workers reading 512 KiB entries of such a zip raised ``BadZipFile`` within
+  0.3 s here (the "Bad CRC-32 ... in DataLoader worker" reports: vocalpy/vak#402,
+  JCruan519/VM-UNet#63, xnowbzhao/sapcu#12).
 """
 
 from __future__ import annotations
@@ -53,6 +60,53 @@ class ListDataset(Dataset):
         return len(self.img_files)
 
 
+class ImageFolderDataset(Dataset):
+    """stylegan2-ada-pytorch's ImageFolderDataset, reduced: a zip opened lazily, but first in
+    ``__init__``; ``__getstate__`` drops the handle (spawn is safe, fork is not)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._zipfile: Any = None
+        self._all_fnames = set(self._get_zipfile().namelist())
+        self._image_fnames = sorted(self._all_fnames)
+
+    def _get_zipfile(self) -> Any:
+        import zipfile
+
+        if self._zipfile is None:
+            self._zipfile = zipfile.ZipFile(self._path)
+        return self._zipfile
+
+    def close(self) -> None:
+        try:
+            if self._zipfile is not None:
+                self._zipfile.close()
+        finally:
+            self._zipfile = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__, _zipfile=None)
+
+    def __len__(self) -> int:
+        return len(self._image_fnames)
+
+    def __getitem__(self, idx: int) -> bytes:
+        with self._get_zipfile().open(self._image_fnames[idx], "r") as f:
+            return f.read()
+
+
+def _stylegan_zip(tmp: Path, closers: list[Any]) -> tuple[Any, Any]:
+    import zipfile
+
+    path = tmp / "ds.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(4):
+            z.writestr(f"{i:08d}.png", bytes(64))
+    dataset = ImageFolderDataset(str(path))
+    closers.append(dataset.close)
+    return dataset, {"num_workers": 3, "pin_memory": True, "prefetch_factor": 2}
+
+
 def _yolo_loader(tmp: Path, closers: list[Any]) -> tuple[Any, Any]:
     listing = tmp / "train.txt"
     listing.write_text("".join(f"data/custom/images/{i}.jpg\n" for i in range(8)))
@@ -78,5 +132,13 @@ HAZARDS_PROJECTS: tuple[Case, ...] = (
         ),
         "eriklindernoren/PyTorch-YOLOv3@1d621c8 pytorchyolo/utils/datasets.py ListDataset."
         "collate_fn, train.py _create_data_loader: the doctor said clean",
+    ),
+    Case(
+        "stylegan2ada_zip_opened_in_init",
+        _stylegan_zip,
+        (("fork-shared-handle", "dataset._zipfile"),),
+        "NVlabs/stylegan2-ada-pytorch@d72cc7d training/dataset.py ImageFolderDataset (found: "
+        "a true positive, BadZipFile reproduced with 4 fork workers)",
+        start_methods=("fork",),
     ),
 )

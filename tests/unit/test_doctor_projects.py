@@ -31,7 +31,11 @@ MISSED_BEFORE_FIX = {
 def test_project_hazard_found_at_path(case: Case, tmp_path: Path) -> None:
     closers: list[Any] = []
     obj, kwargs = case.build(tmp_path, closers)
-    report = diagnose(obj, loader_kwargs=kwargs, live=False)
+    try:
+        report = diagnose(obj, loader_kwargs=kwargs, live=False, start_methods=case.start_methods)
+    finally:
+        for close in closers:
+            close()
     got = {(f.category, f.path) for f in report.findings if f.severity in ("error", "warning")}
     missing = set(case.expect) - got
     assert not missing, f"{case.name}: missing {missing}; got {sorted(got)} ({case.source})"
