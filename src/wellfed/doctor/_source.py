@@ -407,7 +407,9 @@ def _is_public(name: str) -> bool:
     return not name.startswith("_")
 
 
-def _reach(start: str, scans: dict[str, _BodyScan], methods: dict[str, ast.FunctionDef]) -> set[str]:
+def _reach(
+    start: str, scans: dict[str, _BodyScan], methods: dict[str, ast.FunctionDef]
+) -> set[str]:
     """The methods ``start`` reaches through ``self.<method>()`` calls, itself included."""
     seen = {start}
     stack = [start]
