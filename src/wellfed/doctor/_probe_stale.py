@@ -467,23 +467,26 @@ def judge_stale_live(
     for m in methods:
         if share < MIN_SHARE_S:
             results[m] = {"error": f"the live probe's budget was spent ({budget_s:.1f} s left)"}
-            continue
-        start = time.perf_counter()
-        res = run_isolated(
-            probe_stale_one,
-            ctx.dataset,
-            ctx.settings,
-            m,
-            targets,
-            max(0.5, share * 0.8),
-            timeout_s=share,
-        )
-        elapsed = time.perf_counter() - start
-        if res.status == "ok" and isinstance(res.value, dict):
-            results[m] = dict(res.value)
         else:
-            results[m] = {"error": (res.error or res.status or "no result").strip()[-600:]}
-        results[m]["elapsed_s"] = elapsed
+            start = time.perf_counter()
+            res = run_isolated(
+                probe_stale_one,
+                ctx.dataset,
+                ctx.settings,
+                m,
+                targets,
+                max(0.5, share * 0.8),
+                timeout_s=share,
+            )
+            if res.status == "ok" and isinstance(res.value, dict):
+                results[m] = dict(res.value)
+            else:
+                lines = [ln.strip() for ln in (res.error or "").splitlines() if ln.strip()]
+                last = lines[-1][:300] if lines else "no output"
+                what = "timed out (killed)" if res.status == "timeout" else res.status
+                took = time.perf_counter() - start
+                results[m] = {"error": f"the probe's run {what} after {took:.1f} s: {last}"}
+            results[m]["elapsed_s"] = time.perf_counter() - start
         for i, r in enumerate(runs):
             if r.start_method == m:
                 runs[i] = dataclasses.replace(
@@ -546,6 +549,15 @@ def _verdict(result: dict[str, Any] | None, path: str) -> tuple[str, str]:
     )
 
 
+def _clauses(word: str, items: list[tuple[str, str]]) -> str:
+    """ "confirmed live (fork): <text>; confirmed live (spawn): the same" for the methods."""
+    out: list[str] = []
+    for i, (m, text) in enumerate(items):
+        same = i > 0 and text == items[0][1]
+        out.append(f"{word} ({m}): {'the same' if same else text}")
+    return "; ".join(out)
+
+
 def _grade(
     f: Finding, t: StaleTarget, results: dict[str, dict[str, Any]], rebuilt: str | None
 ) -> list[Finding]:
@@ -562,13 +574,13 @@ def _grade(
             out.append(dataclasses.replace(f, start_methods=methods))
             continue
         if verdict == "unprobed":
-            notes = "; ".join(f"stale state not probed live ({m}): {text}" for m, text in items)
+            notes = _clauses("stale state not probed live", items)
             out.append(
                 dataclasses.replace(f, start_methods=methods, evidence=f"{f.evidence}; {notes}")
             )
             continue
         if verdict == "seen":
-            notes = "; ".join(f"refuted live ({m}): {text}" for m, text in items)
+            notes = _clauses("refuted live", items)
             out.append(
                 dataclasses.replace(
                     f,
@@ -592,7 +604,7 @@ def _grade(
                 )
             )
             continue
-        notes = "; ".join(f"confirmed live ({m}): {text}" for m, text in items)
+        notes = _clauses("confirmed live", items)
         base = f.message
         if f.severity == "info":  # the static check expected these workers to share the edit
             base = (
