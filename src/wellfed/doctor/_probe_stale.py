@@ -463,10 +463,13 @@ def judge_stale_live(
     methods = [m for m in ctx.start_methods if m in ok]
     results: dict[str, dict[str, Any]] = {}
     runs = list(probes)
-    share = budget_s / max(1, len(methods))
-    for m in methods:
+    began = time.perf_counter()
+    for i, m in enumerate(methods):
+        # What an earlier method left unused goes to the later ones (fork takes < 1 s).
+        left = budget_s - (time.perf_counter() - began)
+        share = left / (len(methods) - i)
         if share < MIN_SHARE_S:
-            results[m] = {"error": f"the live probe's budget was spent ({budget_s:.1f} s left)"}
+            results[m] = {"error": f"the live probe's budget was spent ({left:.1f} s left)"}
         else:
             start = time.perf_counter()
             res = run_isolated(
@@ -487,9 +490,9 @@ def judge_stale_live(
                 took = time.perf_counter() - start
                 results[m] = {"error": f"the probe's run {what} after {took:.1f} s: {last}"}
             results[m]["elapsed_s"] = time.perf_counter() - start
-        for i, r in enumerate(runs):
+        for j, r in enumerate(runs):
             if r.start_method == m:
-                runs[i] = dataclasses.replace(
+                runs[j] = dataclasses.replace(
                     r, observations={**r.observations, "stale_state": results[m]}
                 )
     rebuilt = rebuilt_per_call(obj) if any(_stale(r) for r in results.values()) else None
