@@ -594,8 +594,10 @@ def _grade(
                         f"dataset, but under {under} the live probe saw the workers read the "
                         "new value, in the epoch it changed and the next: not stale here."
                         + (
-                            " (An in-place edit of a CPU tensor, whose storage spawn/forkserver "
-                            "workers share; replacing it with a new object would be stale.)"
+                            " (The change edits it in place and these workers share its "
+                            "memory: a CPU tensor under spawn/forkserver, or a shared or "
+                            "memory-mapped buffer; replacing it with a new object would be "
+                            "stale.)"
                             if t.kind == "inplace"
                             else ""
                         )
