@@ -208,6 +208,10 @@ class LoaderSpec:
         generator: The loader's torch.Generator for sampling, or None.
         user_config: The worker settings the loader had (a DataLoader target), or None.
         samples: len(dataset), or None for an iterable dataset without a length.
+        factory: The zero-argument callable that built the dataset or DataLoader (a factory
+            TARGET, source "factory"), or None. The doctor calls it again to learn whether
+            it builds a new DataLoader at each call (stale worker state then lasts only
+            until the loader is rebuilt, WF111).
     """
 
     dataset: Any
@@ -225,6 +229,12 @@ class LoaderSpec:
     generator: Any = None
     user_config: LoaderConfig | None = None
     samples: int | None = None
+    factory: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, ``factory`` dropped: only the process that resolved the TARGET calls it,
+        and a factory (a lambda, a closure) need not pickle for the spec to reach a child."""
+        return {**self.__dict__, "factory": None}
 
     @property
     def is_iterable(self) -> bool:
@@ -503,7 +513,7 @@ def resolve_target(target: str) -> LoaderSpec:
 
     if callable(obj) and not isinstance(obj, DataLoader) and not _is_instance_dataset(obj):
         try:
-            obj = obj()
+            built = obj()
         except Exception as exc:
             raise TargetError(
                 f"TARGET factory raised: calling {target}() with no arguments raised "
@@ -515,6 +525,8 @@ def resolve_target(target: str) -> LoaderSpec:
                 value=f"{type(exc).__name__}: {exc}",
             ) from exc
         source = "factory"
+        spec = spec_from_object(built, target=target, source=source)
+        return dataclasses.replace(spec, factory=obj)
     return spec_from_object(obj, target=target, source=source)
 
 

@@ -111,7 +111,8 @@ def test_stale_state_fix_points_to_shared_state() -> None:
     assert finding.path == "dataset.epoch"
     assert "wellfed.SharedState(" in finding.fix
     assert "state.update(" in finding.fix
-    assert "self.state['theta']" in finding.fix
+    assert "self.state['epoch']" in finding.fix  # the real attribute, not 'theta'
+    assert "theta" not in finding.fix
     assert "set_epoch" in finding.message
 
 

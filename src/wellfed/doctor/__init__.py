@@ -126,6 +126,11 @@ def diagnose(
         t0 = time.perf_counter()
         probes = probe_all(dataset, settings, methods, float(timeout_s))
         findings = apply_probes(ctx, findings, probes)
+        if any(f.code == "WF111" for f in findings):
+            from wellfed.doctor._probe_stale import judge_stale_live
+
+            left = float(timeout_s) - (time.perf_counter() - t0)
+            findings, probes = judge_stale_live(ctx, obj, findings, probes, left)
         live_s = time.perf_counter() - t0
     walks = ctx.walks.values()
     return DoctorReport(
