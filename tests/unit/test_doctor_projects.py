@@ -12,9 +12,10 @@ from tests.doctor_corpus.projects import HAZARDS_PROJECTS
 from wellfed.doctor import diagnose
 
 #: Measured before the fix: case name -> what the doctor missed.
-MISSED_BEFORE_FIX = {
-    "yolov3_multiscale_collate_mutates_dataset": "missed before fix: a collate_fn bound to the "
-    "dataset is worker code, but only __getitem__ and its callees were read",
+MISSED_BEFORE_FIX: dict[str, str] = {
+    # fixed: a collate_fn bound to the dataset is worker code (Context.worker_hooks); before,
+    # only __getitem__ and its callees were read:
+    # "yolov3_multiscale_collate_mutates_dataset"
 }
 
 

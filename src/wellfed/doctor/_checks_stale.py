@@ -88,8 +88,8 @@ def check_stale_state(ctx: Context) -> list[Finding]:
     persistent = bool(ctx.settings.get("persistent_workers"))
     wif_text = source_text(ctx.settings.get("worker_init_fn"))
     for node, cls in user_classes(ctx):
-        ana = analyze_class(cls)
         obj = node.obj
+        ana = analyze_class(cls, ctx.worker_hooks(obj))
         for attr, (method, line) in sorted(ana.changers.items()):
             value = safe_getattr(obj, attr)
             if is_shared_state(value):

@@ -495,18 +495,25 @@ def _find_changers(
         ) or (entry,)
 
 
-_CACHE: dict[type, ClassAnalysis] = {}
+_CACHE: dict[tuple[type, tuple[str, ...]], ClassAnalysis] = {}
 
 
-def analyze_class(cls: type) -> ClassAnalysis:
+def analyze_class(cls: type, entries: tuple[str, ...] = ()) -> ClassAnalysis:
     """Read a user class: what its worker code (``__getitem__``, ``__iter__``, ``__call__``
     and the ``self.`` methods they call) reads, mutates and fills, and which other methods
     assign attributes that worker code reads.
 
-    Results are cached per class. Classes from the standard library or installed packages
-    give an empty analysis.
+    Args:
+        cls: The class.
+        entries: More methods that run in the workers: the loader's ``collate_fn`` when it
+            is a bound method of an instance (``collate_fn=dataset.collate_fn``, as
+            PyTorch-YOLOv3's train.py passes; ``Context.worker_hooks``).
+
+    Results are cached per (class, entries). Classes from the standard library or installed
+    packages give an empty analysis.
     """
-    cached = _CACHE.get(cls)
+    key = (cls, tuple(entries))
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     out = ClassAnalysis()
@@ -518,6 +525,7 @@ def analyze_class(cls: type) -> ClassAnalysis:
             scan.visit(stmt)
         scans[name] = scan
     readers = [m for m in READER_METHODS if m in methods]
+    readers += [m for m in entries if m in methods and m not in readers]
     out.readers = {m: lines[m] for m in readers}
     # Worker code: readers plus the self-methods they call, transitively. A helper called
     # under a guard (if self.f is None: self._open()) is lazy initialisation.
@@ -549,7 +557,7 @@ def analyze_class(cls: type) -> ClassAnalysis:
     _find_changers(out, methods, lines, scans, worker)
     for attr in out.bounded_caches:
         out.cache_fills.pop(attr, None)
-    _CACHE[cls] = out
+    _CACHE[key] = out
     return out
 
 
