@@ -387,7 +387,10 @@ def tune(
     from wellfed.errors import ConfigError
 
     platform = collect_platform_info(include_gpus=False)
-    has_cuda = bool(torch.cuda.is_available())
+    # device_count() asks NVML and leaves CUDA uninitialised here; is_available() calls
+    # cudaGetDeviceCount, whose cuInit would keep the forked trials (pinned memory, the split's
+    # device half, the copy measurement) from using CUDA (torch's "poison fork" note)
+    has_cuda = torch.cuda.device_count() > 0
     user = spec.user_config
     method = (
         start_method
