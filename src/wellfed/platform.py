@@ -94,8 +94,8 @@ class HostToDevice:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        """One line, e.g. "pinned 24.1 GB/s, pageable 9.8 GB/s (cuda:0, 64 MiB copies,
-        median of 5)"."""
+        """One line: "pinned P GB/s, pageable Q GB/s (cuda:I NAME, 64 MiB copies, median of
+        5)"."""
         return (
             f"pinned {self.pinned_gb_s:.1f} GB/s, pageable {self.pageable_gb_s:.1f} GB/s "
             f"(cuda:{self.device} {self.name}, {self.copy_bytes / 2**20:.0f} MiB copies, "
