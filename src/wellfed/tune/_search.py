@@ -310,6 +310,12 @@ def tune(
     5. Configurations with no more workers than the fastest that the noise cannot separate
        from it are re-measured with it (up to MAX_REPEAT_ROUNDS) and pooled: only they could
        be recommended instead.
+    6. The device side (``_device_side``): with a CUDA device, the pinned vs pageable
+       host-to-device bandwidth and the bytes per sample of one real batch (one isolated
+       child), whose quotient is the copy ceiling; on the built-in workload, the uint8 split
+       form measured at the recommended configuration (``TuneResult.split``: bytes per
+       sample and samples/s of both forms, and which to use), unless the time left is too
+       short for that configuration's trial (a "time budget:" note).
 
     The recommendation is the configuration within NEAR_BEST of the fastest (or not separable
     from it by the measured noise, never beyond MAX_NEAR) with the fewest workers (threads or
