@@ -54,9 +54,10 @@ def check_float_images_from_workers(ctx: Context) -> list[Finding]:
             "Return uint8 (C, H, W) images from __getitem__ (decode and crop only) and flip "
             "and normalise per batch on the device: create_dataloader(..., seed=0, "
             "sample_seeds=True) and wellfed.to_device(loader, 'cuda', transform="
-            "BatchTransform([RandomHorizontalFlip(), ToFloat(), Normalize(mean, std)])) "
-            "(docs/device.md); for the built-in workload, builtin_dataset(output='uint8') with "
-            "device_train_transform().",
+            "wellfed.BatchTransform([RandomHorizontalFlip(), ToFloat(), Normalize(mean, "
+            "std)])), the steps from wellfed.device (docs/device.md); for the built-in "
+            "workload, builtin_dataset(output='uint8') with device_train_transform(), which "
+            "`wellfed tune` measures beside the float form.",
             f"static: {what} in the dataset's transform (a float32 tensor per sample)",
         )
         return [f] if f is not None else []
