@@ -140,6 +140,8 @@ def test_a_faulthandler_dump_is_parsed_innermost_last(tmp_path: Path) -> None:
             "fork",
             "shared-memory",
         ),
+        ("TypeError", "cannot pickle '_thread.lock' object", "forkserver", "unpicklable"),
+        ("TypeError", "cannot pickle '_thread.lock' object", "fork", "worker-config"),
         ("ZeroDivisionError", "division by zero", "fork", "worker-config"),
     ],
 )

@@ -70,7 +70,7 @@ _DUMP_THREAD = re.compile(r"^(?P<current>Current thread|Thread) 0x[0-9a-fA-F]+.*
 
 #: Exception text that implies a pickling failure (the dataset, a sample or a function cannot
 #: cross into or out of a worker).
-_PICKLE_WORDS = ("Can't pickle", "Can't get attribute", "can't pickle", "PicklingError")
+_PICKLE_WORDS = ("pickl", "Pickl", "Can't get attribute", "can't get attribute")
 
 #: Exception text that implies CUDA used where it cannot be (fork) or is not compiled in.
 _CUDA_WORDS = ("CUDA", "cuda")

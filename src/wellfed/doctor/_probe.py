@@ -54,7 +54,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from wellfed import _isolate
 from wellfed._digest import batch_digest
-from wellfed._isolate import _format_exception, run_isolated
+from wellfed._isolate import format_exception, run_isolated
 from wellfed.doctor._attribution import exception_facts, parse_dump
 from wellfed.doctor._report import ProbeRun
 from wellfed.errors import WorkerCrashedError, WorkerStartError, WorkerTimeoutError
@@ -97,19 +97,25 @@ CAN_DUMP = hasattr(signal, "SIGUSR1") and hasattr(faulthandler, "register")
 #: millisecond by faulthandler's C signal handler; the wait covers a loaded machine).
 DUMP_WAIT_S = 1.0
 
+#: Share of the loader's timeout without a batch after which the workers' stacks are dumped:
+#: late enough that a slow sample is not taken for a hang, early enough that the workers are
+#: still where they hang when the loader's own timeout stops them.
+HANG_DUMP_SHARE = 0.9
+
 #: Largest dump read back, in bytes (a dump of a few threads is ~1 KB).
 DUMP_MAX_BYTES = 64 * 1024
 
 _DUMP_NAME = re.compile(r"^worker-(?P<wid>\d+)-(?P<pid>\d+)\.txt$")
 
 
-def _arm_dump(final: str, all_threads: bool) -> Any:
-    """Register faulthandler for SIGUSR1 in this process, writing to ``final``; the file gets
-    its name only once the handler is in place, so a process whose dump file exists never
-    dies of SIGUSR1's default action. Returns the open file (faulthandler writes its fd)."""
+def _arm_dump(final: str) -> Any:
+    """Register faulthandler for SIGUSR1 in this process (every thread's stack), writing to
+    ``final``; the file gets its name only once the handler is in place, so a process whose
+    dump file exists never dies of SIGUSR1's default action. Returns the open file
+    (faulthandler writes to its descriptor)."""
     tmp = final + ".arming"
     fh = open(tmp, "w")  # noqa: SIM115  # faulthandler keeps it open until unregistered
-    faulthandler.register(signal.SIGUSR1, file=fh, all_threads=all_threads, chain=False)
+    faulthandler.register(signal.SIGUSR1, file=fh, all_threads=True, chain=False)
     os.replace(tmp, final)
     return fh
 
@@ -135,7 +141,7 @@ class ProbeWorkerInit:
         if self.dump_dir is not None and CAN_DUMP:
             path = os.path.join(self.dump_dir, f"worker-{worker_id}-{os.getpid()}.txt")
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                _WORKER_DUMP.append(_arm_dump(path, all_threads=True))
+                _WORKER_DUMP.append(_arm_dump(path))
         if self.init is not None:
             self.init(worker_id)
 
@@ -189,10 +195,6 @@ class _HangWatch:
             if time.monotonic() - self._last >= self._after_s:
                 _dump_workers(self._it, self._dump_dir)
                 return
-
-
-#: Share of the loader's timeout without a batch after which the workers' stacks are dumped.
-HANG_DUMP_SHARE = 0.9
 
 
 def _dump_workers(it: Any, dump_dir: str | None) -> None:
@@ -416,7 +418,7 @@ def probe_one(
                 "batches": 0,
                 "observations": {},
                 "failure": facts,
-                "error": _format_exception(exc),
+                "error": format_exception(exc),
             }
 
 

@@ -5,9 +5,12 @@ method: a worker killed by a signal is WF124 (the signal, the worker, the sample
 cause and fix, as ``WorkerStartError``/``WorkerCrashedError`` name it; SIGBUS also confirms
 WF113); a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a CUDA error
 WF105/WF106, a shared-memory failure WF113; another crash (a worker's exit code) or a hang is
-WF122, a start method the probe could not run WF123 (info). Identical random samples across
-workers confirm WF107, different ones refute it; samples yielded by several workers confirm
-WF117, none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114
+WF122, a start method the probe could not run WF123 (info). Each exception is reported with
+its type and message at the attribute path of its innermost user frame (``_attribution``),
+with the category it implies (an unconfirmed CUDA error adds WF106, a shared handle's bad
+descriptor under fork WF104); a hang names where each worker was blocked, from its stack
+dump. Identical random samples across workers confirm WF107, different ones refute it;
+samples yielded by several workers confirm WF117, none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114
 and WF120; worker memory is noted on WF109/WF110.
 """
 
