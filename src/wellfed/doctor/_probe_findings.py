@@ -10,8 +10,9 @@ its type and message at the attribute path of its innermost user frame (``_attri
 with the category it implies (an unconfirmed CUDA error adds WF106, a shared handle's bad
 descriptor under fork WF104); a hang names where each worker was blocked, from its stack
 dump. Identical random samples across workers confirm WF107, different ones refute it;
-samples yielded by several workers confirm WF117, none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114
-and WF120; worker memory is noted on WF109/WF110.
+samples yielded by several workers confirm WF117, none repeated refute it. Measured sample
+sizes and pickled size re-judge WF113/WF114 and WF120; worker memory is noted on
+WF109/WF110.
 """
 
 from __future__ import annotations
