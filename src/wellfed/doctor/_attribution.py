@@ -345,7 +345,7 @@ def code_index(ctx: Context) -> CodeIndex:
     roots = [r for r in _ROOT_ORDER if r in ctx.walks]
     roots += [r for r in ctx.walks if r not in roots]
     out: list[tuple[types.CodeType, str]] = []
-    seen_classes: set[tuple[type, str]] = set()
+    seen_classes: set[type] = set()  # each class at its first (shortest) path
     for root in roots:
         for node in ctx.walks[root].nodes:
             obj = node.obj
@@ -360,9 +360,11 @@ def code_index(ctx: Context) -> CodeIndex:
             if isinstance(obj, (type, types.ModuleType, functools.partial)) or is_container(obj):
                 continue
             cls = type(obj)
-            if (cls, node.path) in seen_classes or not is_user_code(cls):
+            if cls in seen_classes:
                 continue
-            seen_classes.add((cls, node.path))
+            seen_classes.add(cls)
+            if not is_user_code(cls):
+                continue
             for klass in cls.__mro__:
                 if klass is object or not is_user_code(klass):
                     continue
@@ -405,15 +407,20 @@ def _nested_codes(code: types.CodeType) -> Iterator[types.CodeType]:
 
 def _lookup(index: CodeIndex, frame: Frame) -> tuple[types.CodeType, str] | None:
     """The (code, path) whose code object ran ``frame``: same file, name and a line of it."""
-    real = os.path.realpath(frame.filename)
+    real = _realpath(frame.filename)
     for code, path in index:
         if frame.name != code.co_name and frame.name != getattr(code, "co_qualname", None):
             continue
-        if code.co_filename != frame.filename and os.path.realpath(code.co_filename) != real:
+        if code.co_filename != frame.filename and _realpath(code.co_filename) != real:
             continue
         if frame.lineno == code.co_firstlineno or frame.lineno in _lines(code):
             return code, path
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _realpath(filename: str) -> str:
+    return os.path.realpath(filename)
 
 
 @functools.lru_cache(maxsize=4096)
