@@ -7,6 +7,7 @@ The autouse fixture in conftest.py fails any test that leaves a process behind.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 
 import numpy as np
@@ -96,6 +97,20 @@ def test_hang_is_killed_and_reported() -> None:
     (f,) = report.findings
     assert (f.code, f.path, f.severity) == ("WF122", "type(dataset).__getitem__", "error")
     assert report.probes[0].status == "timeout"
+    # where each worker was blocked, from its stack dump (SIGUSR1 before the kill)
+    lines, start = inspect.getsourcelines(d.SleepyDataset)
+    line = start + next(i for i, ln in enumerate(lines) if "Event().wait(3600)" in ln)
+    assert (
+        f"DataLoader workers 0 and 1 (pids {report.probes[0].observations['hang_dumps'][0]['pid']}"
+        in f.message
+    ), f.message
+    assert (
+        f"were blocked in threading.Event.wait, called at datasets.py:{line} "
+        "(`threading.Event().wait(3600)`) in SleepyDataset.__getitem__" in f.message
+    ), f.message
+    assert "worker 0 stack, innermost first: threading.py:" in f.evidence
+    dumps = report.probes[0].observations["hang_dumps"]
+    assert [dump["worker_id"] for dump in dumps] == [0, 1]
 
 
 def test_crash_is_reported() -> None:

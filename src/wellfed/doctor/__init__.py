@@ -6,7 +6,8 @@ object graph that DataLoader workers receive (``_graph``), read the source of wo
 ``_checks_<category>`` module per report category, on the machinery of ``_context``,
 ``_classify`` and ``_pickling``). The live probe (``_probe``) then runs the target in real
 workers under each start method, in an isolated child, and ``_probe_findings`` confirms or
-refutes what the static checks suspect.
+refutes what the static checks suspect; a live failure or hang is reported at the attribute
+path of the user code where it happened (``_attribution``).
 
 Example:
     >>> report = wellfed.diagnose(dataset, loader_kwargs={"num_workers": 4}, live=False)
