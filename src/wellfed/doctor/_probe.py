@@ -319,6 +319,47 @@ def _payload(obj: Any) -> tuple[int, int]:
     return 0, 0
 
 
+#: A float tensor whose last three dimensions are (C, H, W) with C in this set and H, W at least
+#: MIN_IMAGE_SIDE is taken for an image (WF125 live): 3 (RGB), 4 (RGBA); 1 is left out, since
+#: a one-channel float tensor is as often a spectrogram or a depth map, which has no uint8 form.
+IMAGE_CHANNELS = (3, 4)
+MIN_IMAGE_SIDE = 16
+
+
+def float_images(obj: Any, path: str = "batch", depth: int = 0) -> list[dict[str, Any]]:
+    """The float image tensors in a batch (at most 4): ``{"path", "dtype", "shape"}`` each.
+
+    An image: a floating-point tensor or array of 3 or more dimensions whose last three are
+    (C, H, W), C in IMAGE_CHANNELS and H, W >= MIN_IMAGE_SIDE (the layout torch's transforms
+    and most datasets send). Mappings, lists and tuples are entered, four levels deep.
+    """
+    shape = getattr(obj, "shape", None)
+    dtype = getattr(obj, "dtype", None)
+    if shape is not None and dtype is not None:
+        kind = str(dtype).replace("torch.", "")
+        dims = tuple(int(d) for d in shape)
+        if (
+            kind in ("float16", "bfloat16", "float32", "float64")
+            and len(dims) >= 3
+            and dims[-3] in IMAGE_CHANNELS
+            and min(dims[-2:]) >= MIN_IMAGE_SIDE
+        ):
+            return [{"path": path, "dtype": kind, "shape": list(dims)}]
+        return []
+    if depth >= 4:
+        return []
+    out: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        items = [(f"{path}[{k!r}]", v) for k, v in list(obj.items())[:16]]
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(obj[:16])]
+    else:
+        return []
+    for sub, value in items:
+        out.extend(float_images(value, sub, depth + 1))
+    return out[:4]
+
+
 def _worker_uss(iterator: Any) -> list[int]:
     """Private memory (USS) of each live worker of a DataLoader iterator, in bytes."""
     out = []
@@ -510,6 +551,7 @@ def _probe_one(
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
+                    obs["float_images"] = float_images(item, "sample")
                 by_worker.setdefault(int(wid), []).append(_digest(item))
                 batches += 1
                 if batches >= ITERABLE_ITEMS:
@@ -554,6 +596,7 @@ def _probe_one(
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
+                    obs["float_images"] = float_images(batch)
                 batch_digests.append(_digest(batch))
                 batches += 1
             obs["worker_uss_last_bytes"] = _worker_uss(it)

@@ -34,6 +34,7 @@ from wellfed.doctor._attribution import (
 )
 from wellfed.doctor._checks_rng import rng_fix
 from wellfed.doctor._checks_shared_memory import check_shared_memory
+from wellfed.doctor._checks_transfer import float_images_seen_live
 from wellfed.doctor._checks_worker_config import check_pickled_size
 from wellfed.doctor._classify import HANDLE_FIXES, is_iterable, mb
 from wellfed.doctor._context import Context
@@ -194,6 +195,11 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 "of its repeated fetches of one index), model included; every worker pays it "
                 "per sample",
             )
+        images = obs.get("float_images")
+        if images:
+            seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+            if not update(("WF125",), m, f"the workers' first batch holds {seen}"):
+                out.extend(float_images_seen_live(ctx, images, m, path_code))
         sample_bytes = obs.get("sample_bytes")
         if sample_bytes and not any(f.code == "WF113" for f in out):
             out.extend(
