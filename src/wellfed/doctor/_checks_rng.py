@@ -1,15 +1,37 @@
 """Static checks of the category 'rng-duplication'.
 
-RNG objects copied with their state into every worker (WF107), and worker_init_fn seeds
-that repeat across workers or epochs (WF108).
+RNG objects copied with their state into every worker (WF107): held by an instance, or by
+a class (a class attribute every instance shares, MONAI's ``Randomizable.R``); and
+worker_init_fn seeds that repeat across workers or epochs (WF108), lambdas included.
 """
 
 from __future__ import annotations
 
-from wellfed.doctor._classify import pretty_type, rng_kind, source_text
+import ast
+import functools
+import types
+from typing import Any
+
+from wellfed.doctor._classify import (
+    class_attributes,
+    code_names,
+    lambda_node,
+    pretty_type,
+    rng_kind,
+    source_text,
+)
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding
-from wellfed.doctor._source import analyze_class, is_user_code, seed_calls
+from wellfed.doctor._source import (
+    _PURE_CALLS,
+    _RANK,
+    _SEED_FUNCS,
+    SeedCall,
+    _called_name,
+    analyze_class,
+    is_user_code,
+    seed_calls,
+)
 
 __all__ = [
     "check_rng",
@@ -27,13 +49,13 @@ def check_rng(ctx: Context) -> list[Finding]:
     """
     out: list[Finding] = []
     wif = ctx.settings.get("worker_init_fn")
-    wif_text = source_text(wif)
+    wif_names = code_names(source_text(wif))
     seeded = ctx.settings.get("seed") is not None
     for node in ctx.worker_nodes():
         kind = rng_kind(node.obj)
         if kind is None:
             continue
-        if node.attr and wif_text and node.attr in wif_text:
+        if node.attr and node.attr in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
         owner = node.owner
         if owner is not None and node.attr and is_user_code(type(owner)):
@@ -55,7 +77,77 @@ def check_rng(ctx: Context) -> list[Finding]:
         )
         if f is not None:
             out.append(f)
+    out.extend(_class_level_rngs(ctx, wif_names, seeded))
     return out
+
+
+def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[Finding]:
+    """WF107 for an RNG held as a class attribute and read through an instance.
+
+    Every instance shares the one object, and every forked worker gets a copy with the same
+    state (re-forked each epoch from a parent whose copy never advanced: the same numbers
+    every epoch too). Under spawn/forkserver each worker re-creates it when it imports the
+    class: not reported there (identical only when the class seeds it with a constant).
+    """
+    out: list[Finding] = []
+    reported: set[tuple[type, str]] = set()
+    for ca in class_attributes(ctx):
+        kind = rng_kind(ca.value)
+        if kind is None or (ca.klass, ca.name) in reported:
+            continue
+        if ca.name in wif_names:
+            continue  # worker_init_fn replaces or reseeds it per worker
+        cls = type(ca.node.obj)
+        if is_user_code(cls) and ca.name in analyze_class(cls).mutations:
+            continue  # worker code assigns its own per instance
+        reported.add((ca.klass, ca.name))
+        owner = f"{ca.klass.__qualname__}.{ca.name}"
+        f = ctx.finding(
+            "WF107",
+            "error",
+            ca.path,
+            f"{ca.path} is a {kind} object held by the class ({owner}), not by the instance: "
+            "every instance shares it, and each forked worker gets an identical copy with the "
+            "same state, so every worker draws the same random numbers (and, as each epoch's "
+            "workers fork from a main process whose copy never advanced, the same numbers "
+            "every epoch). PyTorch reseeds only the global random, numpy and torch RNGs per "
+            "worker.",
+            _class_rng_fix(ca.node.path, ca.name, kind, owner, seeded),
+            f"static: {pretty_type(ca.value)} in {ca.klass.__module__}.{owner} "
+            f"(the class's own __dict__), read as {ca.path}",
+            ("fork",),
+        )
+        if f is not None:
+            out.append(f)
+    return out
+
+
+#: How to make each kind of RNG from a worker's seed (``get_worker_info().seed``, an int64).
+_RNG_FROM_SEED = {
+    "random.Random": "random.Random(info.seed)",
+    "numpy.random.RandomState": "np.random.RandomState(info.seed % 2**32)",
+    "torch.Generator": "torch.Generator().manual_seed(info.seed)",
+}
+
+
+def _class_rng_fix(path: str, name: str, kind: str, owner: str, seeded: bool) -> str:
+    """The fix of a class-level RNG: an instance attribute made per worker (it shadows the
+    class's), or the per-sample generators of a seeded loader."""
+    if seeded:
+        return rng_fix(name, seeded)
+    target = f"info.{path}" if path.startswith("dataset") else f"<{path}>"
+    make = _RNG_FROM_SEED.get(kind, "np.random.default_rng(info.seed)")
+    return (
+        "Give each worker its own RNG, on the instance (it shadows the class attribute "
+        f"{owner}):\n"
+        "def worker_init_fn(worker_id):\n"
+        "    info = torch.utils.data.get_worker_info()\n"
+        f"    {target}.{name} = {make}\n"
+        "or use the global RNGs in worker code (random.random(), np.random.rand(), "
+        "torch.rand(); PyTorch reseeds them per worker). For numbers that do not change "
+        "with num_workers, load with wellfed.create_dataloader(seed=...) and draw from "
+        "wellfed.sample_rng() / wellfed.sample_generator() in __getitem__."
+    )
 
 
 def rng_fix(attr: str, seeded: bool) -> str:
@@ -89,7 +181,7 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
     wif = ctx.settings.get("worker_init_fn")
     if wif is None:
         return []
-    calls = seed_calls(wif)
+    calls = seed_calls(wif) or _lambda_seed_calls(wif)
     if not calls:
         return []
     worst = min(calls, key=lambda c: {"constant": 0, "arguments": 1, "runtime": 2}[c.depends_on])
@@ -123,3 +215,56 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
         f"static: {worst.call} seeded from {worst.depends_on}",
     )
     return [f] if f is not None else []
+
+
+def _lambda_seed_calls(func: Any) -> list[SeedCall]:
+    """seed_calls for a lambda written inside a larger expression (``DataLoader(...,
+    worker_init_fn=lambda wid: np.random.seed(wid))``), whose source line does not parse on
+    its own; empty for anything else.
+
+    The same judgement as ``seed_calls``: a seed from constants only, from the lambda's
+    arguments, or from anything else (the runtime).
+    """
+    while isinstance(func, functools.partial):
+        func = func.func
+    if not isinstance(func, types.FunctionType):
+        return []
+    lam = lambda_node(func)
+    if lam is None:
+        return []
+    a = lam.args
+    params = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    if a.vararg:
+        params.add(a.vararg.arg)
+
+    def kind(expr: ast.AST, depth: int = 0) -> str:
+        if depth > 20:
+            return "runtime"
+        if isinstance(expr, ast.Constant):
+            return "constant"
+        if isinstance(expr, ast.Name):
+            return "arguments" if expr.id in params else "runtime"
+        if isinstance(expr, ast.BinOp):
+            return max(
+                kind(expr.left, depth + 1), kind(expr.right, depth + 1), key=_RANK.__getitem__
+            )
+        if isinstance(expr, ast.UnaryOp):
+            return kind(expr.operand, depth + 1)
+        if isinstance(expr, ast.Call) and _called_name(expr) in _PURE_CALLS:
+            return max(
+                (kind(x, depth + 1) for x in expr.args), key=_RANK.__getitem__, default="constant"
+            )
+        return "runtime"
+
+    out: list[SeedCall] = []
+    for n in ast.walk(lam.body):
+        if not isinstance(n, ast.Call) or _called_name(n) not in _SEED_FUNCS:
+            continue
+        seed_expr: ast.AST | None = n.args[0] if n.args else None
+        for kw in n.keywords:
+            if kw.arg in ("seed", "a", "x"):
+                seed_expr = kw.value
+        if seed_expr is None:
+            continue  # seed() without argument: fresh OS entropy
+        out.append(SeedCall(ast.unparse(n.func), n.lineno, kind(seed_expr)))
+    return out

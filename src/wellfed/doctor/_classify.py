@@ -6,24 +6,32 @@ containers, user classes with worker code; the type and size wording of messages
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import sys
 import threading
 import types
+from dataclasses import dataclass
 from typing import Any
 
 from wellfed._units import format_bytes
 from wellfed.doctor._context import Context
-from wellfed.doctor._graph import Node, in_modules, module_of
+from wellfed.doctor._graph import Node, in_modules, module_of, walk_enters
 from wellfed.doctor._source import is_user_code
 
 __all__ = [
+    "ClassAttribute",
     "HANDLE_FIXES",
+    "class_attributes",
+    "code_names",
     "cuda_kind",
     "handle_kind",
+    "held_handle",
     "inside",
     "is_container",
     "is_iterable",
+    "lambda_node",
     "mb",
     "pretty_type",
     "rng_kind",
@@ -51,13 +59,47 @@ HANDLE_FIXES = {
     "database connection": "store the connection URL; connect lazily in __getitem__ or in "
     "worker_init_fn (one connection per worker)",
     "video handle": "store the video path; open the reader lazily in __getitem__",
+    "numpy NpzFile (an open .npz)": "np.load(path) of an .npz returns an NpzFile that keeps the zip "
+    "open; read the arrays out and close it in __init__:\n"
+    "with np.load(path, allow_pickle=True) as z: self.pair_infos = z['pair_infos']\n"
+    "or store the path and np.load it lazily in __getitem__ (one NpzFile per worker)",
+    "PIL image (its file still open)": "Image.open reads only the header and keeps the file open "
+    "until load(); store the paths and open in __getitem__:\n"
+    "with Image.open(self.paths[i]) as im: img = im.convert('RGB')\n"
+    "or decode up front and close: im.load() (or im = im.copy()), then close the original",
 }
 
 
 def handle_kind(obj: Any) -> tuple[str, bool] | None:
-    """(kind, is_open) for an OS handle (file, archive, connection, socket...), else None."""
+    """(kind, is_open) for an OS handle (file, archive, connection, socket...), else None.
+
+    Also an object the walk judges whole (``walk_enters`` is False: numpy's ``NpzFile``, a
+    PIL image, another library's reader) that holds an open handle among its own attributes
+    (``held_handle``): ``np.load`` of an .npz keeps the zip open, ``Image.open`` keeps the
+    file open until ``load()`` or ``close()``. In-memory streams (``io.BytesIO``,
+    ``io.StringIO``) have no descriptor to share and are not handles.
+    """
     mod = module_of(obj)
     name = type(obj).__name__
+    direct = _direct_handle_kind(obj, mod, name)
+    if direct is not None:
+        return direct
+    if in_modules(mod, ("numpy",)) and name == "NpzFile":
+        return "numpy NpzFile (an open .npz)", held_handle(obj) is not None
+    if in_modules(mod, ("PIL",)) and _is_pil_image(obj):
+        return "PIL image (its file still open)", held_handle(obj) is not None
+    if not walk_enters(obj):
+        held = held_handle(obj)
+        if held is not None:
+            article = "an" if held[1][0] in "aeiou" else "a"
+            return f"{pretty_type(obj)} (holding {article} {held[1]})", True
+    return None
+
+
+def _direct_handle_kind(obj: Any, mod: str, name: str) -> tuple[str, bool] | None:
+    """handle_kind of the handles themselves (not of objects that hold one)."""
+    if isinstance(obj, (io.BytesIO, io.StringIO)):
+        return None
     if isinstance(obj, io.IOBase):
         return "open file", not obj.closed
     if mod == "zipfile" and name == "ZipFile":
@@ -80,12 +122,77 @@ def handle_kind(obj: Any) -> tuple[str, bool] | None:
             return "HDF5 file", bool(obj)
         except Exception:
             return "HDF5 file", True
-    if in_modules(mod, ("lmdb",)) and name in ("Environment", "Transaction", "Cursor"):
-        return "LMDB environment", True
+    lmdb_kind = _lmdb_kind(obj, mod, name)
+    if lmdb_kind is not None:
+        return lmdb_kind
     if in_modules(mod, ("psycopg2", "pymongo", "redis", "pymysql", "MySQLdb")):
         return "database connection", True
     if in_modules(mod, ("av", "decord")) or (in_modules(mod, ("cv2",)) and name == "VideoCapture"):
         return "video handle", True
+    return None
+
+
+def _lmdb_kind(obj: Any, mod: str, name: str) -> tuple[str, bool] | None:
+    """An LMDB environment, transaction or cursor, open or closed; None for anything else.
+
+    The real types are C types whose ``__module__`` is ``builtins`` (py-lmdb's cpython
+    extension), so they are matched by identity with ``lmdb``'s own classes when lmdb is
+    imported; stand-ins whose module is ``lmdb`` by name.
+    """
+    lmdb = sys.modules.get("lmdb")
+    types_ = tuple(
+        t
+        for t in (getattr(lmdb, n, None) for n in ("Environment", "Transaction", "Cursor"))
+        if isinstance(t, type)
+    )
+    if types_ and isinstance(obj, types_):
+        if isinstance(obj, types_[0]) and name == "Environment":
+            try:
+                obj.max_key_size()  # raises lmdb.Error once closed
+            except Exception:
+                return "LMDB environment", False
+        return "LMDB environment", True
+    if in_modules(mod, ("lmdb",)) and name in ("Environment", "Transaction", "Cursor"):
+        return "LMDB environment", True
+    return None
+
+
+def _is_pil_image(obj: Any) -> bool:
+    image_mod = sys.modules.get("PIL.Image")
+    image_cls = getattr(image_mod, "Image", None)
+    return isinstance(image_cls, type) and isinstance(obj, image_cls)
+
+
+def _is_std_stream(obj: Any) -> bool:
+    """sys.stdin/stdout/stderr (or a file on descriptors 0-2): shared by every process by design."""
+    if any(obj is s for s in (sys.stdin, sys.stdout, sys.stderr, sys.__stderr__, sys.__stdout__)):
+        return True
+    try:
+        return isinstance(obj, io.IOBase) and obj.fileno() in (0, 1, 2)
+    except Exception:
+        return False
+
+
+def held_handle(obj: Any) -> tuple[str, str] | None:
+    """(attribute, kind) of an open OS handle among obj's own attributes (one level), or None.
+
+    Only the object's ``__dict__`` is read (no properties, no ``__getattr__``). The standard
+    streams are not counted (every process shares them by design), nor is anything held by a
+    ``logging`` object (handlers write to shared streams on purpose).
+    """
+    if in_modules(module_of(obj), ("logging",)):
+        return None
+    attrs = safe_getattr(obj, "__dict__")
+    if not isinstance(attrs, dict):
+        return None
+    for attr, value in list(attrs.items()):
+        if value is None or value is obj or isinstance(value, (str, bytes, int, float)):
+            continue
+        if _is_std_stream(value):
+            continue
+        hk = _direct_handle_kind(value, module_of(value), type(value).__name__)
+        if hk is not None and hk[1]:
+            return str(attr), hk[0]
     return None
 
 
@@ -228,12 +335,139 @@ def source_text(func: Any) -> str:
         return ""
 
 
+def lambda_node(func: Any) -> ast.Lambda | None:
+    """The ``ast.Lambda`` of a lambda written inside a larger expression (a dict literal, a
+    call's arguments), whose own source line does not parse alone; None when not found.
+
+    The lambda's file is parsed whole and the lambda found by its first line and argument
+    names (None when two lambdas there match). Nothing is executed.
+    """
+    if not isinstance(func, types.FunctionType) or func.__name__ != "<lambda>":
+        return None
+    code = func.__code__
+    tree = _parsed_file(code.co_filename)
+    if tree is None:
+        return None
+    nargs = code.co_argcount + code.co_kwonlyargcount
+    names = list(code.co_varnames[:nargs])
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno:
+            a = n.args
+            if [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]] == names:
+                found.append(n)
+    return found[0] if len(found) == 1 else None
+
+
+def _parsed_file(filename: str) -> ast.Module | None:
+    import linecache
+
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return None
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_text(text: str) -> ast.Module | None:
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def code_names(text: str) -> set[str]:
+    """The identifiers in a piece of source code, strings and comments left out.
+
+    ``"R" in source`` is true of any source with a capital R (in a docstring, in "RNG");
+    ``"R" in code_names(source)`` only where code names R (``self.R``, ``R = ...``).
+    """
+    import io as _io
+    import keyword
+    import tokenize
+
+    names: set[str] = set()
+    try:
+        for tok in tokenize.generate_tokens(_io.StringIO(text).readline):
+            if tok.type == tokenize.NAME and not keyword.iskeyword(tok.string):
+                names.add(tok.string)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        import re
+
+        names |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    return names
+
+
 def safe_getattr(obj: Any, attr: str) -> Any:
     """obj's own attribute without running properties or __getattr__; None if absent."""
     try:
         return object.__getattribute__(obj, attr)
     except Exception:
         return None
+
+
+@dataclass(frozen=True)
+class ClassAttribute:
+    """An attribute a worker object reads from its class, not from its own ``__dict__``.
+
+    Attributes:
+        node: The object (an instance) whose class holds it.
+        klass: The class in the MRO whose own ``__dict__`` defines it.
+        name: The attribute name.
+        value: The value, shared by every instance of the class (and copied into every
+            forked worker with the class).
+        path: ``type(<node.path>).<name>``, e.g. ``type(dataset.transform).R``.
+    """
+
+    node: Node
+    klass: type
+    name: str
+    value: Any
+    path: str
+
+
+#: Modules whose classes' attributes are not judged: the standard library's, torch's and
+#: numpy's class-level objects are theirs to manage (and numerous).
+_SKIP_CLASS_MODULES = ("builtins", "torch", "numpy", "wellfed", "typing", "abc")
+
+
+def class_attributes(ctx: Context) -> list[ClassAttribute]:
+    """Class-level attributes of the objects the workers receive, each class once (first path).
+
+    For every instance reached, the own ``__dict__`` of each class in its MRO (user code and
+    installed packages, e.g. MONAI's ``Randomizable``; not the standard library, torch or
+    numpy), without dunder names, without names an earlier class in the MRO or the
+    instance's own ``__dict__`` shadows. Read through ``__dict__`` only: no descriptor or
+    property runs.
+    """
+    seen: set[type] = set()
+    out: list[ClassAttribute] = []
+    for node in ctx.worker_nodes():
+        obj = node.obj
+        if isinstance(obj, (type, types.FunctionType, types.ModuleType, types.MethodType)):
+            continue
+        if is_container(obj) or isinstance(obj, (str, bytes, int, float, complex, bool)):
+            continue
+        cls = type(obj)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        own = safe_getattr(obj, "__dict__")
+        own_names = set(own) if isinstance(own, dict) else set()
+        taken: set[str] = set()
+        for klass in cls.__mro__:
+            mod = getattr(klass, "__module__", "") or ""
+            top = mod.split(".")[0]
+            if klass is object or top in _SKIP_CLASS_MODULES or top in sys.stdlib_module_names:
+                continue
+            for name, value in list(vars(klass).items()):
+                if not isinstance(name, str) or name.startswith("__") or name in taken:
+                    continue
+                taken.add(name)
+                if name in own_names:
+                    continue
+                out.append(ClassAttribute(node, klass, name, value, f"type({node.path}).{name}"))
+    return out
 
 
 def user_classes(ctx: Context) -> list[tuple[Node, type]]:

@@ -28,6 +28,7 @@ __all__ = [
     "is_shared_state",
     "module_of",
     "walk",
+    "walk_enters",
 ]
 
 #: Containers longer than this are sampled (first, last and evenly spaced items) instead of
@@ -283,6 +284,38 @@ def _children(node: Node, walk_: Walk) -> Iterator[Node]:
     if callable(getattr(obj, "__reduce_ex__", None)) and _is_opaque_reduce(obj):
         return
     yield from _object_children(node, child)
+
+
+def walk_enters(obj: Any) -> bool:
+    """True when the walk visits obj's attributes or items; False when it judges obj whole.
+
+    Judged whole: leaves (scalars, strings, types, modules), objects of the library modules in
+    ``_OPAQUE_MODULE_PREFIXES`` (numpy, PIL, h5py...) and objects with their own
+    ``__reduce__``. A check that must see inside such an object (an open file a numpy
+    ``NpzFile`` or a PIL image holds) looks at its ``__dict__`` itself.
+    """
+    if _is_leaf(obj):
+        return False
+    if isinstance(
+        obj,
+        (
+            list,
+            tuple,
+            collections.deque,
+            dict,
+            set,
+            frozenset,
+            functools.partial,
+            types.FunctionType,
+            types.MethodType,
+            types.BuiltinMethodType,
+        ),
+    ):
+        return True
+    try:
+        return not (callable(getattr(obj, "__reduce_ex__", None)) and _is_opaque_reduce(obj))
+    except Exception:
+        return False
 
 
 def _is_opaque_reduce(obj: Any) -> bool:
