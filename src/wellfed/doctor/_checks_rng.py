@@ -26,6 +26,7 @@ from wellfed.doctor._source import (
     _PURE_CALLS,
     _RANK,
     _SEED_FUNCS,
+    ClassAnalysis,
     SeedCall,
     _called_name,
     analyze_class,
@@ -62,6 +63,8 @@ def check_rng(ctx: Context) -> list[Finding]:
             ana = analyze_class(type(owner))
             if node.attr in ana.mutations:
                 continue  # worker code reassigns it (per-sample or per-worker seeding)
+            if _reseeded_by_setter(ana, node.attr, wif_names):
+                continue
         methods = ("fork", "spawn", "forkserver") if node.pickled else ("fork",)
         f = ctx.finding(
             "WF107",
@@ -98,8 +101,12 @@ def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[F
         if ca.name in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
         cls = type(ca.node.obj)
-        if is_user_code(cls) and ca.name in analyze_class(cls).mutations:
-            continue  # worker code assigns its own per instance
+        if is_user_code(cls):
+            ana = analyze_class(cls)
+            if ca.name in ana.mutations:
+                continue  # worker code assigns its own per instance
+            if _reseeded_by_setter(ana, ca.name, wif_names):
+                continue
         reported.add((ca.klass, ca.name))
         owner = f"{ca.klass.__qualname__}.{ca.name}"
         f = ctx.finding(
@@ -120,6 +127,14 @@ def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[F
         if f is not None:
             out.append(f)
     return out
+
+
+def _reseeded_by_setter(ana: ClassAnalysis, attr: str, wif_names: set[str]) -> bool:
+    """True when worker_init_fn calls the method that assigns self.<attr> (MONAI's
+    ``worker_info.dataset.transform.set_random_state(worker_info.seed % 2**32)``): each worker
+    then gets its own RNG, seeded from its own seed."""
+    setter = ana.changers.get(attr)
+    return setter is not None and setter[0] in wif_names
 
 
 #: How to make each kind of RNG from a worker's seed (``get_worker_info().seed``, an int64).

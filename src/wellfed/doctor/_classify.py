@@ -21,8 +21,8 @@ from wellfed.doctor._graph import Node, in_modules, module_of, walk_enters
 from wellfed.doctor._source import is_user_code
 
 __all__ = [
-    "ClassAttribute",
     "HANDLE_FIXES",
+    "ClassAttribute",
     "class_attributes",
     "code_names",
     "cuda_kind",
@@ -59,8 +59,8 @@ HANDLE_FIXES = {
     "database connection": "store the connection URL; connect lazily in __getitem__ or in "
     "worker_init_fn (one connection per worker)",
     "video handle": "store the video path; open the reader lazily in __getitem__",
-    "numpy NpzFile (an open .npz)": "np.load(path) of an .npz returns an NpzFile that keeps the zip "
-    "open; read the arrays out and close it in __init__:\n"
+    "numpy NpzFile (an open .npz)": "np.load(path) of an .npz returns an NpzFile that keeps "
+    "the zip open; read the arrays out and close it in __init__:\n"
     "with np.load(path, allow_pickle=True) as z: self.pair_infos = z['pair_infos']\n"
     "or store the path and np.load it lazily in __getitem__ (one NpzFile per worker)",
     "PIL image (its file still open)": "Image.open reads only the header and keeps the file open "
@@ -148,7 +148,7 @@ def _lmdb_kind(obj: Any, mod: str, name: str) -> tuple[str, bool] | None:
     if types_ and isinstance(obj, types_):
         if isinstance(obj, types_[0]) and name == "Environment":
             try:
-                obj.max_key_size()  # raises lmdb.Error once closed
+                getattr(obj, "max_key_size")()  # noqa: B009  # raises lmdb.Error once closed
             except Exception:
                 return "LMDB environment", False
         return "LMDB environment", True
