@@ -79,7 +79,8 @@ def _finding(ctx: Context, nodes: list[Node], kind: str) -> Finding | None:
         )
     held = held_handle(node.obj) if kind not in _DIRECT_KINDS else None
     evidence = (
-        f"static: {pretty_type(node.obj)} holds an open {held[1]} in .{held[0]}"
+        f"static: {pretty_type(node.obj)} holds {'an' if held[1][0] in 'aeiou' else 'a'} "
+        f"{held[1]} (open) in .{held[0]}"
         if held is not None
         else f"static: {pretty_type(node.obj)} is open in this process"
     )
