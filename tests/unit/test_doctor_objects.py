@@ -117,9 +117,9 @@ def test_wf109_reports_many_small_containers_at_their_parent() -> None:
 def test_npz_file_is_an_open_handle_until_closed(tmp_path: Path) -> None:
     np.savez(tmp_path / "a.npz", x=np.arange(3))
     z = np.load(tmp_path / "a.npz")
-    assert handle_kind(z) == ("numpy NpzFile (an open .npz)", True)
+    assert handle_kind(z) == ("numpy NpzFile (np.load of an .npz)", True)
     z.close()
-    assert handle_kind(z) == ("numpy NpzFile (an open .npz)", False)
+    assert handle_kind(z) == ("numpy NpzFile (np.load of an .npz)", False)
     assert handle_kind(dict(np.load(tmp_path / "a.npz"))) is None
 
 
@@ -128,7 +128,7 @@ def test_pil_image_is_open_until_loaded_and_in_memory_streams_are_not_handles(
 ) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     img = Image.open(tmp_path / "a.png")
-    assert handle_kind(img) == ("PIL image (its file still open)", True)
+    assert handle_kind(img) == ("PIL image (Image.open, not yet loaded)", True)
     img.load()
     assert handle_kind(img)[1] is False  # type: ignore[index]
     in_memory = Image.open(io.BytesIO((tmp_path / "a.png").read_bytes()))

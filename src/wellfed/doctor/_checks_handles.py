@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from wellfed.doctor._classify import (
     HANDLE_FIXES,
+    NPZ_KIND,
+    PIL_KIND,
     handle_kind,
     held_handle,
     is_container,
@@ -24,10 +26,7 @@ __all__ = [
 ]
 
 #: Kinds handle_kind gives the handles themselves (the rest are objects that hold one).
-_DIRECT_KINDS = frozenset(HANDLE_FIXES) - {
-    "numpy NpzFile (an open .npz)",
-    "PIL image (its file still open)",
-}
+_DIRECT_KINDS = frozenset(HANDLE_FIXES) - {NPZ_KIND, PIL_KIND}
 
 
 def check_fork_shared_handles(ctx: Context) -> list[Finding]:

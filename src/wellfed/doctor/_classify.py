@@ -22,6 +22,8 @@ from wellfed.doctor._source import is_user_code
 
 __all__ = [
     "HANDLE_FIXES",
+    "NPZ_KIND",
+    "PIL_KIND",
     "ClassAttribute",
     "class_attributes",
     "code_names",
@@ -41,6 +43,10 @@ __all__ = [
     "user_classes",
 ]
 
+#: handle_kind's names of the library objects that hold a handle (the rest name handles).
+NPZ_KIND = "numpy NpzFile (np.load of an .npz)"
+PIL_KIND = "PIL image (Image.open, not yet loaded)"
+
 #: How to open each kind of handle lazily, once per worker (the fix of WF101 and WF104).
 HANDLE_FIXES = {
     "open file": "self.path = path; self._fh = None  # in __init__\n"
@@ -59,12 +65,12 @@ HANDLE_FIXES = {
     "database connection": "store the connection URL; connect lazily in __getitem__ or in "
     "worker_init_fn (one connection per worker)",
     "video handle": "store the video path; open the reader lazily in __getitem__",
-    "numpy NpzFile (an open .npz)": "np.load(path) of an .npz returns an NpzFile that keeps "
-    "the zip open; read the arrays out and close it in __init__:\n"
-    "with np.load(path, allow_pickle=True) as z: self.pair_infos = z['pair_infos']\n"
-    "or store the path and np.load it lazily in __getitem__ (one NpzFile per worker)",
-    "PIL image (its file still open)": "Image.open reads only the header and keeps the file open "
-    "until load(); store the paths and open in __getitem__:\n"
+    NPZ_KIND: "np.load(path) of an .npz returns an NpzFile that keeps the zip open; read "
+    "the arrays out in __init__ (the NpzFile is closed when dropped):\n"
+    "self.scene_info = dict(np.load(path, allow_pickle=True))\n"
+    "or with np.load(path) as z: self.x = z['x']; or np.load the path lazily in __getitem__",
+    PIL_KIND: "Image.open reads only the header and keeps the file open until load(); store "
+    "the paths and open in __getitem__:\n"
     "with Image.open(self.paths[i]) as im: img = im.convert('RGB')\n"
     "or decode up front and close: im.load() (or im = im.copy()), then close the original",
 }
@@ -85,9 +91,9 @@ def handle_kind(obj: Any) -> tuple[str, bool] | None:
     if direct is not None:
         return direct
     if in_modules(mod, ("numpy",)) and name == "NpzFile":
-        return "numpy NpzFile (an open .npz)", held_handle(obj) is not None
+        return NPZ_KIND, held_handle(obj) is not None
     if in_modules(mod, ("PIL",)) and _is_pil_image(obj):
-        return "PIL image (its file still open)", held_handle(obj) is not None
+        return PIL_KIND, held_handle(obj) is not None
     if not walk_enters(obj):
         held = held_handle(obj)
         if held is not None:
