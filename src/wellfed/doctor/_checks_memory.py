@@ -280,6 +280,13 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__} of {len(obj):,} items"
 
 
+def _three_figures(x: float) -> int:
+    """An estimate as messages write it: three significant figures (550,011 -> 550,000)."""
+    n = round(x)
+    digits = len(str(abs(n)))
+    return round(n, -(digits - 3)) if digits > 3 else n
+
+
 def _candidate(obj: Any) -> bool:
     return is_container(obj) or _object_array(obj) or _pandas_objects(obj) is not None
 
@@ -305,7 +312,7 @@ def check_copy_on_read(ctx: Context) -> list[Finding]:
         if any(inside(node.path, p) for p in reported):
             continue
         reported.append(node.path)
-        n = round(total)
+        n = _three_figures(total)
         what = _describe(obj)
         f = ctx.finding(
             "WF109",
