@@ -405,20 +405,24 @@ def check_worker_caches(ctx: Context) -> list[Finding]:
 def _lru_cache_findings(ctx: Context) -> list[Finding]:
     """WF110 for unbounded lru_cache wrappers that user worker code calls."""
     out: list[Finding] = []
-    candidates: list[tuple[str, Any, type, str]] = []
+    # (path, value, the instance whose worker code would call it, attribute name)
+    candidates: list[tuple[str, Any, Any, str]] = []
     for node in ctx.worker_nodes():
         owner = node.owner
         if node.attr is None or owner is None or is_container(owner):
             continue
         if not is_user_code(type(owner)):
             continue
-        candidates.append((node.path, node.obj, type(owner), node.attr))
+        candidates.append((node.path, node.obj, owner, node.attr))
     for ca in class_attributes(ctx):
         if is_user_code(ca.klass):
-            candidates.append((ca.path, ca.value, type(ca.node.obj), ca.name))
-    for path, value, cls, attr in candidates:
+            candidates.append((ca.path, ca.value, ca.node.obj, ca.name))
+    for path, value, instance, attr in candidates:
         name = unbounded_lru_cache(value)
-        if name is None or attr not in analyze_class(cls).reads:
+        if name is None:
+            continue
+        cls = type(instance)
+        if attr not in analyze_class(cls, ctx.worker_hooks(instance)).reads:
             continue
         f = ctx.finding(
             "WF110",

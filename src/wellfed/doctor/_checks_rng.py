@@ -60,7 +60,7 @@ def check_rng(ctx: Context) -> list[Finding]:
             continue  # worker_init_fn replaces or reseeds it per worker
         owner = node.owner
         if owner is not None and node.attr and is_user_code(type(owner)):
-            ana = analyze_class(type(owner))
+            ana = analyze_class(type(owner), ctx.worker_hooks(owner))
             if node.attr in ana.mutations:
                 continue  # worker code reassigns it (per-sample or per-worker seeding)
             if _reseeded_by_setter(ana, node.attr, wif_names):
@@ -102,7 +102,7 @@ def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[F
             continue  # worker_init_fn replaces or reseeds it per worker
         cls = type(ca.node.obj)
         if is_user_code(cls):
-            ana = analyze_class(cls)
+            ana = analyze_class(cls, ctx.worker_hooks(ca.node.obj))
             if ca.name in ana.mutations:
                 continue  # worker code assigns its own per instance
             if _reseeded_by_setter(ana, ca.name, wif_names):
