@@ -159,6 +159,8 @@ def safe_len(dataset: Any) -> int | None:
 
 def describe(dataset: Any, length: int | None, from_loader: bool) -> str:
     size = f"{length:,} samples" if length is not None else "no len()"
-    kind = "iterable" if is_iterable(dataset) or not hasattr(type(dataset), "__getitem__") else "map"
+    kind = (
+        "iterable" if is_iterable(dataset) or not hasattr(type(dataset), "__getitem__") else "map"
+    )
     where = "DataLoader over " if from_loader else ""
     return f"{where}{type(dataset).__module__}.{type(dataset).__qualname__} ({kind}, {size})"
