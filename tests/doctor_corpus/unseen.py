@@ -571,9 +571,28 @@ def _method_lru_cache_one(tmp: Path, closers: list) -> tuple[Any, Any]:
     return u.DeepmdDataSystem(sets, frames_per_set=4), {"num_workers": 2, "batch_size": 2}
 
 
+def _stop_tqdm_monitor() -> None:
+    """Stop tqdm's monitor threads (a progress bar starts one on its class: ``datasets`` uses
+    ``tqdm.auto``'s) so that none outlives the case: later tests would see it (WF116)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "tqdm_monitor" and hasattr(thread, "exit"):
+            thread.exit()
+            owner = getattr(thread, "tqdm_cls", None)
+            if owner is not None:
+                owner.monitor = None
+
+
 def _hf_arrow_memory_mapped(tmp: Path, closers: list) -> tuple[Any, Any]:
+    import datasets
     from datasets import Dataset as HFDataset
 
+    # no progress bar: its tqdm monitor thread would outlive the case (WF116 in later tests)
+    if datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        closers.append(datasets.enable_progress_bars)
+    closers.append(_stop_tqdm_monitor)
     hf = HFDataset.from_dict(
         {"input_ids": [[1, 2, 3, i] for i in range(N)], "text": [f"caption {i}" for i in range(N)]}
     )
