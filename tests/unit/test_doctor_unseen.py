@@ -38,11 +38,6 @@ MISSED_BEFORE_FIX: dict[str, str] = {
     "a list of 50,000 dicts (~450,000 Python objects copied on read by every worker)",
     "pandas_object_columns_iloc": "missed before fix: nothing reported for dataset.rawdata, a "
     "DataFrame of 30,000 rows x 4 object columns read with .iloc per sample",
-    "cv2_imread_resize_in_getitem": "missed before fix: no thread-hazard for cv2.imread and "
-    "cv2.resize called in __getitem__ (no OpenCV object in the graph)",
-    "numpy_blas_svd_matmul_per_sample": "missed before fix: BLAS/OpenMP oversubscription by "
-    "np.linalg.svd and a (1024, 1024) matmul per sample is not checked (docs/doctor.md lists it "
-    "under 'What it cannot see')",
     "lmdb_environment_in_init": "missed before fix: no fork-shared-handle for a real "
     "lmdb.Environment at dataset.env (its unpicklability is found)",
     "npz_scene_info_kept_open": "missed before fix: no fork-shared-handle for np.load's NpzFile "
@@ -54,18 +49,8 @@ MISSED_BEFORE_FIX: dict[str, str] = {
     "dataset.transform.R and dataset.transform.val reported instead",
     "lambda_worker_init_seeded_by_worker_id": "missed before fix: no rng-duplication for a "
     "worker_init_fn lambda seeding np.random with worker_id only (its unpicklability is found)",
-    "iterable_worker_info_only_tags": "missed before fix: an __iter__ that calls "
-    "get_worker_info() only to tag its samples is not reported as unsharded",
-    "iterable_worker_info_only_tags_live": "missed before fix: the live probe (fork) does not "
-    "report the duplicated samples either",
     "instance_lru_cache_unbounded": "missed before fix: no memory-growth for "
     "functools.lru_cache(maxsize=None) filled in every worker (its unpicklability is found)",
-    "tokenizer_used_before_fork_in_collate": "missed before fix at this path: thread-hazard is "
-    "reported at loader.collate_fn.tokenizer (the ByteLevelBPETokenizer wrapper), not at the "
-    "Rust tokenizer ._tokenizer as in docs/errors.md's WF115 example",
-    "to_cuda_device_string_in_getitem": "missed before fix at this path: cuda-in-worker is "
-    "reported at dataset.device (the string 'cuda'), not at type(dataset).__getitem__, which "
-    "calls .to(self.device)",
 }
 # clean case name -> what the doctor flagged (none before the fix).
 FLAGGED_BEFORE_FIX: dict[str, str] = {}
