@@ -256,17 +256,22 @@ class _Cv2Limit:
     """Where OpenCV's threads are limited to one: worker_init_fn, import time, this process."""
 
     def __init__(self, ctx: Context) -> None:
-        names = frozenset({"setNumThreads"})
-        wif = ctx.settings.get("worker_init_fn")
-        self.in_worker_init = any(
-            _limit_value(c, "nthreads") for _, c in function_calls(wif, names)
-        )
-        self.at_import: str | None = None
-        for mod in _import_time_modules(ctx):
-            if any(_limit_value(c, "nthreads") for _, c in module_level_calls(mod, names)):
-                self.at_import = mod.__name__
-                break
+        self._ctx = ctx
+        self._read = False  # read on first use: most datasets never touch OpenCV
+        self.limited = False  # by worker_init_fn or at import: in every worker
         self.here: int | None = None  # cv2.getNumThreads() in this process, if cv2 is imported
+
+    def _load(self) -> None:
+        if self._read:
+            return
+        self._read = True
+        names = frozenset({"setNumThreads"})
+        wif = self._ctx.settings.get("worker_init_fn")
+        self.limited = any(_limit_value(c, "nthreads") for _, c in function_calls(wif, names))
+        for mod in [] if self.limited else _import_time_modules(self._ctx):
+            if any(_limit_value(c, "nthreads") for _, c in module_level_calls(mod, names)):
+                self.limited = True
+                break
         cv2 = sys.modules.get("cv2")
         if cv2 is not None:
             try:
@@ -276,7 +281,8 @@ class _Cv2Limit:
 
     def unlimited_under(self, methods: Iterable[str], cpus: int) -> tuple[str, ...]:
         """The start methods whose workers run OpenCV with more than one thread."""
-        if self.in_worker_init or self.at_import:
+        self._load()
+        if self.limited:
             return ()
         out = []
         for m in methods:
@@ -298,11 +304,7 @@ def _source_file(cls: type) -> str:
 def _opencv_in_worker_code(ctx: Context, limit: _Cv2Limit) -> list[Finding]:
     """WF115: worker code calls OpenCV functions and nothing sets cv2.setNumThreads(0)."""
     out: list[Finding] = []
-    cpus = ctx.platform.usable_cpus
-    methods = limit.unlimited_under(ctx.start_methods, cpus)
-    if not methods:
-        return out
-    nw = ctx.num_workers
+    found: list[tuple[Node, type, str, list[Any]]] = []
     for node, cls in user_classes(ctx):
         by_method: dict[str, list[Any]] = {}
         for call in worker_calls(cls):
@@ -311,41 +313,44 @@ def _opencv_in_worker_code(ctx: Context, limit: _Cv2Limit) -> list[Finding]:
                 and call.name.rsplit(".", 1)[-1] not in _CV2_CONFIG
             ):
                 by_method.setdefault(call.method, []).append(call)
-        for method, calls in by_method.items():
-            names = ", ".join(dict.fromkeys(c.name for c in calls))
-            first = calls[0]
-            via = f" (through {first.via})" if first.via else ""
-            threads = limit.here if limit.here is not None else cpus
-            total = (
-                f"{threads} x num_workers={nw} = {threads * nw}"
-                if nw
-                else f"{threads} x num_workers"
-            )
-            path = f"type({node.path}).{method}"
-            here = (
-                f"cv2.getNumThreads() = {limit.here} in this process"
-                if limit.here is not None
-                else f"OpenCV's default: {cpus} usable CPUs"
-            )
-            f = ctx.finding(
-                "WF115",
-                "warning",
-                path,
-                f"{cls.__qualname__}.{method} calls {names} (line {first.line}{via}) in every "
-                f"worker, and nothing sets cv2.setNumThreads(0) (not worker_init_fn, not at "
-                f"import; {here}): each worker starts OpenCV's own pool of {threads} threads, "
-                f"{total} threads on {cpus} usable CPUs, and under fork a pool copied from this "
-                "process can deadlock the worker (pytorch/pytorch#1355, #1838).",
-                "Turn OpenCV's threads off in each worker: a module-level "
-                "`def worker_init_fn(worker_id): cv2.setNumThreads(0)` passed as "
-                "DataLoader(worker_init_fn=worker_init_fn), or cv2.setNumThreads(0) at the top "
-                "of the module that defines the dataset; the workers already run in parallel.",
-                f"static: {names} at {_source_file(cls)}:{first.line}{via}; {here}; no "
-                "cv2.setNumThreads in worker_init_fn or at import",
-                methods,
-            )
-            if f is not None:
-                out.append(f)
+        found.extend((node, cls, method, calls) for method, calls in by_method.items())
+    if not found:
+        return out
+    cpus = ctx.platform.usable_cpus
+    methods = limit.unlimited_under(ctx.start_methods, cpus)
+    if not methods:
+        return out
+    nw = ctx.num_workers
+    threads = limit.here if limit.here is not None and "fork" in methods else cpus
+    here = (
+        f"cv2.getNumThreads() = {limit.here} in this process"
+        if limit.here is not None and "fork" in methods
+        else f"OpenCV's default: one per usable CPU, {cpus}"
+    )
+    total = f"{threads} x num_workers={nw} = {threads * nw}" if nw else f"{threads} x num_workers"
+    for node, cls, method, calls in found:
+        names = ", ".join(dict.fromkeys(c.name for c in calls))
+        first = calls[0]
+        via = f" (through {first.via})" if first.via else ""
+        f = ctx.finding(
+            "WF115",
+            "warning",
+            f"type({node.path}).{method}",
+            f"{cls.__qualname__}.{method} calls {names} (line {first.line}{via}) in every "
+            f"worker, and nothing sets cv2.setNumThreads(0) (not worker_init_fn, not at "
+            f"import; {here}): each worker starts OpenCV's own pool of {threads} threads, "
+            f"{total} threads on {cpus} usable CPUs, and under fork a pool copied from this "
+            "process can deadlock the worker (pytorch/pytorch#1355, #1838).",
+            "Turn OpenCV's threads off in each worker: a module-level "
+            "`def worker_init_fn(worker_id): cv2.setNumThreads(0)` passed as "
+            "DataLoader(worker_init_fn=worker_init_fn), or cv2.setNumThreads(0) at the top "
+            "of the module that defines the dataset; the workers already run in parallel.",
+            f"static: {names} at {_source_file(cls)}:{first.line}{via}; {here}; no "
+            "cv2.setNumThreads in worker_init_fn or at import",
+            methods,
+        )
+        if f is not None:
+            out.append(f)
     return out
 
 
@@ -367,6 +372,21 @@ def _blas_threads_here() -> tuple[int | None, str]:
     return n, f"threadpoolctl.threadpool_info(): {libs}"
 
 
+#: Calls that limit BLAS threads in a running process (``mkl.set_num_threads`` only: the
+#: ``torch.set_num_threads`` DataLoader calls in every worker does not reach numpy's BLAS).
+_BLAS_LIMITERS = frozenset(
+    {"threadpool_limits", "openblas_set_num_threads", "mkl_set_num_threads", "set_num_threads"}
+)
+
+
+def _limits_blas(calls: list[tuple[str, ast.Call]]) -> bool:
+    return any(
+        _limit_value(c, "limits")
+        and (name.rsplit(".", 1)[-1] != "set_num_threads" or name.split(".")[0] == "mkl")
+        for name, c in calls
+    )
+
+
 def _blas_in_worker_code(ctx: Context) -> list[Finding]:
     """WF115: worker code runs BLAS/LAPACK while no thread variable or limit is set."""
     out: list[Finding] = []
@@ -375,63 +395,53 @@ def _blas_in_worker_code(ctx: Context) -> list[Finding]:
     np = sys.modules.get("numpy")
     if np is None:
         return out
-    limiters = frozenset(
-        {"threadpool_limits", "openblas_set_num_threads", "mkl_set_num_threads", "set_num_threads"}
-    )
-
-    def limits(calls: list[tuple[str, ast.Call]]) -> bool:
-        # torch.set_num_threads does not reach numpy's BLAS; mkl.set_num_threads does
-        return any(
-            _limit_value(c, "limits")
-            and (name.rsplit(".", 1)[-1] != "set_num_threads" or name.split(".")[0] == "mkl")
-            for name, c in calls
-        )
-
-    if limits(function_calls(ctx.settings.get("worker_init_fn"), limiters)):
-        return out
-    if any(limits(module_level_calls(m, limiters)) for m in _import_time_modules(ctx)):
-        return out
-    cpus = ctx.platform.usable_cpus
-    here, how = _blas_threads_here()
-    methods = tuple(
-        m for m in ctx.start_methods if (here if m == "fork" and here is not None else cpus) > 1
-    )
-    if not methods:
-        return out
-    threads = here if here is not None and "fork" in methods else cpus
-    how = how or f"no thread variable set: one thread per usable CPU, {cpus}"
-    nw = ctx.num_workers
+    found: list[tuple[Node, type, str, list[tuple[int, str]]]] = []
     for node, cls in user_classes(ctx):
         reads = analyze_class(cls).reads
         arrays = frozenset(a for a in reads if isinstance(safe_getattr(node.obj, a), np.ndarray))
         by_method: dict[str, list[tuple[int, str]]] = {}
         for method, line, snippet in blas_calls(cls, arrays):
             by_method.setdefault(method, []).append((line, snippet))
-        for method, hits in by_method.items():
-            snippets = ", ".join(dict.fromkeys(s for _, s in hits))
-            line = hits[0][0]
-            total = (
-                f"num_workers={nw} x {threads} = {nw * threads}"
-                if nw
-                else f"num_workers x {threads}"
-            )
-            f = ctx.finding(
-                "WF115",
-                "warning",
-                f"type({node.path}).{method}",
-                f"{cls.__qualname__}.{method} runs BLAS/LAPACK per sample ({snippets}, line "
-                f"{line}) while {', '.join(BLAS_THREAD_VARS)} are unset: numpy's BLAS pool has "
-                f"{threads} threads ({how}), so the workers run {total} BLAS threads on {cpus} "
-                "usable CPUs (oversubscription; KTH-RPL/OpenSceneFlow#33: 1600% CPU, 6x slower). "
-                "DataLoader's torch.set_num_threads(1) in each worker does not reach numpy's BLAS.",
-                "Limit BLAS to one thread per worker: a module-level "
-                "`def worker_init_fn(worker_id): threadpoolctl.threadpool_limits(1)` "
-                "(pip install threadpoolctl), or start training with OMP_NUM_THREADS=1 "
-                "(and OPENBLAS_NUM_THREADS=1, MKL_NUM_THREADS=1) set before numpy is imported.",
-                f"static: {snippets} at {_source_file(cls)}:{line}; {how}; no threadpool_limits "
-                "in worker_init_fn or at import",
-                methods,
-            )
-            if f is not None:
-                out.append(f)
+        found.extend((node, cls, method, hits) for method, hits in by_method.items())
+    if not found:
+        return out
+    if _limits_blas(function_calls(ctx.settings.get("worker_init_fn"), _BLAS_LIMITERS)):
+        return out
+    if any(_limits_blas(module_level_calls(m, _BLAS_LIMITERS)) for m in _import_time_modules(ctx)):
+        return out
+    cpus = ctx.platform.usable_cpus
+    here, how_here = _blas_threads_here()
+    methods = tuple(
+        m for m in ctx.start_methods if (here if m == "fork" and here is not None else cpus) > 1
+    )
+    if not methods:
+        return out
+    if here is not None and "fork" in methods:
+        threads, how = here, how_here
+    else:
+        threads, how = cpus, f"no thread variable set: one per usable CPU, {cpus}"
+    nw = ctx.num_workers
+    total = f"num_workers={nw} x {threads} = {nw * threads}" if nw else f"num_workers x {threads}"
+    for node, cls, method, hits in found:
+        snippets = ", ".join(dict.fromkeys(s for _, s in hits))
+        line = hits[0][0]
+        f = ctx.finding(
+            "WF115",
+            "warning",
+            f"type({node.path}).{method}",
+            f"{cls.__qualname__}.{method} runs BLAS/LAPACK per sample ({snippets}, line "
+            f"{line}) while {', '.join(BLAS_THREAD_VARS)} are unset: numpy's BLAS pool has "
+            f"{threads} threads ({how}), so the workers run {total} BLAS threads on {cpus} "
+            "usable CPUs (oversubscription; KTH-RPL/OpenSceneFlow#33: 1600% CPU, 6x slower). "
+            "DataLoader's torch.set_num_threads(1) in each worker does not reach numpy's BLAS.",
+            "Limit BLAS to one thread per worker: a module-level "
+            "`def worker_init_fn(worker_id): threadpoolctl.threadpool_limits(1)` "
+            "(pip install threadpoolctl), or start training with OMP_NUM_THREADS=1 "
+            "(and OPENBLAS_NUM_THREADS=1, MKL_NUM_THREADS=1) set before numpy is imported.",
+            f"static: {snippets} at {_source_file(cls)}:{line}; {how}; no threadpool_limits "
+            "in worker_init_fn or at import",
+            methods,
+        )
+        if f is not None:
+            out.append(f)
     return out

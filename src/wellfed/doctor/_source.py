@@ -21,10 +21,17 @@ __all__ = [
     "READER_METHODS",
     "ClassAnalysis",
     "SeedCall",
+    "WorkerCall",
     "analyze_class",
+    "blas_calls",
+    "device_attr_transfers",
+    "function_calls",
     "function_source",
     "is_user_code",
+    "module_level_calls",
     "seed_calls",
+    "worker_calls",
+    "worker_info_use",
 ]
 
 #: Methods that run inside workers for every sample.
@@ -781,6 +788,7 @@ def worker_calls(cls: type) -> list[WorkerCall]:
             return first + getattr(n, "lineno", 1) - getattr(fdef, "lineno", 1)
 
         _calls_in(fdef, globs, name, line_of, None, 0, set(), out)
+    out.sort(key=lambda c: c.line)  # source order (ast.walk is breadth-first)
     _CALLS_CACHE[cls] = out
     return out
 
@@ -1020,6 +1028,8 @@ class _WorkerInfoFlow:
         self.self_attrs: set[str] = set()
         self.seen_source = False
         self.split_by: str | None = None  # how the stream is split, as written
+        self._split_key: tuple[int, int] | None = None
+        self.first_line = {name: first - fdef.lineno for name, fdef, first, _globs in defs}
 
     def is_tainted(self, expr: ast.AST, method: str) -> bool:
         for n in ast.walk(expr):
@@ -1074,8 +1084,6 @@ class _WorkerInfoFlow:
                         pairs = [(t, n.value) for t in n.targets]
                     elif isinstance(n, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and n.value:
                         pairs = [(n.target, n.value)]
-                    elif isinstance(n, (ast.For, ast.comprehension)):
-                        pairs = [(n.target, n.iter)]
                     elif isinstance(n, ast.withitem) and n.optional_vars is not None:
                         pairs = [(n.optional_vars, n.context_expr)]
                     for target, value in pairs:
@@ -1108,15 +1116,18 @@ class _WorkerInfoFlow:
         """``info is None``, ``info is not None``, ``info == None``: tests presence only."""
         operands = [cmp.left, *cmp.comparators]
         untainted = [o for o in operands if not self.is_tainted(o, method)]
-        return all(isinstance(o, ast.Constant) and o.value is None for o in untainted)
+        return bool(untainted) and all(
+            isinstance(o, ast.Constant) and o.value is None for o in untainted
+        )
 
     def judge(self) -> None:
         for method, fdef in self.defs.items():
             for n in ast.walk(fdef):
                 if isinstance(n, (ast.Call, ast.Attribute, ast.Name)):
                     chain = _dotted(n.func) if isinstance(n, ast.Call) else _dotted(n)
-                    if chain is not None and chain[-1] in _SPLITTER_CALLS:
-                        self.split_by = self.split_by or ast.unparse(n)
+                    if chain is not None and chain[-1] in _SPLITTER_CALLS and not self.split_by:
+                        self.split_by = ast.unparse(n)
+                        self._split_key = (self.first_line[method] + n.lineno, 0)
                 if not self.seen_source and isinstance(n, (ast.Call, ast.Name, ast.Attribute)):
                     self.seen_source = self.is_tainted(n, method)
                 how: ast.AST | None = None
@@ -1136,9 +1147,15 @@ class _WorkerInfoFlow:
                         if any(self.passes(a, method) for a in args):
                             how = n
                 if how is not None:
-                    text = ast.unparse(how)  # the shortest: files[wid::n], not enumerate(...)
-                    if self.split_by is None or len(text) < len(self.split_by):
-                        self.split_by = text
+                    # the first in the source, the innermost on its line: files[wid::n], not
+                    # enumerate(files[wid::n]) nor what is done later with the items
+                    key = (
+                        self.first_line[method] + getattr(how, "lineno", 0),
+                        len(ast.unparse(how)),
+                    )
+                    if self._split_key is None or key < self._split_key:
+                        self._split_key = key
+                        self.split_by = ast.unparse(how)
 
 
 _SPLIT_CACHE: dict[type, tuple[str, str | None]] = {}
@@ -1176,11 +1193,18 @@ def worker_info_use(cls: type) -> tuple[str, str | None]:
     return out
 
 
+_DEVICE_CACHE: dict[type, list[tuple[str, int, str, str]]] = {}
+
+
 def device_attr_transfers(cls: type) -> list[tuple[str, int, str, str]]:
     """(method, line, attribute, snippet) of device transfers in a user class's worker code
     whose device is a ``self.`` attribute: ``x.to(self.device)``, ``x.to(device=self.dev)``,
     ``x.cuda(self.device)``, ``torch.zeros(..., device=self.device)``, also through a local
-    alias (``device = self.device``). The caller looks up the attribute's live value."""
+    alias (``device = self.device``). The caller looks up the attribute's live value.
+    Cached per class."""
+    cached = _DEVICE_CACHE.get(cls)
+    if cached is not None:
+        return cached
     out: list[tuple[str, int, str, str]] = []
     for name, fdef, first, _globs in _worker_defs(cls):
         alias: dict[str, str] = {}
@@ -1209,4 +1233,5 @@ def device_attr_transfers(cls: type) -> list[tuple[str, int, str, str]]:
                     found = (attr, f"{called}(..., device={ast.unparse(kw.value)})")
             if found is not None:
                 out.append((name, first + n.lineno - fdef.lineno, *found))
+    _DEVICE_CACHE[cls] = out
     return out
