@@ -14,7 +14,8 @@ forms at the same worker count, start method and settings:
   from its seed).
 
 Bytes per sample crossing from the workers: the tensors of one real batch of each form,
-``nbytes`` summed, over the batch size (float32 3 x 224 x 224 x 4 = 602,112 B; uint8 150,528 B;
+``nbytes`` summed (``wellfed.device.batch_nbytes``, as ``wellfed tune`` counts them), over the
+batch size (float32 3 x 224 x 224 x 4 = 602,112 B; uint8 150,528 B;
 plus the int64 label). Throughput: ``--repeats`` rounds, the forms interleaved (the order
 rotates each round, so load drift on a shared machine hits all alike); per round a fresh loader
 (workers started), ``--warmup-batches`` not counted, then ``--batches`` timed batches through
@@ -47,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks._env
 from benchmarks._env import git_sha
+from wellfed.device import batch_nbytes
 from wellfed.measure import iterate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,18 +63,6 @@ def _p90(values: Sequence[float]) -> float:
     k = 0.9 * (len(ordered) - 1)
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def _tensor_bytes(batch: Any) -> int:
-    import torch
-
-    if isinstance(batch, torch.Tensor):
-        return batch.numel() * batch.element_size()
-    if isinstance(batch, (tuple, list)):
-        return sum(_tensor_bytes(x) for x in batch)
-    if isinstance(batch, dict):
-        return sum(_tensor_bytes(x) for x in batch.values())
-    return 0
 
 
 def _sync(device: str) -> None:
@@ -219,8 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "float": next(iter(DataLoader(datasets["float"], batch_size=bs))),
         "uint8": next(iter(DataLoader(datasets["uint8"], batch_size=bs))),
     }
-    per_sample = {k: _tensor_bytes(v) / bs for k, v in first.items()}
-    image_bytes = {k: _tensor_bytes(v[0]) / bs for k, v in first.items()}
+    per_sample = {k: batch_nbytes(v) / bs for k, v in first.items()}
+    image_bytes = {k: batch_nbytes(v[0]) / bs for k, v in first.items()}
 
     batch_s: dict[str, list[float]] = {f: [] for f in FORMS}
     rates: dict[str, list[float]] = {f: [] for f in FORMS}

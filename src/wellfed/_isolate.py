@@ -35,6 +35,7 @@ import psutil
 __all__ = [
     "GroupMember",
     "IsolatedResult",
+    "format_exception",
     "kill_tree",
     "private_memory_bytes",
     "run_isolated",
@@ -413,18 +414,21 @@ def _child_main(
         value = func(*args, **kwargs)
     except BaseException as exc:
         code = getattr(exc, "code", None)  # a WellfedError's, e.g. WF020 (a bad file)
-        conn.send(("failed", None, _format_exception(exc), code if isinstance(code, str) else None))
+        conn.send(("failed", None, format_exception(exc), code if isinstance(code, str) else None))
     else:
         try:
             conn.send(("ok", value, None, None))
         except Exception as exc:
-            error = f"result could not be sent back: {_format_exception(exc)}"
+            error = f"result could not be sent back: {format_exception(exc)}"
             conn.send(("failed", None, error, None))
     finally:
         conn.close()
 
 
-def _format_exception(exc: BaseException, max_lines: int = 40) -> str:
+def format_exception(exc: BaseException, max_lines: int = 40) -> str:
+    """How an isolated child reports an exception: ``Type: message``, then the last
+    ``max_lines`` lines of its traceback (left out when the message itself spans more than
+    four lines, as torch's re-raise of a worker's exception does, traceback included)."""
     head = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
     tail = "\n".join(tb[-max_lines:])
@@ -529,7 +533,7 @@ def run_isolated(
         return IsolatedResult(
             "failed",
             error=f"the isolated process could not start ({ctx.get_start_method()}): "
-            + _format_exception(exc),
+            + format_exception(exc),
             elapsed_s=time.perf_counter() - start,
         )
     child_conn.close()
@@ -784,7 +788,7 @@ def run_isolated_group(
                 parent_conn.close()
                 error = (
                     f"group member {rank} could not start ({ctx.get_start_method()}): "
-                    + _format_exception(exc)
+                    + format_exception(exc)
                 )
                 barrier.abort()
                 now = time.perf_counter()

@@ -215,7 +215,7 @@ def _add_info(sub: Any) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     from wellfed.platform import collect_platform_info
 
-    info = collect_platform_info()
+    info = collect_platform_info(measure_transfer=True)
     if args.json:
         _write_json(info.to_dict(), args.json)
         if args.json == "-":
@@ -252,6 +252,12 @@ def _run_info(args: argparse.Namespace) -> int:
             "GPUs",
             ", ".join(f"{g.index}: {g.name} ({format_bytes(g.memory_bytes)})" for g in info.gpus)
             or "none (no CUDA device)",
+        ),
+        (
+            "host-to-device copy",
+            info.host_to_device.describe()
+            if info.host_to_device is not None
+            else "no CUDA device: not measured",
         ),
     ]
     for key, value in rows:
@@ -624,7 +630,25 @@ def _render_tune(result: Any) -> None:
             "",
             "",
         )
+    copy_ceiling = getattr(result, "copy_ceiling_samples_per_s", None)
+    h2d = getattr(result.platform, "host_to_device", None)
+    if copy_ceiling is not None and h2d is not None and result.bytes_per_sample:
+        table.add_row(
+            f"[dim]ceiling: pinned copy to cuda:{h2d.device}, {h2d.pinned_gb_s:.1f} GB/s / "
+            f"{format_bytes(result.bytes_per_sample)} per sample[/]",
+            "",
+            f"[dim]{copy_ceiling:.0f}[/]",
+            "",
+            *(["", f"[dim]{nproc * copy_ceiling:.0f}[/]"] if ranked else []),
+            f"[dim]{copy_ceiling / base:.2f}x[/]" if base else "",
+            "",
+            "",
+            "",
+        )
     _print_table(out, table)
+    split = getattr(result, "split", None)
+    if split is not None:
+        out.print(_split_line(split), markup=False, highlight=False, soft_wrap=True)
     for t in result.trials:
         if not t.ok and t.error:
             out.print(f"[red]{escape(t.config.label())} {t.status}[/]:")
@@ -664,6 +688,17 @@ def _render_tune(result: Any) -> None:
             f"\n[dim]stored for create_dataloader(num_workers='auto'){where}: "
             f"{result.stored_path}[/]"
         )
+
+
+def _split_line(split: Any) -> str:
+    """The built-in workload's two forms at the recommended configuration, in two lines."""
+    return (
+        f"split (measured at {split.config.label()}, device half on {split.device}): bytes per "
+        f"sample from the workers float32 {split.float_bytes_per_sample:,.0f} B, uint8 "
+        f"{split.uint8_bytes_per_sample:,.0f} B; samples/s float {split.float_samples_per_s:.0f}, "
+        f"uint8 {split.uint8_samples_per_s:.0f} (noise ±{split.noise_samples_per_s:.0f})\n"
+        f"  -> {split.recommendation}"
+    )
 
 
 # ----------------------------------------------------------------------------- doctor

@@ -61,6 +61,7 @@ __all__ = [
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "ToFloat",
+    "batch_nbytes",
     "to_device",
     "uniform",
 ]
@@ -111,6 +112,26 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
             object.__setattr__(record, field.name, _map_tensors(getattr(obj, field.name), fn))
         return record
     return obj
+
+
+def batch_nbytes(batch: Any) -> int:
+    """Bytes of the tensors in a batch: the sum of their ``nbytes``, any nesting to_device moves.
+
+    What one batch costs to send from a worker to the main process (through shared memory)
+    and to copy to the device. Tensors inside tuples, lists, namedtuples, mappings and
+    dataclasses count; other values (ints, strings, a ``SeededBatch``'s seeds) count 0.
+    Example: the built-in workload's float form, a batch of 32 float32 (3, 224, 224) images
+    and 32 int64 labels: 32 x 602,112 + 32 x 8 = 19,267,840 B.
+    """
+    total = 0
+
+    def add(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    _map_tensors(batch, add)
+    return total
 
 
 # --- the loader wrapper ----------------------------------------------------------------------
@@ -232,6 +253,21 @@ class DeviceLoader:
             )
         return method  # type: ignore[no-any-return]
 
+    @property
+    def _iterator(self) -> Any:
+        """The wrapped loader's persistent iterator (``DataLoader._iterator``), or None.
+
+        Forwarded (read and write) so that wellfed's loader driver (``measure.close_loader``,
+        the close path of every trial) stops a wrapped loader's persistent workers as it
+        stops a DataLoader's.
+        """
+        return getattr(self.loader, "_iterator", None)
+
+    @_iterator.setter
+    def _iterator(self, value: Any) -> None:
+        if hasattr(self.loader, "_iterator"):
+            self.loader._iterator = value
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("loader", "device", "transform", "depth"):
             raise AttributeError(name)
@@ -252,7 +288,7 @@ class DeviceLoader:
         cuda = self.device.type == "cuda"
         if cuda and self._stream is None:
             self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-        return _DeviceIterator(self._run(it, self._stream if cuda else None), it)
+        return _DeviceIterator(self._run(it, self._stream if cuda else None), it, self.loader)
 
     def _read_state(self) -> dict[str, Any] | None:
         method = getattr(self.loader, "state_dict", None)
@@ -350,12 +386,15 @@ class _DeviceIterator:
 
     Has ``_shutdown_workers`` like a DataLoader iterator, so wellfed's loader driver
     (``measure.iterate``, ``open_batches``) stops the wrapped loader's workers at once when a
-    pass ends early; otherwise they stop when the iterator is collected.
+    pass ends early; otherwise they stop when the iterator is collected. A persistent-workers
+    loader whose iterator is stopped so forgets it (``loader._iterator = None``), as the driver
+    does for a DataLoader: its next pass starts new workers instead of reusing dead ones.
     """
 
-    def __init__(self, gen: Iterator[Any], inner: Any) -> None:
+    def __init__(self, gen: Iterator[Any], inner: Any, loader: Any) -> None:
         self._gen = gen
         self._inner = inner
+        self._loader = loader
 
     def __iter__(self) -> _DeviceIterator:
         return self
@@ -372,7 +411,9 @@ class _DeviceIterator:
         shutdown = getattr(self._inner, "_shutdown_workers", None)
         if callable(shutdown):
             shutdown()
-        self._inner = None
+        if self._inner is not None and getattr(self._loader, "_iterator", None) is self._inner:
+            self._loader._iterator = None
+        self._inner = self._loader = None
 
 
 def to_device(

@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "LOCAL_WORLD_SIZE_VARS",
     "GPUInfo",
+    "HostToDevice",
     "PlatformInfo",
     "collect_platform_info",
     "default_start_method",
@@ -27,6 +28,7 @@ __all__ = [
     "local_rank",
     "local_world_size",
     "local_world_size_source",
+    "measure_host_to_device",
     "rank_and_world_size",
     "usable_cpu_count",
     "usable_cpus_per_rank",
@@ -52,6 +54,113 @@ class GPUInfo:
         return dataclasses.asdict(self)
 
 
+#: Bytes per host-to-device copy when measuring its bandwidth: 64 MiB, past the size where
+#: a PCIe copy reaches its sustained rate (a few MiB; NVIDIA's bandwidthTest uses 32 MB),
+#: and about 3.5 batches of 32 float32 (3, 224, 224) images.
+H2D_COPY_BYTES = 64 * 2**20
+
+#: Timed copies per kind of host memory; the median is reported.
+H2D_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class HostToDevice:
+    """Host-to-device copy bandwidth of one CUDA device, from pinned and from pageable memory.
+
+    Measured by ``measure_host_to_device``: ``copy_bytes`` copied ``repeats`` times from
+    each kind of host memory into one device tensor, each copy timed with CUDA events
+    (after one untimed warm-up copy of each), the median reported. GB/s are 10**9 bytes per
+    second.
+
+    Attributes:
+        device: The CUDA device index.
+        name: The device's name as CUDA reports it.
+        copy_bytes: Bytes per copy.
+        repeats: Timed copies per kind of memory.
+        pinned_gb_s: Median bandwidth from page-locked (pinned) host memory, GB/s.
+        pageable_gb_s: Median bandwidth from ordinary (pageable) host memory, GB/s: the
+            driver stages such a copy through a pinned buffer, and it blocks the host.
+    """
+
+    device: int
+    name: str
+    copy_bytes: int
+    repeats: int
+    pinned_gb_s: float
+    pageable_gb_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """One line: "pinned P GB/s, pageable Q GB/s (cuda:I NAME, 64 MiB copies, median of
+        5)"."""
+        return (
+            f"pinned {self.pinned_gb_s:.1f} GB/s, pageable {self.pageable_gb_s:.1f} GB/s "
+            f"(cuda:{self.device} {self.name}, {self.copy_bytes / 2**20:.0f} MiB copies, "
+            f"median of {self.repeats})"
+        )
+
+
+def measure_host_to_device(
+    device: int = 0, *, copy_bytes: int = H2D_COPY_BYTES, repeats: int = H2D_REPEATS
+) -> HostToDevice | None:
+    """Measure host-to-device copy bandwidth, pinned vs pageable, on one CUDA device.
+
+    Initialises CUDA in this process (``fork`` workers started after it cannot use CUDA):
+    ``wellfed tune`` runs it in an isolated child, ``wellfed info`` in its own process.
+
+    Args:
+        device: CUDA device index.
+        copy_bytes: Bytes per copy (default H2D_COPY_BYTES, 64 MiB).
+        repeats: Timed copies per kind of memory (default H2D_REPEATS, 5); the median counts.
+
+    Returns:
+        A HostToDevice, or None when torch is missing or no CUDA device is present.
+
+    Source:
+        The method of NVIDIA's ``bandwidthTest`` sample (cuda-samples: pinned vs pageable
+        host memory, CUDA-event timing), with torch's ``Tensor.copy_``.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    import statistics
+
+    dev = torch.device("cuda", device)
+    dst = torch.empty(copy_bytes, dtype=torch.uint8, device=dev)
+    pageable = torch.ones(copy_bytes, dtype=torch.uint8)
+    pinned = pageable.pin_memory()
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    with torch.cuda.device(dev):
+        for is_pinned, src in ((True, pinned), (False, pageable)):
+            dst.copy_(src, non_blocking=is_pinned)  # warm-up, not timed
+            torch.cuda.synchronize(dev)
+            for _ in range(repeats):
+                start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                start.record()
+                dst.copy_(src, non_blocking=is_pinned)
+                end.record()
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1e3
+                rates[is_pinned].append(copy_bytes / seconds / 1e9 if seconds > 0 else math.inf)
+    name = torch.cuda.get_device_name(dev)
+    del dst, pinned
+    return HostToDevice(
+        device=device,
+        name=name,
+        copy_bytes=copy_bytes,
+        repeats=repeats,
+        pinned_gb_s=statistics.median(rates[True]),
+        pageable_gb_s=statistics.median(rates[False]),
+    )
+
+
 @dataclass(frozen=True)
 class PlatformInfo:
     """What this machine offers a DataLoader.
@@ -75,6 +184,9 @@ class PlatformInfo:
         open_files_limit: Soft ``ulimit -n`` (RLIMIT_NOFILE), or None where unknown.
         open_files_hard_limit: Hard RLIMIT_NOFILE, or None.
         gpus: CUDA devices, empty without CUDA.
+        host_to_device: Host-to-device copy bandwidth of the first CUDA device, pinned vs
+            pageable (``measure_host_to_device``), or None: not measured (no CUDA device, or
+            not asked for: ``collect_platform_info(measure_transfer=True)``).
     """
 
     os: str
@@ -95,6 +207,7 @@ class PlatformInfo:
     open_files_limit: int | None
     open_files_hard_limit: int | None
     gpus: tuple[GPUInfo, ...] = ()
+    host_to_device: HostToDevice | None = None
 
     @property
     def has_cuda(self) -> bool:
@@ -106,7 +219,19 @@ class PlatformInfo:
         out = dataclasses.asdict(self)
         out["start_methods"] = list(self.start_methods)
         out["gpus"] = [g.to_dict() for g in self.gpus]
+        out["host_to_device"] = self.host_to_device.to_dict() if self.host_to_device else None
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlatformInfo:
+        """Build a PlatformInfo from ``to_dict()`` output (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["start_methods"] = tuple(data["start_methods"])
+        kwargs["gpus"] = tuple(GPUInfo(**g) for g in data.get("gpus", ()))
+        h2d = data.get("host_to_device")
+        kwargs["host_to_device"] = HostToDevice(**h2d) if h2d else None
+        return cls(**kwargs)
 
 
 def _cgroup_cpu_quota() -> float | None:
@@ -281,12 +406,18 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", None))
 
 
-def collect_platform_info(*, include_gpus: bool = True) -> PlatformInfo:
+def collect_platform_info(
+    *, include_gpus: bool = True, measure_transfer: bool = False
+) -> PlatformInfo:
     """Collect the facts of this machine that decide how DataLoader workers can run.
 
     Args:
         include_gpus: Query CUDA devices. Querying their properties initialises CUDA in this
             process, after which ``fork`` workers can no longer use CUDA; pass False to avoid it.
+        measure_transfer: Also measure host-to-device bandwidth, pinned vs pageable, on the
+            first CUDA device (``measure_host_to_device``: 2 x 6 copies of 64 MiB, well under
+            a second), into ``host_to_device``; None without a CUDA device. Needs
+            ``include_gpus``. ``wellfed info`` asks for it.
 
     Returns:
         A frozen PlatformInfo.
@@ -321,6 +452,7 @@ def collect_platform_info(*, include_gpus: bool = True) -> PlatformInfo:
     except (ImportError, OSError, ValueError):
         pass
 
+    gpus = _gpus() if include_gpus else ()
     return PlatformInfo(
         os=_stdlib_platform.system(),
         os_release=_stdlib_platform.release(),
@@ -339,5 +471,6 @@ def collect_platform_info(*, include_gpus: bool = True) -> PlatformInfo:
         shm_free_bytes=shm_free,
         open_files_limit=soft,
         open_files_hard_limit=hard,
-        gpus=_gpus() if include_gpus else (),
+        gpus=gpus,
+        host_to_device=measure_host_to_device(gpus[0].index) if measure_transfer and gpus else None,
     )

@@ -208,6 +208,20 @@ class LoaderSpec:
         generator: The loader's torch.Generator for sampling, or None.
         user_config: The worker settings the loader had (a DataLoader target), or None.
         samples: len(dataset), or None for an iterable dataset without a length.
+        factory: The zero-argument callable that built the dataset or DataLoader (a factory
+            TARGET, source "factory"), or None. The doctor calls it again to learn whether
+            it builds a new DataLoader at each call (stale worker state then lasts only
+            until the loader is rebuilt, WF111).
+        seed: The loader's seed (``SeededDataLoader(seed=...)``), or None: no seed, the
+            default, as tune measures a user's loader.
+        sample_seeds: Batches as ``SeededBatch(batch, seeds)`` (needs ``seed``), for device
+            transforms that draw per sample.
+        device: Where the loader's consumer takes each batch: ``make_loader`` wraps the loader
+            in ``wellfed.to_device(loader, device, transform=device_transform)``, so a trial
+            times the main-process work of copying and transforming each batch too (the
+            built-in workload's uint8 split form); None: the loader alone.
+        device_transform: The per-batch transform ``to_device`` applies on ``device``
+            (picklable: trials may run under spawn), or None.
     """
 
     dataset: Any
@@ -225,6 +239,16 @@ class LoaderSpec:
     generator: Any = None
     user_config: LoaderConfig | None = None
     samples: int | None = None
+    seed: int | None = None
+    sample_seeds: bool = False
+    device: str | None = None
+    device_transform: Any = None
+    factory: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, ``factory`` dropped: only the process that resolved the TARGET calls it,
+        and a factory (a lambda, a closure) need not pickle for the spec to reach a child."""
+        return {**self.__dict__, "factory": None}
 
     @property
     def is_iterable(self) -> bool:
@@ -256,11 +280,23 @@ class LoaderSpec:
         A ``wellfed.seeded_loader.SeededDataLoader`` without a seed, which is a
         ``torch.utils.data.DataLoader`` subclass and loads as one: what tune measures is what
         its recommendation (a pasted ``DataLoader(...)`` call, or ``create_dataloader``'s
-        "auto") runs.
+        "auto") runs. With ``seed``/``sample_seeds`` set it is seeded; with ``device`` set it
+        comes wrapped in ``wellfed.to_device(loader, device, transform=device_transform)``
+        (a ``DeviceLoader``, which the loader driver closes as it closes the loader).
         """
         from wellfed.seeded_loader import SeededDataLoader
 
-        return SeededDataLoader(self.dataset, **self.loader_kwargs(config))
+        kwargs = self.loader_kwargs(config)
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if self.sample_seeds:
+            kwargs["sample_seeds"] = True
+        loader = SeededDataLoader(self.dataset, **kwargs)
+        if self.device is None:
+            return loader
+        from wellfed.device import to_device
+
+        return to_device(loader, self.device, transform=self.device_transform)
 
     def with_batch_size(self, batch_size: int) -> LoaderSpec:
         """A copy with another batch size, marked as given by the user."""
@@ -503,7 +539,7 @@ def resolve_target(target: str) -> LoaderSpec:
 
     if callable(obj) and not isinstance(obj, DataLoader) and not _is_instance_dataset(obj):
         try:
-            obj = obj()
+            built = obj()
         except Exception as exc:
             raise TargetError(
                 f"TARGET factory raised: calling {target}() with no arguments raised "
@@ -515,6 +551,8 @@ def resolve_target(target: str) -> LoaderSpec:
                 value=f"{type(exc).__name__}: {exc}",
             ) from exc
         source = "factory"
+        spec = spec_from_object(built, target=target, source=source)
+        return dataclasses.replace(spec, factory=obj)
     return spec_from_object(obj, target=target, source=source)
 
 

@@ -39,3 +39,17 @@ def test_help_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+def test_info_says_the_copy_rates_are_not_measured_without_cuda(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: tests/integration/test_transfer_gpu.py")
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["host_to_device"] is None
+    assert main(["info"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "host-to-device copy │ no CUDA device: not measured" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import random
 import sqlite3
 import threading
@@ -752,3 +753,72 @@ class BatchIndexedDataset(Dataset):
 
     def __getitem__(self, idx: list[int]) -> torch.Tensor:
         return torch.tensor([float(i) for i in idx])
+
+
+# --- failures the live probe attributes to an attribute path (issue 15) --------------------
+
+
+class StdCollate:
+    """A collate object with a Bessel-corrected scale: a batch of one divides by zero."""
+
+    def __call__(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        scale = 1 / (len(batch) - 1)
+        return torch.stack(batch) * scale
+
+
+def init_shards_from_env(worker_id: int) -> None:
+    """A worker_init_fn reading a shard count that is not set: ValueError, in workers only."""
+    shards = int(os.environ.get("WELLFED_TEST_SHARDS", "unset"))
+    info = get_worker_info()
+    if info is not None:
+        info.dataset.shard = worker_id % shards
+
+
+class RecordReader:
+    """Reads records by index; record 0 fails its checksum (ValueError in ``read``)."""
+
+    def read(self, idx: int) -> torch.Tensor:
+        if idx == 0:
+            raise ValueError(f"record {idx}: checksum mismatch")
+        return torch.tensor(float(idx))
+
+
+class ReaderDataset(Dataset):
+    """Delegates each sample to ``self.reader.read``."""
+
+    def __init__(self, reader: Any = None) -> None:
+        self.reader = RecordReader() if reader is None else reader
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return self.reader.read(idx)
+
+
+class ColumnsDataset(Dataset):
+    """Serves missing attributes from ``self.columns`` (as a data-frame wrapper does); the
+    column ``label`` is missing, so ``self.label`` raises AttributeError in ``__getattr__``."""
+
+    def __init__(self) -> None:
+        self.columns = {"x": list(range(N))}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["columns"][name]
+        except KeyError:
+            raise AttributeError(f"no column or attribute {name!r}") from None
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return torch.tensor(float(self.x[idx] + self.label[idx]))
+
+
+class BlockingReader:
+    """Waits for a record that never arrives (``queue.Queue.get`` without a timeout)."""
+
+    def read(self, idx: int) -> torch.Tensor:
+        record = queue.Queue().get()
+        return torch.tensor(float(record))

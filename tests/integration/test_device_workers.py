@@ -197,3 +197,34 @@ class _Once:
 
     def __iter__(self) -> Any:
         return self.it
+
+
+def _alive_children(before: set[int]) -> set[int]:
+    me = psutil.Process()
+    return {p.pid for p in me.children(recursive=True) if p.status() != "zombie"} - before
+
+
+def test_the_driver_stops_persistent_workers_through_to_device() -> None:
+    """measure's close path (``stream`` then ``close_loader``, every trial's) stops a wrapped
+    loader's persistent workers at once, and a pass stopped early leaves the loader able to
+    start new workers (not reuse dead ones)."""
+    from wellfed.measure import iterate, stream
+
+    loader = wellfed.create_dataloader(
+        ImagesDataset(16), batch_size=4, num_workers=2, persistent_workers=True, timeout=60
+    )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    dev = to_device(loader, "cpu", transform=_augment())
+    batches = stream(dev)
+    for _ in range(6):  # past one epoch of 4 batches: the workers persist between epochs
+        next(batches)
+    assert len(_alive_children(before)) >= 2
+    batches.close()
+    assert loader._iterator is None
+    assert not _alive_children(before), "persistent workers outlived the driver's close"
+    got = list(iterate(dev, max_batches=2))  # a pass stopped early by the driver
+    assert len(got) == 2
+    assert loader._iterator is None
+    assert not _alive_children(before)
+    assert len(list(iterate(dev))) == 4  # new workers, a whole epoch
+    assert not _alive_children(before)

@@ -7,6 +7,7 @@ The autouse fixture in conftest.py fails any test that leaves a process behind.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 from typing import Any
 
@@ -123,6 +124,20 @@ def test_hang_is_killed_and_reported() -> None:
     (f,) = report.findings
     assert (f.code, f.path, f.severity) == ("WF122", "type(dataset).__getitem__", "error")
     assert report.probes[0].status == "timeout"
+    # where each worker was blocked, from its stack dump (SIGUSR1 before the kill)
+    lines, start = inspect.getsourcelines(d.SleepyDataset)
+    line = start + next(i for i, ln in enumerate(lines) if "Event().wait(3600)" in ln)
+    assert (
+        f"DataLoader workers 0 and 1 (pids {report.probes[0].observations['hang_dumps'][0]['pid']}"
+        in f.message
+    ), f.message
+    assert (
+        f"were blocked in threading.Event.wait, called at datasets.py:{line} "
+        "(`threading.Event().wait(3600)`) in SleepyDataset.__getitem__" in f.message
+    ), f.message
+    assert "worker 0 stack, innermost first: threading.py:" in f.evidence
+    dumps = report.probes[0].observations["hang_dumps"]
+    assert [dump["worker_id"] for dump in dumps] == [0, 1]
 
 
 def test_crash_is_reported() -> None:
@@ -211,3 +226,36 @@ def test_a_failure_the_main_process_reproduces_confirms_no_worker_hazard() -> No
     (both,) = [f for f in report.findings if f.code == "WF122"]
     assert "with or without workers" in both.message
     assert "Torch not compiled with CUDA enabled" in both.message
+
+
+class ScaledImages(torch.utils.data.Dataset):
+    """milesial/Pytorch-UNet's BasicDataset output, reduced: ``img / 255.0`` as float32 in a
+    dict (no Normalize transform for the static check to see), or uint8, or a spectrogram."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.kind == "float":
+            image = torch.full((3, 32, 48), index / 255.0)
+        elif self.kind == "uint8":
+            image = torch.full((3, 32, 48), index, dtype=torch.uint8)
+        else:  # a one-channel float spectrogram: no uint8 form
+            image = torch.full((1, 64, 100), float(index))
+        return {"image": image, "mask": torch.zeros(32, 48, dtype=torch.long)}
+
+
+@pytest.mark.parametrize(("kind", "found"), [("float", True), ("uint8", False), ("spec", False)])
+def test_float_images_from_workers_are_seen_live(kind: str, found: bool) -> None:
+    report = diagnose(ScaledImages(kind), loader_kwargs={"num_workers": 2}, start_methods=("fork",))
+    wf125 = [f for f in report.findings if f.code == "WF125"]
+    assert bool(wf125) is found, [f.code for f in report.findings]
+    if found:
+        (f,) = wf125
+        assert f.path == "type(dataset).__getitem__"
+        assert "batch['image'] float32 (1, 3, 32, 48)" in f.message
+        assert "18,432 B per sample where the uint8 image is 4,608 B (4x)" in f.message
+        assert f.evidence.startswith("confirmed live (fork)")

@@ -450,6 +450,8 @@ def test_doctor_suggests_the_uint8_split_for_normalised_float_images() -> None:
     assert f.path == "dataset.transform"
     assert "602,112 B" in f.message
     assert "sample_seeds=True" in f.fix
+    assert "wellfed.to_device(loader, 'cuda', transform=wellfed.BatchTransform([" in f.fix
+    assert "device_train_transform()" in f.fix
     assert report.is_clean
     split = workloads.builtin_dataset(output="uint8")
     for ds, kwargs in ((split, {"num_workers": 2}), (float_ds, {"num_workers": 0})):

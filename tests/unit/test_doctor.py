@@ -111,7 +111,8 @@ def test_stale_state_fix_points_to_shared_state() -> None:
     assert finding.path == "dataset.epoch"
     assert "wellfed.SharedState(" in finding.fix
     assert "state.update(" in finding.fix
-    assert "self.state['theta']" in finding.fix
+    assert "self.state['epoch']" in finding.fix  # the real attribute, not 'theta'
+    assert "theta" not in finding.fix
     assert "set_epoch" in finding.message
 
 
@@ -388,3 +389,25 @@ def test_a_seeded_loader_is_judged_with_the_users_own_sampler() -> None:
     loader = SeededDataLoader(d.TransformDataset(), seed=3, batch_sampler=batches, num_workers=2)
     found = {(f.code, f.path) for f in _static(loader, start_methods="spawn").findings}
     assert ("WF103", "loader.batch_sampler.sampler.key_fn") in found
+
+
+class KeyErrorColumns(torch.utils.data.Dataset):
+    """Columns looked up by ``__getattr__``, which raises KeyError (not AttributeError) for a
+    name that is not a column: ``hasattr`` does not catch it."""
+
+    def __init__(self) -> None:
+        self.cols = {"x": [1, 2, 3]}
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int) -> int:
+        return self.cols["x"][index]
+
+    def __getattr__(self, name: str) -> object:
+        return self.__dict__["cols"][name]
+
+
+def test_a_getattr_that_raises_key_error_does_not_crash_the_doctor() -> None:
+    report = diagnose(KeyErrorColumns(), live=False)
+    assert "KeyErrorColumns" in report.target

@@ -24,6 +24,17 @@ def test_factory_target_is_called() -> None:
     assert spec.samples == 32
 
 
+def test_factory_target_keeps_its_factory_but_does_not_pickle_it() -> None:
+    import pickle
+
+    from tests import helpers
+
+    spec = resolve_target("tests.helpers:make_squares")
+    assert spec.factory is helpers.make_squares  # the doctor calls it again (WF111)
+    assert pickle.loads(pickle.dumps(spec)).factory is None
+    assert resolve_target("tests.helpers:squares_loader").factory is None
+
+
 def test_dataloader_target_keeps_its_settings() -> None:
     spec = resolve_target("tests.helpers:squares_loader")
     assert spec.source == "dataloader"

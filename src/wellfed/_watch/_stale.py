@@ -20,7 +20,6 @@ the reading is unknown.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 __all__ = ["changes", "describe", "snapshot", "worker_reads"]
@@ -30,7 +29,6 @@ _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 _MAX_VALUE_LEN = 256
 #: Tuples of scalars up to this long are compared by value.
 _MAX_TUPLE = 16
-_SELF_ATTR = re.compile(r"\bself\.([A-Za-z_]\w*)")
 
 
 def _fingerprint(value: Any) -> tuple[Any, ...]:
@@ -120,20 +118,19 @@ def worker_reads(loader: Any, dataset: Any) -> set[str] | None:
     methods they call (``wellfed.doctor``'s reading), and the loader's ``collate_fn`` and
     ``worker_init_fn`` when they are bound methods of the dataset (their ``self.`` reads).
     """
+    hooks = tuple(
+        name
+        for hook in (getattr(loader, "collate_fn", None), getattr(loader, "worker_init_fn", None))
+        if hook is not None and getattr(hook, "__self__", None) is dataset
+        for name in (getattr(hook, "__name__", None),)
+        if isinstance(name, str)
+    )
     try:
         from wellfed.doctor._source import analyze_class
 
-        reads = set(analyze_class(type(dataset)).reads)
+        reads = set(analyze_class(type(dataset), hooks).reads)
     except Exception:
         return None
-    import inspect
-
-    for hook in (getattr(loader, "collate_fn", None), getattr(loader, "worker_init_fn", None)):
-        if hook is not None and getattr(hook, "__self__", None) is dataset:
-            try:
-                reads |= set(_SELF_ATTR.findall(inspect.getsource(hook)))
-            except (OSError, TypeError):
-                return None
     return reads or None
 
 

@@ -6,7 +6,8 @@ object graph that DataLoader workers receive (``_graph``), read the source of wo
 ``_checks_<category>`` module per report category, on the machinery of ``_context``,
 ``_classify`` and ``_pickling``). The live probe (``_probe``) then runs the target in real
 workers under each start method, in an isolated child, and ``_probe_findings`` confirms or
-refutes what the static checks suspect.
+refutes what the static checks suspect; a live failure or hang is reported at the attribute
+path of the user code where it happened (``_attribution``).
 
 Example:
     >>> report = wellfed.diagnose(dataset, loader_kwargs={"num_workers": 4}, live=False)
@@ -126,6 +127,11 @@ def diagnose(
         t0 = time.perf_counter()
         probes = probe_all(dataset, settings, methods, float(timeout_s))
         findings = apply_probes(ctx, findings, probes)
+        if any(f.code == "WF111" for f in findings):
+            from wellfed.doctor._probe_stale import judge_stale_live
+
+            left = float(timeout_s) - (time.perf_counter() - t0)
+            findings, probes = judge_stale_live(ctx, obj, findings, probes, left)
         live_s = time.perf_counter() - t0
     walks = ctx.walks.values()
     return DoctorReport(

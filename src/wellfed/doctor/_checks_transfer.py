@@ -7,11 +7,14 @@ microseconds (the uint8 split: ``docs/device.md``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding
 
 __all__ = [
     "check_float_images_from_workers",
+    "float_images_seen_live",
 ]
 
 #: Transforms whose output is a normalised float32 image, by module and class name (no
@@ -22,6 +25,53 @@ _NORMALIZERS = {
     ("torchvision.transforms.transforms", "Normalize"),
     ("torchvision.transforms.v2._misc", "Normalize"),
 }
+
+
+_FIX = (
+    "Return uint8 (C, H, W) images from __getitem__ (decode and crop only) and flip "
+    "and normalise per batch on the device: create_dataloader(..., seed=0, "
+    "sample_seeds=True) and wellfed.to_device(loader, 'cuda', transform="
+    "wellfed.BatchTransform([RandomHorizontalFlip(), ToFloat(), Normalize(mean, "
+    "std)])), the steps from wellfed.device (docs/device.md); for the built-in "
+    "workload, builtin_dataset(output='uint8') with device_train_transform(), which "
+    "`wellfed tune` measures beside the float form."
+)
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def float_images_seen_live(
+    ctx: Context, images: list[dict[str, Any]], method: str, path: str
+) -> list[Finding]:
+    """WF125 from the live probe: the first batch the workers sent holds float images.
+
+    Args:
+        images: ``_probe.float_images`` of that batch (path in the batch, dtype, shape).
+        method: The start method of the run.
+        path: Where the finding points (the dataset's ``__getitem__``/``__iter__``).
+    """
+    if ctx.num_workers == 0 or not images:
+        return []
+    first = images[0]
+    shape = [int(d) for d in first["shape"]]
+    per_sample = 1
+    for d in shape[-3:]:
+        per_sample *= d
+    itemsize = _ITEMSIZE.get(str(first["dtype"]), 4)
+    seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+    f = ctx.finding(
+        "WF125",
+        "info",
+        path,
+        f"The workers send float images ({seen}): {itemsize} bytes per value, "
+        f"{per_sample * itemsize:,} B per sample where the uint8 image is {per_sample:,} B "
+        f"({itemsize}x), and the conversion runs on the CPU, which the device does per batch "
+        "in microseconds.",
+        _FIX,
+        f"confirmed live ({method}): the first batch from the probe's workers",
+        (method,),
+    )
+    return [f] if f is not None else []
 
 
 def check_float_images_from_workers(ctx: Context) -> list[Finding]:
@@ -51,12 +101,7 @@ def check_float_images_from_workers(ctx: Context) -> list[Finding]:
             f"images, 4 bytes per value ({float_bytes:,} B for a 3x{side}x{side} sample), 4x "
             "the uint8 image, and normalise on the CPU, which the device does per batch in "
             "microseconds.",
-            "Return uint8 (C, H, W) images from __getitem__ (decode and crop only) and flip "
-            "and normalise per batch on the device: create_dataloader(..., seed=0, "
-            "sample_seeds=True) and wellfed.to_device(loader, 'cuda', transform="
-            "BatchTransform([RandomHorizontalFlip(), ToFloat(), Normalize(mean, std)])) "
-            "(docs/device.md); for the built-in workload, builtin_dataset(output='uint8') with "
-            "device_train_transform().",
+            _FIX,
             f"static: {what} in the dataset's transform (a float32 tensor per sample)",
         )
         return [f] if f is not None else []

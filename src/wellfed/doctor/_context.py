@@ -60,6 +60,19 @@ class Context:
             if root != "loader.sampler" and root != "loader.batch_sampler":
                 yield from w.nodes
 
+    def worker_hooks(self, obj: Any) -> tuple[str, ...]:
+        """Names of ``obj``'s methods the loader runs in its workers as ``collate_fn``
+        (``collate_fn=dataset.collate_fn``): worker code beside ``__getitem__``.
+
+        ``worker_init_fn`` is left out: what it assigns is per-worker setup, not a mutation.
+        """
+        hook = self.settings.get("collate_fn")
+        if hook is not None and getattr(hook, "__self__", None) is obj:
+            name = getattr(hook, "__name__", None)
+            if isinstance(name, str):
+                return (name,)
+        return ()
+
     def finding(
         self,
         code: str,

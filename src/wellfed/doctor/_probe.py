@@ -23,11 +23,29 @@ What one run does, with 2 workers (the fewest that can disagree):
 - both: bytes and tensors per sample (for /dev/shm), private memory (USS) of each worker
   after the first and the last batch, and for spawn/forkserver the pickled size with the
   time to pickle and to unpickle it.
+
+When it fails, it says where. An exception comes back as facts (``failure``: type, message,
+frames, the worker; ``_attribution.exception_facts``), which ``_probe_findings`` maps to an
+attribute path. A hang is dumped before anything is stopped: each worker registers
+``faulthandler`` for SIGUSR1 (``ProbeWorkerInit``, around the user's worker_init_fn), and when
+no batch has come for HANG_DUMP_SHARE of the loader's timeout, a watch thread of the probe
+(``_HangWatch``) signals every worker and waits for its dump, before the loader's own timeout
+stops them. The dumps are files in the run's own temporary folder, made and removed by
+``probe_all`` (outside the isolated child, so a killed child leaves none behind), which reads
+them into ``observations["hang_dumps"]``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import itertools
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +54,20 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from wellfed import _isolate
 from wellfed._digest import batch_digest
-from wellfed._isolate import run_isolated
+from wellfed._isolate import format_exception, run_isolated
+from wellfed.doctor._attribution import exception_facts, parse_dump
 from wellfed.doctor._report import ProbeRun
-from wellfed.errors import WorkerCrashedError, WorkerStartError
+from wellfed.errors import WorkerCrashedError, WorkerStartError, WorkerTimeoutError
 from wellfed.measure import open_batches
 
-__all__ = ["ITERABLE_ITEMS", "PROBE_WORKERS", "probe_all", "probe_one"]
+__all__ = [
+    "ITERABLE_ITEMS",
+    "PROBE_WORKERS",
+    "ProbeWorkerInit",
+    "probe_all",
+    "probe_one",
+    "read_dumps",
+]
 
 #: Workers per probe run: two is the fewest that can disagree, and it keeps spawn start-up
 #: (~1-2 s per worker, each importing torch) inside the probe's budget.
@@ -63,6 +89,175 @@ MAP_EXTRA = 8
 
 #: How ``run_isolated``'s error starts when its child process could not start at all.
 NOT_STARTED = "the isolated process could not start"
+
+#: Whether this platform can dump a process's stacks on a signal (POSIX: SIGUSR1).
+CAN_DUMP = hasattr(signal, "SIGUSR1") and hasattr(faulthandler, "register")
+
+#: Seconds the probe waits for the signalled workers' dumps (each is written in well under a
+#: millisecond by faulthandler's C signal handler; the wait covers a loaded machine).
+DUMP_WAIT_S = 1.0
+
+#: Share of the loader's timeout without a batch after which the workers' stacks are dumped:
+#: late enough that a slow sample is not taken for a hang, early enough that the workers are
+#: still where they hang when the loader's own timeout stops them.
+HANG_DUMP_SHARE = 0.9
+
+#: Largest dump read back, in bytes (a dump of a few threads is ~1 KB).
+DUMP_MAX_BYTES = 64 * 1024
+
+_DUMP_NAME = re.compile(r"^worker-(?P<wid>\d+)-(?P<pid>\d+)\.txt$")
+
+
+def _arm_dump(final: str) -> Any:
+    """Register faulthandler for SIGUSR1 in this process (every thread's stack), writing to
+    ``final``; the file gets its name only once the handler is in place, so a process whose
+    dump file exists never dies of SIGUSR1's default action. Returns the open file
+    (faulthandler writes to its descriptor)."""
+    tmp = final + ".arming"
+    fh = open(tmp, "w")  # noqa: SIM115  # faulthandler keeps it open until unregistered
+    faulthandler.register(signal.SIGUSR1, file=fh, all_threads=True, chain=False)
+    os.replace(tmp, final)
+    return fh
+
+
+class ProbeWorkerInit:
+    """The probe's worker_init_fn: arm a stack dump on SIGUSR1, then run the user's own.
+
+    Picklable (a module-level class holding a folder and the user's function), so spawn and
+    forkserver workers receive it as they would the user's function alone; the user's
+    function's own frames stay the innermost of any failure in it.
+
+    Args:
+        dump_dir: Folder for ``worker-<id>-<pid>.txt``; None arms nothing.
+        init: The user's worker_init_fn, or None.
+    """
+
+    def __init__(self, dump_dir: str | None, init: Callable[[int], Any] | None) -> None:
+        self.dump_dir = dump_dir
+        self.init = init
+
+    def __call__(self, worker_id: int) -> None:
+        """Arm the dump (where the platform can), then call the user's worker_init_fn."""
+        if self.dump_dir is not None and CAN_DUMP:
+            path = os.path.join(self.dump_dir, f"worker-{worker_id}-{os.getpid()}.txt")
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                _WORKER_DUMP.append(_arm_dump(path))
+        if self.init is not None:
+            self.init(worker_id)
+
+
+#: The open dump file of this worker (kept referenced for the worker's life).
+_WORKER_DUMP: list[Any] = []
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """True for the loader's "no batch within timeout" (WF303, or torch's own words)."""
+    return isinstance(exc, WorkerTimeoutError) or str(exc).startswith("DataLoader timed out")
+
+
+class _HangWatch:
+    """Dump the workers' stacks when no batch has come for HANG_DUMP_SHARE of the loader's
+    timeout: just before the DataLoader gives up and stops its workers (which it does inside
+    ``next()``, before the timeout reaches the probe), while they are still where they hang.
+
+    A daemon thread of the probe's own process; ``beat()`` after every batch restarts the
+    clock. It only reads the workers' pids (never ``is_alive``, which would reap a dead
+    worker's exit status before torch and wellfed read it).
+    """
+
+    def __init__(self, it: Any, dump_dir: str | None, loader_timeout_s: float) -> None:
+        self._it = it
+        self._dump_dir = dump_dir
+        self._after_s = loader_timeout_s * HANG_DUMP_SHARE
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _HangWatch:
+        if self._dump_dir is not None and CAN_DUMP:
+            self._thread = threading.Thread(
+                target=self._run, name="wellfed-probe-hang-watch", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def beat(self) -> None:
+        """A batch came: restart the clock."""
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.01, self._last + self._after_s - time.monotonic())):
+            if time.monotonic() - self._last >= self._after_s:
+                _dump_workers(self._it, self._dump_dir)
+                return
+
+
+def _dump_workers(it: Any, dump_dir: str | None) -> None:
+    """SIGUSR1 every worker of ``it`` that armed its dump, and wait for the dumps."""
+    if dump_dir is None or not CAN_DUMP:
+        return
+    try:
+        names = os.listdir(dump_dir)
+    except OSError:
+        return
+    files: dict[int, str] = {}
+    for name in names:
+        match = _DUMP_NAME.match(name)
+        if match is not None:
+            files[int(match["pid"])] = os.path.join(dump_dir, name)
+    signalled: list[str] = []
+    for w in list(getattr(it, "_workers", None) or ()):
+        pid = getattr(w, "pid", None)
+        if pid in files:
+            with contextlib.suppress(OSError):  # gone already
+                os.kill(pid, signal.SIGUSR1)
+                signalled.append(files[pid])
+    deadline = time.monotonic() + DUMP_WAIT_S
+    last: list[int] = []
+    while signalled and time.monotonic() < deadline:
+        sizes = [os.path.getsize(f) if os.path.exists(f) else 0 for f in signalled]
+        if all(sizes) and sizes == last:
+            return  # every dump written, and none still growing
+        last = sizes
+        time.sleep(0.02)  # polling the files the signal handlers write
+
+
+def read_dumps(dump_dir: str) -> list[dict[str, Any]]:
+    """The stack dumps in ``dump_dir``, JSON-ready: one dict per process that wrote one.
+
+    Returns:
+        Dicts with ``worker_id``, ``pid`` and ``threads``: ``[{"current": bool, "frames":
+        [[file, line, name], ...]}]``, frames outermost first; by worker id.
+    """
+    out: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(dump_dir))
+    except OSError:
+        return out
+    for name in names:
+        match = _DUMP_NAME.match(name)
+        if match is None:
+            continue
+        try:
+            with open(os.path.join(dump_dir, name), errors="replace") as fh:
+                text = fh.read(DUMP_MAX_BYTES)
+        except OSError:
+            continue
+        threads = [
+            {"current": current, "frames": [f.to_json() for f in frames]}
+            for current, frames in parse_dump(text)
+            if frames
+        ]
+        if not threads:
+            continue
+        out.append({"worker_id": int(match["wid"]), "pid": int(match["pid"]), "threads": threads})
+    out.sort(key=lambda d: int(d["worker_id"]))
+    return out
 
 
 class TagWorkerIterable(IterableDataset):  # type: ignore[type-arg]
@@ -158,6 +353,47 @@ def _payload(obj: Any) -> tuple[int, int]:
     return 0, 0
 
 
+#: A float tensor whose last three dimensions are (C, H, W) with C in this set and H, W at least
+#: MIN_IMAGE_SIDE is taken for an image (WF125 live): 3 (RGB), 4 (RGBA); 1 is left out, since
+#: a one-channel float tensor is as often a spectrogram or a depth map, which has no uint8 form.
+IMAGE_CHANNELS = (3, 4)
+MIN_IMAGE_SIDE = 16
+
+
+def float_images(obj: Any, path: str = "batch", depth: int = 0) -> list[dict[str, Any]]:
+    """The float image tensors in a batch (at most 4): ``{"path", "dtype", "shape"}`` each.
+
+    An image: a floating-point tensor or array of 3 or more dimensions whose last three are
+    (C, H, W), C in IMAGE_CHANNELS and H, W >= MIN_IMAGE_SIDE (the layout torch's transforms
+    and most datasets send). Mappings, lists and tuples are entered, four levels deep.
+    """
+    shape = getattr(obj, "shape", None)
+    dtype = getattr(obj, "dtype", None)
+    if shape is not None and dtype is not None:
+        kind = str(dtype).replace("torch.", "")
+        dims = tuple(int(d) for d in shape)
+        if (
+            kind in ("float16", "bfloat16", "float32", "float64")
+            and len(dims) >= 3
+            and dims[-3] in IMAGE_CHANNELS
+            and min(dims[-2:]) >= MIN_IMAGE_SIDE
+        ):
+            return [{"path": path, "dtype": kind, "shape": list(dims)}]
+        return []
+    if depth >= 4:
+        return []
+    out: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        items = [(f"{path}[{k!r}]", v) for k, v in list(obj.items())[:16]]
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(obj[:16])]
+    else:
+        return []
+    for sub, value in items:
+        out.extend(float_images(value, sub, depth + 1))
+    return out[:4]
+
+
 def _worker_uss(iterator: Any) -> list[int]:
     """Private memory (USS) of each live worker of a DataLoader iterator, in bytes."""
     out = []
@@ -204,6 +440,7 @@ def probe_one(
     method: str,
     loader_timeout_s: float,
     measure_pickle: bool,
+    dump_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run the dataset in PROBE_WORKERS real workers under one start method (in the child).
 
@@ -213,9 +450,13 @@ def probe_one(
         method: The workers' start method.
         loader_timeout_s: DataLoader ``timeout``: seconds to wait for any one batch.
         measure_pickle: Also measure the dataset's pickled size and time.
+        dump_dir: Folder for the stack dumps of hung workers (see the module docstring);
+            None dumps nothing.
 
     Returns:
-        A dict: batches, observations (see ProbeRun.observations).
+        A dict: batches, observations (see ProbeRun.observations); ``worker_death`` (a
+        worker died) or ``failure`` with ``error`` (an exception: its facts and its text)
+        when the run failed.
     """
     import warnings
 
@@ -230,13 +471,29 @@ def probe_one(
         # must not print from the library; the error itself is what the probe reports.
         warnings.simplefilter("ignore")
         try:
-            return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle)
+            return _probe_one(dataset, settings, method, loader_timeout_s, measure_pickle, dump_dir)
         except (WorkerStartError, WorkerCrashedError) as exc:
             # A worker died (a signal, or an exit): what the loader named, as plain facts.
             return {
                 "batches": exc.facts.get("batches_delivered") or 0,
                 "observations": {},
                 "worker_death": _death_facts(exc),
+            }
+        except Exception as exc:
+            # An exception (a worker's, re-raised here by torch, or this process's own): its
+            # text as before, and where it happened, as facts _probe_findings can attribute.
+            if MAIN_TOO in str(exc) and exc.__cause__ is not None and exc.__context__ is not None:
+                # _raise_if_main_fails_too: the workers' exception is the cause, the main
+                # process's the one being handled when it raised.
+                facts = exception_facts(exc.__cause__)
+                facts["main"] = exception_facts(exc.__context__)
+            else:
+                facts = exception_facts(exc)
+            return {
+                "batches": 0,
+                "observations": {},
+                "failure": facts,
+                "error": format_exception(exc),
             }
 
 
@@ -247,7 +504,8 @@ MAIN_TOO = "fails in the main process too"
 
 
 def _raise_if_main_fails_too(exc: BaseException, main_fetch: Callable[[], Any]) -> None:
-    """Raise a RuntimeError naming both when the first sample fails without workers too."""
+    """Raise a RuntimeError naming both when the first sample fails without workers too
+    (``from exc``; the main process's exception is its ``__context__``)."""
     try:
         main_fetch()
     except Exception as main_exc:
@@ -292,6 +550,7 @@ def _probe_one(
     method: str,
     loader_timeout_s: float,
     measure_pickle: bool,
+    dump_dir: str | None,
 ) -> dict[str, Any]:
     from torch.utils.data import IterableDataset, default_collate, default_convert
 
@@ -308,7 +567,7 @@ def _probe_one(
             obs["pickled_bytes"], obs["pickle_s"], obs["unpickle_s"] = measured
     common: dict[str, Any] = {
         "num_workers": PROBE_WORKERS,
-        "worker_init_fn": settings.get("worker_init_fn"),
+        "worker_init_fn": ProbeWorkerInit(dump_dir, settings.get("worker_init_fn")),
         "multiprocessing_context": method,
         "timeout": loader_timeout_s,
         "prefetch_factor": 2,
@@ -317,11 +576,16 @@ def _probe_one(
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
         tagged = TagWorkerIterable(dataset)
         by_worker: dict[int, list[tuple[tuple[str, str], ...]]] = {}
-        with open_batches(DataLoader(tagged, batch_size=None, **common)) as it:
+        with (
+            open_batches(DataLoader(tagged, batch_size=None, **common)) as it,
+            _HangWatch(it, dump_dir, loader_timeout_s) as watch,
+        ):
             for wid, item in it:
+                watch.beat()
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
+                    obs["float_images"] = float_images(item, "sample")
                 by_worker.setdefault(int(wid), []).append(_field_digests(item))
                 batches += 1
                 if batches >= ITERABLE_ITEMS:
@@ -364,11 +628,13 @@ def _probe_one(
         loader = DataLoader(dataset, batch_size=None, sampler=indices, collate_fn=collate, **common)
     batch_digests: list[str] = []
     try:
-        with open_batches(loader) as it:
+        with open_batches(loader) as it, _HangWatch(it, dump_dir, loader_timeout_s) as watch:
             for batch in it:
+                watch.beat()
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
+                    obs["float_images"] = float_images(batch)
                 batch_digests.append(_digest(batch))
                 batches += 1
             obs["worker_uss_last_bytes"] = _worker_uss(it)
@@ -424,16 +690,25 @@ def probe_all(
         measure_pickle = method in ("spawn", "forkserver") and not measured_pickle
         measured_pickle = measured_pickle or measure_pickle
         start = time.perf_counter()
-        result = run_isolated(
-            probe_one,
-            dataset,
-            settings,
-            method,
-            max(0.5, share * 0.8),
-            measure_pickle,
-            timeout_s=share,
-        )
+        # The run's own folder for stack dumps, made and removed here, outside the isolated
+        # child: a child killed at the deadline leaves nothing behind.
+        dump_dir = tempfile.mkdtemp(prefix=f"wellfed-probe-{method}-")
+        try:
+            result = run_isolated(
+                probe_one,
+                dataset,
+                settings,
+                method,
+                max(0.5, share * 0.8),
+                measure_pickle,
+                dump_dir,
+                timeout_s=share,
+            )
+            dumps = read_dumps(dump_dir) if result.status != "ok" or _failed(result.value) else []
+        finally:
+            shutil.rmtree(dump_dir, ignore_errors=True)
         elapsed = time.perf_counter() - start
+        hang = {"hang_dumps": dumps} if dumps else {}
         if (
             result.status == "ok"
             and isinstance(result.value, dict)
@@ -457,6 +732,19 @@ def probe_all(
                     {"worker_death": death},
                 )
             )
+        elif (
+            result.status == "ok" and isinstance(result.value, dict) and result.value.get("failure")
+        ):
+            runs.append(
+                ProbeRun(
+                    method,
+                    "failed",
+                    elapsed,
+                    int(result.value.get("batches", 0)),
+                    _trim(str(result.value.get("error") or "no error text")),
+                    {"failure": dict(result.value["failure"]), **hang},
+                )
+            )
         elif result.status == "ok" and isinstance(result.value, dict):
             runs.append(
                 ProbeRun(
@@ -473,7 +761,7 @@ def probe_all(
             # the dataset does not pickle): nothing was seen in workers, so nothing is judged.
             runs.append(ProbeRun(method, "not_probed", elapsed, 0, _trim(result.error or ""), {}))
         else:
-            obs: dict[str, Any] = {}
+            obs: dict[str, Any] = dict(hang)
             if result.status == "failed" and result.exitcode is not None and result.exitcode < 0:
                 # the probe's own process died (the dataset crashed it in the main process)
                 obs["process_death"] = {"exitcode": result.exitcode}
@@ -481,6 +769,11 @@ def probe_all(
                 ProbeRun(method, result.status, elapsed, 0, _trim(result.error or "no result"), obs)
             )
     return runs
+
+
+def _failed(value: Any) -> bool:
+    """True for a probe_one result that reports a failure (an exception or a dead worker)."""
+    return isinstance(value, dict) and bool(value.get("failure") or value.get("worker_death"))
 
 
 def _empty_reason(dataset: Any, settings: dict[str, Any]) -> str | None:

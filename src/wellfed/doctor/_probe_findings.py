@@ -5,22 +5,38 @@ method: a worker killed by a signal is WF124 (the signal, the worker, the sample
 cause and fix, as ``WorkerStartError``/``WorkerCrashedError`` name it; SIGBUS also confirms
 WF113); a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a CUDA error
 WF105/WF106, a shared-memory failure WF113; another crash (a worker's exit code) or a hang is
-WF122, a start method the probe could not run WF123 (info). Identical random samples across
-workers confirm WF107, different ones refute it; samples yielded by several workers confirm
-WF117, none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114
-and WF120; worker memory is noted on WF109/WF110.
+WF122, a start method the probe could not run WF123 (info). Each exception is reported with
+its type and message at the attribute path of its innermost user frame (``_attribution``),
+with the category it implies (an unconfirmed CUDA error adds WF106, a shared handle's bad
+descriptor under fork WF104); a hang names where each worker was blocked, from its stack
+dump. Identical random samples across workers confirm WF107, different ones refute it;
+samples yielded by several workers confirm WF117, none repeated refute it. Measured sample
+sizes and pickled size re-judge WF113/WF114 and WF120; worker memory is noted on
+WF109/WF110.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from wellfed._worker_death import describe_death, loading_text, signal_from_exitcode
+from wellfed.doctor._attribution import (
+    CodeIndex,
+    Frame,
+    Location,
+    code_index,
+    failure_category,
+    frames_from_json,
+    is_user_file,
+    locate,
+)
 from wellfed.doctor._checks_rng import rng_fix
 from wellfed.doctor._checks_shared_memory import check_shared_memory
+from wellfed.doctor._checks_transfer import float_images_seen_live
 from wellfed.doctor._checks_worker_config import check_pickled_size
-from wellfed.doctor._classify import is_iterable, mb
+from wellfed.doctor._classify import HANDLE_FIXES, is_iterable, mb
 from wellfed.doctor._context import Context
 from wellfed.doctor._probe import MAIN_TOO
 from wellfed.doctor._report import Finding, ProbeRun
@@ -28,16 +44,17 @@ from wellfed.doctor._report import Finding, ProbeRun
 __all__ = ["apply_probes"]
 
 
-#: Words in a failed run's error that name its cause: pickling, CUDA, shared memory.
-_PICKLE_MARKERS = ("pickle", "Can't get attribute", "can't get attribute", "Can't pickle")
-_CUDA_MARKERS = ("CUDA", "cuda")
-_SHM_MARKERS = ("Bus error", "SIGBUS", "No space left on device", "shared memory", "shm")
+#: Innermost user frames an evidence text lists for a failure or a hang.
+TRAIL_FRAMES = 3
 
 
 def _confirm(f: Finding, method: str, what: str) -> Finding:
     if f"confirmed live ({method})" in f.evidence:
         return f
     return dataclasses.replace(f, evidence=f"confirmed live ({method}): {what}; {f.evidence}")
+
+
+Update = Callable[[tuple[str, ...], str, str], bool]
 
 
 def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) -> list[Finding]:
@@ -54,6 +71,8 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 out[i] = _confirm(f, method, what)
                 hit = True
         return hit
+
+    index: CodeIndex | None = None  # the walked code objects, built at the first failure
 
     # start methods under which workers died by each signal (one finding names them all)
     killed_under: dict[str, list[str]] = {}
@@ -115,80 +134,9 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 if f is not None:
                     out.append(f)
                 continue
-            messages = _exception_lines(error)
-            if MAIN_TOO in messages:
-                # Not a worker hazard: the main process reproduces it, so it confirms nothing
-                # that a finding about workers claims (issue 15).
-                line = next(ln for ln in messages.splitlines() if MAIN_TOO in ln)
-                line = line.split(": ", 1)[-1] if line.startswith("RuntimeError: ") else line
-                note = f"no live evidence ({m}), the failure is not the workers': {line[:300]}"
-                for i, old in enumerate(out):
-                    if m in old.start_methods and note not in old.evidence:
-                        out[i] = dataclasses.replace(old, evidence=f"{old.evidence}; {note}")
-                f = ctx.finding(
-                    "WF122",
-                    "error",
-                    path_code,
-                    f"Loading fails under {m} with or without workers: {line[:300]}.",
-                    "Fix the error itself first: call dataset[i] in the main process "
-                    "(num_workers=0) to see its traceback; it is not caused by the workers.",
-                    f"live ({m}): the same sample {MAIN_TOO} (num_workers=0)",
-                    (m,),
-                )
-                if f is not None:
-                    out.append(f)
-                continue
-            if any(k in messages for k in _PICKLE_MARKERS) and m != "fork":
-                if not update(("WF101", "WF102"), m, first):
-                    f = ctx.finding(
-                        "WF101",
-                        "error",
-                        "dataset",
-                        f"Workers failed to receive the dataset under {m}: {first}.",
-                        "Find the object named in the error and make it picklable: module-level "
-                        "functions and classes, no open handles (open them lazily in "
-                        "__getitem__).",
-                        f"confirmed live ({m}): {first}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-                continue
-            if any(k in messages for k in _CUDA_MARKERS) and update(("WF105", "WF106"), m, first):
-                continue
-            if any(k in messages for k in _SHM_MARKERS):
-                if not update(("WF113",), m, first):
-                    f = ctx.finding(
-                        "WF113",
-                        "error",
-                        "env.dev_shm",
-                        f"Workers died under {m} with a shared-memory failure: {first}.",
-                        "Lower prefetch_factor, num_workers or batch_size, or give the container "
-                        "more shared memory: docker run --shm-size=8g.",
-                        f"confirmed live ({m}): {first}",
-                        (m,),
-                    )
-                    if f is not None:
-                        out.append(f)
-                continue
-            hang = run.status == "timeout" or "timed out" in error
-            suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
-            what = "hung (no batch before the deadline; killed)" if hang else f"crashed: {first}"
-            f = ctx.finding(
-                "WF122",
-                "error",
-                path_code,
-                f"Workers {what} under {m} in the live probe.",
-                "Run with num_workers=0 to see the error in the main process; fix the findings "
-                "listed for this start method first"
-                + (f" ({', '.join(suspects[:3])})" if suspects else "")
-                + "; for hangs, look for locks or thread pools created before the workers.",
-                f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
-                + (error.strip().splitlines()[-1][:300] if error.strip() else "no output"),
-                (m,),
-            )
-            if f is not None:
-                out.append(f)
+            if index is None:
+                index = code_index(ctx)
+            out.extend(_failure_findings(ctx, out, run, path_code, index, update))
             continue
         obs = run.observations
         if obs.get("kind") == "map" and obs.get("main_random"):
@@ -247,6 +195,11 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 "of its repeated fetches of one index), model included; every worker pays it "
                 "per sample",
             )
+        images = obs.get("float_images")
+        if images:
+            seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+            if not update(("WF125",), m, f"the workers' first batch holds {seen}"):
+                out.extend(float_images_seen_live(ctx, images, m, path_code))
         sample_bytes = obs.get("sample_bytes")
         if sample_bytes and not any(f.code == "WF113" for f in out):
             out.extend(
@@ -274,6 +227,292 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
                 if f.code in ("WF109", "WF110") and m in f.start_methods and note not in f.evidence:
                     out[i] = dataclasses.replace(f, evidence=f"{f.evidence}; {note}")
     return out
+
+
+def _failure_findings(
+    ctx: Context,
+    out: list[Finding],
+    run: ProbeRun,
+    path_code: str,
+    index: CodeIndex,
+    update: Update,
+) -> list[Finding]:
+    """The findings of a run that raised or hung (no worker killed or exited): the category
+    its exception implies, at the attribute path of the innermost user frame; for a hang,
+    where each worker was blocked. Existing findings it confirms are updated in ``out``."""
+    m = run.start_method
+    error = run.error or ""
+    first = _first_line(error)
+    raw = run.observations.get("failure")
+    failure: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    main_raw = failure.get("main")
+    main: dict[str, Any] = main_raw if isinstance(main_raw, dict) else {}
+    loc = locate(frames_from_json(failure.get("frames")), index) if failure else None
+    if loc is None and main:
+        loc = locate(frames_from_json(main.get("frames")), index)
+    at = loc.path if loc is not None and loc.path else path_code
+    said = _said(failure) if failure else _exception_lines(error)
+    named = _named(failure, loc) if failure else first
+    new: list[Finding | None] = []
+    hang = (
+        run.status == "timeout"
+        or failure.get("type") == "WorkerTimeoutError"
+        or ("timed out" in error and not failure)
+    )
+    if hang:
+        new.append(_hang_finding(ctx, out, run, path_code, index))
+        return [f for f in new if f is not None]
+    if MAIN_TOO in error:
+        # Not a worker hazard: the main process reproduces it, so it confirms nothing that a
+        # finding about workers claims (issue 15).
+        messages = _exception_lines(error)
+        line = next(ln for ln in messages.splitlines() if MAIN_TOO in ln)
+        line = line.split(": ", 1)[-1] if line.startswith("RuntimeError: ") else line
+        note = f"no live evidence ({m}), the failure is not the workers': {line[:300]}"
+        for i, old in enumerate(out):
+            if m in old.start_methods and note not in old.evidence:
+                out[i] = dataclasses.replace(old, evidence=f"{old.evidence}; {note}")
+        shown = _named(main or failure, loc) if (main or failure) else line
+        fix = (
+            f"Fix the error itself first, at {loc.frame.place} in {loc.qualname} (the "
+            f"workers reach it as {at}): it is not caused by the workers; load one batch with "
+            "num_workers=0 to see its traceback."
+            if loc is not None
+            else "Fix the error itself first: call dataset[i] in the main process "
+            "(num_workers=0) to see its traceback; it is not caused by the workers."
+        )
+        new.append(
+            ctx.finding(
+                "WF122",
+                "error",
+                at,
+                f"Loading fails under {m} with or without workers: {shown[:400]}.",
+                fix,
+                f"live ({m}): the same sample {MAIN_TOO} (num_workers=0)"
+                + _trail(frames_from_json((main or failure).get("frames"))),
+                (m,),
+            )
+        )
+        return [f for f in new if f is not None]
+    category = failure_category(
+        str(failure.get("type", "")), str(failure.get("message", "")) if failure else said, m
+    )
+    what = (named or first)[:400]
+    if category == "unpicklable":
+        if not update(("WF101", "WF102"), m, what):
+            new.append(
+                ctx.finding(
+                    "WF101",
+                    "error",
+                    "dataset",
+                    f"Workers failed to receive the dataset under {m}: {what}.",
+                    "Find the object named in the error and make it picklable: module-level "
+                    "functions and classes, no open handles (open them lazily in "
+                    "__getitem__).",
+                    f"confirmed live ({m}): {what}",
+                    (m,),
+                )
+            )
+        return [f for f in new if f is not None]
+    if category == "cuda-in-worker":
+        if not update(("WF105", "WF106"), m, what):
+            new.append(
+                ctx.finding(
+                    "WF106",
+                    "error",
+                    at,
+                    f"A worker failed with a CUDA error under {m} in the live probe: {what}. "
+                    "Worker code uses CUDA, which a forked worker cannot initialise and "
+                    "every spawned worker pays a context for.",
+                    "Return CPU tensors from worker code and move each batch in the training "
+                    'loop: batch.to("cuda", non_blocking=True) with pin_memory=True.',
+                    f"confirmed live ({m}): {said[:300]}" + _trail(_frames(failure)),
+                    (m,),
+                )
+            )
+        return [f for f in new if f is not None]
+    if category == "fork-shared-handle":
+        if not update(("WF104",), m, what):
+            new.append(
+                ctx.finding(
+                    "WF104",
+                    "error",
+                    at,
+                    f"A worker's read through a file handle failed under {m} in the live "
+                    f"probe: {what}. A file, archive or connection opened before the workers "
+                    "started is shared by all of them: one descriptor and one file offset.",
+                    "Store the path and open the handle lazily, once per worker:\n"
+                    + HANDLE_FIXES["open file"],
+                    f"confirmed live ({m}): {said[:300]}" + _trail(_frames(failure)),
+                    (m,),
+                )
+            )
+        return [f for f in new if f is not None]
+    if category == "shared-memory":
+        if not update(("WF113",), m, what):
+            new.append(
+                ctx.finding(
+                    "WF113",
+                    "error",
+                    "env.dev_shm",
+                    f"Workers died under {m} with a shared-memory failure: {what}.",
+                    "Lower prefetch_factor, num_workers or batch_size, or give the container "
+                    "more shared memory: docker run --shm-size=8g.",
+                    f"confirmed live ({m}): {what}",
+                    (m,),
+                )
+            )
+        return [f for f in new if f is not None]
+    suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
+    first_fix = (
+        f"Fix the {failure.get('type') or 'error'} at {loc.frame.place} in {loc.qualname}, "
+        f"which the workers reach as {at}"
+        + (
+            f"; fix the findings listed for this start method first ({', '.join(suspects[:3])})"
+            if suspects
+            else ""
+        )
+        if loc is not None
+        else "Run with num_workers=0 to see the error in the main process; fix the findings "
+        "listed for this start method first" + (f" ({', '.join(suspects[:3])})" if suspects else "")
+    )
+    wid = failure.get("worker_id")
+    new.append(
+        ctx.finding(
+            "WF122",
+            "error",
+            at,
+            f"Workers crashed under {m} in the live probe: {what}.",
+            first_fix + ".",
+            f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
+            + (f"in DataLoader worker process {wid}: " if wid is not None else "")
+            + (said[:300] if failure else _last_line(error))
+            + _trail(_frames(failure)),
+            (m,),
+        )
+    )
+    return [f for f in new if f is not None]
+
+
+def _hang_finding(
+    ctx: Context, out: list[Finding], run: ProbeRun, path_code: str, index: CodeIndex
+) -> Finding | None:
+    """WF122 for a run that hung: where each worker was blocked (its stack dump), when the
+    probe could dump them; the path is the innermost user frame's."""
+    m = run.start_method
+    error = run.error or ""
+    blocked: list[tuple[list[int], list[int], Location | None, list[Frame]]] = []
+    for dump in run.observations.get("hang_dumps") or []:
+        threads = [
+            (bool(t.get("current")), frames_from_json(t.get("frames")))
+            for t in dump.get("threads", [])
+        ]
+        threads.sort(key=lambda t: not t[0])  # the thread that took the signal first
+        located = [(locate(frames, index), frames) for _, frames in threads]
+        loc, frames = next(
+            ((lc, fr) for lc, fr in located if lc is not None),
+            (None, threads[0][1] if threads else []),
+        )
+        key = None if loc is None else (loc.frame, loc.call)
+        for wids, pids, other, _ in blocked:
+            if other is not None and (other.frame, other.call) == key:
+                wids.append(int(dump.get("worker_id", -1)))
+                pids.append(int(dump.get("pid", -1)))
+                break
+        else:
+            blocked.append(
+                ([int(dump.get("worker_id", -1))], [int(dump.get("pid", -1))], loc, frames)
+            )
+    parts = []
+    for wids, pids, loc, frames in blocked:
+        who = (
+            f"DataLoader worker {wids[0]} (pid {pids[0]}) was"
+            if len(wids) == 1
+            else f"DataLoader workers {_and(wids)} (pids {', '.join(map(str, pids))}) were"
+        )
+        if loc is not None:
+            parts.append(f"{who} blocked in {loc.blocked_in()}")
+        elif frames:
+            f = frames[-1]
+            parts.append(f"{who} blocked outside user code, in {f.name} ({f.place})")
+    path = next((lc.path for _, _, lc, _ in blocked if lc is not None and lc.path), path_code)
+    first_loc = next((lc for _, _, lc, _ in blocked if lc is not None), None)
+    suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
+    look = (
+        f"Make the call at {first_loc.frame.place} in {first_loc.qualname} return in a "
+        "worker: a lock, queue, event, socket or pipe waited on without a timeout never "
+        "returns when nothing in that worker can release it (fork copies a held lock, never "
+        "the thread that would release it); "
+        if first_loc is not None
+        else "Run with num_workers=0 to see whether it hangs without workers too; "
+    )
+    trail = "".join(
+        f"; worker {wids[0]} stack, innermost first: " + _stack(frames)
+        for wids, _, _, frames in blocked
+        if frames
+    )
+    return ctx.finding(
+        "WF122",
+        "error",
+        path,
+        f"Workers hung under {m} in the live probe (no batch before the deadline; killed)"
+        + (": " + "; ".join(parts) if parts else "")
+        + ".",
+        look
+        + "fix the findings listed for this start method first"
+        + (f" ({', '.join(suspects[:3])})" if suspects else "")
+        + "; look for locks or thread pools created before the workers.",
+        f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
+        + (_last_line(error) or "no output")
+        + trail,
+        (m,),
+    )
+
+
+def _said(facts: dict[str, Any]) -> str:
+    """``ValueError: record 0: checksum mismatch`` from an exception's facts (one line)."""
+    kind = str(facts.get("type") or "Exception")
+    message = " ".join(str(facts.get("message") or "").split())
+    return f"{kind}: {message}" if message else kind
+
+
+def _named(facts: dict[str, Any], loc: Location | None) -> str:
+    """The exception and where it was raised: ``ZeroDivisionError: division by zero, raised
+    in StdCollate.__call__ (datasets.py:765)``."""
+    said = _said(facts)
+    said = said if len(said) <= 300 else said[:300] + " ..."
+    return f"{said}, raised in {loc.raised_in()}" if loc is not None else said
+
+
+def _frames(facts: dict[str, Any]) -> list[Frame]:
+    return frames_from_json(facts.get("frames")) if facts else []
+
+
+def _trail(frames: list[Frame]) -> str:
+    """``; user frames, innermost first: datasets.py:782 in read `raise ...` <- ...``."""
+    users = [f for f in frames if is_user_file(f.filename)][-TRAIL_FRAMES:]
+    if not users:
+        return ""
+    return "; user frames, innermost first: " + " <- ".join(_frame_text(f) for f in users[::-1])
+
+
+def _stack(frames: list[Frame]) -> str:
+    """The innermost TRAIL_FRAMES + 1 frames of a dumped stack, innermost first."""
+    return " <- ".join(_frame_text(f) for f in frames[::-1][: TRAIL_FRAMES + 1])
+
+
+def _frame_text(f: Frame) -> str:
+    src = f.source
+    return f"{f.place} in {f.name}" + (f" `{src[:80]}`" if src else "")
+
+
+def _and(items: list[int]) -> str:
+    words = [str(i) for i in items]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+def _last_line(error: str) -> str:
+    return error.strip().splitlines()[-1][:300] if error.strip() else ""
 
 
 def _refute(

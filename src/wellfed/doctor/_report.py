@@ -132,7 +132,13 @@ class ProbeRun:
         observations: What was measured: ``sample_bytes``, ``tensors_per_sample``,
             ``worker_uss_bytes`` (private memory per worker), ``duplicate_samples``,
             ``pickled_bytes``, ``pickle_s``, ``unpickle_s``... (keys depend on the dataset
-            kind).
+            kind). A failed run has ``failure`` (an exception: ``type``, ``message``,
+            ``frames`` as ``[[file, line, function], ...]`` outermost first, ``worker_id``
+            (None: the probe's own process), and ``main``, the same facts of the main
+            process's exception when it fails too) or ``worker_death`` (a worker exited or
+            was killed); a hung one ``hang_dumps`` (each hung worker's ``worker_id``, ``pid``
+            and ``threads``, each ``{"current": bool, "frames": [...]}``, from its
+            faulthandler dump).
     """
 
     start_method: str

@@ -43,6 +43,19 @@ _SETTING_NAMES = (
 )
 
 
+def _is_loader_spec(obj: Any) -> bool:
+    """A ``wellfed.target.LoaderSpec`` (or alike: ``dataset`` and a ``loader_kwargs()``
+    method), asked without running a dataset's ``__getattr__``, which may raise anything
+    (a KeyError from a column lookup; issue 15)."""
+    spec = sys.modules.get("wellfed.target")
+    if spec is not None and isinstance(obj, spec.LoaderSpec):
+        return True
+    try:
+        return hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None))
+    except Exception:
+        return False
+
+
 def unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], bool]:
     """(dataset, settings, from_loader) from a Dataset, DataLoader or LoaderSpec."""
     settings: dict[str, Any] = {}
@@ -64,7 +77,7 @@ def unpack(obj: Any, loader_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict
             batches_as_sampler = name == "sampler" and type(value).__name__ == "BatchSampler"
             if value is None or (_is_default_sampler(value) and not batches_as_sampler):
                 settings.pop(name, None)
-    elif hasattr(obj, "dataset") and callable(getattr(obj, "loader_kwargs", None)):
+    elif _is_loader_spec(obj):
         from_loader = getattr(obj, "user_config", None) is not None  # a LoaderSpec
         dataset = obj.dataset
         with contextlib.suppress(Exception):
@@ -146,6 +159,6 @@ def safe_len(dataset: Any) -> int | None:
 
 def describe(dataset: Any, length: int | None, from_loader: bool) -> str:
     size = f"{length:,} samples" if length is not None else "no len()"
-    kind = "iterable" if not hasattr(dataset, "__getitem__") or is_iterable(dataset) else "map"
+    kind = "iterable" if is_iterable(dataset) or not hasattr(type(dataset), "__getitem__") else "map"
     where = "DataLoader over " if from_loader else ""
     return f"{where}{type(dataset).__module__}.{type(dataset).__qualname__} ({kind}, {size})"

@@ -162,7 +162,16 @@ class ClassAnalysis:
             ``.clear``/``del self.<attr>[k]``) or fills only under a ``len(self.<attr>)``
             test: a cache bounded by hand (issue 15: "unbounded" was said of one of 1,000).
         changers: attr -> (method, line) for methods outside worker code that assign an
-            attribute worker code reads (``set_epoch``, ``update_theta``...).
+            attribute worker code reads (``set_epoch``, ``update_theta``...). ``method`` is
+            the one a caller calls: a public method, not the ``_``-prefixed helper that does
+            the assigning (``update_task``, which calls ``self._update_linear()``: issue 15);
+            ``line`` is the line of the assignment itself.
+        changer_helpers: attr -> the helper that assigns it, where ``changers`` names a
+            public method that reaches it through ``self.<helper>()`` calls.
+        changer_entries: attr -> every public method whose calls reach the change, in
+            source order (the first is the one ``changers`` names).
+        changer_kinds: attr -> "inplace" (``self.<attr> += ...``, ``self.<attr>.add_(...)``:
+            the object itself is edited) or "assign" (``self.<attr> = ...``: a new object).
         cuda_transfers: (method, line, snippet) of device transfers to CUDA in worker code.
         pid_guard: Worker code compares ``os.getpid()``: handles are reopened per process.
         shards: Worker code refers to worker info (``get_worker_info``...).
@@ -174,6 +183,9 @@ class ClassAnalysis:
     cache_fills: dict[str, tuple[str, int]] = field(default_factory=dict)
     bounded_caches: set[str] = field(default_factory=set)
     changers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    changer_helpers: dict[str, str] = field(default_factory=dict)
+    changer_entries: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    changer_kinds: dict[str, str] = field(default_factory=dict)
     cuda_transfers: list[tuple[str, int, str]] = field(default_factory=list)
     pid_guard: bool = False
     shards: bool = False
@@ -247,6 +259,7 @@ class _BodyScan(ast.NodeVisitor):
         self.assigns: list[tuple[str, int, bool, ast.AST | None]] = []  # attr, line, guarded, value
         self.fills: list[tuple[str, int]] = []
         self.evicts: set[str] = set()  # attrs entries are taken out of, or filled under len()
+        self.augmented: set[tuple[str, int]] = set()  # (attr, line) of self.<attr> op= ...
         self.calls: list[tuple[str, bool]] = []  # self.method() calls, guarded?
         self.reads: set[str] = set()
         self.cuda: list[tuple[int, str]] = []
@@ -332,6 +345,7 @@ class _BodyScan(ast.NodeVisitor):
         if attr is not None:
             self.reads.add(attr)
             self.assigns.append((attr, node.lineno, self._guarded(attr), None))
+            self.augmented.add((attr, node.lineno))
         else:
             self._target(node.target, None, node.lineno)
         self.visit(node.value)
@@ -395,18 +409,118 @@ def _only_openers(values: list[ast.AST | None]) -> bool:
     return True
 
 
-_CACHE: dict[type, ClassAnalysis] = {}
+def _is_public(name: str) -> bool:
+    """A method a caller outside the class calls: no leading underscore (dunders excluded)."""
+    return not name.startswith("_")
 
 
-def analyze_class(cls: type) -> ClassAnalysis:
+def _reach(
+    start: str, scans: dict[str, _BodyScan], methods: dict[str, ast.FunctionDef]
+) -> set[str]:
+    """The methods ``start`` reaches through ``self.<method>()`` calls, itself included."""
+    seen = {start}
+    stack = [start]
+    while stack:
+        for callee, _g in scans[stack.pop()].calls:
+            if callee in methods and callee not in seen:
+                seen.add(callee)
+                stack.append(callee)
+    return seen
+
+
+def _find_changers(
+    out: ClassAnalysis,
+    methods: dict[str, ast.FunctionDef],
+    lines: dict[str, int],
+    scans: dict[str, _BodyScan],
+    worker: dict[str, bool],
+) -> None:
+    """Fill ``out.changers`` (and its helpers, entries, kinds): main-process methods that
+    change an attribute worker code reads, named by the public method a caller calls.
+
+    A ``_``-prefixed helper is named through the public methods that reach it
+    (``update_task`` -> ``self._update_linear()``); one that only ``__init__`` reaches runs
+    before any worker exists and changes nothing; one nothing reaches is named itself (the
+    caller may call it directly).
+    """
+    public = [
+        m
+        for m in sorted(methods, key=lambda n: lines[n])
+        if _is_public(m) and m not in worker and m not in _NOT_STATE_CHANGERS
+    ]
+    reached_by = {m: _reach(m, scans, methods) for m in public}
+    from_init = _reach("__init__", scans, methods) if "__init__" in methods else set()
+    # attr -> (rank, entry, helper, line, kind): a change a public method reaches wins over
+    # one only a private helper holds (rank 0 before 1), then source order.
+    best: dict[str, tuple[int, str, str, int, str]] = {}
+    entries: dict[str, list[str]] = {}
+    for name in sorted(scans, key=lambda n: lines[n]):
+        scan = scans[name]
+        if name in worker or name in _NOT_STATE_CHANGERS:
+            continue
+        callers = [p for p in public if name in reached_by[p]]
+        if not callers and (not _is_public(name) and name in from_init):
+            continue  # a private helper of __init__: runs before the workers exist
+        changed: dict[str, tuple[int, str]] = {}  # attr -> (line, kind)
+        by_attr: dict[str, list[ast.AST | None]] = {}
+        first: dict[str, int] = {}
+        for attr, line, _guarded, value in scan.assigns:
+            by_attr.setdefault(attr, []).append(value)
+            first.setdefault(attr, line)
+        fdef = methods[name]
+        for attr, values in by_attr.items():
+            if attr in out.reads and not _only_openers(values):
+                kind = "inplace" if (attr, first[attr]) in scan.augmented else "assign"
+                changed[attr] = (lines[name] + first[attr] - fdef.lineno, kind)
+        # In-place edits of a read tensor: self.theta.copy_(...), self.values.add_(...)
+        for sub in ast.walk(fdef):
+            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
+                owner = _self_attr(sub.func.value)
+                if (
+                    owner is not None
+                    and owner in out.reads
+                    and sub.func.attr.endswith("_")
+                    and not sub.func.attr.startswith("_")
+                    and owner not in changed
+                ):
+                    changed[owner] = (lines[name] + sub.lineno - fdef.lineno, "inplace")
+        for attr, (line, kind) in changed.items():
+            for c in callers:
+                if c not in entries.setdefault(attr, []):
+                    entries[attr].append(c)
+            entry = name if _is_public(name) or not callers else callers[0]
+            cand = (0 if callers else 1, entry, name, line, kind)
+            if attr not in best or cand[0] < best[attr][0]:
+                best[attr] = cand
+    for attr, (_rank, entry, helper, line, kind) in best.items():
+        out.changers[attr] = (entry, line)
+        out.changer_kinds[attr] = kind
+        if helper != entry:
+            out.changer_helpers[attr] = helper
+        out.changer_entries[attr] = tuple(
+            sorted(entries.get(attr, [entry]), key=lambda n: lines[n])
+        ) or (entry,)
+
+
+_CACHE: dict[tuple[type, tuple[str, ...]], ClassAnalysis] = {}
+
+
+def analyze_class(cls: type, entries: tuple[str, ...] = ()) -> ClassAnalysis:
     """Read a user class: what its worker code (``__getitem__``, ``__iter__``, ``__call__``
     and the ``self.`` methods they call) reads, mutates and fills, and which other methods
     assign attributes that worker code reads.
 
-    Results are cached per class. Classes from the standard library or installed packages
-    give an empty analysis.
+    Args:
+        cls: The class.
+        entries: More methods that run in the workers: the loader's ``collate_fn`` when it
+            is a bound method of an instance (``collate_fn=dataset.collate_fn``, as
+            PyTorch-YOLOv3's train.py passes; ``Context.worker_hooks``).
+
+    Results are cached per (class, entries). Classes from the standard library or installed
+    packages give an empty analysis.
     """
-    cached = _CACHE.get(cls)
+    key = (cls, tuple(entries))
+    cached = _CACHE.get(key)
     if cached is not None:
         return cached
     out = ClassAnalysis()
@@ -418,6 +532,7 @@ def analyze_class(cls: type) -> ClassAnalysis:
             scan.visit(stmt)
         scans[name] = scan
     readers = [m for m in READER_METHODS if m in methods]
+    readers += [m for m in entries if m in methods and m not in readers]
     out.readers = {m: lines[m] for m in readers}
     # Worker code: readers plus the self-methods they call, transitively. A helper called
     # under a guard (if self.f is None: self._open()) is lazy initialisation.
@@ -446,45 +561,10 @@ def analyze_class(cls: type) -> ClassAnalysis:
         out.bounded_caches |= scan.evicts
         for line, snippet in scan.cuda:
             out.cuda_transfers.append((name, lines[name] + line - fdef.lineno, snippet))
-    # Methods that run in the main process: called from __init__ only (and private), or
-    # public ones the training loop may call at any time.
-    init_only: set[str] = set()
-    stack2 = ["__init__"] if "__init__" in methods else []
-    while stack2:
-        name = stack2.pop()
-        for callee, _g in scans[name].calls:
-            if callee in methods and callee not in init_only and callee not in worker:
-                init_only.add(callee)
-                stack2.append(callee)
-    for name, scan in scans.items():
-        if name in worker or name in _NOT_STATE_CHANGERS:
-            continue
-        if name in init_only and name.startswith("_"):
-            continue
-        by_attr: dict[str, list[ast.AST | None]] = {}
-        first_line: dict[str, int] = {}
-        for attr, line, _guarded, value in scan.assigns:
-            by_attr.setdefault(attr, []).append(value)
-            first_line.setdefault(attr, line)
-        fdef = methods[name]
-        for attr, values in by_attr.items():
-            if attr in out.reads and not _only_openers(values):
-                line = lines[name] + first_line[attr] - fdef.lineno
-                out.changers.setdefault(attr, (name, line))
-        # In-place edits of a read tensor: self.theta.copy_(...), self.values.add_(...)
-        for sub in ast.walk(fdef):
-            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute):
-                owner = _self_attr(sub.func.value)
-                if (
-                    owner in out.reads
-                    and sub.func.attr.endswith("_")
-                    and not sub.func.attr.startswith("_")
-                ):
-                    line = lines[name] + sub.lineno - fdef.lineno
-                    out.changers.setdefault(owner, (name, line))
+    _find_changers(out, methods, lines, scans, worker)
     for attr in out.bounded_caches:
         out.cache_fills.pop(attr, None)
-    _CACHE[cls] = out
+    _CACHE[key] = out
     return out
 
 

@@ -13,7 +13,7 @@ from wellfed.measure import Trial
 from wellfed.platform import PlatformInfo
 from wellfed.target import LoaderConfig
 
-__all__ = ["Recommendation", "TuneResult"]
+__all__ = ["Recommendation", "SplitComparison", "TuneResult"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,64 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class SplitComparison:
+    """The built-in workload's two forms side by side at the recommended configuration.
+
+    The float form (the standard pipeline in the workers: float32, normalised) is what the
+    search measured; the split form (uint8 from the workers, flip and normalise per batch
+    in the main process on ``device`` through ``wellfed.to_device``) is one more trial at the
+    same configuration, whose samples/s counts that main-process work (issue 17).
+
+    Attributes:
+        config: The configuration both forms were measured at (the recommended one).
+        device: Where the split's device half ran: "cuda" with a CUDA device, else "cpu".
+        float_bytes_per_sample: Bytes per sample sent from the workers in the float form:
+            the ``nbytes`` of one real batch's tensors over its samples (images and labels).
+        uint8_bytes_per_sample: The same for the split form.
+        bytes_ratio: float_bytes_per_sample / uint8_bytes_per_sample (~4).
+        float_samples_per_s: The float form's samples/s at ``config`` (the search's trial,
+            repeats pooled).
+        uint8_samples_per_s: The split form's samples/s at ``config``.
+        noise_samples_per_s: 2 standard errors of the difference of the two medians,
+            samples/s: a difference within it is not told apart from noise.
+        use_split: True when the split is recommended: its samples/s is not below the float
+            form's by more than ``noise_samples_per_s`` (with 4x fewer bytes, a tie goes to
+            the split).
+        recommendation: The sentence: "uint8 split: 4.0x fewer bytes per sample, 1.05x the
+            samples/s: use ..." or "float form kept: the split measured 12% slower here ...".
+        trial: The split form's Trial.
+    """
+
+    config: LoaderConfig
+    device: str
+    float_bytes_per_sample: float
+    uint8_bytes_per_sample: float
+    bytes_ratio: float
+    float_samples_per_s: float
+    uint8_samples_per_s: float
+    noise_samples_per_s: float
+    use_split: bool
+    recommendation: str
+    trial: Trial
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (config and trial nested as dicts)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.to_dict()
+        out["trial"] = self.trial.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitComparison:
+        """Build from ``to_dict()`` output."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["config"] = LoaderConfig.from_dict(data["config"])
+        kwargs["trial"] = Trial.from_dict(data["trial"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
 class TuneResult:
     """What ``tune`` measured and recommends.
 
@@ -87,6 +145,18 @@ class TuneResult:
             (``wellfed._contention.Contention.to_dict()``: other_cpus, usable_cpus, window_s,
             contended, top), or None when not measured. A contended result is still stored,
             and says so: tune's notes, and ``create_dataloader``'s reason for "auto".
+        bytes_per_sample: Bytes per sample of one real batch of the workload (the
+            ``nbytes`` of its tensors over its samples), or None when not measured (it is
+            measured with a CUDA device, for the copy ceiling, and for the built-in workload).
+        copy_ceiling_samples_per_s: With a CUDA device: the samples/s that the pinned
+            host-to-device copy allows, ``platform.host_to_device.pinned_gb_s`` x 10**9 /
+            bytes_per_sample (per rank when N ranks share the node's copy bandwidth: / N);
+            None without one. Loading cannot feed the device faster than the lower of the
+            two ceilings.
+        split: The built-in workload's float form against its uint8 split form at the
+            recommended configuration (SplitComparison), or None: not the built-in workload
+            (a user TARGET is not rewritten), nothing recommended, or skipped for the time
+            budget (a "time budget:" note says so).
     """
 
     platform: PlatformInfo
@@ -105,6 +175,9 @@ class TuneResult:
     stored_path: str | None = None
     nproc_per_node: int = 1
     contention: dict[str, Any] | None = None
+    bytes_per_sample: float | None = None
+    copy_ceiling_samples_per_s: float | None = None
+    split: SplitComparison | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract: platform, workload, trials, baseline, recommended, ..."""
@@ -125,18 +198,15 @@ class TuneResult:
             "stored_path": self.stored_path,
             "nproc_per_node": self.nproc_per_node,
             "contention": dict(self.contention) if self.contention is not None else None,
+            "bytes_per_sample": self.bytes_per_sample,
+            "copy_ceiling_samples_per_s": self.copy_ceiling_samples_per_s,
+            "split": self.split.to_dict() if self.split is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuneResult:
         """Build a TuneResult from ``to_dict()`` output (as stored on disk)."""
-        from wellfed.platform import GPUInfo
-
-        pdata = dict(data["platform"])
-        pdata["start_methods"] = tuple(pdata["start_methods"])
-        pdata["gpus"] = tuple(GPUInfo(**g) for g in pdata.get("gpus", ()))
-        names = {f.name for f in dataclasses.fields(PlatformInfo)}
-        platform = PlatformInfo(**{k: v for k, v in pdata.items() if k in names})
+        platform = PlatformInfo.from_dict(dict(data["platform"]))
         return cls(
             platform=platform,
             workload=dict(data["workload"]),
@@ -156,4 +226,7 @@ class TuneResult:
             stored_path=data.get("stored_path"),
             nproc_per_node=int(data.get("nproc_per_node") or 1),
             contention=dict(data["contention"]) if data.get("contention") else None,
+            bytes_per_sample=data.get("bytes_per_sample"),
+            copy_ceiling_samples_per_s=data.get("copy_ceiling_samples_per_s"),
+            split=SplitComparison.from_dict(data["split"]) if data.get("split") else None,
         )

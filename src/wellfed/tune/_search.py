@@ -14,10 +14,10 @@ from typing import Any
 from wellfed._contention import ContentionMeter
 from wellfed._text import wrap_code
 from wellfed.measure import LoaderConfig, Trial, measure
-from wellfed.platform import PlatformInfo, collect_platform_info
+from wellfed.platform import HostToDevice, PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
 from wellfed.tune._ranks import budget_scale, stored_note
-from wellfed.tune._result import Recommendation, TuneResult
+from wellfed.tune._result import Recommendation, SplitComparison, TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +310,12 @@ def tune(
     5. Configurations with no more workers than the fastest that the noise cannot separate
        from it are re-measured with it (up to MAX_REPEAT_ROUNDS) and pooled: only they could
        be recommended instead.
+    6. The device side (``_device_side``): with a CUDA device, the pinned vs pageable
+       host-to-device bandwidth and the bytes per sample of one real batch (one isolated
+       child), whose quotient is the copy ceiling; on the built-in workload, the uint8 split
+       form measured at the recommended configuration (``TuneResult.split``: bytes per
+       sample and samples/s of both forms, and which to use), unless the time left is too
+       short for that configuration's trial (a "time budget:" note).
 
     The recommendation is the configuration within NEAR_BEST of the fastest (or not separable
     from it by the measured noise, never beyond MAX_NEAR) with the fewest workers (threads or
@@ -387,7 +393,10 @@ def tune(
     from wellfed.errors import ConfigError
 
     platform = collect_platform_info(include_gpus=False)
-    has_cuda = bool(torch.cuda.is_available())
+    # device_count() asks NVML and leaves CUDA uninitialised here; is_available() calls
+    # cudaGetDeviceCount, whose cuInit would keep the forked trials (pinned memory, the split's
+    # device half, the copy measurement) from using CUDA (torch's "poison fork" note)
+    has_cuda = torch.cuda.device_count() > 0
     user = spec.user_config
     method = (
         start_method
@@ -466,8 +475,9 @@ def tune(
     stopped = ""
     per_worker_bytes: float | None = None
 
-    def measure_once(config: LoaderConfig) -> Trial | None:
-        """One trial, cut at the budget's bound; None when the bound has already passed."""
+    def measure_once(config: LoaderConfig, on: LoaderSpec | None = None) -> Trial | None:
+        """One trial (of ``spec``, or of ``on``), cut at the budget's bound; None when the
+        bound has already passed."""
         nonlocal stopped
         # worker start-up is slower under spawn/forkserver (a fresh interpreter per worker)
         own = trial_timeout_s(per_trial, config.num_workers * nproc, method)
@@ -476,7 +486,7 @@ def tune(
             stopped = f"the time budget's bound ({bound_text}) was reached"
             note_once(f"time budget: {stopped}; {config.label()} and the rest were skipped")
             return None
-        trial = measure(spec, config, measure_s=per_trial, timeout_s=timeout, nproc=nproc)
+        trial = measure(on or spec, config, measure_s=per_trial, timeout_s=timeout, nproc=nproc)
         if trial.status == "timeout" and timeout < own:
             why = (
                 f"{CUT_BY_BUDGET} after {trial.elapsed_s:.1f}s: {bound_text} were spent "
@@ -660,6 +670,21 @@ def tune(
         probes=probes,
         notes=notes,
     )
+    search_stopped = stopped  # the split's trial, cut by the bound, must not reword it
+    device_side = _device_side(
+        spec,
+        recommended,
+        trials,
+        has_cuda,
+        measure_once=measure_once,
+        remaining=remaining,
+        bounded=bounded,
+        report=report,
+        note=note_once,
+        budget_s=budget_s,
+        probe_timeout_s=probe_timeout,
+    )
+    stopped = search_stopped
     # The ceiling scales the best single loading process (the main process, or one worker,
     # which runs with one intra-op thread and so escapes thread oversubscription) by the cores.
     single = [
@@ -693,7 +718,7 @@ def tune(
             )
         )
     result = TuneResult(
-        platform=platform,
+        platform=dataclasses.replace(platform, host_to_device=device_side.host_to_device),
         workload=workload,
         trials=result_trials,
         baseline=baseline,
@@ -708,6 +733,9 @@ def tune(
         notes=tuple(notes),
         nproc_per_node=nproc,
         contention=contention.to_dict(),
+        bytes_per_sample=device_side.bytes_per_sample,
+        copy_ceiling_samples_per_s=device_side.copy_ceiling_samples_per_s,
+        split=device_side.split,
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
@@ -718,6 +746,101 @@ def tune(
         _ranks.write_handoff(spec.dataset, result)
     report("done")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _DeviceSide:
+    """What ``_device_side`` measured (each None when not measured)."""
+
+    host_to_device: HostToDevice | None = None
+    bytes_per_sample: float | None = None
+    copy_ceiling_samples_per_s: float | None = None
+    split: SplitComparison | None = None
+
+
+#: Seconds the bytes-per-sample child is expected to take (two batches loaded in the main
+#: process, plus the copies with a GPU), in the time-budget check before the split's trial.
+FACTS_ESTIMATE_S = 3.0
+
+
+def _device_side(
+    spec: LoaderSpec,
+    recommended: Recommendation | None,
+    trials: dict[LoaderConfig, Trial],
+    has_cuda: bool,
+    *,
+    measure_once: Callable[[LoaderConfig, LoaderSpec | None], Trial | None],
+    remaining: Callable[[], float],
+    bounded: Callable[[float], float],
+    report: Callable[[str], None],
+    note: Callable[[str], None],
+    budget_s: float,
+    probe_timeout_s: float,
+) -> _DeviceSide:
+    """After the search: bytes per sample, the copy ceiling (with a GPU), the uint8 split.
+
+    With a CUDA device, one isolated child measures the pinned and pageable host-to-device
+    bandwidth and the bytes per sample of one real batch, which give the copy ceiling. For
+    the built-in workload (``wellfed.workloads.split_spec`` is not None), at the recommended
+    configuration, the split form is measured once more through ``measure`` (its loader
+    wrapped in ``to_device``, the device half on "cuda" with a GPU, else "cpu"), beside the
+    bytes per sample of both forms, and ``compare_forms`` says which to use. The split's
+    trial is skipped with a "time budget:" note when the recommended configuration's own
+    trial time does not fit in what is left.
+    """
+    from wellfed.measure import run_isolated
+    from wellfed.tune._split import compare_forms, copy_ceiling, device_facts
+    from wellfed.workloads import split_spec
+
+    device = "cuda" if has_cuda else "cpu"
+    split = split_spec(spec, device) if recommended is not None else None
+    float_trial = trials.get(recommended.config) if recommended is not None else None
+    if split is not None and (float_trial is None or not float_trial.ok):
+        split = None
+    if split is not None and float_trial is not None:
+        estimate = float_trial.elapsed_s / float_trial.repeats + FACTS_ESTIMATE_S
+        if estimate > remaining():
+            note(
+                f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, the uint8 "
+                f"split form's trial at {float_trial.config.label()} would take ~{estimate:.1f}s "
+                "(from that configuration's own); skipped"
+            )
+            split = None
+    specs = [spec] + ([split] if split is not None else [])
+    if not has_cuda and split is None:
+        return _DeviceSide()
+    timeout = bounded(probe_timeout_s)
+    if timeout <= 0:
+        return _DeviceSide()
+    report("measuring bytes per sample" + (" and host-to-device copies" if has_cuda else ""))
+    facts = run_isolated(device_facts, specs, has_cuda, timeout_s=timeout)
+    if facts.status != "ok":
+        first = (facts.error or "").strip().splitlines()
+        note(
+            f"device side not measured: bytes per sample {facts.status}"
+            + (f" ({first[-1][:200]})" if first else "")
+            + ("; the uint8 split form was not measured" if split is not None else "")
+        )
+        return _DeviceSide()
+    sizes: list[float] = facts.value["bytes_per_sample"]
+    h2d_data = facts.value["host_to_device"]
+    h2d = HostToDevice(**h2d_data) if h2d_data else None
+    ceiling = copy_ceiling(h2d.pinned_gb_s, sizes[0]) if h2d is not None else None
+    side = _DeviceSide(h2d, sizes[0], ceiling)
+    if split is None or float_trial is None:
+        return side
+    config = float_trial.config
+    report(f"measuring the uint8 split form at {config.label()}")
+    trial = measure_once(config, split)
+    if trial is None or not trial.ok:
+        why = "skipped" if trial is None else f"{trial.status}: {(trial.error or '').strip()}"
+        note(f"the uint8 split form at {config.label()} {why.splitlines()[0][:300]}")
+        return side
+    noise = 2.0 * math.hypot(_standard_error(float_trial), _standard_error(trial))
+    return dataclasses.replace(
+        side,
+        split=compare_forms(config, device, float_trial, trial, sizes[0], sizes[1], noise),
+    )
 
 
 def _climb(

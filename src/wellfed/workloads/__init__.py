@@ -24,6 +24,7 @@ from wellfed.workloads.imagefolder import (
     builtin_dataset,
     builtin_spec,
     device_train_transform,
+    split_spec,
     train_transform,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "builtin_spec",
     "device_train_transform",
     "resolve_spec",
+    "split_spec",
     "train_transform",
 ]
 

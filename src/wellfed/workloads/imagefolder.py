@@ -10,6 +10,8 @@ the device (``device_train_transform()`` with ``wellfed.to_device``).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
 import logging
 import math
@@ -37,6 +39,7 @@ __all__ = [
     "builtin_dataset",
     "builtin_spec",
     "device_train_transform",
+    "split_spec",
     "train_transform",
 ]
 
@@ -593,4 +596,56 @@ def builtin_spec(
         batch_size_given=True,
         shuffle=True,
         samples=len(dataset),
+    )
+
+
+#: The seed of the split form's loader as ``split_spec`` builds it: any fixed seed serves
+#: (``sample_seeds=True`` needs one); 0 as in docs/device.md's example.
+SPLIT_SEED = 0
+
+
+def split_spec(spec: LoaderSpec, device: str) -> LoaderSpec | None:
+    """The split form of the built-in workload's spec, over the same files, as tune measures it.
+
+    The workers decode and crop to uint8 (``PillowCropTransform``, the float form's crop);
+    the loader is seeded with ``sample_seeds=True`` (``SPLIT_SEED``), and ``make_loader``
+    wraps it in ``wellfed.to_device(loader, device, transform=device_train_transform())``,
+    so a trial's samples/s counts the main process's per-batch flip, conversion and
+    normalisation on ``device`` (and the copy, on a CUDA device). Strip ``device`` with
+    ``dataclasses.replace(split, device=None, device_transform=None)`` for the workers'
+    half alone (what crosses from the workers).
+
+    Args:
+        spec: A LoaderSpec; only the built-in workload's float form has a split form.
+        device: Where the device half runs: "cpu", "cuda", "cuda:1".
+
+    Returns:
+        The split form's LoaderSpec, or None when ``spec`` is not the built-in float form
+        (``source`` "builtin", an ImageFolderDataset whose transform is
+        ``PillowTrainTransform`` with the ImageNet mean and std): a user's dataset is not
+        rewritten (the doctor's WF125 suggests the split for it).
+    """
+    dataset = spec.dataset
+    float_form = getattr(dataset, "transform", None)
+    if (
+        spec.source != "builtin"
+        or not isinstance(dataset, ImageFolderDataset)
+        or not isinstance(float_form, PillowTrainTransform)
+        or (tuple(float_form.mean), tuple(float_form.std)) != (IMAGENET_MEAN, IMAGENET_STD)
+    ):
+        return None
+    split = copy.copy(dataset)  # the same files, labels and repeat; no folder scan
+    split.transform = PillowCropTransform(float_form.size, float_form.scale, float_form.ratio)
+    description = spec.description.replace(
+        "RandomResizedCrop(224), flip, normalize",
+        f"RandomResizedCrop(224) to uint8 in the workers; flip, normalize per batch on {device}",
+    )
+    return dataclasses.replace(
+        spec,
+        dataset=split,
+        description=description,
+        seed=SPLIT_SEED,
+        sample_seeds=True,
+        device=device,
+        device_transform=device_train_transform(),
     )

@@ -1,0 +1,133 @@
+"""The live probe says where a worker failed or hung, as an attribute path (issue 15).
+
+Real DataLoader workers, under fork except one spawn run (a hang: a spawned worker's stack
+dump); the fork hang is test_doctor_live.py::test_hang_is_killed_and_reported. The autouse
+fixture in conftest.py fails any test that leaves a process behind; each test here also checks
+that the probe left no dump folder in the temporary directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.doctor_corpus import datasets as d
+from wellfed.doctor import Finding, diagnose
+
+pytestmark = [pytest.mark.workers, pytest.mark.timeout(60)]
+
+HERE = os.path.basename(d.__file__)  # "datasets.py": where the corpus code lives
+
+
+@pytest.fixture(autouse=True)
+def _strict_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WELLFED_DOCTOR_STRICT", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_dump_folder_left() -> Iterator[None]:
+    pattern = os.path.join(tempfile.gettempdir(), "wellfed-probe-*")
+    before = set(glob.glob(pattern))
+    yield
+    assert set(glob.glob(pattern)) <= before, "the probe left its dump folder behind"
+
+
+def _line_of(obj: object, text: str) -> int:
+    """The line of ``text`` in the source of ``obj`` (a class or function of the corpus)."""
+    import inspect
+
+    lines, start = inspect.getsourcelines(obj)  # type: ignore[arg-type]
+    return start + next(i for i, ln in enumerate(lines) if text in ln)
+
+
+def _only(findings: tuple[Finding, ...], code: str) -> Finding:
+    (f,) = [f for f in findings if f.code == code]
+    return f
+
+
+def test_failure_in_a_collate_fn_is_reported_at_loader_collate_fn() -> None:
+    report = diagnose(
+        d.TransformDataset(),
+        loader_kwargs={"num_workers": 2, "collate_fn": d.StdCollate()},
+        start_methods=["fork"],
+        timeout_s=20,
+    )
+    f = _only(report.findings, "WF122")
+    line = _line_of(d.StdCollate, "scale = 1 / (len(batch) - 1)")
+    assert f.path == "loader.collate_fn", f
+    assert (
+        f"ZeroDivisionError: division by zero, raised in StdCollate.__call__ ({HERE}:{line})"
+        in f.message
+    ), f.message
+    # the collate_fn fails in the main process too: said so, and nothing is confirmed by it
+    assert "with or without workers" in f.message
+    assert not f.confirmed_live
+
+
+def test_failure_in_a_worker_init_fn_is_reported_at_loader_worker_init_fn() -> None:
+    report = diagnose(
+        d.TransformDataset(),
+        loader_kwargs={"num_workers": 2, "worker_init_fn": d.init_shards_from_env},
+        start_methods=["fork"],
+        timeout_s=20,
+    )
+    f = _only(report.findings, "WF122")
+    line = _line_of(d.init_shards_from_env, 'int(os.environ.get("WELLFED_TEST_SHARDS"')
+    assert f.path == "loader.worker_init_fn", f
+    assert f.message.startswith("Workers crashed under fork in the live probe: ValueError: ")
+    assert f"raised in init_shards_from_env ({HERE}:{line})" in f.message, f.message
+    assert f.confirmed_live
+    assert "in DataLoader worker process " in f.evidence
+    assert "which the workers reach as loader.worker_init_fn" in f.fix
+
+
+def test_failure_in_a_method_of_a_dataset_attribute_is_reported_at_its_path() -> None:
+    report = diagnose(
+        d.ReaderDataset(), loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=20
+    )
+    f = _only(report.findings, "WF122")
+    line = _line_of(d.RecordReader, "checksum mismatch")
+    assert f.path == "dataset.reader.read", f
+    assert (
+        f"ValueError: record 0: checksum mismatch, raised in RecordReader.read ({HERE}:{line})"
+        in f.message
+    ), f.message
+    # the evidence walks back to the dataset's own frame
+    assert f"{HERE}:{line} in read" in f.evidence
+    assert "in __getitem__ `return self.reader.read(idx)`" in f.evidence
+
+
+def test_failure_in_the_datasets_getattr_is_reported_at_type_dataset_getattr() -> None:
+    report = diagnose(
+        d.ColumnsDataset(), loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=20
+    )
+    f = _only(report.findings, "WF122")
+    line = _line_of(d.ColumnsDataset, "raise AttributeError(")
+    assert f.path == "type(dataset).__getattr__", f
+    assert (
+        "AttributeError: no column or attribute 'label', raised in "
+        f"ColumnsDataset.__getattr__ ({HERE}:{line})" in f.message
+    ), f.message
+
+
+def test_hung_worker_in_a_dataset_attribute_is_dumped_under_spawn() -> None:
+    # A spawned worker registers its dump through the pickled ProbeWorkerInit, and its
+    # stack starts in multiprocessing's spawn bootstrap, not in this test.
+    report = diagnose(
+        d.ReaderDataset(d.BlockingReader()),
+        loader_kwargs={"num_workers": 2},
+        start_methods=["spawn"],
+        timeout_s=10,
+    )
+    f = _only(report.findings, "WF122")
+    line = _line_of(d.BlockingReader, "record = queue.Queue().get()")
+    assert f.path == "dataset.reader.read", f
+    assert (
+        f"blocked in queue.Queue.get, called at {HERE}:{line} "
+        "(`record = queue.Queue().get()`) in BlockingReader.read" in f.message
+    ), f.message
+    assert f"Make the call at {HERE}:{line} in BlockingReader.read return" in f.fix

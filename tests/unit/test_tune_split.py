@@ -1,0 +1,170 @@
+"""The uint8 split's figures and recommendation (issue 17 item 3), without processes: the rule
+on hand-made trials, the split form's spec, the byte count, the time-budget skip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from tests.helpers import SquaresDataset
+from wellfed.device import DeviceLoader, batch_nbytes
+from wellfed.measure import LoaderConfig, Trial, summarize_windows
+from wellfed.platform import collect_platform_info
+from wellfed.seeding import SeededBatch
+from wellfed.target import spec_from_object
+from wellfed.tune import TuneResult
+from wellfed.tune._result import Recommendation, SplitComparison
+from wellfed.tune._search import _device_side
+from wellfed.tune._split import SPLIT_CODE, compare_forms, copy_ceiling
+from wellfed.workloads import (
+    PillowCropTransform,
+    builtin_spec,
+    device_train_transform,
+    split_spec,
+)
+
+CFG = LoaderConfig(num_workers=2, batch_size=32, persistent_workers=True)
+FLOAT_B = 3 * 224 * 224 * 4 + 8  # a float32 image and an int64 label
+UINT8_B = 3 * 224 * 224 + 8
+
+
+def _trial(*windows: float) -> Trial:
+    median, spread = summarize_windows(windows)
+    return Trial(
+        config=CFG,
+        status="ok",
+        samples_per_s=median,
+        samples_per_s_spread=spread,
+        window_samples_per_s=windows,
+        elapsed_s=4.0,
+    )
+
+
+def test_a_faster_split_is_recommended_with_its_figures() -> None:
+    c = compare_forms(CFG, "cpu", _trial(200.0), _trial(210.0), FLOAT_B, UINT8_B, 5.0)
+    assert c.use_split
+    assert c.recommendation == (
+        f"uint8 split: 4.0x fewer bytes per sample, 1.05x the samples/s: use {SPLIT_CODE}"
+    )
+    assert "builtin_dataset(output='uint8')" in c.recommendation
+    assert "wellfed.to_device(loader, device, transform=device_train_transform())" in SPLIT_CODE
+    assert c.bytes_ratio == pytest.approx(FLOAT_B / UINT8_B)
+
+
+def test_a_split_slower_within_the_noise_is_still_recommended_and_says_so() -> None:
+    c = compare_forms(CFG, "cpu", _trial(200.0), _trial(190.0), FLOAT_B, UINT8_B, 12.0)
+    assert c.use_split
+    assert "its samples/s (190) and the float form's (200) differ by less than the noise" in (
+        c.recommendation
+    )
+    assert "so the bytes decide: use" in c.recommendation
+
+
+def test_a_split_slower_beyond_the_noise_keeps_the_float_form() -> None:
+    c = compare_forms(CFG, "cpu", _trial(200.0), _trial(150.0), FLOAT_B, UINT8_B, 12.0)
+    assert not c.use_split
+    assert c.recommendation.startswith("float form kept: the split measured 25% slower here")
+    assert "150 vs 200 samples/s, beyond the noise of 12" in c.recommendation
+    assert "use builtin_dataset" not in c.recommendation
+    c = compare_forms(CFG, "cpu", _trial(200.0), _trial(191.0), FLOAT_B, UINT8_B, 2.0)
+    assert "4.5% slower" in c.recommendation
+
+
+def test_copy_ceiling_is_bandwidth_over_bytes_per_sample() -> None:
+    assert copy_ceiling(24.0, 150_000.0) == pytest.approx(160_000.0)
+
+
+def test_batch_nbytes_counts_every_tensor_of_a_nested_batch() -> None:
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    labels = torch.zeros(4, dtype=torch.int64)
+    assert batch_nbytes((images, labels)) == 4 * 192 + 4 * 8
+    assert batch_nbytes({"image": images, "meta": {"label": labels, "name": "x"}}) == 800
+    assert batch_nbytes(SeededBatch([images, labels], [1, 2, 3, 4])) == 800
+    assert batch_nbytes(7) == 0
+
+
+def test_split_spec_is_the_builtin_workload_over_the_same_files() -> None:
+    spec = builtin_spec(batch_size=4)
+    split = split_spec(spec, "cpu")
+    assert split is not None
+    assert isinstance(split.dataset.transform, PillowCropTransform)
+    assert split.dataset.samples is spec.dataset.samples
+    assert len(split.dataset) == len(spec.dataset)
+    assert (split.seed, split.sample_seeds, split.device) == (0, True, "cpu")
+    assert "uint8" in split.description
+    assert spec.dataset.transform.__class__.__name__ == "PillowTrainTransform"  # untouched
+    loader = split.make_loader(LoaderConfig(batch_size=2))
+    assert isinstance(loader, DeviceLoader)
+    images, labels = next(iter(loader))
+    assert images.dtype == torch.float32
+    assert images.shape == (2, 3, 224, 224)
+    assert labels.shape == (2,)
+    assert repr(loader.transform) == repr(device_train_transform())
+
+
+def test_a_user_dataset_or_the_uint8_form_has_no_split_form() -> None:
+    assert split_spec(spec_from_object(SquaresDataset(8)), "cpu") is None
+    assert split_spec(builtin_spec(output="uint8"), "cpu") is None
+
+
+def test_the_split_trial_is_skipped_when_the_budget_has_no_room() -> None:
+    spec = builtin_spec(batch_size=4)
+    float_trial = _trial(100.0, 110.0)
+    rec = Recommendation(config=CFG, samples_per_s=100.0, speedup=None, reason="")
+    notes: list[str] = []
+
+    def never(config: LoaderConfig, on: object = None) -> Trial | None:
+        raise AssertionError("no trial may start")
+
+    side = _device_side(
+        spec,
+        rec,
+        {CFG: float_trial},
+        False,
+        measure_once=never,
+        remaining=lambda: 2.5,
+        bounded=lambda s: s,
+        report=lambda m: None,
+        note=notes.append,
+        budget_s=30.0,
+        probe_timeout_s=30.0,
+    )
+    assert side.split is None
+    assert side.bytes_per_sample is None
+    (note,) = notes
+    assert note.startswith("time budget: 2.5s of 30s left, the uint8 split form's trial")
+    assert note.endswith("skipped")
+
+
+def test_tune_result_round_trips_with_the_split_and_the_copy_facts() -> None:
+    from wellfed.platform import HostToDevice
+
+    c = compare_forms(CFG, "cuda", _trial(200.0), _trial(210.0), FLOAT_B, UINT8_B, 5.0)
+    h2d = HostToDevice(0, "GPU", 64 * 2**20, 5, 24.0, 9.0)
+    platform = dataclasses.replace(collect_platform_info(include_gpus=False), host_to_device=h2d)
+    result = TuneResult(
+        platform=platform,
+        workload={"description": "x"},
+        trials=(c.trial,),
+        baseline=None,
+        recommended=None,
+        best=c.trial,
+        ceiling_samples_per_s=None,
+        tuning_time_s=1.0,
+        budget_s=10.0,
+        stopped_because="",
+        bytes_per_sample=FLOAT_B,
+        copy_ceiling_samples_per_s=copy_ceiling(24.0, FLOAT_B),
+        split=c,
+    )
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["split"]["uint8_bytes_per_sample"] == UINT8_B
+    assert data["split"]["recommendation"] == c.recommendation
+    back = TuneResult.from_dict(data)
+    assert back.split == c
+    assert back.platform.host_to_device == h2d
+    assert back.copy_ceiling_samples_per_s == result.copy_ceiling_samples_per_s
+    assert SplitComparison.from_dict(c.to_dict()) == c
