@@ -128,9 +128,11 @@ def check_thread_hazards(ctx: Context) -> list[Finding]:
             continue
         methods: tuple[str, ...] = ("fork",)
         if kind == "opencv":
-            methods = cv2_limit.unlimited_under(("fork", *SPAWNISH), ctx.platform.usable_cpus)
-            if not methods:
+            # only the user's own limit (worker_init_fn, import) clears an OpenCV object: its
+            # pool may start later in the worker, whatever this process's count is now
+            if cv2_limit.limited_by_user():
                 continue
+            methods = ("fork", *SPAWNISH)
         why, fix = _THREAD_WHY[kind]
         f = ctx.finding(
             "WF115",
@@ -278,6 +280,11 @@ class _Cv2Limit:
                 self.here = int(cv2.getNumThreads())
             except Exception:
                 self.here = None
+
+    def limited_by_user(self) -> bool:
+        """cv2.setNumThreads(0 or 1) in worker_init_fn or at import of a dataset module."""
+        self._load()
+        return self.limited
 
     def unlimited_under(self, methods: Iterable[str], cpus: int) -> tuple[str, ...]:
         """The start methods whose workers run OpenCV with more than one thread."""
