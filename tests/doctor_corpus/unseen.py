@@ -687,6 +687,37 @@ def _lambda_worker_init_torch_seed(tmp: Path, closers: list) -> tuple[Any, Any]:
     }
 
 
+def _cv2_threads_off_at_import(tmp: Path, closers: list) -> tuple[Any, Any]:
+    import importlib
+
+    import cv2
+
+    # The module's top level calls cv2.setNumThreads(0) for the whole process: give the
+    # previous count back when the case is done, so other cases see OpenCV's default.
+    closers.append(functools.partial(cv2.setNumThreads, cv2.getNumThreads()))
+    m = importlib.import_module("tests.doctor_corpus.unseen_cv2_at_import")
+    names = _write_pngs(tmp)
+    return m.ThreadsOffImageDataset(str(tmp), names), {"num_workers": 2, "batch_size": 1}
+
+
+def _blas_limited_in_worker(tmp: Path, closers: list) -> tuple[Any, Any]:
+    frames = np.random.default_rng(0).standard_normal((5, 1024, 3)).astype(np.float32)
+    return u.SceneFlowDataset(frames), {
+        "num_workers": 2,
+        "batch_size": 1,
+        "worker_init_fn": u.limit_blas_threads,
+    }
+
+
+def _iterable_strided(tmp: Path, closers: list) -> tuple[Any, Any]:
+    ds = u.StridedIRDataset(u.DocsCollection(str(_write_docs(tmp))))
+    return ds, {"num_workers": 2, "batch_size": 4}
+
+
+def _device_string_kept_for_the_loop(tmp: Path, closers: list) -> tuple[Any, Any]:
+    return u.DeviceAwareDataset(N, device="cuda"), {"num_workers": 2, "batch_size": 2}
+
+
 CLEAN_UNSEEN: tuple[Case, ...] = (
     Case(
         "h5py_opened_lazily_in_worker",
@@ -850,5 +881,44 @@ CLEAN_UNSEEN: tuple[Case, ...] = (
         ".html seed_worker does (torch.initial_seed()); under fork, where a lambda reaches "
         "the workers",
         start_methods=("fork",),
+    ),
+    # --- clean twins added with the fixes (thread, sharding and CUDA checks) ---
+    Case(
+        "cv2_threads_off_at_import",
+        _cv2_threads_off_at_import,
+        (),
+        "pytorch/pytorch#1838: cv2.setNumThreads(0) at the top of the dataset's module",
+        requires=("cv2",),
+    ),
+    Case(
+        "numpy_blas_limited_in_worker_init_fn",
+        _blas_limited_in_worker,
+        (),
+        "albumentations-team/albumentations#1825, KTH-RPL/OpenSceneFlow#33: "
+        "threadpoolctl.threadpool_limits(1) in worker_init_fn",
+        requires=("threadpoolctl",),
+    ),
+    Case(
+        "iterable_sharded_with_stride_slice",
+        _iterable_strided,
+        (),
+        "allenai/ir_datasets#25 fix, as docs[info.id::info.num_workers] (samples tagged with "
+        "the worker id)",
+    ),
+    Case(
+        "iterable_sharded_with_stride_slice_live",
+        _iterable_strided,
+        (),
+        "allenai/ir_datasets#25 fix with a slice, judged with the live probe (worker-id tags "
+        "are not samples)",
+        start_methods=("fork",),
+        live=True,
+    ),
+    Case(
+        "device_string_kept_for_the_training_loop",
+        _device_string_kept_for_the_loop,
+        (),
+        "pytorch/pytorch#77159 fix: the dataset returns CPU tensors; self.device is used by "
+        "the training loop's to_device(batch) only",
     ),
 )

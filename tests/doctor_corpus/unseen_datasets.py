@@ -1132,3 +1132,49 @@ class ParquetNumeric(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = self.rawdata.iloc[i]
         return {"x": torch.tensor([row["cc"], row["ii"], row["vv"]], dtype=torch.float32)}
+
+
+# --- clean twins of the thread, sharding and CUDA hazards (issue 15's fixes) -----------------
+
+
+def limit_blas_threads(worker_id: int) -> None:
+    """albumentations-team/albumentations#1825's advice as a module-level worker_init_fn: one
+    BLAS thread per worker (threadpoolctl reaches numpy's OpenBLAS/MKL, which
+    torch.set_num_threads does not)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+class StridedIRDataset(IterableDataset):
+    """ir_datasets#25's fix with a slice: each worker takes ``docs[id::num_workers]`` (and
+    tags its samples with its id, as the thread's code did)."""
+
+    def __init__(self, dataset: DocsCollection) -> None:
+        self.dataset = dataset
+
+    def __iter__(self) -> Any:
+        info = get_worker_info()
+        wid, num = (info.id, info.num_workers) if info is not None else (0, 1)
+        docs = list(self.dataset.docs_iter())
+        for doc_id, _text in docs[wid::num]:
+            yield doc_id, wid
+
+
+class DeviceAwareDataset(Dataset):
+    """pytorch/pytorch#77159's fix: the dataset keeps the training device for the loop's
+    ``to_device(batch)``; ``__getitem__`` returns CPU tensors."""
+
+    def __init__(self, n: int, device: str = "cuda") -> None:
+        self.data = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        return torch.from_numpy(self.data[idx])
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """Called by the training loop in the main process, once per batch."""
+        return batch.to(self.device, non_blocking=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from tests.doctor_corpus import datasets as d
 from wellfed.doctor import diagnose
@@ -70,6 +72,31 @@ def test_unsharded_iterable_duplicates_counted_live() -> None:
     assert (f.code, f.path) == ("WF117", "type(dataset).__iter__")
     assert "3 sample(s) yielded by more than one worker" in f.evidence
     assert report.probes[0].observations["duplicate_samples"] == 3
+
+
+class LeadTaggedStream(IterableDataset):
+    """Every worker yields the whole stream, each sample tagged with its worker; the
+    comparison ``wid == 0`` makes static analysis take the stream for split."""
+
+    def __iter__(self) -> Any:
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        lead = wid == 0
+        for i in range(6):
+            yield {"i": i, "worker": wid, "lead": lead}
+
+
+def test_worker_tagged_duplicates_counted_live_when_static_sees_a_split() -> None:
+    ds = LeadTaggedStream()
+    static = diagnose(ds, loader_kwargs={"num_workers": 2}, start_methods=["fork"], live=False)
+    assert not static.findings  # the comparison passes for a split
+    report = diagnose(ds, loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=30)
+    (f,) = report.findings
+    assert (f.code, f.path, f.severity) == ("WF117", "type(dataset).__iter__", "error")
+    assert f.confirmed_live
+    obs = report.probes[0].observations
+    assert obs["worker_tag_fields"] == ["'lead'", "'worker'"]
+    assert obs["duplicate_samples"] == 6
 
 
 def test_sharded_iterable_clean_live() -> None:

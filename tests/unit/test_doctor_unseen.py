@@ -33,23 +33,7 @@ _LIVE_TIMEOUT_S = 60.0
 # tokenizers and datasets installed; no CUDA): static recall 17/30 (category, path) pairs
 # (56.7%) over the 23 static hazard cases that ran, 0 of 12 static clean cases flagged; the
 # live hazard twin missed, the live clean twin clean. case name -> what the doctor missed.
-MISSED_BEFORE_FIX: dict[str, str] = {
-    "cv2_imread_resize_in_getitem": "missed before fix: no thread-hazard for cv2.imread and "
-    "cv2.resize called in __getitem__ (no OpenCV object in the graph)",
-    "numpy_blas_svd_matmul_per_sample": "missed before fix: BLAS/OpenMP oversubscription by "
-    "np.linalg.svd and a (1024, 1024) matmul per sample is not checked (docs/doctor.md lists it "
-    "under 'What it cannot see')",
-    "iterable_worker_info_only_tags": "missed before fix: an __iter__ that calls "
-    "get_worker_info() only to tag its samples is not reported as unsharded",
-    "iterable_worker_info_only_tags_live": "missed before fix: the live probe (fork) does not "
-    "report the duplicated samples either",
-    "tokenizer_used_before_fork_in_collate": "missed before fix at this path: thread-hazard is "
-    "reported at loader.collate_fn.tokenizer (the ByteLevelBPETokenizer wrapper), not at the "
-    "Rust tokenizer ._tokenizer as in docs/errors.md's WF115 example",
-    "to_cuda_device_string_in_getitem": "missed before fix at this path: cuda-in-worker is "
-    "reported at dataset.device (the string 'cuda'), not at type(dataset).__getitem__, which "
-    "calls .to(self.device)",
-}
+MISSED_BEFORE_FIX: dict[str, str] = {}
 # clean case name -> what the doctor flagged (none of the first 13 before the fix; the clean
 # cases added with the fixes were judged by the code before them too).
 FLAGGED_BEFORE_FIX: dict[str, str] = {

@@ -1,7 +1,7 @@
 """Static checks of the category 'iterable-sharding'.
 
-An IterableDataset that does not split its stream per worker (WF117), and fewer shards
-than workers (WF118).
+An IterableDataset that does not split its stream per worker (WF117: worker identity never
+read, or read only to tag samples), and fewer shards than workers (WF118).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from wellfed.doctor._classify import safe_getattr, source_text
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding
-from wellfed.doctor._source import analyze_class, is_user_code
+from wellfed.doctor._source import analyze_class, is_user_code, worker_info_use
 
 __all__ = [
     "check_iterable_sharding",
@@ -46,15 +46,35 @@ def check_iterable_sharding(ctx: Context) -> list[Finding]:
         return []
     ana = analyze_class(cls)
     wif_text = source_text(ctx.settings.get("worker_init_fn"))
-    sharded = ana.shards or any(s in wif_text for s in ("get_worker_info", "worker_info"))
+    # Worker identity must split the stream (islice by id, files[id::n], i % n == id), not
+    # only be mentioned: allenai/ir_datasets#25 read get_worker_info() to tag its samples.
+    use, _how = worker_info_use(cls)
+    sharded = use == "splits" or any(s in wif_text for s in ("get_worker_info", "worker_info"))
     out: list[Finding] = []
     if not sharded and "__iter__" in ana.readers:
+        if use == "tags":
+            what = (
+                f"{cls.__qualname__}.__iter__ reads which worker it runs in "
+                "(get_worker_info()) but never uses it to split the stream, only to tag or "
+                "pass along its samples"
+            )
+            evidence = (
+                "static: worker info in __iter__ reaches no split (no islice/range/slice/"
+                "comparison by worker id, no shard list indexed by it), nor in worker_init_fn"
+            )
+        else:
+            what = (
+                f"{cls.__qualname__}.__iter__ never asks which worker it runs in "
+                "(torch.utils.data.get_worker_info())"
+            )
+            evidence = (
+                "static: no get_worker_info/worker_info in __iter__, its helpers or worker_init_fn"
+            )
         f = ctx.finding(
             "WF117",
             "error",
             "type(dataset).__iter__",
-            f"{cls.__qualname__}.__iter__ never asks which worker it runs in "
-            "(torch.utils.data.get_worker_info()), so every worker yields the whole stream: "
+            f"{what}, so every worker yields the whole stream: "
             f"each sample arrives num_workers={nw or 'N'} times per epoch.",
             "Split the stream per worker in __iter__:\n"
             "info = torch.utils.data.get_worker_info()\n"
@@ -62,7 +82,7 @@ def check_iterable_sharding(ctx: Context) -> list[Finding]:
             "for i, item in enumerate(self.source):\n"
             "    if i % n == wid: yield item  # or give each worker its own files: "
             "self.files[wid::n]",
-            "static: no get_worker_info/worker_info in __iter__, its helpers or worker_init_fn",
+            evidence,
         )
         if f is not None:
             out.append(f)

@@ -297,6 +297,40 @@ def _as_content(obj: Any) -> Any:
     return obj
 
 
+def _field_digests(item: Any) -> tuple[tuple[str, str], ...]:
+    """(field, digest) of each top-level field of a sample (dict key or tuple position); one
+    field named "" for a sample that is not a dict, tuple or list of two or more."""
+    if isinstance(item, dict):
+        return tuple((repr(k), _digest(v)) for k, v in item.items())
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return tuple((str(i), _digest(v)) for i, v in enumerate(item))
+    return (("", _digest(item)),)
+
+
+def _worker_tag_fields(by_worker: dict[int, list[tuple[tuple[str, str], ...]]]) -> set[str]:
+    """Fields that only name the worker: the same in every sample of a worker, different
+    between workers (``yield doc_id, get_worker_info().id``: allenai/ir_datasets#25).
+
+    Duplicates are counted without them, or a stream every worker yields whole would look
+    split only because each worker tags its copy. Needs two workers with two samples each,
+    and leaves at least one field to compare.
+    """
+    if len(by_worker) < 2 or any(len(items) < 2 for items in by_worker.values()):
+        return set()
+    shapes = {tuple(k for k, _ in fields) for items in by_worker.values() for fields in items}
+    if len(shapes) != 1:
+        return set()
+    keys = next(iter(shapes))
+    tags = set()
+    for i, key in enumerate(keys):
+        per_worker = [{fields[i][1] for fields in items} for items in by_worker.values()]
+        if all(len(v) == 1 for v in per_worker) and len(set().union(*per_worker)) == len(
+            per_worker
+        ):
+            tags.add(key)
+    return tags if len(tags) < len(keys) else set()
+
+
 def _payload(obj: Any) -> tuple[int, int]:
     """(bytes, tensors) of the tensors and arrays in a sample or batch."""
     try:
@@ -541,7 +575,7 @@ def _probe_one(
     batches = 0
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
         tagged = TagWorkerIterable(dataset)
-        by_worker: dict[int, list[str]] = {}
+        by_worker: dict[int, list[tuple[tuple[str, str], ...]]] = {}
         with (
             open_batches(DataLoader(tagged, batch_size=None, **common)) as it,
             _HangWatch(it, dump_dir, loader_timeout_s) as watch,
@@ -552,14 +586,18 @@ def _probe_one(
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
                     obs["float_images"] = float_images(item, "sample")
-                by_worker.setdefault(int(wid), []).append(_digest(item))
+                by_worker.setdefault(int(wid), []).append(_field_digests(item))
                 batches += 1
                 if batches >= ITERABLE_ITEMS:
                     break
             obs["worker_uss_last_bytes"] = _worker_uss(it)
+        tags = _worker_tag_fields(by_worker)
+        if tags:
+            obs["worker_tag_fields"] = sorted(tags)
         owners: dict[str, set[int]] = {}
-        for wid, digests in by_worker.items():
-            for d in digests:
+        for wid, items in by_worker.items():
+            for fields in items:
+                d = "|".join(f"{k}={v}" for k, v in fields if k not in tags)
                 owners.setdefault(d, set()).add(wid)
         obs["kind"] = "iterable"
         obs["items_per_worker"] = {str(k): len(v) for k, v in sorted(by_worker.items())}

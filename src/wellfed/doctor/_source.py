@@ -21,10 +21,17 @@ __all__ = [
     "READER_METHODS",
     "ClassAnalysis",
     "SeedCall",
+    "WorkerCall",
     "analyze_class",
+    "blas_calls",
+    "device_attr_transfers",
+    "function_calls",
     "function_source",
     "is_user_code",
+    "module_level_calls",
     "seed_calls",
+    "worker_calls",
+    "worker_info_use",
 ]
 
 #: Methods that run inside workers for every sample.
@@ -652,4 +659,659 @@ def seed_calls(func: Any) -> list[SeedCall]:
         if seed_expr is None:
             continue  # seed() without argument: fresh OS entropy
         out.append(SeedCall(ast.unparse(n.func), start + n.lineno - 1, kind(seed_expr)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Worker code's calls into libraries (thread pools), device attributes and worker-info use.
+# Added for issue 15's unseen corpus; self-contained: nothing above calls these.
+
+
+@dataclass(frozen=True)
+class WorkerCall:
+    """A call in worker code whose callee resolves to a library object.
+
+    Attributes:
+        method: The worker method the call is in (``__getitem__``, or a ``self.`` helper).
+        line: Line number in the source file (of the call in ``method``).
+        name: The callee as written, e.g. "cv2.resize" or "np.linalg.svd".
+        module: The module the callee comes from, e.g. "cv2" or "numpy.linalg"; "" if unknown.
+        via: The module-level user function the call is inside, when ``method`` reaches it
+            through one (``read_image`` calling ``cv2.imread``); None for a direct call.
+    """
+
+    method: str
+    line: int
+    name: str
+    module: str
+    via: str | None = None
+
+
+#: Libraries whose builtin functions carry no ``__module__`` (OpenCV's do not): a bare name
+#: imported with ``from cv2 import resize`` is recognised by identity with these modules'
+#: attributes.
+_NAMELESS_BUILTIN_LIBS = ("cv2",)
+
+#: How deep calls into module-level user functions are followed from worker code.
+_FOLLOW_DEPTH = 3
+
+
+def _worker_defs(cls: type) -> list[tuple[str, ast.FunctionDef, int, dict[str, Any]]]:
+    """(name, def, line of the def in its file, module globals) of each worker method.
+
+    Worker methods are the reader methods (``READER_METHODS``) and the ``self.`` methods they
+    call, transitively; the first definition along the MRO wins, as for attribute lookup.
+    """
+    methods: dict[str, tuple[ast.FunctionDef, int, dict[str, Any]]] = {}
+    for klass in cls.__mro__:
+        if klass is object or not is_user_code(klass):
+            continue
+        try:
+            text, start = inspect.getsourcelines(klass)
+            tree = ast.parse(textwrap.dedent("".join(text)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        cdef = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
+        if cdef is None:
+            continue
+        module = sys.modules.get(klass.__module__)
+        globs = dict(vars(module)) if module is not None else {}
+        for item in cdef.body:
+            if (
+                isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                and item.name not in methods
+            ):
+                methods[item.name] = (item, start + item.lineno - 1, globs)  # type: ignore[assignment]
+    seen: list[str] = []
+    stack = [m for m in READER_METHODS if m in methods]
+    while stack:
+        name = stack.pop(0)
+        if name in seen:
+            continue
+        seen.append(name)
+        for n in ast.walk(methods[name][0]):
+            if (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and isinstance(n.func.value, ast.Name)
+                and n.func.value.id == "self"
+                and n.func.attr in methods
+            ):
+                stack.append(n.func.attr)
+    return [(name, *methods[name]) for name in seen]
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    """``a.b.c`` as ["a", "b", "c"]; None for anything but names and attributes."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def _local_imports(fdef: ast.AST) -> dict[str, str]:
+    """Names bound by ``import``/``from ... import`` inside a function -> module they name."""
+    out: dict[str, str] = {}
+    for n in ast.walk(fdef):
+        if isinstance(n, ast.Import):
+            for a in n.names:
+                out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            for a in n.names:
+                out[a.asname or a.name] = f"{n.module}.{a.name}"
+    return out
+
+
+def _resolve(chain: list[str], globs: dict[str, Any], local: dict[str, str]) -> tuple[Any, str]:
+    """(object, module it comes from) for a dotted name; (None, "") when it does not resolve.
+
+    Only modules are walked through (``getattr`` on a module), never user objects, so no
+    property or ``__getattr__`` of user code runs.
+    """
+    head = chain[0]
+    if head in local:
+        target = local[head]
+        obj: Any = sys.modules.get(target)
+        if obj is None:
+            base, _, attr = target.rpartition(".")
+            obj = getattr(sys.modules.get(base), attr, None) if base else None
+            if obj is None:  # not imported here: the name is all there is
+                mod = ".".join([target, *chain[1:-1]]) if len(chain) > 1 else base or target
+                return None, mod
+    elif head in globs:
+        obj = globs[head]
+    else:
+        return None, ""
+    home = ""
+    for part in chain[1:]:
+        if not isinstance(obj, types.ModuleType):
+            return None, ""
+        home = obj.__name__
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None, home
+    if isinstance(obj, types.ModuleType):
+        return obj, obj.__name__
+    defined_in = getattr(obj, "__module__", None)
+    if isinstance(defined_in, str) and defined_in:
+        return obj, defined_in
+    if not home:
+        for lib in _NAMELESS_BUILTIN_LIBS:
+            if getattr(sys.modules.get(lib), getattr(obj, "__name__", ""), None) is obj:
+                return obj, lib
+    return obj, home
+
+
+def _calls_in(
+    fdef: ast.AST,
+    globs: dict[str, Any],
+    method: str,
+    line_of: Any,
+    via: str | None,
+    depth: int,
+    seen: set[Any],
+    out: list[WorkerCall],
+) -> None:
+    local = _local_imports(fdef)
+    for n in ast.walk(fdef):
+        if not isinstance(n, ast.Call):
+            continue
+        chain = _dotted(n.func)
+        if chain is None or chain[0] in ("self", "cls"):
+            continue
+        obj, module = _resolve(chain, globs, local)
+        if not module and obj is None:
+            continue
+        line = line_of(n)
+        if isinstance(obj, types.FunctionType) and is_user_code(obj):
+            if depth < _FOLLOW_DEPTH and obj.__code__ not in seen:
+                seen.add(obj.__code__)
+                inner = function_source(obj)
+                if inner is not None:
+                    _calls_in(
+                        inner,
+                        obj.__globals__,
+                        method,
+                        lambda _n, line=line: line,
+                        via or obj.__qualname__,
+                        depth + 1,
+                        seen,
+                        out,
+                    )
+            continue
+        out.append(WorkerCall(method, line, ".".join(chain), module, via))
+
+
+_CALLS_CACHE: dict[type, list[WorkerCall]] = {}
+
+
+def worker_calls(cls: type) -> list[WorkerCall]:
+    """Calls in a user class's worker code whose callee resolves to a library function.
+
+    Worker code is ``__getitem__``, ``__iter__``, ``__call__``... and the ``self.`` methods
+    they call; calls into module-level user functions are followed (3 levels deep) and
+    reported at the worker method that makes them. Names resolve through the defining
+    module's globals and the function's own imports, without running user code. Cached per
+    class; empty for classes without source.
+    """
+    cached = _CALLS_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    out: list[WorkerCall] = []
+    for name, fdef, first, globs in _worker_defs(cls):
+
+        def line_of(n: ast.AST, first: int = first, fdef: ast.AST = fdef) -> int:
+            return first + getattr(n, "lineno", 1) - getattr(fdef, "lineno", 1)
+
+        _calls_in(fdef, globs, name, line_of, None, 0, set(), out)
+    out.sort(key=lambda c: c.line)  # source order (ast.walk is breadth-first)
+    _CALLS_CACHE[cls] = out
+    return out
+
+
+#: numpy functions that call BLAS (``numpy.linalg`` and ``scipy.linalg`` count whole).
+_BLAS_NUMPY_FUNCS = frozenset({"dot", "matmul", "inner", "vdot", "tensordot"})
+
+#: Methods of numpy arrays that return something other than an array.
+_ARRAY_TO_PYTHON = frozenset({"tolist", "item", "tobytes"})
+
+
+def _is_blas_module(module: str, name: str) -> bool:
+    top = module.split(".")
+    if module.startswith(("numpy.linalg", "scipy.linalg")):
+        return True
+    return top[0] == "numpy" and len(top) <= 2 and name.rsplit(".", 1)[-1] in _BLAS_NUMPY_FUNCS
+
+
+class _ArrayKinds:
+    """Which expressions of one function are numpy arrays ("array") or torch tensors
+    ("tensor"), from the calls that made them and the live types of ``self.`` attributes."""
+
+    def __init__(self, fdef: ast.AST, globs: dict[str, Any], array_attrs: frozenset[str]) -> None:
+        self.globs = globs
+        self.local = _local_imports(fdef)
+        self.array_attrs = array_attrs
+        self.names: dict[str, str] = {}
+        pairs: list[tuple[ast.AST, ast.AST]] = []
+        for n in ast.walk(fdef):
+            if isinstance(n, ast.Assign):
+                pairs.extend((t, n.value) for t in n.targets)
+            elif isinstance(n, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and n.value:
+                pairs.append((n.target, n.value))
+        for _ in range(4):  # a fixpoint over chains of assignments
+            before = dict(self.names)
+            for target, value in pairs:
+                self._bind(target, value)
+            if before == self.names:
+                break
+
+    def _bind(self, target: ast.AST, value: ast.AST) -> None:
+        if isinstance(target, ast.Name):
+            kind = self.kind(value)
+            if kind is not None:
+                self.names[target.id] = kind
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts):
+                for t, v in zip(target.elts, value.elts, strict=True):
+                    self._bind(t, v)
+            else:
+                for t in target.elts:
+                    self._bind(t, value)
+
+    def kind(self, expr: ast.AST) -> str | None:
+        if isinstance(expr, ast.Name):
+            return self.names.get(expr.id)
+        if isinstance(expr, ast.Attribute):
+            if _self_attr(expr) is not None:
+                return "array" if expr.attr in self.array_attrs else None
+            return self.kind(expr.value) if expr.attr in ("T", "real", "imag", "mT") else None
+        if isinstance(expr, ast.Subscript):
+            return self.kind(expr.value)
+        if isinstance(expr, ast.UnaryOp):
+            return self.kind(expr.operand)
+        if isinstance(expr, (ast.BinOp, ast.IfExp)):
+            sides = (
+                (expr.left, expr.right) if isinstance(expr, ast.BinOp) else (expr.body, expr.orelse)
+            )
+            kinds = {self.kind(s) for s in sides}
+            return "tensor" if "tensor" in kinds else "array" if "array" in kinds else None
+        if isinstance(expr, ast.Call):
+            chain = _dotted(expr.func)
+            if chain is not None and chain[0] not in ("self", "cls"):
+                _obj, module = _resolve(chain, self.globs, self.local)
+                top = module.split(".")[0]
+                if top in ("numpy", "scipy"):
+                    return "array"
+                if top == "torch":
+                    return "tensor"
+            if isinstance(expr.func, ast.Attribute):
+                if expr.func.attr == "numpy":
+                    return "array"
+                receiver = self.kind(expr.func.value)
+                if receiver == "array" and expr.func.attr not in _ARRAY_TO_PYTHON:
+                    return "array"
+                return receiver if receiver == "tensor" else None
+        return None
+
+
+def _short(node: ast.AST, limit: int = 40) -> str:
+    """Source of an expression, cut to ``limit`` characters for a message."""
+    text = ast.unparse(node)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_BLAS_CACHE: dict[tuple[type, frozenset[str]], list[tuple[str, int, str]]] = {}
+
+
+def blas_calls(cls: type, array_attrs: frozenset[str] = frozenset()) -> list[tuple[str, int, str]]:
+    """(method, line, snippet) of BLAS/LAPACK work in a user class's worker code.
+
+    Counted: calls into ``numpy.linalg`` and ``scipy.linalg``, ``np.dot``/``np.matmul``/
+    ``np.inner``/``np.vdot``/``np.tensordot``, and ``a @ b`` or ``a.dot(b)`` where ``a`` or
+    ``b`` is a numpy array: made by a numpy call, or read from a ``self.`` attribute named in
+    ``array_attrs`` (attributes whose live value is an ndarray; the caller looks). ``@`` on
+    torch tensors is not counted: DataLoader workers run torch with one intra-op thread.
+    Calls into module-level user functions are followed as in ``worker_calls``.
+    """
+    key = (cls, array_attrs)
+    cached = _BLAS_CACHE.get(key)
+    if cached is not None:
+        return cached
+    out: list[tuple[str, int, str]] = []
+    for call in worker_calls(cls):
+        if _is_blas_module(call.module, call.name):
+            out.append((call.method, call.line, f"{call.name}(...)"))
+    for name, fdef, first, globs in _worker_defs(cls):
+        kinds = _ArrayKinds(fdef, globs, array_attrs)
+        for n in ast.walk(fdef):
+            line = first + getattr(n, "lineno", 1) - fdef.lineno
+            if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
+                sides = {kinds.kind(n.left), kinds.kind(n.right)}
+                if "array" in sides and "tensor" not in sides:
+                    out.append((name, line, _short(n)))
+            elif (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "dot"
+                and kinds.kind(n.func.value) == "array"
+            ):
+                out.append((name, line, _short(n)))
+    out.sort(key=lambda t: (t[0], t[1]))
+    _BLAS_CACHE[key] = out
+    return out
+
+
+def module_level_calls(module: Any, names: frozenset[str]) -> list[tuple[str, ast.Call]]:
+    """Calls made at import time of ``module`` (top level, or under a top-level ``if``/
+    ``try``/``with``, not in a function nor under ``if __name__ == "__main__":``, which spawn
+    workers do not run) whose callee's last name is in ``names``.
+
+    Returns:
+        ``[(callee as written, call)]``; empty when the module has no readable source.
+    """
+    try:
+        tree = ast.parse(inspect.getsource(module))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    out: list[tuple[str, ast.Call]] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        stmt = stack.pop(0)
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(stmt, ast.If) and _is_main_guard(stmt.test):
+            continue  # runs in the parent only: spawn workers re-import without it
+        if isinstance(stmt, ast.Call):
+            chain = _dotted(stmt.func)
+            if chain is not None and chain[-1] in names:
+                out.append((".".join(chain), stmt))
+        stack.extend(ast.iter_child_nodes(stmt))
+    return out
+
+
+def _is_main_guard(test: ast.AST) -> bool:
+    """``__name__ == "__main__"``."""
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    )
+
+
+def function_calls(func: Any, names: frozenset[str]) -> list[tuple[str, ast.Call]]:
+    """Calls in a function's body (``functools.partial`` unwrapped) whose callee's last name
+    is in ``names``: ``[(callee as written, call)]``; empty without source."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if func is None:
+        return []
+    fdef = function_source(func)
+    if fdef is None:
+        return []
+    out: list[tuple[str, ast.Call]] = []
+    for n in ast.walk(fdef):
+        if isinstance(n, ast.Call):
+            chain = _dotted(n.func)
+            if chain is not None and chain[-1] in names:
+                out.append((".".join(chain), n))
+    return out
+
+
+#: Names whose call splits a stream by worker or rank (Hugging Face datasets, datapipes).
+_SPLITTER_CALLS = frozenset({"split_dataset_by_node", "sharding_filter", "apply_sharding"})
+
+#: Attribute and variable names that carry worker identity.
+_WORKER_NAMES = frozenset({"worker_info", "worker_id", "num_workers"})
+
+#: Calls that only pass a value along or print it: worker info given to them splits nothing.
+_NEUTRAL_CALLS = frozenset(
+    {
+        "getattr",
+        "hasattr",
+        "isinstance",
+        "int",
+        "float",
+        "bool",
+        "str",
+        "repr",
+        "format",
+        "print",
+        "id",
+        "type",
+        "debug",
+        "info",
+        "warning",
+        "warn",
+        "error",
+        "log",
+        "exception",
+    }
+)
+
+
+def _names_in(expr: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
+
+
+class _WorkerInfoFlow:
+    """Where worker identity (``get_worker_info()``, ``worker_id``, ``num_workers``) flows in
+    worker code: into names and ``self.`` attributes, and into the uses that split a stream."""
+
+    def __init__(self, defs: list[tuple[str, ast.FunctionDef, int, dict[str, Any]]]) -> None:
+        self.defs = {name: fdef for name, fdef, _first, _globs in defs}
+        self.tainted: dict[str, set[str]] = {name: set() for name in self.defs}
+        self.self_attrs: set[str] = set()
+        self.seen_source = False
+        self.split_by: str | None = None  # how the stream is split, as written
+        self._split_key: tuple[int, int] | None = None
+        self.first_line = {name: first - fdef.lineno for name, fdef, first, _globs in defs}
+
+    def is_tainted(self, expr: ast.AST, method: str) -> bool:
+        for n in ast.walk(expr):
+            if (
+                isinstance(n, ast.Call)
+                and (chain := _dotted(n.func)) is not None
+                and chain[-1] == "get_worker_info"
+            ):
+                return True
+            if isinstance(n, ast.Name) and (n.id in self.tainted[method] or n.id in _WORKER_NAMES):
+                return True
+            if isinstance(n, ast.Attribute) and (
+                n.attr in _WORKER_NAMES or _self_attr(n) in self.self_attrs
+            ):
+                return True
+        return False
+
+    def _targets(self, target: ast.AST, method: str) -> bool:
+        """Taint what ``target`` binds; True when something new was tainted."""
+        if isinstance(target, (ast.Tuple, ast.List)):
+            new = False
+            for elt in target.elts:
+                new = self._targets(elt, method) or new
+            return new
+        if isinstance(target, ast.Starred):
+            return self._targets(target.value, method)
+        if isinstance(target, ast.Name) and target.id not in self.tainted[method]:
+            self.tainted[method].add(target.id)
+            return True
+        attr = _self_attr(target)
+        if attr is not None and attr not in self.self_attrs:
+            self.self_attrs.add(attr)
+            return True
+        return False
+
+    def passes(self, arg: ast.AST, method: str) -> bool:
+        """Whether a call argument is worker identity itself (or computed from it), not a
+        literal container or f-string that merely holds it (``torch.tensor([x, wid])``)."""
+        if isinstance(arg, (ast.List, ast.Tuple, ast.Set, ast.Dict, ast.JoinedStr)):
+            return False
+        if isinstance(arg, ast.Starred):
+            return self.passes(arg.value, method)
+        return self.is_tainted(arg, method)
+
+    def propagate(self) -> None:
+        for _ in range(8):  # fixpoint: assignments, and worker info passed to self methods
+            changed = False
+            for method, fdef in self.defs.items():
+                for n in ast.walk(fdef):
+                    pairs: list[tuple[ast.AST, ast.AST]] = []
+                    if isinstance(n, ast.Assign):
+                        pairs = [(t, n.value) for t in n.targets]
+                    elif isinstance(n, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and n.value:
+                        pairs = [(n.target, n.value)]
+                    elif isinstance(n, ast.withitem) and n.optional_vars is not None:
+                        pairs = [(n.optional_vars, n.context_expr)]
+                    for target, value in pairs:
+                        if self.is_tainted(value, method):
+                            changed = self._targets(target, method) or changed
+                    if (
+                        isinstance(n, ast.Call)
+                        and isinstance(n.func, ast.Attribute)
+                        and _self_attr(n.func) is not None
+                        and n.func.attr in self.defs
+                    ):
+                        changed = self._into_callee(n, method, n.func.attr) or changed
+            if not changed:
+                return
+
+    def _into_callee(self, call: ast.Call, method: str, callee: str) -> bool:
+        fdef = self.defs[callee]
+        params = [a.arg for a in fdef.args.args[1:]]  # after self
+        passed = [p for p, a in zip(params, call.args, strict=False) if self.is_tainted(a, method)]
+        passed += [
+            kw.arg
+            for kw in call.keywords
+            if kw.arg is not None and self.is_tainted(kw.value, method)
+        ]
+        new = set(passed) - self.tainted[callee]
+        self.tainted[callee] |= new
+        return bool(new)
+
+    def _none_check(self, cmp: ast.Compare, method: str) -> bool:
+        """``info is None``, ``info is not None``, ``info == None``: tests presence only."""
+        operands = [cmp.left, *cmp.comparators]
+        untainted = [o for o in operands if not self.is_tainted(o, method)]
+        return bool(untainted) and all(
+            isinstance(o, ast.Constant) and o.value is None for o in untainted
+        )
+
+    def judge(self) -> None:
+        for method, fdef in self.defs.items():
+            for n in ast.walk(fdef):
+                if isinstance(n, (ast.Call, ast.Attribute, ast.Name)):
+                    chain = _dotted(n.func) if isinstance(n, ast.Call) else _dotted(n)
+                    if chain is not None and chain[-1] in _SPLITTER_CALLS and not self.split_by:
+                        self.split_by = ast.unparse(n)
+                        self._split_key = (self.first_line[method] + n.lineno, 0)
+                if not self.seen_source and isinstance(n, (ast.Call, ast.Name, ast.Attribute)):
+                    self.seen_source = self.is_tainted(n, method)
+                how: ast.AST | None = None
+                if isinstance(n, ast.Compare) and self.is_tainted(n, method):
+                    if not self._none_check(n, method):
+                        how = n
+                elif isinstance(n, ast.Subscript) and self.is_tainted(n.slice, method):
+                    how = n
+                elif isinstance(n, ast.Call):
+                    chain = _dotted(n.func)
+                    name = chain[-1] if chain else None
+                    self_call = (
+                        isinstance(n.func, ast.Attribute) and _self_attr(n.func) in self.defs
+                    )
+                    if name not in _NEUTRAL_CALLS and not self_call:
+                        args = [*n.args, *(kw.value for kw in n.keywords)]
+                        if any(self.passes(a, method) for a in args):
+                            how = n
+                if how is not None:
+                    # the first in the source, the innermost on its line: files[wid::n], not
+                    # enumerate(files[wid::n]) nor what is done later with the items
+                    key = (
+                        self.first_line[method] + getattr(how, "lineno", 0),
+                        len(ast.unparse(how)),
+                    )
+                    if self._split_key is None or key < self._split_key:
+                        self._split_key = key
+                        self.split_by = ast.unparse(how)
+
+
+_SPLIT_CACHE: dict[type, tuple[str, str | None]] = {}
+
+
+def worker_info_use(cls: type) -> tuple[str, str | None]:
+    """How a user class's worker code (``__iter__`` and the ``self.`` methods it calls) uses
+    worker identity.
+
+    Worker identity is ``get_worker_info()`` and what is assigned from it, plus anything
+    named ``worker_id``, ``num_workers`` or ``worker_info``; it flows through assignments,
+    ``self.`` attributes and arguments of ``self.`` methods. It *splits* the stream when it
+    reaches a comparison other than a None test (``i % n == wid``), a subscript or slice
+    (``files[wid::n]``, ``shards[wid]``), or an argument of any call except those that only
+    print or pass it along (``islice(it, wid, None, n)``, ``range(start, end)``, a library's
+    ``shard(...)``); ``split_dataset_by_node`` and datapipes' ``sharding_filter`` split too.
+    It only *tags* when it reaches nothing but yielded values, containers and messages
+    (``yield doc, worker_id``).
+
+    Returns:
+        ("splits", the expression that splits), ("tags", None) or ("none", None); ("none",
+        None) for classes without source.
+    """
+    cached = _SPLIT_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    flow = _WorkerInfoFlow(_worker_defs(cls))
+    flow.propagate()
+    flow.judge()
+    if flow.split_by is not None:
+        out: tuple[str, str | None] = ("splits", flow.split_by)
+    else:
+        out = ("tags", None) if flow.seen_source else ("none", None)
+    _SPLIT_CACHE[cls] = out
+    return out
+
+
+_DEVICE_CACHE: dict[type, list[tuple[str, int, str, str]]] = {}
+
+
+def device_attr_transfers(cls: type) -> list[tuple[str, int, str, str]]:
+    """(method, line, attribute, snippet) of device transfers in a user class's worker code
+    whose device is a ``self.`` attribute: ``x.to(self.device)``, ``x.to(device=self.dev)``,
+    ``x.cuda(self.device)``, ``torch.zeros(..., device=self.device)``, also through a local
+    alias (``device = self.device``). The caller looks up the attribute's live value.
+    Cached per class."""
+    cached = _DEVICE_CACHE.get(cls)
+    if cached is not None:
+        return cached
+    out: list[tuple[str, int, str, str]] = []
+    for name, fdef, first, _globs in _worker_defs(cls):
+        alias: dict[str, str] = {}
+        for n in ast.walk(fdef):
+            if isinstance(n, ast.Assign) and (attr := _self_attr(n.value)) is not None:
+                for t in n.targets:
+                    if isinstance(t, ast.Name):
+                        alias[t.id] = attr
+
+        def attr_of(expr: ast.AST, alias: dict[str, str] = alias) -> str | None:
+            if isinstance(expr, ast.Name):
+                return alias.get(expr.id)
+            return _self_attr(expr)
+
+        for n in ast.walk(fdef):
+            if not isinstance(n, ast.Call):
+                continue
+            called = _called_name(n)
+            found: tuple[str, str] | None = None
+            if called in ("to", "cuda") and isinstance(n.func, ast.Attribute) and n.args:
+                attr = attr_of(n.args[0])
+                if attr is not None:
+                    found = (attr, f".{called}({ast.unparse(n.args[0])})")
+            for kw in n.keywords:
+                if found is None and kw.arg == "device" and (attr := attr_of(kw.value)):
+                    found = (attr, f"{called}(..., device={ast.unparse(kw.value)})")
+            if found is not None:
+                out.append((name, first + n.lineno - fdef.lineno, *found))
+    _DEVICE_CACHE[cls] = out
     return out
