@@ -203,3 +203,44 @@ def test_no_budget_left_keeps_the_static_grade_and_says_so() -> None:
     assert not f.confirmed_live
     assert "stale state not probed live (fork): the live probe's budget was spent" in f.evidence
     assert runs[0].observations["stale_state"]["error"].startswith("the live probe's budget")
+
+
+class _ScratchDraw:
+    """MONAI's randomize() pattern: the draw stored on self, used in the same call."""
+
+    def __init__(self) -> None:
+        self.val = 0.0
+        self.calls = 0
+
+    def randomize(self) -> None:
+        self.val = float(torch.rand(1))
+
+    def __call__(self, x: float) -> float:
+        self.randomize()
+        return x + self.val
+
+
+class _CountingCall:
+    """State that carries from one call to the next: a counter, and a value set only
+    sometimes (read in every call)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.last = 0.0
+
+    def __call__(self, x: float) -> float:
+        self.calls += 1
+        if x > 0:
+            self.last = x
+        return self.last
+
+
+def test_per_call_scratch_state_is_not_a_mutation_but_carried_state_is() -> None:
+    from wellfed.doctor._source import analyze_class
+
+    scratch = analyze_class(_ScratchDraw)
+    assert "val" in scratch.scratch
+    assert "val" not in scratch.mutations
+    carried = analyze_class(_CountingCall)
+    assert set(carried.mutations) == {"calls", "last"}
+    assert not carried.scratch

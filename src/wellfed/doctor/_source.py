@@ -175,6 +175,10 @@ class ClassAnalysis:
         cuda_transfers: (method, line, snippet) of device transfers to CUDA in worker code.
         pid_guard: Worker code compares ``os.getpid()``: handles are reopened per process.
         shards: Worker code refers to worker info (``get_worker_info``...).
+        scratch: attrs worker code assigns anew at every call before reading them (MONAI's
+            ``randomize()`` storing its draw on ``self`` for ``__call__`` to use): per-call
+            scratch state, left out of ``mutations`` (nothing carries from one sample to the
+            next, so which worker served a sample does not change it).
     """
 
     readers: dict[str, int] = field(default_factory=dict)
@@ -189,6 +193,7 @@ class ClassAnalysis:
     cuda_transfers: list[tuple[str, int, str]] = field(default_factory=list)
     pid_guard: bool = False
     shards: bool = False
+    scratch: set[str] = field(default_factory=set)
 
 
 def _class_methods(cls: type) -> tuple[dict[str, ast.FunctionDef], dict[str, int]]:
@@ -561,11 +566,80 @@ def analyze_class(cls: type, entries: tuple[str, ...] = ()) -> ClassAnalysis:
         out.bounded_caches |= scan.evicts
         for line, snippet in scan.cuda:
             out.cuda_transfers.append((name, lines[name] + line - fdef.lineno, snippet))
+    for attr in list(out.mutations):
+        if _is_scratch(attr, readers, worker, methods, scans):
+            out.scratch.add(attr)
+            del out.mutations[attr]
     _find_changers(out, methods, lines, scans, worker)
     for attr in out.bounded_caches:
         out.cache_fills.pop(attr, None)
     _CACHE[key] = out
     return out
+
+
+def _plain_assign(stmt: ast.stmt, attr: str) -> bool | None:
+    """True: ``stmt`` assigns ``self.<attr>`` from a value that does not read it; False: it
+    assigns it from its old value; None: it does not assign it."""
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if any(_self_attr(t) == attr for t in targets):
+            return stmt.value is not None and not _mentions(stmt.value, attr)
+    return None
+
+
+def _assigns_first(fdef: ast.FunctionDef, attr: str) -> bool:
+    """Whether a top-level statement of ``fdef`` assigns ``self.<attr>`` plainly before any
+    statement reads it."""
+    for stmt in fdef.body:
+        plain = _plain_assign(stmt, attr)
+        if plain is not None:
+            return plain
+        if _mentions(stmt, attr):
+            return False
+    return False
+
+
+def _self_call(node: ast.AST, methods: dict[str, ast.FunctionDef]) -> str | None:
+    """The method name of a ``self.<method>(...)`` call of the class, else None."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "self"
+        and node.func.attr in methods
+    ):
+        return node.func.attr
+    return None
+
+
+def _is_scratch(
+    attr: str,
+    readers: list[str],
+    worker: dict[str, bool],
+    methods: dict[str, ast.FunctionDef],
+    scans: dict[str, _BodyScan],
+) -> bool:
+    """Whether every worker entry method sets ``self.<attr>`` before it reads it, at its own
+    top level or by first calling a method that does (``self.randomize()`` then
+    ``self.val``), and no worker code updates it from its old value (``+=``)."""
+    for name in worker:
+        if any(a == attr and value is None for a, _l, _g, value in scans[name].assigns):
+            return False  # self.<attr> op= ..., or a tuple target: the old value may count
+    touched = False
+    for entry in readers:
+        for stmt in methods[entry].body:
+            plain = _plain_assign(stmt, attr)
+            called = _self_call(stmt.value, methods) if isinstance(stmt, ast.Expr) else None
+            if plain or (called is not None and _assigns_first(methods[called], attr)):
+                touched = True
+                break
+            if plain is False or _mentions(stmt, attr):
+                return False
+            for node in ast.walk(stmt):
+                callee = _self_call(node, methods)
+                if callee is not None and any(a == attr for a, *_ in scans[callee].assigns):
+                    return False  # set under a condition, or after other work
+    return touched
 
 
 @dataclass(frozen=True)
