@@ -38,6 +38,12 @@ __all__ = ["DATA_WAIT_GOAL", "StepTrial", "StepTuneResult", "tune_for_step"]
 DATA_WAIT_GOAL = 0.05
 #: Measured steps per trial after the warm-up (fewer when an epoch is shorter).
 STEPS_PER_TRIAL = 30
+#: Past the usable CPUs, a kind of worker (threads or processes) stops being climbed once this
+#: many counts in a row lowered its best data-bound fraction by less than NO_GAIN: the search
+#: heuristic behind "more stopped helping" (on the 2-CPU machine, 8 to 256 threads all sat
+#: at 70-75% for a CPU-bound decode, 60 s of trials that could not change the answer).
+STALE_COUNTS = 2
+NO_GAIN = 0.01
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class StepTrial:
         data_bound_fraction: Data wait over step time, 0..1 (None unless ok).
         samples_per_s: The consumer's pace, samples/s.
         wait_s_p90: 90th percentile of the data wait per step, s.
-        steps: Steps measured (each epoch's warm-up steps left out: ``_meter.warmup_for``).
+        steps: Steps measured (the first epoch's warm-up steps left out: ``_meter.warmup_for``).
         peak_memory_bytes: Peak memory of the trial's process tree.
         memory_kind: "rss+uss" or "rss".
         elapsed_s: Wall seconds the trial took, start-up included.
@@ -137,15 +143,18 @@ def _trial_child(
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     loader = spec.make_loader(config)
     meter = WaitMeter()
-    # Epoch by epoch, as ``wellfed.watch`` sees a loop: each epoch's first batches (its
-    # workers' start-up) are warm-up steps, left out of the figures. An epoch made only of
-    # warm-up steps (fewer batches than starting workers) measures nothing: the search gives up
-    # after a bounded number of such batches.
+    # Epoch by epoch through the loader driver. The first epoch's first batches (the workers'
+    # start-up, once per training run) are warm-up steps, left out of the figures, as watch
+    # leaves them out; a later epoch's start (threads or non-persistent workers restarted,
+    # the prefetch queue refilled) is a step like any other: it recurs in training, and on a
+    # short epoch it is most of the loading (the whole epoch can load during one wait).
+    # An epoch made only of warm-up steps measures nothing: the trial gives up after a
+    # bounded number of batches.
     limit = 4 * (steps + max(1, config.workers)) + 16
+    meter.new_epoch(warmup_for(loader))
     handed = 0
     try:
         while len(meter.step) < steps and handed < limit:
-            meter.new_epoch(warmup_for(loader))
             delivered = False
             batches = iter(iterate(loader, keep_workers=True))
             try:
@@ -341,10 +350,23 @@ def tune_for_step(
     trials: list[StepTrial] = []
     recommended: StepTrial | None = None
     reason = ""
+    best: dict[str, float] = {}
+    stale = {"thread": 0, "process": 0}
     for count in _counts(cpus, max(cap, thread_cap)):
         configs = _configs(
-            count, batch_size=batch_size, method=method, process_cap=cap, thread_cap=thread_cap
+            count,
+            batch_size=batch_size,
+            method=method,
+            process_cap=0 if stale["process"] >= STALE_COUNTS else cap,
+            thread_cap=0 if stale["thread"] >= STALE_COUNTS else thread_cap,
         )
+        if not configs:
+            if any(n >= STALE_COUNTS for n in stale.values()):
+                reason = (
+                    f"more workers stopped lowering the data wait ({STALE_COUNTS} counts in a "
+                    "row past the usable CPUs without a gain of a point)"
+                )
+            break
         cut = False
         for config in configs:
             spent = time.perf_counter() - started
@@ -357,7 +379,16 @@ def tune_for_step(
             trials.append(
                 _measure_step(spec, config, step_s=step_s, step=step, steps=steps, method=method)
             )
-        within = [t for t in trials[len(trials) - len(configs) :] if _within(t, goal)]
+        measured = trials[len(trials) - len(configs) :]
+        for t in measured:
+            kind = "thread" if t.config.num_threads else "process"
+            fraction = t.data_bound_fraction if t.ok else None
+            if fraction is not None and fraction < best.get(kind, 1.0) - NO_GAIN:
+                best[kind] = fraction
+                stale[kind] = 0
+            elif count > cpus:
+                stale[kind] += 1
+        within = [t for t in measured if _within(t, goal)]
         if within:
             recommended = min(within, key=lambda t: t.peak_memory_bytes or 0)
             reason = (
