@@ -48,7 +48,7 @@ def test_thread_workers_are_tried_and_win_on_memory_at_the_same_count() -> None:
     # 5 ms per sample, batch 8: 40 ms per batch per worker against a 10 ms step. One worker
     # is 75% data-bound, 2 workers 50%, 4 workers stay within 5% (up to the machine's noise):
     # threads (one process's memory) and processes are both measured at each count.
-    loader = DataLoader(SleepyDataset(96, ms_per_sample=5.0), batch_size=8)
+    loader = DataLoader(SleepyDataset(960, ms_per_sample=5.0), batch_size=8)  # no epoch end
     result = tune_for_step(loader, step_s=0.01, max_workers=8, steps=12)
     assert result.threads["safe"], result.threads
     labels = [(t.config.num_threads, t.config.num_workers) for t in result.trials]
@@ -60,6 +60,18 @@ def test_thread_workers_are_tried_and_win_on_memory_at_the_same_count() -> None:
     same_count = [t for t in result.trials if t.config.workers == rec.config.workers]
     assert len(same_count) == 2  # both kinds measured at the recommended count
     assert rec.peak_memory_bytes == min(t.peak_memory_bytes or 0 for t in same_count)
+
+
+def test_a_later_epochs_restart_counts_as_data_wait() -> None:
+    # 2 batches per epoch: every other step waits for the threads' restart (40 ms of loading
+    # against a 10 ms step), which recurs in training; only the first epoch's is warm-up.
+    loader = DataLoader(SleepyDataset(16, ms_per_sample=5.0), batch_size=8)
+    result = tune_for_step(loader, step_s=0.01, max_workers=0, max_threads=4, steps=8)
+    threads = [t for t in result.trials if t.config.num_threads]
+    assert threads
+    assert all(t.data_bound_fraction is not None for t in threads)
+    assert min(t.data_bound_fraction or 0.0 for t in threads) > 0.3
+    assert not result.reached
 
 
 def test_thread_workers_are_not_measured_when_the_probe_finds_them_unsafe() -> None:
