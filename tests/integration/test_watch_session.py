@@ -86,7 +86,7 @@ def test_module_level_patch_is_gone_even_when_the_block_raises() -> None:
 
 
 def _multiscale_run(
-    *, persistent: bool, change_at: int | None, epochs: int = 1
+    *, persistent: bool, change_at: int | None, epochs: int = 1, once: bool = False
 ) -> tuple[list[list[float]], list[dict[str, object]]]:
     """Iterate a MultiScaleDataset with 2 fork workers; at batch ``change_at`` of each epoch
     the loop sets img_size (None: between epochs, before iter()); it bumps ``seen`` always."""
@@ -104,7 +104,7 @@ def _multiscale_run(
     sizes: list[list[float]] = []
     with LoaderSession(interval_s=0.02) as session:
         for epoch in range(epochs):
-            if change_at is None and epoch:
+            if change_at is None and epoch and not (once and epoch > 1):
                 dataset.img_size = 320 + epoch
             seen = []
             for i, batch in enumerate(loader):
@@ -136,3 +136,16 @@ def test_a_change_between_epochs_is_fine_without_persistent_workers_not_with_the
     (entry,) = stale
     assert entry["path"] == "dataset.img_size"
     assert entry["persistent"] is True
+
+
+def test_persistent_workers_missing_one_change_is_one_entry_not_one_per_epoch() -> None:
+    # one change (before epoch 2), seen in epochs 2 and 3: one entry, one change
+    sizes, stale = _multiscale_run(persistent=True, change_at=None, epochs=3, once=True)
+    assert set(sizes[2]) == {416.0}
+    (entry,) = stale
+    assert entry["changes"] == 1
+    # a change before epoch 2 (to 321) and another before epoch 3 (to 322): two changes
+    sizes, stale = _multiscale_run(persistent=True, change_at=None, epochs=3)
+    (entry,) = stale
+    assert entry["changes"] == 2
+    assert entry["last"] == "322"

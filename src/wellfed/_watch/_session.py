@@ -165,9 +165,10 @@ class LoaderRecord:
         consumer: The same for the thread that iterates the loader (keyed by its thread id).
         stale: Dataset attributes the program changed while workers held copies made before
             the change (``_stale``): dicts with ``path``, ``before``, ``now``, ``step`` (steps
-            handed over when it was first seen), ``epoch`` (1, 2...), ``epochs`` (each epoch
-            whose workers missed a change), ``persistent`` and ``read_by_workers`` (True:
-            worker code reads it; None: that code could not be read).
+            handed over when it was first detected), ``epoch`` (1, 2...), ``epochs`` (the
+            epochs in which it was seen changed to a new value), ``changes`` (how many new
+            values were seen), ``last`` (the latest value seen), ``persistent`` and ``read_by_workers`` (True: worker code reads it; None:
+            the class is not user code, so that is unknown).
     """
 
     index: int
@@ -189,7 +190,8 @@ class LoaderRecord:
     _iterator: Any = None  # weakref to torch's live iterator
     # the datasets' attributes when the current workers copied them: (path, dataset, snapshot)
     _copies: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)
-    _reads: dict[str, set[str] | None] = field(default_factory=dict)
+    _reads: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    stale_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def live_iterator(self) -> Any:
         """torch's current iterator of this loader, or None once it is gone or shut down."""
@@ -350,7 +352,16 @@ class LoaderSession:
         record._copies = copies
 
     def _check_stale(self, record: LoaderRecord) -> None:
-        """Compare the datasets with the workers' copies; record each new difference once."""
+        """Compare the datasets with the workers' copies; record each new difference once.
+
+        Run by the sampler thread and at each epoch's end (the training thread): one at a
+        time (``record.stale_lock``). A difference is recorded when first seen, and a later
+        epoch is added to its ``epochs`` only when the value changed again since.
+        """
+        with record.stale_lock:
+            self._check_stale_locked(record)
+
+    def _check_stale_locked(self, record: LoaderRecord) -> None:
         if not record._copies:
             return
         persistent = bool(record.settings.get("persistent_workers"))
@@ -358,19 +369,25 @@ class LoaderSession:
         for path, dataset, before in record._copies:
             reads = record._reads.get(path)
             for name, was, now in _stale.changes(before, dataset):
-                if reads is not None and name not in reads:
+                unread = name not in reads if reads is not None else name.startswith("_")
+                if unread:  # not read by worker code (or private, where reads are unknown)
                     continue
                 full = f"{path}.{name}"
                 epoch = record.meter.epochs
                 entry = known.get(full)
                 if entry is not None:
-                    if epoch not in entry["epochs"]:  # changed again under newer workers
-                        entry["epochs"].append(epoch)
+                    if now != entry["last"]:  # changed again, not the same change seen again
+                        entry["changes"] += 1
+                        if epoch not in entry["epochs"]:
+                            entry["epochs"].append(epoch)
+                    entry["last"] = now
                     continue
                 entry = {
                     "path": full,
                     "before": was,
                     "now": now,
+                    "last": now,
+                    "changes": 1,
                     "step": len(record.meter.step) + record.meter.warmup_steps,
                     "epoch": epoch,
                     "epochs": [epoch],
@@ -461,7 +478,8 @@ class LoaderSession:
         it = record.live_iterator()
         if it is None:
             return
-        self._check_stale(record)
+        with contextlib.suppress(Exception):  # the guard never stops the sampling
+            self._check_stale(record)
         workers = list(getattr(it, "_workers", None) or ())
         now = time.perf_counter()
         tid = record.consumer_tid

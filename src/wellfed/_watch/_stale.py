@@ -13,9 +13,10 @@ attributes (the value of scalars, strings and short tuples of them; the identity
 anything else, so a reassigned array or list is seen and an in-place edit is not). The sampler
 thread and every epoch's end compare the dataset with it (``changes``). A changed attribute is
 reported when the dataset's worker code reads it (``worker_reads``: the doctor's reading of
-``__getitem__`` and the methods it calls, plus a ``collate_fn`` or ``worker_init_fn`` bound to
-the dataset); when that code cannot be read, every change is reported, and the report says
-the reading is unknown.
+``__getitem__`` and the methods it calls, plus a ``collate_fn`` bound to the dataset); when
+that code is not read (a library's class: torchvision, Hugging Face...), every change of a
+public attribute (no leading underscore) is reported, and the report says the reading is
+unknown.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def _show(value: Any) -> str:
         return text if len(text) <= 60 else text[:57] + "..."
     shape = getattr(value, "shape", None)
     kind = type(value).__name__
-    return f"a {kind} of shape {tuple(shape)}" if shape is not None else f"a {kind}"
+    try:
+        return f"a {kind} of shape {tuple(shape)}" if shape is not None else f"a {kind}"
+    except TypeError:  # a shape that is not a sequence
+        return f"a {kind}"
 
 
 def changes(before: dict[str, tuple[Any, ...]], dataset: Any) -> list[tuple[str, str, str]]:
@@ -111,27 +115,16 @@ def changes(before: dict[str, tuple[Any, ...]], dataset: Any) -> list[tuple[str,
     return out
 
 
-def worker_reads(loader: Any, dataset: Any) -> set[str] | None:
-    """Attributes of ``dataset`` its worker code reads, or None when that code cannot be read.
-
-    Worker code: the dataset class's ``__getitem__``/``__getitems__``/``__iter__`` and the
-    methods they call (``wellfed.doctor``'s reading), and the loader's ``collate_fn`` and
-    ``worker_init_fn`` when they are bound methods of the dataset (their ``self.`` reads).
-    """
-    hooks = tuple(
-        name
-        for hook in (getattr(loader, "collate_fn", None), getattr(loader, "worker_init_fn", None))
-        if hook is not None and getattr(hook, "__self__", None) is dataset
-        for name in (getattr(hook, "__name__", None),)
-        if isinstance(name, str)
-    )
+def worker_reads(loader: Any, dataset: Any) -> frozenset[str] | None:
+    """Attributes of ``dataset`` its worker code reads (``wellfed.doctor.worker_reads``, with
+    the loader's ``collate_fn``), or None when that code is not read (a library's class) or
+    reading it failed."""
     try:
-        from wellfed.doctor._source import analyze_class
+        from wellfed.doctor import worker_reads as doctor_reads
 
-        reads = set(analyze_class(type(dataset), hooks).reads)
+        return doctor_reads(dataset, collate_fn=getattr(loader, "collate_fn", None))
     except Exception:
         return None
-    return reads or None
 
 
 def describe(entry: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -145,17 +138,22 @@ def describe(entry: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         )
     else:
         window = "until the epoch ended (new workers copy the dataset at each epoch's start)"
-    again = [e for e in entry["epochs"] if e != entry["epoch"]]
-    repeat = f"; it happened again in epoch(s) {', '.join(map(str, again))}" if again else ""
+    again = int(entry.get("changes", 1)) - 1
+    repeat = (
+        f"; it changed {again} more time(s) (latest {entry['last']}) with the same copies held"
+        if again
+        else ""
+    )
     reads = (
         f"worker code reads {name} (static: __getitem__, the methods it calls, a collate_fn "
         "bound to the dataset)"
         if entry["read_by_workers"]
-        else "the dataset's worker code could not be read, so whether workers use it is unknown"
+        else "the dataset's class is not user code wellfed reads, so whether workers use it "
+        "is unknown"
     )
     message = (
-        f"{entry['path']} changed from {entry['before']} to {entry['now']} at step "
-        f"{entry['step']} (epoch {entry['epoch']}) while {workers} worker process(es) held "
+        f"{entry['path']} changed from {entry['before']} to {entry['now']} (detected by step "
+        f"{entry['step']}, epoch {entry['epoch']}) while {workers} worker process(es) held "
         f"copies of the dataset made when they started: they go on loading with "
         f"{entry['before']} {window}{repeat}. Detected: the main process's dataset compared "
         f"with its state when the workers started; {reads}."

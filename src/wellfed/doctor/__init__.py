@@ -54,6 +54,7 @@ __all__ = [
     "render_text",
     "static_errors",
     "thread_worker_hazards",
+    "worker_reads",
 ]
 
 
@@ -191,3 +192,26 @@ def static_errors(
             method = platform.default_start_method()
     report = diagnose(obj, loader_kwargs=loader_kwargs, live=False, start_methods=[method])
     return report.errors
+
+
+def worker_reads(dataset: Any, *, collate_fn: Any = None) -> frozenset[str] | None:
+    """The instance attributes of ``dataset`` that its worker code reads.
+
+    Worker code: the class's ``__getitem__``/``__getitems__``/``__iter__``/``__call__`` and
+    the ``self.`` methods they call, plus ``collate_fn`` when it is a bound method of
+    ``dataset`` (``collate_fn=dataset.collate_fn``). Read from the source, never run.
+
+    Returns:
+        The attribute names (empty when worker code reads none), or None when the class's
+        code is not the user's to read (the standard library, installed packages, no source).
+    """
+    from wellfed.doctor._source import analyze_class, is_user_code
+
+    cls = type(dataset)
+    if not is_user_code(cls):
+        return None
+    hooks: tuple[str, ...] = ()
+    name = getattr(collate_fn, "__name__", None)
+    if collate_fn is not None and getattr(collate_fn, "__self__", None) is dataset:
+        hooks = (name,) if isinstance(name, str) else ()
+    return frozenset(analyze_class(cls, hooks).reads)

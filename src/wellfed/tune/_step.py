@@ -368,6 +368,7 @@ def tune_for_step(
                 )
             break
         cut = False
+        measured: list[StepTrial] = []  # this count's trials (the budget may cut it short)
         for config in configs:
             spent = time.perf_counter() - started
             if trials and spent + max(t.elapsed_s for t in trials) * 1.5 > budget_s:
@@ -376,10 +377,10 @@ def tune_for_step(
                 break
             if progress is not None:
                 progress(min(1.0, spent / budget_s), f"measuring {config.label()} with the step")
-            trials.append(
+            measured.append(
                 _measure_step(spec, config, step_s=step_s, step=step, steps=steps, method=method)
             )
-        measured = trials[len(trials) - len(configs) :]
+            trials.append(measured[-1])
         for t in measured:
             kind = "thread" if t.config.num_threads else "process"
             fraction = t.data_bound_fraction if t.ok else None
@@ -390,7 +391,11 @@ def tune_for_step(
                 stale[kind] += 1
         within = [t for t in measured if _within(t, goal)]
         if within:
-            recommended = min(within, key=lambda t: t.peak_memory_bytes or 0)
+            # a trial whose memory could not be read is not taken for the lightest
+            recommended = min(
+                within,
+                key=lambda t: float("inf") if t.peak_memory_bytes is None else t.peak_memory_bytes,
+            )
             reason = (
                 f"the cheapest configuration whose data wait is at most {goal:.0%} of the step: "
                 f"{recommended.data_bound_fraction:.1%} with {recommended.config.label()}"
