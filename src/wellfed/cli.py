@@ -257,6 +257,8 @@ def _run_info(args: argparse.Namespace) -> int:
             "host-to-device copy",
             info.host_to_device.describe()
             if info.host_to_device is not None
+            else "not measured: the test copy failed on the device (busy or out of memory)"
+            if info.gpus
             else "no CUDA device: not measured",
         ),
     ]

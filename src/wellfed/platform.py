@@ -117,7 +117,9 @@ def measure_host_to_device(
         repeats: Timed copies per kind of memory (default H2D_REPEATS, 5); the median counts.
 
     Returns:
-        A HostToDevice, or None when torch is missing or no CUDA device is present.
+        A HostToDevice, or None when torch is missing, no CUDA device is present, or the test
+        copy fails on the device (out of memory beside a running job, an exclusive-process
+        GPU): a fact not measured never stops ``wellfed info`` or tune.
 
     Source:
         The method of NVIDIA's ``bandwidthTest`` sample (cuda-samples: pinned vs pageable
@@ -129,6 +131,13 @@ def measure_host_to_device(
         return None
     if not torch.cuda.is_available():
         return None
+    try:
+        return _copy_rates(torch, device, copy_bytes, repeats)
+    except RuntimeError:  # torch.cuda.OutOfMemoryError and CUDA errors are RuntimeErrors
+        return None
+
+
+def _copy_rates(torch: Any, device: int, copy_bytes: int, repeats: int) -> HostToDevice:
     import statistics
 
     dev = torch.device("cuda", device)
@@ -141,8 +150,8 @@ def measure_host_to_device(
             dst.copy_(src, non_blocking=is_pinned)  # warm-up, not timed
             torch.cuda.synchronize(dev)
             for _ in range(repeats):
-                start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-                end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
                 start.record()
                 dst.copy_(src, non_blocking=is_pinned)
                 end.record()

@@ -150,8 +150,10 @@ class TuneResult:
             measured with a CUDA device, for the copy ceiling, and for the built-in workload).
         copy_ceiling_samples_per_s: With a CUDA device: the samples/s that the pinned
             host-to-device copy allows, ``platform.host_to_device.pinned_gb_s`` x 10**9 /
-            bytes_per_sample (per rank when N ranks share the node's copy bandwidth: / N);
-            None without one. Loading cannot feed the device faster than the lower of the
+            bytes_per_sample, measured on the first device alone; each rank copies to its own
+            device, so the figure is per rank, and a node column multiplies it by N,
+            assuming one device per rank and copies that do not slow each other (not
+            measured); None without one. Loading cannot feed the device faster than the lower of the
             two ceilings.
         split: The built-in workload's float form against its uint8 split form at the
             recommended configuration (SplitComparison), or None: not the built-in workload

@@ -111,8 +111,14 @@ def compare_forms(
     else:
         text = (
             f"float form kept: the split measured {_percent(1 - speed)} slower here ({u:.0f} "
-            f"vs {f:.0f} samples/s, beyond the noise of {noise_samples_per_s:.0f}; its flip "
-            f"and normalise ran in the main process on {device})"
+            f"vs {f:.0f} samples/s, beyond the noise of {noise_samples_per_s:.0f}; its trial "
+            f"included the main process's per-batch work through to_device on {device}"
+            + (
+                ", the copy included, which the float form's trial did not"
+                if device != "cpu"
+                else ""
+            )
+            + ")"
         )
     return SplitComparison(
         config=config,
