@@ -29,11 +29,15 @@ def _strict_checks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_dump_folder_left() -> Iterator[None]:
-    pattern = os.path.join(tempfile.gettempdir(), "wellfed-probe-*")
-    before = set(glob.glob(pattern))
+def _no_dump_folder_left(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    # this test's own temporary folder: other runs on the machine make their own dump folders
+    own = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setattr(tempfile, "tempdir", str(own))
     yield
-    assert set(glob.glob(pattern)) <= before, "the probe left its dump folder behind"
+    left = glob.glob(os.path.join(str(own), "wellfed-probe-*"))
+    assert not left, "the probe left its dump folder behind"
 
 
 def _line_of(obj: object, text: str) -> int:
