@@ -25,6 +25,7 @@ from wellfed.doctor._checks_memory import (
     unbounded_lru_cache,
 )
 from wellfed.doctor._classify import code_names, handle_kind, lambda_node
+from wellfed.doctor._source import seed_calls
 from wellfed.platform import collect_platform_info
 
 _PLATFORM = collect_platform_info(include_gpus=False)
@@ -257,6 +258,19 @@ def test_lambda_in_a_dict_literal_is_found_and_judged() -> None:
     report = _static(d.AttrDataset(x=1), loader_kwargs=kwargs, start_methods=["fork"])
     (f,) = [f for f in report.findings if f.code == "WF108"]
     assert f.severity == "warning"
+
+
+def test_seed_calls_itself_reads_a_lambda_written_mid_line() -> None:
+    # the lambda's own source line (``num_workers=2, worker_init_fn=lambda ...)``) does
+    # not parse alone: it is found in its parsed file
+    kwargs = dict(
+        num_workers=2, worker_init_fn=lambda wid: np.random.seed(wid + 1))  # fmt: skip
+    line = sys._getframe().f_lineno - 1
+    (call,) = seed_calls(kwargs["worker_init_fn"])
+    assert (call.call, call.line, call.depends_on) == ("np.random.seed", line, "arguments")
+    consts = dict(
+        f=lambda wid: np.random.seed(7))  # fmt: skip
+    assert [c.depends_on for c in seed_calls(consts["f"])] == ["constant"]
 
 
 def test_code_names_leave_out_strings_and_comments() -> None:

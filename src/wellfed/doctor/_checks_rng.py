@@ -7,15 +7,9 @@ worker_init_fn seeds that repeat across workers or epochs (WF108), lambdas inclu
 
 from __future__ import annotations
 
-import ast
-import functools
-import types
-from typing import Any
-
 from wellfed.doctor._classify import (
     class_attributes,
     code_names,
-    lambda_node,
     pretty_type,
     rng_kind,
     source_text,
@@ -23,12 +17,7 @@ from wellfed.doctor._classify import (
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding
 from wellfed.doctor._source import (
-    _PURE_CALLS,
-    _RANK,
-    _SEED_FUNCS,
     ClassAnalysis,
-    SeedCall,
-    _called_name,
     analyze_class,
     is_user_code,
     seed_calls,
@@ -196,7 +185,7 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
     wif = ctx.settings.get("worker_init_fn")
     if wif is None:
         return []
-    calls = seed_calls(wif) or _lambda_seed_calls(wif)
+    calls = seed_calls(wif)
     if not calls:
         return []
     worst = min(calls, key=lambda c: {"constant": 0, "arguments": 1, "runtime": 2}[c.depends_on])
@@ -230,56 +219,3 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
         f"static: {worst.call} seeded from {worst.depends_on}",
     )
     return [f] if f is not None else []
-
-
-def _lambda_seed_calls(func: Any) -> list[SeedCall]:
-    """seed_calls for a lambda written inside a larger expression (``DataLoader(...,
-    worker_init_fn=lambda wid: np.random.seed(wid))``), whose source line does not parse on
-    its own; empty for anything else.
-
-    The same judgement as ``seed_calls``: a seed from constants only, from the lambda's
-    arguments, or from anything else (the runtime).
-    """
-    while isinstance(func, functools.partial):
-        func = func.func
-    if not isinstance(func, types.FunctionType):
-        return []
-    lam = lambda_node(func)
-    if lam is None:
-        return []
-    a = lam.args
-    params = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
-    if a.vararg:
-        params.add(a.vararg.arg)
-
-    def kind(expr: ast.AST, depth: int = 0) -> str:
-        if depth > 20:
-            return "runtime"
-        if isinstance(expr, ast.Constant):
-            return "constant"
-        if isinstance(expr, ast.Name):
-            return "arguments" if expr.id in params else "runtime"
-        if isinstance(expr, ast.BinOp):
-            return max(
-                kind(expr.left, depth + 1), kind(expr.right, depth + 1), key=_RANK.__getitem__
-            )
-        if isinstance(expr, ast.UnaryOp):
-            return kind(expr.operand, depth + 1)
-        if isinstance(expr, ast.Call) and _called_name(expr) in _PURE_CALLS:
-            return max(
-                (kind(x, depth + 1) for x in expr.args), key=_RANK.__getitem__, default="constant"
-            )
-        return "runtime"
-
-    out: list[SeedCall] = []
-    for n in ast.walk(lam.body):
-        if not isinstance(n, ast.Call) or _called_name(n) not in _SEED_FUNCS:
-            continue
-        seed_expr: ast.AST | None = n.args[0] if n.args else None
-        for kw in n.keywords:
-            if kw.arg in ("seed", "a", "x"):
-                seed_expr = kw.value
-        if seed_expr is None:
-            continue  # seed() without argument: fresh OS entropy
-        out.append(SeedCall(ast.unparse(n.func), n.lineno, kind(seed_expr)))
-    return out

@@ -148,6 +148,47 @@ def function_source(func: Any) -> ast.AST | None:
     return None
 
 
+def lambda_node(func: Any) -> ast.Lambda | None:
+    """The ``ast.Lambda`` of a lambda written inside a larger expression (a dict literal, a
+    call's arguments), whose own source line does not parse alone; None when not found.
+
+    The lambda's file is parsed whole and the lambda found by its first line and argument
+    names (None when two lambdas there match). Nothing is executed.
+    """
+    if not isinstance(func, types.FunctionType) or func.__name__ != "<lambda>":
+        return None
+    code = func.__code__
+    tree = _parsed_file(code.co_filename)
+    if tree is None:
+        return None
+    nargs = code.co_argcount + code.co_kwonlyargcount
+    names = list(code.co_varnames[:nargs])
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno:
+            a = n.args
+            if [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]] == names:
+                found.append(n)
+    return found[0] if len(found) == 1 else None
+
+
+def _parsed_file(filename: str) -> ast.Module | None:
+    import linecache
+
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return None
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_text(text: str) -> ast.Module | None:
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
 @dataclass
 class ClassAnalysis:
     """What a class's worker code reads and writes.
@@ -665,13 +706,20 @@ _PURE_CALLS = frozenset({"int", "abs", "hash", "str", "float", "len", "sum", "mi
 
 def seed_calls(func: Any) -> list[SeedCall]:
     """The seeding calls in a worker_init_fn (``functools.partial`` unwrapped) and what each
-    seed depends on. Empty when there is no source.
+    seed depends on: constants only, the function's own arguments, or anything else (the
+    runtime). A lambda written inside a larger expression (``DataLoader(...,
+    worker_init_fn=lambda wid: np.random.seed(wid))``), whose source line does not parse on
+    its own, is found in its parsed file (``lambda_node``). Empty when there is no source.
     """
     while isinstance(func, functools.partial):
         func = func.func
     if not isinstance(func, types.FunctionType):
         return []
-    fdef = function_source(func)
+    fdef: ast.AST | None = function_source(func)
+    start = getattr(func.__code__, "co_firstlineno", 1)
+    if fdef is None:
+        fdef = lambda_node(func)
+        start = 1  # parsed from the whole file: its line numbers are the file's
     if fdef is None:
         return []
     args = fdef.args  # type: ignore[attr-defined]
@@ -722,7 +770,6 @@ def seed_calls(func: Any) -> list[SeedCall]:
         return "runtime"
 
     out: list[SeedCall] = []
-    start = getattr(func.__code__, "co_firstlineno", 1)
     for n in ast.walk(fdef):
         if not isinstance(n, ast.Call) or _called_name(n) not in _SEED_FUNCS:
             continue
