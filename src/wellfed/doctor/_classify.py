@@ -37,6 +37,7 @@ __all__ = [
     "pretty_type",
     "rng_kind",
     "safe_getattr",
+    "source_file",
     "source_text",
     "thread_kind",
     "user_classes",
@@ -323,6 +324,18 @@ def pretty_type(obj: Any) -> str:
     if isinstance(obj, type):
         return f"class {obj.__module__}.{obj.__qualname__}"
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def source_file(cls: type) -> str:
+    """The base name of the file a class is defined in ("datasets.py"); "?" when unknown
+    (a builtin, or a class made at run time)."""
+    import inspect
+    import os
+
+    try:
+        return os.path.basename(inspect.getsourcefile(cls) or "?")
+    except TypeError:
+        return "?"
 
 
 def source_text(func: Any) -> str:
