@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
-import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +27,7 @@ from wellfed.doctor._classify import (
     user_classes,
 )
 from wellfed.doctor._context import Context
-from wellfed.doctor._graph import SAMPLE_SIZE, SAMPLE_THRESHOLD, is_shared_state, walk_enters
+from wellfed.doctor._graph import is_shared_state, sampled_entries, walk_enters
 from wellfed.doctor._report import Finding
 from wellfed.doctor._source import analyze_class, is_user_code
 
@@ -129,31 +128,14 @@ def _object_array(obj: Any) -> bool:
 
 
 def _sampled_items(obj: Any) -> tuple[int, list[Any]]:
-    """(length, sampled items) of a container or object array: every item up to
-    SAMPLE_THRESHOLD, else first, last and evenly spaced ones, as the walk samples; a dict's
-    item is its key and its value, a set's its members (the first SAMPLE_SIZE)."""
+    """(length, sampled items) of a container or object array, sampled as the walk samples
+    (``_graph.sampled_entries``); a dict's item is its (key, value) pair."""
     if isinstance(obj, dict):
-        n = len(obj)
-        pairs = obj.items() if n <= SAMPLE_THRESHOLD else itertools.islice(obj.items(), SAMPLE_SIZE)
-        return n, [kv for kv in pairs]
-    if isinstance(obj, (set, frozenset)):
-        n = len(obj)
-        return n, list(itertools.islice(obj, n if n <= SAMPLE_THRESHOLD else SAMPLE_SIZE))
+        return sampled_entries(obj)
     if _object_array(obj):
-        flat = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
-        n = int(flat.size)
-        return n, [flat[i] for i in _indices(n)]
-    n = len(obj)
-    return n, [obj[i] for i in _indices(n)]
-
-
-def _indices(n: int) -> list[int]:
-    if n <= SAMPLE_THRESHOLD:
-        return list(range(n))
-    head = list(range(8))
-    tail = list(range(n - 4, n))
-    spread = [round(i * (n - 1) / (SAMPLE_SIZE - 12)) for i in range(SAMPLE_SIZE - 12)]
-    return sorted(set(head + tail + spread))
+        obj = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
+    n, entries = sampled_entries(obj)
+    return n, [v for _, v in entries]
 
 
 class _Tally:
