@@ -238,6 +238,45 @@ def test_unbounded_lru_cache_on_a_method_is_wf110_at_type_path() -> None:
     assert ("WF110", "type(dataset)._load") in _pairs(_static(_MethodCacheDataset()))
 
 
+class _SelfOnlyCacheDataset(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    @functools.cache  # noqa: B019  # one entry per instance: bounded
+    def _table(self) -> list[float]:
+        return [0.0, 1.0, 2.0, 3.0]
+
+    def __getitem__(self, i: int) -> float:
+        return self._table()[i]
+
+
+def test_lru_cache_on_a_method_taking_only_self_is_bounded() -> None:
+    assert not any(c == "WF110" for c, _ in _pairs(_static(_SelfOnlyCacheDataset())))
+    assert unbounded_lru_cache(vars(_SelfOnlyCacheDataset)["_table"], method=True) is None
+    name = unbounded_lru_cache(vars(_MethodCacheDataset)["_load"], method=True)
+    assert name == "_MethodCacheDataset._load"
+
+
+class _DuckCache:
+    """Not functools' wrapper, but its public API: recognised by cache_info/cache_parameters."""
+
+    def __init__(self, func: Any) -> None:
+        self.__wrapped__ = func
+
+    def cache_info(self) -> tuple[int, int, None, int]:
+        return (0, 0, None, 0)
+
+    def cache_parameters(self) -> dict[str, Any]:
+        return {"maxsize": None, "typed": False}
+
+
+def test_lru_cache_is_recognised_by_its_public_api() -> None:
+    def load(i: int) -> int:
+        return i
+
+    assert unbounded_lru_cache(_DuckCache(load)) is not None
+
+
 def test_lru_cache_bounds() -> None:
     name = unbounded_lru_cache(functools.lru_cache(maxsize=None)(lambda i: i))
     assert name is not None

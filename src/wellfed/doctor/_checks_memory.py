@@ -13,7 +13,6 @@ items the walk samples and scales by the container's length.
 from __future__ import annotations
 
 import collections
-import functools
 import inspect
 import sys
 from collections.abc import Iterator
@@ -327,25 +326,36 @@ def _bounded_container(value: object) -> bool:
     )
 
 
-def unbounded_lru_cache(value: Any) -> str | None:
+def unbounded_lru_cache(value: Any, *, method: bool = False) -> str | None:
     """The wrapped function's name when value is a ``functools.lru_cache(maxsize=None)``
     (or ``functools.cache``) wrapper that can hold more than one entry, else None.
 
-    A wrapper whose function takes no arguments holds one entry at most: bounded.
+    Recognised by its public API (``cache_info`` and ``cache_parameters``), not by the type's
+    private name. A wrapper whose function takes no arguments holds one entry at most:
+    bounded. With ``method=True`` value is a class attribute called through an instance
+    (``@functools.cache`` on a method), whose first parameter is ``self``: one entry per
+    instance, so a method taking only ``self`` is bounded too.
     """
-    if not isinstance(value, functools._lru_cache_wrapper):
-        return None
     try:
+        if not (
+            callable(getattr(value, "cache_parameters", None)) and hasattr(value, "cache_info")
+        ):
+            return None
         if value.cache_parameters()["maxsize"] is not None:
             return None
         wrapped = value.__wrapped__
     except Exception:
         return None
     try:
-        if not inspect.signature(wrapped).parameters:
-            return None
+        params = list(inspect.signature(wrapped).parameters.values())
     except (TypeError, ValueError):
-        pass
+        params = None
+    if params is not None:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if method and params and params[0].kind in positional:
+            params = params[1:]
+        if not params:
+            return None
     return str(getattr(wrapped, "__qualname__", None) or getattr(wrapped, "__name__", "?"))
 
 
@@ -387,20 +397,21 @@ def check_worker_caches(ctx: Context) -> list[Finding]:
 def _lru_cache_findings(ctx: Context) -> list[Finding]:
     """WF110 for unbounded lru_cache wrappers that user worker code calls."""
     out: list[Finding] = []
-    # (path, value, the instance whose worker code would call it, attribute name)
-    candidates: list[tuple[str, Any, Any, str]] = []
+    # (path, value, the instance whose worker code would call it, attribute name, a method
+    # of the class: called through the instance, so its first parameter is self)
+    candidates: list[tuple[str, Any, Any, str, bool]] = []
     for node in ctx.worker_nodes():
         owner = node.owner
         if node.attr is None or owner is None or is_container(owner):
             continue
         if not is_user_code(type(owner)):
             continue
-        candidates.append((node.path, node.obj, owner, node.attr))
+        candidates.append((node.path, node.obj, owner, node.attr, False))
     for ca in class_attributes(ctx):
         if is_user_code(ca.klass):
-            candidates.append((ca.path, ca.value, ca.node.obj, ca.name))
-    for path, value, instance, attr in candidates:
-        name = unbounded_lru_cache(value)
+            candidates.append((ca.path, ca.value, ca.node.obj, ca.name, True))
+    for path, value, instance, attr, method in candidates:
+        name = unbounded_lru_cache(value, method=method)
         if name is None:
             continue
         cls = type(instance)
