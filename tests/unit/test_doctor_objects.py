@@ -222,6 +222,117 @@ def test_rng_shadowed_by_the_instance_is_reported_at_the_instance_only() -> None
     assert not any(p.startswith("type(") for _, p in pairs)
 
 
+# MONAI's worker_init_fn and set_rnd as monai/data/utils.py has them (Project-MONAI/MONAI at
+# d388d1c6fec8cb3a0eebee5b5a0b9776ca59ca83, lines 702-734, Apache-2.0), with a reduced
+# monai.transforms.Randomizable (class-level R until set_random_state), written to a
+# site-packages folder: the doctor reads them as an installed package's, not user code.
+_INSTALLED_MONAI = """
+import numpy as np
+import torch
+
+MAX_SEED = np.iinfo(np.uint32).max + 1
+
+
+class Randomizable:
+    R = np.random.RandomState()
+
+    def set_random_state(self, seed=None, state=None):
+        self.R = np.random.RandomState(seed)
+        return self
+
+
+class RandFlip(Randomizable):
+    def __call__(self, x):
+        return -x if self.R.rand() < 0.5 else x
+
+
+class Dataset(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        self.data = data
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.transform(self.data[index])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    worker_info = torch.utils.data.get_worker_info()
+    set_rnd(worker_info.dataset, seed=worker_info.seed)  # type: ignore[union-attr]
+
+
+def set_rnd(obj, seed: int) -> int:
+    if isinstance(obj, (tuple, list)):  # ZipDataset.data is a list
+        _seed = seed
+        for item in obj:
+            _seed = set_rnd(item, seed=seed)
+        return seed if _seed == seed else seed + 1
+    if not hasattr(obj, "__dict__"):
+        return seed  # no attribute
+    if hasattr(obj, "set_random_state"):
+        obj.set_random_state(seed=seed % MAX_SEED)
+        return seed + 1  # a different seed for the next component
+    for key in obj.__dict__:
+        if key.startswith("__"):  # skip the private methods
+            continue
+        seed = set_rnd(obj.__dict__[key], seed=seed)
+    return seed
+"""
+
+
+@pytest.fixture
+def installed_monai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "wf_installed_monai.py").write_text(_INSTALLED_MONAI)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "wf_installed_monai", raising=False)
+    module = importlib.import_module("wf_installed_monai")
+    yield module
+    sys.modules.pop("wf_installed_monai", None)
+
+
+def _wf107(report: DoctorReport) -> set[str]:
+    return {f.path for f in report.findings if f.code == "WF107"}
+
+
+def test_monai_worker_init_fn_reseeds_installed_randomizables(installed_monai: Any) -> None:
+    m = installed_monai
+    class_level = m.Dataset(np.arange(8.0), m.RandFlip())
+    instance_level = m.Dataset(np.arange(8.0), m.RandFlip().set_random_state(0))
+    for ds in (class_level, instance_level):
+        bare = _static(ds, loader_kwargs={"num_workers": 2}, start_methods=["fork"])
+        assert _wf107(bare)  # no worker_init_fn: every worker has the same R
+        kwargs = {"num_workers": 2, "worker_init_fn": m.worker_init_fn}
+        assert not _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+
+
+def _reseed_transform(info: Any) -> None:
+    info.dataset.transform.set_random_state(info.seed % 2**32)
+
+
+def _wif_through_a_helper(worker_id: int) -> None:
+    _reseed_transform(torch_worker_info())
+
+
+def torch_worker_info() -> Any:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info()
+
+
+def test_set_random_state_one_call_down_reseeds(installed_monai: Any) -> None:
+    ds = installed_monai.Dataset(np.arange(8.0), installed_monai.RandFlip())
+    kwargs = {"num_workers": 2, "worker_init_fn": _wif_through_a_helper}
+    assert not _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+    kwargs = {"num_workers": 2, "worker_init_fn": torch_worker_info}  # reseeds nothing
+    assert _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+
+
 class _MethodCacheDataset(Dataset):
     def __len__(self) -> int:
         return 4

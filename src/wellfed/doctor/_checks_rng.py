@@ -7,6 +7,8 @@ worker_init_fn seeds that repeat across workers or epochs (WF108), lambdas inclu
 
 from __future__ import annotations
 
+from typing import Any
+
 from wellfed.doctor._classify import (
     class_attributes,
     code_names,
@@ -20,6 +22,7 @@ from wellfed.doctor._source import (
     ClassAnalysis,
     analyze_class,
     is_user_code,
+    reseeds_randomizables,
     seed_calls,
 )
 
@@ -35,11 +38,15 @@ def check_rng(ctx: Context) -> list[Finding]:
 
     An RNG object is copied with its state into every worker (fork copies memory; spawn
     pickles the state), so all workers draw the same numbers. Not reported when
-    worker_init_fn or worker code visibly reseeds that attribute.
+    worker_init_fn or worker code visibly reseeds that attribute, nor, when worker_init_fn
+    calls ``set_rnd``/``set_random_state`` (MONAI's ``monai.data.utils.worker_init_fn``, what
+    ``monai.data.DataLoader`` passes), for an RNG held by an object with a
+    ``set_random_state`` method (user code or an installed package's).
     """
     out: list[Finding] = []
     wif = ctx.settings.get("worker_init_fn")
     wif_names = code_names(source_text(wif))
+    reseeds_all = reseeds_randomizables(wif)
     seeded = ctx.settings.get("seed") is not None
     for node in ctx.worker_nodes():
         kind = rng_kind(node.obj)
@@ -48,6 +55,8 @@ def check_rng(ctx: Context) -> list[Finding]:
         if node.attr and node.attr in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
         owner = node.owner
+        if reseeds_all and _has_random_state_setter(owner):
+            continue  # worker_init_fn's set_rnd / set_random_state reseeds it per worker
         if owner is not None and node.attr and is_user_code(type(owner)):
             ana = analyze_class(type(owner), ctx.worker_hooks(owner))
             if node.attr in ana.mutations:
@@ -69,11 +78,19 @@ def check_rng(ctx: Context) -> list[Finding]:
         )
         if f is not None:
             out.append(f)
-    out.extend(_class_level_rngs(ctx, wif_names, seeded))
+    out.extend(_class_level_rngs(ctx, wif_names, seeded, reseeds_all))
     return out
 
 
-def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[Finding]:
+def _has_random_state_setter(obj: Any) -> bool:
+    """True when obj's class defines ``set_random_state`` (MONAI's Randomizable protocol);
+    looked up on the type, so no instance ``__getattr__`` runs."""
+    return obj is not None and callable(getattr(type(obj), "set_random_state", None))
+
+
+def _class_level_rngs(
+    ctx: Context, wif_names: set[str], seeded: bool, reseeds_all: bool = False
+) -> list[Finding]:
     """WF107 for an RNG held as a class attribute and read through an instance.
 
     Every instance shares the one object, and every forked worker gets a copy with the same
@@ -89,6 +106,8 @@ def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[F
             continue
         if ca.name in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
+        if reseeds_all and _has_random_state_setter(ca.node.obj):
+            continue  # set_random_state gives the instance its own RNG in each worker
         cls = type(ca.node.obj)
         if is_user_code(cls):
             ana = analyze_class(cls, ctx.worker_hooks(ca.node.obj))

@@ -28,7 +28,9 @@ __all__ = [
     "function_calls",
     "function_source",
     "is_user_code",
+    "lambda_node",
     "module_level_calls",
+    "reseeds_randomizables",
     "seed_calls",
     "worker_calls",
     "worker_info_use",
@@ -781,6 +783,58 @@ def seed_calls(func: Any) -> list[SeedCall]:
             continue  # seed() without argument: fresh OS entropy
         out.append(SeedCall(ast.unparse(n.func), start + n.lineno - 1, kind(seed_expr)))
     return out
+
+
+#: Calls that give Randomizable objects (MONAI's, anything with a ``set_random_state``
+#: method) their own RNG: ``obj.set_random_state(seed)`` on one, and MONAI's
+#: ``monai.data.utils.set_rnd(obj, seed)``, which calls it on every Randomizable it reaches
+#: from obj.
+_RANDOM_STATE_SETTERS = frozenset({"set_rnd", "set_random_state"})
+
+
+def reseeds_randomizables(func: Any) -> bool:
+    """True when a worker_init_fn (``functools.partial`` unwrapped) calls ``set_rnd`` or
+    ``set_random_state``, in its own code or in a function it calls (one level down: a name
+    that resolves, through its globals, closure or local imports, to a Python function whose
+    source can be read).
+
+    MONAI's ``monai.data.utils.worker_init_fn`` (what ``monai.data.DataLoader`` passes) is
+    ``set_rnd(worker_info.dataset, seed=worker_info.seed)``: each worker reseeds every
+    Randomizable the dataset reaches. Only source is read; nothing is called.
+    """
+    while isinstance(func, functools.partial):
+        func = func.func
+    if not isinstance(func, types.FunctionType):
+        return False
+    fdef = function_source(func) or lambda_node(func)
+    if fdef is None:
+        return False
+    calls = [n for n in ast.walk(fdef) if isinstance(n, ast.Call)]
+    if any(_called_name(c) in _RANDOM_STATE_SETTERS for c in calls):
+        return True
+    globs: dict[str, Any] = dict(func.__globals__)
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
+        try:
+            globs[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    local = _local_imports(fdef)
+    for call in calls:
+        chain = _dotted(call.func)
+        if chain is None:
+            continue
+        callee, _ = _resolve(chain, globs, local)
+        while isinstance(callee, functools.partial):
+            callee = callee.func
+        if not isinstance(callee, types.FunctionType) or callee is func:
+            continue
+        sub = function_source(callee)
+        if sub is not None and any(
+            isinstance(n, ast.Call) and _called_name(n) in _RANDOM_STATE_SETTERS
+            for n in ast.walk(sub)
+        ):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------
