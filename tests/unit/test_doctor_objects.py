@@ -429,3 +429,32 @@ def test_code_names_leave_out_strings_and_comments() -> None:
     assert "R" not in names
     assert "rng" not in names
     assert {"np", "random", "seed", "w"} <= names
+
+
+# --- WF125 live: which float tensors are images, and their bytes per sample ----------------
+
+
+def test_float_images_are_named_by_their_place_not_their_shape() -> None:
+    import torch
+
+    from wellfed.doctor._probe import float_images
+
+    chw = torch.zeros(1, 3, 32, 32)
+    assert [i["path"] for i in float_images({"image": chw, "mask": chw})] == ["batch['image']"]
+    for key in ("mask", "seg_masks", "normals", "surfaceNormals", "label", "depth_map", "target"):
+        assert float_images({key: chw}) == [], key
+    assert float_images({"features": chw}) == []  # a key naming nothing
+    assert [i["path"] for i in float_images((chw, chw))] == ["batch[0]"]  # (img, label)
+    assert [i["path"] for i in float_images({"normalized_img": chw})] == ["batch['normalized_img']"]
+    assert float_images(chw)[0]["path"] == "batch"
+
+
+def test_float_image_bytes_per_sample_count_every_dim_but_the_batch() -> None:
+    import torch
+
+    from wellfed.doctor._probe import float_images
+
+    (video,) = float_images({"frames": torch.zeros(1, 8, 3, 16, 16)})  # (B, T, C, H, W)
+    assert video["sample_values"] == 8 * 3 * 16 * 16
+    (item,) = float_images(torch.zeros(3, 16, 16), "sample", batched=False)
+    assert item["sample_values"] == 3 * 16 * 16
