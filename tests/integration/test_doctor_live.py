@@ -230,7 +230,8 @@ def test_a_failure_the_main_process_reproduces_confirms_no_worker_hazard() -> No
 
 class ScaledImages(torch.utils.data.Dataset):
     """milesial/Pytorch-UNet's BasicDataset output, reduced: ``img / 255.0`` as float32 in a
-    dict (no Normalize transform for the static check to see), or uint8, or a spectrogram."""
+    dict (no Normalize transform for the static check to see), or uint8, or a spectrogram;
+    or a 3-class float soft mask alone (not an image), or an ``(img, label)`` tuple."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -238,7 +239,11 @@ class ScaledImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 8
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> Any:
+        if self.kind == "softmask":  # (3, H, W) float, but a mask: no uint8 image form
+            return {"mask": torch.full((3, 32, 32), 1 / 3)}
+        if self.kind == "tuple":
+            return torch.full((3, 32, 48), index / 255.0), index % 2
         if self.kind == "float":
             image = torch.full((3, 32, 48), index / 255.0)
         elif self.kind == "uint8":
@@ -248,7 +253,16 @@ class ScaledImages(torch.utils.data.Dataset):
         return {"image": image, "mask": torch.zeros(32, 48, dtype=torch.long)}
 
 
-@pytest.mark.parametrize(("kind", "found"), [("float", True), ("uint8", False), ("spec", False)])
+@pytest.mark.parametrize(
+    ("kind", "found"),
+    [
+        ("float", True),
+        ("uint8", False),
+        ("spec", False),
+        ("softmask", False),
+        ("tuple", True),
+    ],
+)
 def test_float_images_from_workers_are_seen_live(kind: str, found: bool) -> None:
     report = diagnose(ScaledImages(kind), loader_kwargs={"num_workers": 2}, start_methods=("fork",))
     wf125 = [f for f in report.findings if f.code == "WF125"]
@@ -256,6 +270,7 @@ def test_float_images_from_workers_are_seen_live(kind: str, found: bool) -> None
     if found:
         (f,) = wf125
         assert f.path == "type(dataset).__getitem__"
-        assert "batch['image'] float32 (1, 3, 32, 48)" in f.message
+        where = "batch[0]" if kind == "tuple" else "batch['image']"
+        assert f"{where} float32 (1, 3, 32, 48)" in f.message
         assert "18,432 B per sample where the uint8 image is 4,608 B (4x)" in f.message
         assert f.evidence.startswith("confirmed live (fork)")

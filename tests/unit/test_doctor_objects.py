@@ -25,6 +25,7 @@ from wellfed.doctor._checks_memory import (
     unbounded_lru_cache,
 )
 from wellfed.doctor._classify import code_names, handle_kind, lambda_node
+from wellfed.doctor._source import seed_calls
 from wellfed.platform import collect_platform_info
 
 _PLATFORM = collect_platform_info(include_gpus=False)
@@ -221,6 +222,117 @@ def test_rng_shadowed_by_the_instance_is_reported_at_the_instance_only() -> None
     assert not any(p.startswith("type(") for _, p in pairs)
 
 
+# MONAI's worker_init_fn and set_rnd as monai/data/utils.py has them (Project-MONAI/MONAI at
+# d388d1c6fec8cb3a0eebee5b5a0b9776ca59ca83, lines 702-734, Apache-2.0), with a reduced
+# monai.transforms.Randomizable (class-level R until set_random_state), written to a
+# site-packages folder: the doctor reads them as an installed package's, not user code.
+_INSTALLED_MONAI = """
+import numpy as np
+import torch
+
+MAX_SEED = np.iinfo(np.uint32).max + 1
+
+
+class Randomizable:
+    R = np.random.RandomState()
+
+    def set_random_state(self, seed=None, state=None):
+        self.R = np.random.RandomState(seed)
+        return self
+
+
+class RandFlip(Randomizable):
+    def __call__(self, x):
+        return -x if self.R.rand() < 0.5 else x
+
+
+class Dataset(torch.utils.data.Dataset):
+    def __init__(self, data, transform):
+        self.data = data
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.transform(self.data[index])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    worker_info = torch.utils.data.get_worker_info()
+    set_rnd(worker_info.dataset, seed=worker_info.seed)  # type: ignore[union-attr]
+
+
+def set_rnd(obj, seed: int) -> int:
+    if isinstance(obj, (tuple, list)):  # ZipDataset.data is a list
+        _seed = seed
+        for item in obj:
+            _seed = set_rnd(item, seed=seed)
+        return seed if _seed == seed else seed + 1
+    if not hasattr(obj, "__dict__"):
+        return seed  # no attribute
+    if hasattr(obj, "set_random_state"):
+        obj.set_random_state(seed=seed % MAX_SEED)
+        return seed + 1  # a different seed for the next component
+    for key in obj.__dict__:
+        if key.startswith("__"):  # skip the private methods
+            continue
+        seed = set_rnd(obj.__dict__[key], seed=seed)
+    return seed
+"""
+
+
+@pytest.fixture
+def installed_monai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib
+
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "wf_installed_monai.py").write_text(_INSTALLED_MONAI)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "wf_installed_monai", raising=False)
+    module = importlib.import_module("wf_installed_monai")
+    yield module
+    sys.modules.pop("wf_installed_monai", None)
+
+
+def _wf107(report: DoctorReport) -> set[str]:
+    return {f.path for f in report.findings if f.code == "WF107"}
+
+
+def test_monai_worker_init_fn_reseeds_installed_randomizables(installed_monai: Any) -> None:
+    m = installed_monai
+    class_level = m.Dataset(np.arange(8.0), m.RandFlip())
+    instance_level = m.Dataset(np.arange(8.0), m.RandFlip().set_random_state(0))
+    for ds in (class_level, instance_level):
+        bare = _static(ds, loader_kwargs={"num_workers": 2}, start_methods=["fork"])
+        assert _wf107(bare)  # no worker_init_fn: every worker has the same R
+        kwargs = {"num_workers": 2, "worker_init_fn": m.worker_init_fn}
+        assert not _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+
+
+def _reseed_transform(info: Any) -> None:
+    info.dataset.transform.set_random_state(info.seed % 2**32)
+
+
+def _wif_through_a_helper(worker_id: int) -> None:
+    _reseed_transform(torch_worker_info())
+
+
+def torch_worker_info() -> Any:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info()
+
+
+def test_set_random_state_one_call_down_reseeds(installed_monai: Any) -> None:
+    ds = installed_monai.Dataset(np.arange(8.0), installed_monai.RandFlip())
+    kwargs = {"num_workers": 2, "worker_init_fn": _wif_through_a_helper}
+    assert not _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+    kwargs = {"num_workers": 2, "worker_init_fn": torch_worker_info}  # reseeds nothing
+    assert _wf107(_static(ds, loader_kwargs=kwargs, start_methods=["fork"]))
+
+
 class _MethodCacheDataset(Dataset):
     def __len__(self) -> int:
         return 4
@@ -235,6 +347,45 @@ class _MethodCacheDataset(Dataset):
 
 def test_unbounded_lru_cache_on_a_method_is_wf110_at_type_path() -> None:
     assert ("WF110", "type(dataset)._load") in _pairs(_static(_MethodCacheDataset()))
+
+
+class _SelfOnlyCacheDataset(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    @functools.cache  # noqa: B019  # one entry per instance: bounded
+    def _table(self) -> list[float]:
+        return [0.0, 1.0, 2.0, 3.0]
+
+    def __getitem__(self, i: int) -> float:
+        return self._table()[i]
+
+
+def test_lru_cache_on_a_method_taking_only_self_is_bounded() -> None:
+    assert not any(c == "WF110" for c, _ in _pairs(_static(_SelfOnlyCacheDataset())))
+    assert unbounded_lru_cache(vars(_SelfOnlyCacheDataset)["_table"], method=True) is None
+    name = unbounded_lru_cache(vars(_MethodCacheDataset)["_load"], method=True)
+    assert name == "_MethodCacheDataset._load"
+
+
+class _DuckCache:
+    """Not functools' wrapper, but its public API: recognised by cache_info/cache_parameters."""
+
+    def __init__(self, func: Any) -> None:
+        self.__wrapped__ = func
+
+    def cache_info(self) -> tuple[int, int, None, int]:
+        return (0, 0, None, 0)
+
+    def cache_parameters(self) -> dict[str, Any]:
+        return {"maxsize": None, "typed": False}
+
+
+def test_lru_cache_is_recognised_by_its_public_api() -> None:
+    def load(i: int) -> int:
+        return i
+
+    assert unbounded_lru_cache(_DuckCache(load)) is not None
 
 
 def test_lru_cache_bounds() -> None:
@@ -259,9 +410,51 @@ def test_lambda_in_a_dict_literal_is_found_and_judged() -> None:
     assert f.severity == "warning"
 
 
+def test_seed_calls_itself_reads_a_lambda_written_mid_line() -> None:
+    # the lambda's own source line (``num_workers=2, worker_init_fn=lambda ...)``) does
+    # not parse alone: it is found in its parsed file
+    kwargs = dict(
+        num_workers=2, worker_init_fn=lambda wid: np.random.seed(wid + 1))  # fmt: skip
+    line = sys._getframe().f_lineno - 1
+    (call,) = seed_calls(kwargs["worker_init_fn"])
+    assert (call.call, call.line, call.depends_on) == ("np.random.seed", line, "arguments")
+    consts = dict(
+        f=lambda wid: np.random.seed(7))  # fmt: skip
+    assert [c.depends_on for c in seed_calls(consts["f"])] == ["constant"]
+
+
 def test_code_names_leave_out_strings_and_comments() -> None:
     src = 'def f(w):\n    """Reseeds R."""\n    np.random.seed(w)  # not self.rng\n'
     names = code_names(src)
     assert "R" not in names
     assert "rng" not in names
     assert {"np", "random", "seed", "w"} <= names
+
+
+# --- WF125 live: which float tensors are images, and their bytes per sample ----------------
+
+
+def test_float_images_are_named_by_their_place_not_their_shape() -> None:
+    import torch
+
+    from wellfed.doctor._probe import float_images
+
+    chw = torch.zeros(1, 3, 32, 32)
+    assert [i["path"] for i in float_images({"image": chw, "mask": chw})] == ["batch['image']"]
+    for key in ("mask", "seg_masks", "normals", "surfaceNormals", "label", "depth_map", "target"):
+        assert float_images({key: chw}) == [], key
+    assert float_images({"features": chw}) == []  # a key naming nothing
+    assert [i["path"] for i in float_images((chw, chw))] == ["batch[0]"]  # (img, label)
+    assert [i["path"] for i in float_images({"normalized_img": chw})] == ["batch['normalized_img']"]
+    assert float_images(chw)[0]["path"] == "batch"
+
+
+def test_float_image_bytes_per_sample_count_every_dim_but_the_batch() -> None:
+    import torch
+
+    from wellfed.doctor._probe import float_images
+
+    (video,) = float_images({"frames": torch.zeros(1, 8, 3, 16, 16)})  # (B, T, C, H, W)
+    assert video["sample_values"] == 8 * 3 * 16 * 16
+    (item,) = float_images(torch.zeros(3, 16, 16), "sample", batched=False)
+    assert item["sample_values"] == 3 * 16 * 16

@@ -9,10 +9,16 @@ and not reported.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from wellfed.doctor._classify import cuda_kind, inside, pretty_type, safe_getattr, user_classes
+from wellfed.doctor._classify import (
+    cuda_kind,
+    inside,
+    pretty_type,
+    safe_getattr,
+    source_file,
+    user_classes,
+)
 from wellfed.doctor._context import SPAWNISH, Context
 from wellfed.doctor._graph import Node
 from wellfed.doctor._report import Finding
@@ -104,21 +110,12 @@ def check_cuda(ctx: Context) -> list[Finding]:
                     "Return CPU tensors from the dataset and move the batch in the training "
                     "loop: `batch = batch.to('cuda', non_blocking=True)` with pin_memory=True "
                     f"(delete the {snippet} call in {method}).",
-                    f"static: {snippet} at {_source_file(cls)}:{line}" + target,
+                    f"static: {snippet} at {source_file(cls)}:{line}" + target,
                     methods,
                 )
                 if f is not None:
                     out.append(f)
     return out
-
-
-def _source_file(cls: type) -> str:
-    import inspect
-
-    try:
-        return os.path.basename(inspect.getsourcefile(cls) or "?")
-    except TypeError:
-        return "?"
 
 
 def _is_cuda_value(value: Any) -> bool:

@@ -13,9 +13,7 @@ items the walk samples and scales by the container's length.
 from __future__ import annotations
 
 import collections
-import functools
 import inspect
-import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +26,7 @@ from wellfed.doctor._classify import (
     user_classes,
 )
 from wellfed.doctor._context import Context
-from wellfed.doctor._graph import SAMPLE_SIZE, SAMPLE_THRESHOLD, is_shared_state, walk_enters
+from wellfed.doctor._graph import is_shared_state, sampled_entries, walk_enters
 from wellfed.doctor._report import Finding
 from wellfed.doctor._source import analyze_class, is_user_code
 
@@ -129,31 +127,14 @@ def _object_array(obj: Any) -> bool:
 
 
 def _sampled_items(obj: Any) -> tuple[int, list[Any]]:
-    """(length, sampled items) of a container or object array: every item up to
-    SAMPLE_THRESHOLD, else first, last and evenly spaced ones, as the walk samples; a dict's
-    item is its key and its value, a set's its members (the first SAMPLE_SIZE)."""
+    """(length, sampled items) of a container or object array, sampled as the walk samples
+    (``_graph.sampled_entries``); a dict's item is its (key, value) pair."""
     if isinstance(obj, dict):
-        n = len(obj)
-        pairs = obj.items() if n <= SAMPLE_THRESHOLD else itertools.islice(obj.items(), SAMPLE_SIZE)
-        return n, [kv for kv in pairs]
-    if isinstance(obj, (set, frozenset)):
-        n = len(obj)
-        return n, list(itertools.islice(obj, n if n <= SAMPLE_THRESHOLD else SAMPLE_SIZE))
+        return sampled_entries(obj)
     if _object_array(obj):
-        flat = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
-        n = int(flat.size)
-        return n, [flat[i] for i in _indices(n)]
-    n = len(obj)
-    return n, [obj[i] for i in _indices(n)]
-
-
-def _indices(n: int) -> list[int]:
-    if n <= SAMPLE_THRESHOLD:
-        return list(range(n))
-    head = list(range(8))
-    tail = list(range(n - 4, n))
-    spread = [round(i * (n - 1) / (SAMPLE_SIZE - 12)) for i in range(SAMPLE_SIZE - 12)]
-    return sorted(set(head + tail + spread))
+        obj = obj.reshape(-1) if obj.flags.c_contiguous else obj.ravel()
+    n, entries = sampled_entries(obj)
+    return n, [v for _, v in entries]
 
 
 class _Tally:
@@ -345,25 +326,36 @@ def _bounded_container(value: object) -> bool:
     )
 
 
-def unbounded_lru_cache(value: Any) -> str | None:
+def unbounded_lru_cache(value: Any, *, method: bool = False) -> str | None:
     """The wrapped function's name when value is a ``functools.lru_cache(maxsize=None)``
     (or ``functools.cache``) wrapper that can hold more than one entry, else None.
 
-    A wrapper whose function takes no arguments holds one entry at most: bounded.
+    Recognised by its public API (``cache_info`` and ``cache_parameters``), not by the type's
+    private name. A wrapper whose function takes no arguments holds one entry at most:
+    bounded. With ``method=True`` value is a class attribute called through an instance
+    (``@functools.cache`` on a method), whose first parameter is ``self``: one entry per
+    instance, so a method taking only ``self`` is bounded too.
     """
-    if not isinstance(value, functools._lru_cache_wrapper):
-        return None
     try:
+        if not (
+            callable(getattr(value, "cache_parameters", None)) and hasattr(value, "cache_info")
+        ):
+            return None
         if value.cache_parameters()["maxsize"] is not None:
             return None
         wrapped = value.__wrapped__
     except Exception:
         return None
     try:
-        if not inspect.signature(wrapped).parameters:
-            return None
+        params = list(inspect.signature(wrapped).parameters.values())
     except (TypeError, ValueError):
-        pass
+        params = None
+    if params is not None:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if method and params and params[0].kind in positional:
+            params = params[1:]
+        if not params:
+            return None
     return str(getattr(wrapped, "__qualname__", None) or getattr(wrapped, "__name__", "?"))
 
 
@@ -405,20 +397,21 @@ def check_worker_caches(ctx: Context) -> list[Finding]:
 def _lru_cache_findings(ctx: Context) -> list[Finding]:
     """WF110 for unbounded lru_cache wrappers that user worker code calls."""
     out: list[Finding] = []
-    # (path, value, the instance whose worker code would call it, attribute name)
-    candidates: list[tuple[str, Any, Any, str]] = []
+    # (path, value, the instance whose worker code would call it, attribute name, a method
+    # of the class: called through the instance, so its first parameter is self)
+    candidates: list[tuple[str, Any, Any, str, bool]] = []
     for node in ctx.worker_nodes():
         owner = node.owner
         if node.attr is None or owner is None or is_container(owner):
             continue
         if not is_user_code(type(owner)):
             continue
-        candidates.append((node.path, node.obj, owner, node.attr))
+        candidates.append((node.path, node.obj, owner, node.attr, False))
     for ca in class_attributes(ctx):
         if is_user_code(ca.klass):
-            candidates.append((ca.path, ca.value, ca.node.obj, ca.name))
-    for path, value, instance, attr in candidates:
-        name = unbounded_lru_cache(value)
+            candidates.append((ca.path, ca.value, ca.node.obj, ca.name, True))
+    for path, value, instance, attr, method in candidates:
+        name = unbounded_lru_cache(value, method=method)
         if name is None:
             continue
         cls = type(instance)

@@ -7,15 +7,11 @@ worker_init_fn seeds that repeat across workers or epochs (WF108), lambdas inclu
 
 from __future__ import annotations
 
-import ast
-import functools
-import types
 from typing import Any
 
 from wellfed.doctor._classify import (
     class_attributes,
     code_names,
-    lambda_node,
     pretty_type,
     rng_kind,
     source_text,
@@ -23,14 +19,10 @@ from wellfed.doctor._classify import (
 from wellfed.doctor._context import Context
 from wellfed.doctor._report import Finding
 from wellfed.doctor._source import (
-    _PURE_CALLS,
-    _RANK,
-    _SEED_FUNCS,
     ClassAnalysis,
-    SeedCall,
-    _called_name,
     analyze_class,
     is_user_code,
+    reseeds_randomizables,
     seed_calls,
 )
 
@@ -46,11 +38,15 @@ def check_rng(ctx: Context) -> list[Finding]:
 
     An RNG object is copied with its state into every worker (fork copies memory; spawn
     pickles the state), so all workers draw the same numbers. Not reported when
-    worker_init_fn or worker code visibly reseeds that attribute.
+    worker_init_fn or worker code visibly reseeds that attribute, nor, when worker_init_fn
+    calls ``set_rnd``/``set_random_state`` (MONAI's ``monai.data.utils.worker_init_fn``, what
+    ``monai.data.DataLoader`` passes), for an RNG held by an object with a
+    ``set_random_state`` method (user code or an installed package's).
     """
     out: list[Finding] = []
     wif = ctx.settings.get("worker_init_fn")
     wif_names = code_names(source_text(wif))
+    reseeds_all = reseeds_randomizables(wif)
     seeded = ctx.settings.get("seed") is not None
     for node in ctx.worker_nodes():
         kind = rng_kind(node.obj)
@@ -59,6 +55,8 @@ def check_rng(ctx: Context) -> list[Finding]:
         if node.attr and node.attr in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
         owner = node.owner
+        if reseeds_all and _has_random_state_setter(owner):
+            continue  # worker_init_fn's set_rnd / set_random_state reseeds it per worker
         if owner is not None and node.attr and is_user_code(type(owner)):
             ana = analyze_class(type(owner), ctx.worker_hooks(owner))
             if node.attr in ana.mutations:
@@ -80,11 +78,19 @@ def check_rng(ctx: Context) -> list[Finding]:
         )
         if f is not None:
             out.append(f)
-    out.extend(_class_level_rngs(ctx, wif_names, seeded))
+    out.extend(_class_level_rngs(ctx, wif_names, seeded, reseeds_all))
     return out
 
 
-def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[Finding]:
+def _has_random_state_setter(obj: Any) -> bool:
+    """True when obj's class defines ``set_random_state`` (MONAI's Randomizable protocol);
+    looked up on the type, so no instance ``__getattr__`` runs."""
+    return obj is not None and callable(getattr(type(obj), "set_random_state", None))
+
+
+def _class_level_rngs(
+    ctx: Context, wif_names: set[str], seeded: bool, reseeds_all: bool = False
+) -> list[Finding]:
     """WF107 for an RNG held as a class attribute and read through an instance.
 
     Every instance shares the one object, and every forked worker gets a copy with the same
@@ -100,6 +106,8 @@ def _class_level_rngs(ctx: Context, wif_names: set[str], seeded: bool) -> list[F
             continue
         if ca.name in wif_names:
             continue  # worker_init_fn replaces or reseeds it per worker
+        if reseeds_all and _has_random_state_setter(ca.node.obj):
+            continue  # set_random_state gives the instance its own RNG in each worker
         cls = type(ca.node.obj)
         if is_user_code(cls):
             ana = analyze_class(cls, ctx.worker_hooks(ca.node.obj))
@@ -196,7 +204,7 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
     wif = ctx.settings.get("worker_init_fn")
     if wif is None:
         return []
-    calls = seed_calls(wif) or _lambda_seed_calls(wif)
+    calls = seed_calls(wif)
     if not calls:
         return []
     worst = min(calls, key=lambda c: {"constant": 0, "arguments": 1, "runtime": 2}[c.depends_on])
@@ -230,56 +238,3 @@ def check_worker_init_seeds(ctx: Context) -> list[Finding]:
         f"static: {worst.call} seeded from {worst.depends_on}",
     )
     return [f] if f is not None else []
-
-
-def _lambda_seed_calls(func: Any) -> list[SeedCall]:
-    """seed_calls for a lambda written inside a larger expression (``DataLoader(...,
-    worker_init_fn=lambda wid: np.random.seed(wid))``), whose source line does not parse on
-    its own; empty for anything else.
-
-    The same judgement as ``seed_calls``: a seed from constants only, from the lambda's
-    arguments, or from anything else (the runtime).
-    """
-    while isinstance(func, functools.partial):
-        func = func.func
-    if not isinstance(func, types.FunctionType):
-        return []
-    lam = lambda_node(func)
-    if lam is None:
-        return []
-    a = lam.args
-    params = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
-    if a.vararg:
-        params.add(a.vararg.arg)
-
-    def kind(expr: ast.AST, depth: int = 0) -> str:
-        if depth > 20:
-            return "runtime"
-        if isinstance(expr, ast.Constant):
-            return "constant"
-        if isinstance(expr, ast.Name):
-            return "arguments" if expr.id in params else "runtime"
-        if isinstance(expr, ast.BinOp):
-            return max(
-                kind(expr.left, depth + 1), kind(expr.right, depth + 1), key=_RANK.__getitem__
-            )
-        if isinstance(expr, ast.UnaryOp):
-            return kind(expr.operand, depth + 1)
-        if isinstance(expr, ast.Call) and _called_name(expr) in _PURE_CALLS:
-            return max(
-                (kind(x, depth + 1) for x in expr.args), key=_RANK.__getitem__, default="constant"
-            )
-        return "runtime"
-
-    out: list[SeedCall] = []
-    for n in ast.walk(lam.body):
-        if not isinstance(n, ast.Call) or _called_name(n) not in _SEED_FUNCS:
-            continue
-        seed_expr: ast.AST | None = n.args[0] if n.args else None
-        for kw in n.keywords:
-            if kw.arg in ("seed", "a", "x"):
-                seed_expr = kw.value
-        if seed_expr is None:
-            continue  # seed() without argument: fresh OS entropy
-        out.append(SeedCall(ast.unparse(n.func), n.lineno, kind(seed_expr)))
-    return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import inspect
 import os
 import sys
 import threading
@@ -22,6 +21,7 @@ from wellfed.doctor._classify import (
     inside,
     pretty_type,
     safe_getattr,
+    source_file,
     thread_kind,
     user_classes,
 )
@@ -301,13 +301,6 @@ class _Cv2Limit:
         return tuple(out)
 
 
-def _source_file(cls: type) -> str:
-    try:
-        return os.path.basename(inspect.getsourcefile(cls) or "?")
-    except TypeError:
-        return "?"
-
-
 def _opencv_in_worker_code(ctx: Context, limit: _Cv2Limit) -> list[Finding]:
     """WF115: worker code calls OpenCV functions and nothing sets cv2.setNumThreads(0)."""
     out: list[Finding] = []
@@ -352,7 +345,7 @@ def _opencv_in_worker_code(ctx: Context, limit: _Cv2Limit) -> list[Finding]:
             "`def worker_init_fn(worker_id): cv2.setNumThreads(0)` passed as "
             "DataLoader(worker_init_fn=worker_init_fn), or cv2.setNumThreads(0) at the top "
             "of the module that defines the dataset; the workers already run in parallel.",
-            f"static: {names} at {_source_file(cls)}:{first.line}{via}; {here}; no "
+            f"static: {names} at {source_file(cls)}:{first.line}{via}; {here}; no "
             "cv2.setNumThreads in worker_init_fn or at import",
             methods,
         )
@@ -445,7 +438,7 @@ def _blas_in_worker_code(ctx: Context) -> list[Finding]:
             "`def worker_init_fn(worker_id): threadpoolctl.threadpool_limits(1)` "
             "(pip install threadpoolctl), or start training with OMP_NUM_THREADS=1 "
             "(and OPENBLAS_NUM_THREADS=1, MKL_NUM_THREADS=1) set before numpy is imported.",
-            f"static: {snippets} at {_source_file(cls)}:{line}; {how}; no threadpool_limits "
+            f"static: {snippets} at {source_file(cls)}:{line}; {how}; no threadpool_limits "
             "in worker_init_fn or at import",
             methods,
         )

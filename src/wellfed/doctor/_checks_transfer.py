@@ -46,17 +46,20 @@ def float_images_seen_live(
     """WF125 from the live probe: the first batch the workers sent holds float images.
 
     Args:
-        images: ``_probe.float_images`` of that batch (path in the batch, dtype, shape).
+        images: ``_probe.float_images`` of that batch (path in the batch, dtype, shape, and
+            values per sample: ``shape[1:]`` of the probe's batch of one, all of ``shape``
+            without a batch dimension).
         method: The start method of the run.
         path: Where the finding points (the dataset's ``__getitem__``/``__iter__``).
     """
     if ctx.num_workers == 0 or not images:
         return []
     first = images[0]
-    shape = [int(d) for d in first["shape"]]
-    per_sample = 1
-    for d in shape[-3:]:
-        per_sample *= d
+    per_sample = first.get("sample_values")
+    if not isinstance(per_sample, int):  # an older observation: one sample of a batch of 1
+        per_sample = 1
+        for d in [int(d) for d in first["shape"]][1:]:
+            per_sample *= d
     itemsize = _ITEMSIZE.get(str(first["dtype"]), 4)
     seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
     f = ctx.finding(

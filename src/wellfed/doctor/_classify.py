@@ -6,7 +6,6 @@ containers, user classes with worker code; the type and size wording of messages
 
 from __future__ import annotations
 
-import ast
 import functools
 import io
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 from wellfed._units import format_bytes
 from wellfed.doctor._context import Context
 from wellfed.doctor._graph import Node, in_modules, module_of, walk_enters
-from wellfed.doctor._source import is_user_code
+from wellfed.doctor._source import is_user_code, lambda_node
 
 __all__ = [
     "HANDLE_FIXES",
@@ -38,6 +37,7 @@ __all__ = [
     "pretty_type",
     "rng_kind",
     "safe_getattr",
+    "source_file",
     "source_text",
     "thread_kind",
     "user_classes",
@@ -326,9 +326,20 @@ def pretty_type(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def source_file(cls: type) -> str:
+    """The base name of the file a class is defined in ("datasets.py"); "?" when unknown
+    (a builtin, or a class made at run time)."""
+    import inspect
+    import os
+
+    try:
+        return os.path.basename(inspect.getsourcefile(cls) or "?")
+    except TypeError:
+        return "?"
+
+
 def source_text(func: Any) -> str:
     """The source of a function (through functools.partial), or "" when unavailable."""
-    import functools
     import inspect
 
     while isinstance(func, functools.partial):
@@ -339,47 +350,6 @@ def source_text(func: Any) -> str:
         return inspect.getsource(func)
     except (OSError, TypeError):
         return ""
-
-
-def lambda_node(func: Any) -> ast.Lambda | None:
-    """The ``ast.Lambda`` of a lambda written inside a larger expression (a dict literal, a
-    call's arguments), whose own source line does not parse alone; None when not found.
-
-    The lambda's file is parsed whole and the lambda found by its first line and argument
-    names (None when two lambdas there match). Nothing is executed.
-    """
-    if not isinstance(func, types.FunctionType) or func.__name__ != "<lambda>":
-        return None
-    code = func.__code__
-    tree = _parsed_file(code.co_filename)
-    if tree is None:
-        return None
-    nargs = code.co_argcount + code.co_kwonlyargcount
-    names = list(code.co_varnames[:nargs])
-    found = []
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno:
-            a = n.args
-            if [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]] == names:
-                found.append(n)
-    return found[0] if len(found) == 1 else None
-
-
-def _parsed_file(filename: str) -> ast.Module | None:
-    import linecache
-
-    text = "".join(linecache.getlines(filename))
-    if not text:
-        return None
-    return _parse_text(text)
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_text(text: str) -> ast.Module | None:
-    try:
-        return ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
 
 
 def code_names(text: str) -> set[str]:

@@ -22,11 +22,14 @@ from typing import Any
 
 __all__ = [
     "MAX_NODES",
+    "SAMPLE_SIZE",
     "SAMPLE_THRESHOLD",
     "Node",
     "Walk",
     "is_shared_state",
     "module_of",
+    "sample_indices",
+    "sampled_entries",
     "walk",
     "walk_enters",
 ]
@@ -209,14 +212,34 @@ def _key_repr(key: Any) -> str:
     return f"<{type(key).__name__} key>"
 
 
-def _sample_indices(n: int) -> list[int]:
-    """First, last and evenly spaced indices of a sequence of length n (sorted, unique)."""
+def sample_indices(n: int) -> list[int]:
+    """The indices of a sequence of length n the walk visits: all of them up to
+    SAMPLE_THRESHOLD, else the first 8, the last 4 and evenly spaced ones (SAMPLE_SIZE - 12),
+    sorted and unique."""
     if n <= SAMPLE_THRESHOLD:
         return list(range(n))
     head = list(range(8))
     tail = list(range(n - 4, n))
     spread = [round(i * (n - 1) / (SAMPLE_SIZE - 12)) for i in range(SAMPLE_SIZE - 12)]
     return sorted(set(head + tail + spread))
+
+
+def sampled_entries(obj: Any) -> tuple[int, list[tuple[Any, Any]]]:
+    """(length, the (key, item) pairs the walk visits) of a container.
+
+    A dict's key is its key, and its first SAMPLE_SIZE items are visited once it holds more
+    than SAMPLE_THRESHOLD; a set's (or frozenset's) key is the member's position in iteration
+    order, with the same limit; anything else with ``len`` and integer indexing (list, tuple,
+    deque, a flat numpy array) is indexed at ``sample_indices``.
+    """
+    n = len(obj)
+    if isinstance(obj, dict):
+        items = obj.items() if n <= SAMPLE_THRESHOLD else itertools.islice(obj.items(), SAMPLE_SIZE)
+        return n, list(items)
+    if isinstance(obj, (set, frozenset)):
+        members = itertools.islice(obj, n if n <= SAMPLE_THRESHOLD else SAMPLE_SIZE)
+        return n, list(enumerate(members))
+    return n, [(i, obj[i]) for i in sample_indices(n)]
 
 
 def _children(node: Node, walk_: Walk) -> Iterator[Node]:
@@ -227,28 +250,26 @@ def _children(node: Node, walk_: Walk) -> Iterator[Node]:
         return Node(p, o, depth, pk, owner=obj, attr=attr, weight=node.weight * w)
 
     if isinstance(obj, (list, tuple, collections.deque)):
-        n = len(obj)
-        idx = _sample_indices(n)
-        if len(idx) < n:
+        n, entries = sampled_entries(obj)
+        if len(entries) < n:
             walk_.sampled.append(path)
-        w = n / max(1, len(idx))
-        for i in idx:
-            yield child(f"{path}[{i}]", obj[i], w=w)
+        w = n / max(1, len(entries))
+        for i, v in entries:
+            yield child(f"{path}[{i}]", v, w=w)
         return
     if isinstance(obj, dict):
-        n = len(obj)
-        items = itertools.islice(obj.items(), SAMPLE_SIZE) if n > SAMPLE_THRESHOLD else obj.items()
+        n, entries = sampled_entries(obj)
         if n > SAMPLE_THRESHOLD:
             walk_.sampled.append(path)
         w = n / SAMPLE_SIZE if n > SAMPLE_THRESHOLD else 1.0
-        for k, v in items:
+        for k, v in entries:
             yield child(f"{path}[{_key_repr(k)}]", v, attr=k if isinstance(k, str) else None, w=w)
         return
     if isinstance(obj, (set, frozenset)):
-        n = len(obj)
+        n, entries = sampled_entries(obj)
         if n > SAMPLE_THRESHOLD:
             walk_.sampled.append(path)
-        for i, v in enumerate(itertools.islice(obj, SAMPLE_SIZE if n > SAMPLE_THRESHOLD else n)):
+        for i, v in entries:
             yield child(f"list({path})[{i}]", v, w=max(1.0, n / SAMPLE_SIZE))
         return
     if isinstance(obj, functools.partial):

@@ -354,18 +354,62 @@ def _payload(obj: Any) -> tuple[int, int]:
 
 
 #: A float tensor whose last three dimensions are (C, H, W) with C in this set and H, W at least
-#: MIN_IMAGE_SIDE is taken for an image (WF125 live): 3 (RGB), 4 (RGBA); 1 is left out, since
-#: a one-channel float tensor is as often a spectrogram or a depth map, which has no uint8 form.
+#: MIN_IMAGE_SIDE is taken for an image (WF125 live) where its place names one (IMAGE_KEY):
+#: 3 (RGB), 4 (RGBA); 1 is left out, since a one-channel float tensor is as often a
+#: spectrogram or a depth map, which has no uint8 form.
 IMAGE_CHANNELS = (3, 4)
 MIN_IMAGE_SIDE = 16
 
+#: A mapping key naming an image (case-insensitive, anywhere in the key): "image",
+#: "img_lr", "pixel_values", "rgb", "photo", "frames".
+IMAGE_KEY = re.compile(r"image|img|pixel|rgb|photo|frame", re.IGNORECASE)
 
-def float_images(obj: Any, path: str = "batch", depth: int = 0) -> list[dict[str, Any]]:
-    """The float image tensors in a batch (at most 4): ``{"path", "dtype", "shape"}`` each.
+#: A mapping key naming what is never an image, even in a 3- or 4-channel float tensor (a
+#: soft mask of 3 classes, surface normals, a label or depth map, a target): one of these
+#: words, plural or "...map" allowed, as a word of the key ("seg_mask", "surfaceNormals",
+#: "depth_map"; not "normalized_image").
+NOT_IMAGE_KEY = re.compile(
+    r"(?:^|[^a-z])(?:mask|normal|label|depth|target)s?(?:maps?)?(?:$|[^a-z])"
+)
+
+
+def _key_role(key: Any, parent: str | None) -> str | None:
+    """The role of a mapping's value: "never" when the key names a non-image, "named" when
+    it names an image, else the parent's named/never role (a dict under "image" holds
+    images), else None (not an image by its place)."""
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key)).lower()
+    if NOT_IMAGE_KEY.search(text):
+        return "never"
+    if IMAGE_KEY.search(text):
+        return "named"
+    return parent if parent in ("named", "never") else None
+
+
+def float_images(
+    obj: Any,
+    path: str = "batch",
+    depth: int = 0,
+    *,
+    batched: bool = True,
+    role: str | None = "position",
+) -> list[dict[str, Any]]:
+    """The float image tensors in a batch (at most 4): ``{"path", "dtype", "shape",
+    "sample_values"}`` each.
 
     An image: a floating-point tensor or array of 3 or more dimensions whose last three are
     (C, H, W), C in IMAGE_CHANNELS and H, W >= MIN_IMAGE_SIDE (the layout torch's transforms
-    and most datasets send). Mappings, lists and tuples are entered, four levels deep.
+    and most datasets send), whose place names an image: the batch itself, the first item
+    of a tuple or list batch (``(img, label)``), or a value under a mapping key matching
+    IMAGE_KEY; never one under a key matching NOT_IMAGE_KEY (a 3-class soft mask, surface
+    normals). Mappings, lists and tuples are entered, four levels deep.
+
+    Args:
+        batched: The batch has a leading batch dimension of one sample (the probe's
+            ``batch_size=1``): ``sample_values`` is the product of ``shape[1:]``; False
+            (``batch_size=None``, an iterable's items): the product of ``shape``. A video
+            ``(B, T, C, H, W)`` counts all T frames of its sample.
+        role: How the place of obj names it ("position", "named", "never" or None); set by
+            the recursion.
     """
     shape = getattr(obj, "shape", None)
     dtype = getattr(obj, "dtype", None)
@@ -373,24 +417,33 @@ def float_images(obj: Any, path: str = "batch", depth: int = 0) -> list[dict[str
         kind = str(dtype).replace("torch.", "")
         dims = tuple(int(d) for d in shape)
         if (
-            kind in ("float16", "bfloat16", "float32", "float64")
+            role in ("position", "named")
+            and kind in ("float16", "bfloat16", "float32", "float64")
             and len(dims) >= 3
             and dims[-3] in IMAGE_CHANNELS
             and min(dims[-2:]) >= MIN_IMAGE_SIDE
         ):
-            return [{"path": path, "dtype": kind, "shape": list(dims)}]
+            values = 1
+            for d in dims[1:] if batched else dims:
+                values *= d
+            return [{"path": path, "dtype": kind, "shape": list(dims), "sample_values": values}]
         return []
     if depth >= 4:
         return []
-    out: list[dict[str, Any]] = []
+    items: list[tuple[str, Any, str | None]]
     if isinstance(obj, dict):
-        items = [(f"{path}[{k!r}]", v) for k, v in list(obj.items())[:16]]
+        items = [(f"{path}[{k!r}]", v, _key_role(k, role)) for k, v in list(obj.items())[:16]]
     elif isinstance(obj, (list, tuple)):
-        items = [(f"{path}[{i}]", v) for i, v in enumerate(obj[:16])]
+        if depth == 0:  # the batch: its first item is the input, the rest labels/targets
+            roles = [role if i == 0 else None for i in range(len(obj[:16]))]
+        else:
+            roles = [role] * len(obj[:16])
+        items = [(f"{path}[{i}]", v, roles[i]) for i, v in enumerate(obj[:16])]
     else:
         return []
-    for sub, value in items:
-        out.extend(float_images(value, sub, depth + 1))
+    out: list[dict[str, Any]] = []
+    for sub, value, sub_role in items:
+        out.extend(float_images(value, sub, depth + 1, batched=batched, role=sub_role))
     return out[:4]
 
 
@@ -585,7 +638,7 @@ def _probe_one(
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(item)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
-                    obs["float_images"] = float_images(item, "sample")
+                    obs["float_images"] = float_images(item, "sample", batched=False)
                 by_worker.setdefault(int(wid), []).append(_field_digests(item))
                 batches += 1
                 if batches >= ITERABLE_ITEMS:
@@ -634,7 +687,7 @@ def _probe_one(
                 if batches == 0:
                     obs["sample_bytes"], obs["tensors_per_sample"] = _payload(batch)
                     obs["worker_uss_first_bytes"] = _worker_uss(it)
-                    obs["float_images"] = float_images(batch)
+                    obs["float_images"] = float_images(batch, batched=auto_batching(settings))
                 batch_digests.append(_digest(batch))
                 batches += 1
             obs["worker_uss_last_bytes"] = _worker_uss(it)

@@ -28,7 +28,9 @@ __all__ = [
     "function_calls",
     "function_source",
     "is_user_code",
+    "lambda_node",
     "module_level_calls",
+    "reseeds_randomizables",
     "seed_calls",
     "worker_calls",
     "worker_info_use",
@@ -146,6 +148,47 @@ def function_source(func: Any) -> ast.AST | None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return node
     return None
+
+
+def lambda_node(func: Any) -> ast.Lambda | None:
+    """The ``ast.Lambda`` of a lambda written inside a larger expression (a dict literal, a
+    call's arguments), whose own source line does not parse alone; None when not found.
+
+    The lambda's file is parsed whole and the lambda found by its first line and argument
+    names (None when two lambdas there match). Nothing is executed.
+    """
+    if not isinstance(func, types.FunctionType) or func.__name__ != "<lambda>":
+        return None
+    code = func.__code__
+    tree = _parsed_file(code.co_filename)
+    if tree is None:
+        return None
+    nargs = code.co_argcount + code.co_kwonlyargcount
+    names = list(code.co_varnames[:nargs])
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno:
+            a = n.args
+            if [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]] == names:
+                found.append(n)
+    return found[0] if len(found) == 1 else None
+
+
+def _parsed_file(filename: str) -> ast.Module | None:
+    import linecache
+
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return None
+    return _parse_text(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_text(text: str) -> ast.Module | None:
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
 
 
 @dataclass
@@ -665,13 +708,20 @@ _PURE_CALLS = frozenset({"int", "abs", "hash", "str", "float", "len", "sum", "mi
 
 def seed_calls(func: Any) -> list[SeedCall]:
     """The seeding calls in a worker_init_fn (``functools.partial`` unwrapped) and what each
-    seed depends on. Empty when there is no source.
+    seed depends on: constants only, the function's own arguments, or anything else (the
+    runtime). A lambda written inside a larger expression (``DataLoader(...,
+    worker_init_fn=lambda wid: np.random.seed(wid))``), whose source line does not parse on
+    its own, is found in its parsed file (``lambda_node``). Empty when there is no source.
     """
     while isinstance(func, functools.partial):
         func = func.func
     if not isinstance(func, types.FunctionType):
         return []
-    fdef = function_source(func)
+    fdef: ast.AST | None = function_source(func)
+    start = getattr(func.__code__, "co_firstlineno", 1)
+    if fdef is None:
+        fdef = lambda_node(func)
+        start = 1  # parsed from the whole file: its line numbers are the file's
     if fdef is None:
         return []
     args = fdef.args  # type: ignore[attr-defined]
@@ -722,7 +772,6 @@ def seed_calls(func: Any) -> list[SeedCall]:
         return "runtime"
 
     out: list[SeedCall] = []
-    start = getattr(func.__code__, "co_firstlineno", 1)
     for n in ast.walk(fdef):
         if not isinstance(n, ast.Call) or _called_name(n) not in _SEED_FUNCS:
             continue
@@ -734,6 +783,58 @@ def seed_calls(func: Any) -> list[SeedCall]:
             continue  # seed() without argument: fresh OS entropy
         out.append(SeedCall(ast.unparse(n.func), start + n.lineno - 1, kind(seed_expr)))
     return out
+
+
+#: Calls that give Randomizable objects (MONAI's, anything with a ``set_random_state``
+#: method) their own RNG: ``obj.set_random_state(seed)`` on one, and MONAI's
+#: ``monai.data.utils.set_rnd(obj, seed)``, which calls it on every Randomizable it reaches
+#: from obj.
+_RANDOM_STATE_SETTERS = frozenset({"set_rnd", "set_random_state"})
+
+
+def reseeds_randomizables(func: Any) -> bool:
+    """True when a worker_init_fn (``functools.partial`` unwrapped) calls ``set_rnd`` or
+    ``set_random_state``, in its own code or in a function it calls (one level down: a name
+    that resolves, through its globals, closure or local imports, to a Python function whose
+    source can be read).
+
+    MONAI's ``monai.data.utils.worker_init_fn`` (what ``monai.data.DataLoader`` passes) is
+    ``set_rnd(worker_info.dataset, seed=worker_info.seed)``: each worker reseeds every
+    Randomizable the dataset reaches. Only source is read; nothing is called.
+    """
+    while isinstance(func, functools.partial):
+        func = func.func
+    if not isinstance(func, types.FunctionType):
+        return False
+    fdef = function_source(func) or lambda_node(func)
+    if fdef is None:
+        return False
+    calls = [n for n in ast.walk(fdef) if isinstance(n, ast.Call)]
+    if any(_called_name(c) in _RANDOM_STATE_SETTERS for c in calls):
+        return True
+    globs: dict[str, Any] = dict(func.__globals__)
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
+        try:
+            globs[name] = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+    local = _local_imports(fdef)
+    for call in calls:
+        chain = _dotted(call.func)
+        if chain is None:
+            continue
+        callee, _ = _resolve(chain, globs, local)
+        while isinstance(callee, functools.partial):
+            callee = callee.func
+        if not isinstance(callee, types.FunctionType) or callee is func:
+            continue
+        sub = function_source(callee)
+        if sub is not None and any(
+            isinstance(n, ast.Call) and _called_name(n) in _RANDOM_STATE_SETTERS
+            for n in ast.walk(sub)
+        ):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------
