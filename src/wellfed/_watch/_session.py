@@ -167,8 +167,9 @@ class LoaderRecord:
             the change (``_stale``): dicts with ``path``, ``before``, ``now``, ``step`` (steps
             handed over when it was first detected), ``epoch`` (1, 2...), ``epochs`` (the
             epochs in which it was seen changed to a new value), ``changes`` (how many new
-            values were seen), ``last`` (the latest value seen), ``persistent`` and ``read_by_workers`` (True: worker code reads it; None:
-            the class is not user code, so that is unknown).
+            values were seen), ``last`` (the latest value seen), ``persistent`` and
+            ``read_by_workers`` (True: worker code reads it; None: the class is not user
+            code, so that is unknown).
     """
 
     index: int
