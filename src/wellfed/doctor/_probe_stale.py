@@ -102,7 +102,7 @@ def stale_targets(ctx: Context, findings: list[Finding]) -> list[StaleTarget]:
     for node, cls in user_classes(ctx):
         if not (node.path == "dataset" or node.path.startswith(("dataset.", "dataset["))):
             continue
-        ana = analyze_class(cls)
+        ana = analyze_class(cls, ctx.worker_hooks(node.obj))
         for attr, (method, _line) in sorted(ana.changers.items()):
             path = f"{node.path}.{attr}"
             if path not in paths:
