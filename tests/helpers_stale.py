@@ -85,6 +85,26 @@ class LabelsDataset(Dataset[tuple[int, int]]):
         return i, self.pseudo_labels[i]
 
 
+class LoggingTaskDataset(Dataset[torch.Tensor]):
+    """``next_task`` writes a line to a log file before it replaces ``values``: the probe
+    must not call it (the file would appear), but change a copy of ``values`` itself."""
+
+    def __init__(self, log_path: str, n: int = N) -> None:
+        self.log_path = log_path
+        self.values = torch.zeros(n)
+
+    def next_task(self) -> None:
+        with open(self.log_path, "a") as f:
+            f.write("next task\n")
+        self.values = self.values + 1
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.values[i]
+
+
 def make_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     """A loader factory, as note 000's project calls per task: a new loader (and dataset)."""
     return DataLoader(

@@ -8,6 +8,8 @@ compares what the workers read with the main process's value.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -174,3 +176,30 @@ def test_the_callers_dataset_is_left_as_it_was() -> None:
     _live(ds, PERSISTENT, ["fork"])
     assert ds.task == 0
     assert torch.equal(ds.values, before)
+
+
+def test_a_spawn_run_probe_leaves_the_callers_cpu_tensor_unchanged() -> None:
+    # run_isolated uses spawn when CUDA is initialised here: pickling the dataset to that
+    # child moves the caller's CPU tensor to shared memory, so an edit there would reach it.
+    from wellfed._isolate import run_isolated
+    from wellfed.doctor._probe_stale import StaleTarget, probe_stale_one
+
+    ds = h.InPlaceDriftDataset()
+    before = ds.values.clone()
+    t = StaleTarget("dataset.values", "dataset", "values", ("drift",), "inplace")
+    res = run_isolated(
+        probe_stale_one, ds, dict(PERSISTENT), "fork", [t], 30.0, timeout_s=120, context="spawn"
+    )
+    assert res.status == "ok", res.error
+    assert res.value["targets"]["dataset.values"]["status"] == "ok", res.value
+    assert "dataset.drift()" in res.value["targets"]["dataset.values"]["change"]
+    assert torch.equal(ds.values, before)
+
+
+def test_a_method_that_writes_a_file_is_not_called(tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "tasks.log"
+    (f,) = _stale(_live(h.LoggingTaskDataset(str(log)), PERSISTENT, ["fork"]))
+    assert not log.exists()
+    assert f.confirmed_live
+    assert "next_task not called: next_task holds a with statement" in f.evidence
+    assert "a changed copy: torch.Tensor (16,) torch.float32, +1" in f.evidence
