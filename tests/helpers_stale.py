@@ -120,3 +120,23 @@ def cached_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     if not _CACHED:
         _CACHED.append(make_task_loader())
     return _CACHED[0]
+
+
+#: How often ``counting_task_loader`` ran in this process.
+CALLS: list[int] = []
+
+
+def counting_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A per-call factory that counts its calls in the process it runs in."""
+    CALLS.append(1)
+    return make_task_loader()
+
+
+def slow_after_first_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A factory whose every call after the first (the TARGET's resolution) hangs 60 s."""
+    import time
+
+    if CALLS:
+        time.sleep(60)
+    CALLS.append(1)
+    return make_task_loader()

@@ -203,3 +203,34 @@ def test_a_method_that_writes_a_file_is_not_called(tmp_path: pathlib.Path) -> No
     assert f.confirmed_live
     assert "next_task not called: next_task holds a with statement" in f.evidence
     assert "a changed copy: torch.Tensor (16,) torch.float32, +1" in f.evidence
+
+
+def test_the_rebuilt_per_call_check_runs_the_factory_in_a_child_only() -> None:
+    h.CALLS.clear()
+    spec = resolve_target("tests.helpers_stale:counting_task_loader")
+    calls = len(h.CALLS)
+    (f,) = _stale(_live(spec, None, ["fork"]))
+    assert len(h.CALLS) == calls  # not called again in this process
+    assert (f.severity, f.path) == ("warning", "dataset.values")
+    assert "builds a new DataLoader at every call" in f.message
+
+
+def test_a_factory_that_hangs_is_bounded_and_not_known() -> None:
+    import time
+
+    from wellfed.doctor._probe_stale import rebuilt_per_call
+
+    h.CALLS.clear()
+    spec = resolve_target("tests.helpers_stale:slow_after_first_loader")
+    t0 = time.perf_counter()
+    name, unknown = rebuilt_per_call(spec, 2.0)
+    assert time.perf_counter() - t0 < 30
+    assert name is None
+    assert unknown.startswith(
+        "not known: calling tests.helpers_stale:slow_after_first_loader twice in an isolated "
+        "process timed out after 2.0 s (killed)"
+    ), unknown
+    assert rebuilt_per_call(spec, 0.2) == (
+        None,
+        "not known: the live probe's budget was spent (0.2 s left)",
+    )

@@ -57,6 +57,7 @@ from wellfed.errors import WorkerCrashedError, WorkerStartError
 from wellfed.measure import close_loader, open_batches
 
 __all__ = [
+    "MIN_REBUILT_S",
     "MIN_SHARE_S",
     "PREFETCH",
     "StaleTarget",
@@ -77,6 +78,9 @@ AFTER_PER_WORKER = 2
 
 #: Fewest seconds a start method's run is given; with less left of the budget it is not run.
 MIN_SHARE_S = 2.0
+
+#: Fewest seconds the check that a factory TARGET rebuilds its loader per call is given.
+MIN_REBUILT_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -675,25 +679,54 @@ def _probe_stale(
     return {"persistent": persistent, "targets": results}
 
 
-def rebuilt_per_call(obj: Any) -> str | None:
-    """The factory's name when ``obj`` (a LoaderSpec of a factory TARGET) builds a new
-    DataLoader at every call; None otherwise or when unknown.
+def rebuilt_per_call(obj: Any, timeout_s: float) -> tuple[str | None, str]:
+    """Whether ``obj`` (a LoaderSpec of a factory TARGET) builds a new DataLoader per call.
 
-    The factory is called twice more: two different DataLoader objects mean each call builds
-    its own loader, whose workers copy the dataset as it is then. Nothing is iterated.
+    The factory is called twice more, in an isolated child (``run_isolated``), never in the
+    caller's process: two different DataLoader objects mean each call builds its own loader,
+    whose workers copy the dataset as it is then. Nothing is iterated; what was built is
+    closed (``close_loader``).
+
+    Args:
+        obj: What ``diagnose`` was given.
+        timeout_s: Seconds the child may take (what is left of the live probe's budget).
+
+    Returns:
+        (the factory's name, "") when it does; (None, "") when it does not or ``obj`` is no
+        factory; (None, "not known: <why>") when the child failed, timed out or had no time.
     """
     factory = getattr(obj, "factory", None)
     if factory is None or getattr(obj, "source", None) != "factory":
-        return None
+        return None, ""
+    name = str(getattr(obj, "target", None) or getattr(factory, "__qualname__", "factory"))
+    if timeout_s < MIN_REBUILT_S:
+        return (
+            None,
+            f"not known: the live probe's budget was spent ({max(timeout_s, 0):.1f} s left)",
+        )
+    res = run_isolated(_builds_two_loaders, factory, timeout_s=timeout_s)
+    if res.status == "ok" and isinstance(res.value, bool):
+        return (name if res.value else None), ""
+    lines = [ln.strip() for ln in (res.error or "").splitlines() if ln.strip()]
+    last = lines[-1][:200] if lines else "no output"
+    what = f"timed out after {timeout_s:.1f} s (killed)" if res.status == "timeout" else res.status
+    return None, f"not known: calling {name} twice in an isolated process {what}: {last}"
+
+
+def _builds_two_loaders(factory: Any) -> bool:
+    """Call ``factory`` twice (in the isolated child): two different DataLoaders?"""
     from torch.utils.data import DataLoader
 
+    built: list[Any] = []
     try:
-        a, b = factory(), factory()
-    except Exception:
-        return None
-    if isinstance(a, DataLoader) and isinstance(b, DataLoader) and a is not b:
-        return str(getattr(obj, "target", None) or getattr(factory, "__qualname__", "factory"))
-    return None
+        built.append(factory())
+        built.append(factory())
+        a, b = built
+        return isinstance(a, DataLoader) and isinstance(b, DataLoader) and a is not b
+    finally:
+        for loader in built:
+            if isinstance(loader, DataLoader):
+                close_loader(loader)
 
 
 def judge_stale_live(
@@ -708,7 +741,7 @@ def judge_stale_live(
     Args:
         ctx: The doctor's context (dataset, settings).
         obj: What ``diagnose`` was given (a LoaderSpec of a factory TARGET is checked with
-            ``rebuilt_per_call``).
+            ``rebuilt_per_call``, in an isolated child, with what is left of the budget).
         findings: The findings so far (static, graded by the main probe).
         probes: The main probe's runs: a start method whose run was not "ok" is not probed.
         budget_s: Seconds left of the live probe's budget, shared by the start methods.
@@ -758,7 +791,10 @@ def judge_stale_live(
                 runs[j] = dataclasses.replace(
                     r, observations={**r.observations, "stale_state": results[m]}
                 )
-    rebuilt = rebuilt_per_call(obj) if any(_stale(r) for r in results.values()) else None
+    rebuilt: str | None = None
+    unknown = ""
+    if any(_stale(r) for r in results.values()):
+        rebuilt, unknown = rebuilt_per_call(obj, budget_s - (time.perf_counter() - began))
     by_path = {t.path: t for t in targets}
     out: list[Finding] = []
     for f in findings:
@@ -766,7 +802,7 @@ def judge_stale_live(
         if f.code != "WF111" or t is None:
             out.append(f)
             continue
-        out.extend(_grade(f, t, results, rebuilt))
+        out.extend(_grade(f, t, results, rebuilt, unknown))
     return out, runs
 
 
@@ -840,9 +876,17 @@ def _clauses(word: str, items: list[tuple[str, str]]) -> str:
 
 
 def _grade(
-    f: Finding, t: StaleTarget, results: dict[str, dict[str, Any]], rebuilt: str | None
+    f: Finding,
+    t: StaleTarget,
+    results: dict[str, dict[str, Any]],
+    rebuilt: str | None,
+    unknown: str = "",
 ) -> list[Finding]:
-    """The finding ``f`` split by what the probe saw under each of its start methods."""
+    """The finding ``f`` split by what the probe saw under each of its start methods.
+
+    ``unknown``: why it is not known whether the factory TARGET rebuilds its loader per call
+    ("" when it is known), added to a stale verdict's evidence.
+    """
     groups: dict[str, list[tuple[str, str]]] = {}
     for m in f.start_methods:
         verdict, text = _verdict(results.get(m), t.path)
@@ -895,6 +939,8 @@ def _grade(
                 "and the workers kept reading the old value. [WF111]"
             )
         persistent = any(bool((results.get(m) or {}).get("persistent")) for m in methods)
+        if verdict == "stale" and unknown:
+            notes += f"; whether the TARGET builds a new DataLoader at every call is {unknown}"
         if verdict == "stale" and rebuilt is None:
             severity = "error"
             window = "stale for the workers' life" if persistent else "stale in the next epoch too"
