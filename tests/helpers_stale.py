@@ -85,6 +85,26 @@ class LabelsDataset(Dataset[tuple[int, int]]):
         return i, self.pseudo_labels[i]
 
 
+class LoggingTaskDataset(Dataset[torch.Tensor]):
+    """``next_task`` writes a line to a log file before it replaces ``values``: the probe
+    must not call it (the file would appear), but change a copy of ``values`` itself."""
+
+    def __init__(self, log_path: str, n: int = N) -> None:
+        self.log_path = log_path
+        self.values = torch.zeros(n)
+
+    def next_task(self) -> None:
+        with open(self.log_path, "a") as f:
+            f.write("next task\n")
+        self.values = self.values + 1
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.values[i]
+
+
 def make_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     """A loader factory, as note 000's project calls per task: a new loader (and dataset)."""
     return DataLoader(
@@ -100,3 +120,23 @@ def cached_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     if not _CACHED:
         _CACHED.append(make_task_loader())
     return _CACHED[0]
+
+
+#: How often ``counting_task_loader`` ran in this process.
+CALLS: list[int] = []
+
+
+def counting_task_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A per-call factory that counts its calls in the process it runs in."""
+    CALLS.append(1)
+    return make_task_loader()
+
+
+def slow_after_first_loader() -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """A factory whose every call after the first (the TARGET's resolution) hangs 60 s."""
+    import time
+
+    if CALLS:
+        time.sleep(60)
+    CALLS.append(1)
+    return make_task_loader()

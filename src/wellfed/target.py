@@ -209,9 +209,9 @@ class LoaderSpec:
         user_config: The worker settings the loader had (a DataLoader target), or None.
         samples: len(dataset), or None for an iterable dataset without a length.
         factory: The zero-argument callable that built the dataset or DataLoader (a factory
-            TARGET, source "factory"), or None. The doctor calls it again to learn whether
-            it builds a new DataLoader at each call (stale worker state then lasts only
-            until the loader is rebuilt, WF111).
+            TARGET, source "factory"), or None. The doctor calls it again, in an isolated
+            child process, to learn whether it builds a new DataLoader at each call (stale
+            worker state then lasts only until the loader is rebuilt, WF111).
         seed: The loader's seed (``SeededDataLoader(seed=...)``), or None: no seed, the
             default, as tune measures a user's loader.
         sample_seeds: Batches as ``SeededBatch(batch, seeds)`` (needs ``seed``), for device

@@ -8,12 +8,16 @@ that the probe left no dump folder in the temporary directory.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from torch.utils.data import Dataset, get_worker_info
 
 from tests.doctor_corpus import datasets as d
 from wellfed.doctor import Finding, diagnose
@@ -135,3 +139,84 @@ def test_hung_worker_in_a_dataset_attribute_is_dumped_under_spawn() -> None:
         "(`record = queue.Queue().get()`) in BlockingReader.read" in f.message
     ), f.message
     assert f"Make the call at {HERE}:{line} in BlockingReader.read return" in f.fix
+
+
+class _CorruptZipDataset(Dataset[bytes]):
+    """Opens its zip lazily in __getitem__ (no handle in the graph); the file is corrupt."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> bytes:
+        if get_worker_info() is None:  # the main process reads another (good) copy
+            return b""
+        with zipfile.ZipFile(self.path) as z:
+            return z.read("a")
+
+
+class _DiskFullDataset(Dataset[int]):
+    """A full disk: OSError(ENOSPC), nothing to do with /dev/shm."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if get_worker_info() is None:  # the workers' cache disk is full, not the main one's
+            return i
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/cache.bin")
+
+
+class _CudaWordDataset(Dataset[int]):
+    """A user's own error in a worker that happens to say "cuda": no CUDA was used."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if get_worker_info() is None:
+            return i
+        raise ValueError("config key 'cuda_visible' is not set")
+
+
+def _fork_live(ds: object) -> tuple[Finding, ...]:
+    return diagnose(
+        ds, loader_kwargs={"num_workers": 2}, start_methods=["fork"], timeout_s=30
+    ).findings
+
+
+def test_a_corrupt_zip_with_no_handle_in_the_graph_is_wf122_with_a_hint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 not really a zip file " * 8)
+    findings = _fork_live(_CorruptZipDataset(str(bad)))
+    assert not [f for f in findings if f.code == "WF104"], findings
+    f = _only(findings, "WF122")
+    assert f.path == "type(dataset).__getitem__"
+    assert "BadZipFile" in f.message
+    assert (
+        "The error suggests fork-shared-handle (a file handle shared by forked workers), but "
+        "no object holding a handle is on the failing path type(dataset).__getitem__: the "
+        "file itself may be corrupt."
+    ) in f.message
+
+
+def test_a_full_disk_is_wf122_not_a_shared_memory_finding() -> None:
+    findings = _fork_live(_DiskFullDataset())
+    assert not [f for f in findings if f.code == "WF113" and f.severity == "error"], findings
+    f = _only(findings, "WF122")
+    assert "No space left on device" in f.message
+    assert (
+        "The error suggests shared-memory (/dev/shm exhausted), but the error does not name "
+        "shared memory (a full disk says the same)."
+    ) in f.message
+
+
+def test_the_word_cuda_in_a_users_error_is_wf122_not_wf106() -> None:
+    findings = _fork_live(_CudaWordDataset())
+    assert not [f for f in findings if f.code == "WF106"], findings
+    f = _only(findings, "WF122")
+    assert "The error suggests cuda-in-worker (CUDA used in worker code), but it is not a " in (
+        f.message
+    )

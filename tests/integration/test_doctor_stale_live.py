@@ -8,6 +8,8 @@ compares what the workers read with the main process's value.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -174,3 +176,61 @@ def test_the_callers_dataset_is_left_as_it_was() -> None:
     _live(ds, PERSISTENT, ["fork"])
     assert ds.task == 0
     assert torch.equal(ds.values, before)
+
+
+def test_a_spawn_run_probe_leaves_the_callers_cpu_tensor_unchanged() -> None:
+    # run_isolated uses spawn when CUDA is initialised here: pickling the dataset to that
+    # child moves the caller's CPU tensor to shared memory, so an edit there would reach it.
+    from wellfed._isolate import run_isolated
+    from wellfed.doctor._probe_stale import StaleTarget, probe_stale_one
+
+    ds = h.InPlaceDriftDataset()
+    before = ds.values.clone()
+    t = StaleTarget("dataset.values", "dataset", "values", ("drift",), "inplace")
+    res = run_isolated(
+        probe_stale_one, ds, dict(PERSISTENT), "fork", [t], 30.0, timeout_s=120, context="spawn"
+    )
+    assert res.status == "ok", res.error
+    assert res.value["targets"]["dataset.values"]["status"] == "ok", res.value
+    assert "dataset.drift()" in res.value["targets"]["dataset.values"]["change"]
+    assert torch.equal(ds.values, before)
+
+
+def test_a_method_that_writes_a_file_is_not_called(tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "tasks.log"
+    (f,) = _stale(_live(h.LoggingTaskDataset(str(log)), PERSISTENT, ["fork"]))
+    assert not log.exists()
+    assert f.confirmed_live
+    assert "next_task not called: next_task holds a with statement" in f.evidence
+    assert "a changed copy: torch.Tensor (16,) torch.float32, +1" in f.evidence
+
+
+def test_the_rebuilt_per_call_check_runs_the_factory_in_a_child_only() -> None:
+    h.CALLS.clear()
+    spec = resolve_target("tests.helpers_stale:counting_task_loader")
+    calls = len(h.CALLS)
+    (f,) = _stale(_live(spec, None, ["fork"]))
+    assert len(h.CALLS) == calls  # not called again in this process
+    assert (f.severity, f.path) == ("warning", "dataset.values")
+    assert "builds a new DataLoader at every call" in f.message
+
+
+def test_a_factory_that_hangs_is_bounded_and_not_known() -> None:
+    import time
+
+    from wellfed.doctor._probe_stale import rebuilt_per_call
+
+    h.CALLS.clear()
+    spec = resolve_target("tests.helpers_stale:slow_after_first_loader")
+    t0 = time.perf_counter()
+    name, unknown = rebuilt_per_call(spec, 2.0)
+    assert time.perf_counter() - t0 < 30
+    assert name is None
+    assert unknown.startswith(
+        "not known: calling tests.helpers_stale:slow_after_first_loader twice in an isolated "
+        "process timed out after 2.0 s (killed)"
+    ), unknown
+    assert rebuilt_per_call(spec, 0.2) == (
+        None,
+        "not known: the live probe's budget was spent (0.2 s left)",
+    )

@@ -244,3 +244,42 @@ def test_per_call_scratch_state_is_not_a_mutation_but_carried_state_is() -> None
     carried = analyze_class(_CountingCall)
     assert set(carried.mutations) == {"calls", "last"}
     assert not carried.scratch
+
+
+class _CollateReadsState(Dataset[int]):
+    """Only the bound collate_fn reads self.scale, which next_task() replaces."""
+
+    def __init__(self) -> None:
+        self.scale = torch.ones(3)
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def next_task(self) -> None:
+        self.scale = self.scale * 2
+
+    def collate_fn(self, batch: list[int]) -> torch.Tensor:
+        return torch.tensor(batch) * self.scale.sum()
+
+
+def test_a_suspect_read_only_by_a_bound_collate_fn_is_a_probe_target() -> None:
+    ds = _CollateReadsState()
+    kwargs = {**PERSISTENT, "collate_fn": ds.collate_fn}
+    report = _static(ds, kwargs)
+    assert "dataset.scale" in {p for _s, p, _m in _wf111(report)}, _wf111(report)
+    ctx = Context(ds, True, kwargs, report.start_methods, _PLATFORM)
+    ctx.walks["dataset"] = walk(ds, "dataset")
+    (t,) = stale_targets(ctx, list(report.findings))
+    assert (t.path, t.methods, t.kind) == ("dataset.scale", ("next_task",), "assign")
+
+
+def test_only_methods_that_compute_and_assign_self_attributes_are_called(tmp_path: object) -> None:
+    from wellfed.doctor._probe_stale import _pure_method
+
+    assert _pure_method(h.TaskValuesDataset(), "update_task") == ""
+    assert _pure_method(h.InPlaceDriftDataset(), "drift") == ""
+    why = _pure_method(h.LoggingTaskDataset(f"{tmp_path}/log"), "next_task")
+    assert why == "next_task holds a with statement"

@@ -7,12 +7,14 @@ WF113); a failure to receive the dataset confirms WF101/WF102 (or adds WF101), a
 WF105/WF106, a shared-memory failure WF113; another crash (a worker's exit code) or a hang is
 WF122, a start method the probe could not run WF123 (info). Each exception is reported with
 its type and message at the attribute path of its innermost user frame (``_attribution``),
-with the category it implies (an unconfirmed CUDA error adds WF106, a shared handle's bad
-descriptor under fork WF104); a hang names where each worker was blocked, from its stack
-dump. Identical random samples across workers confirm WF107, different ones refute it;
-samples yielded by several workers confirm WF117, none repeated refute it. Measured sample
-sizes and pickled size re-judge WF113/WF114 and WF120; worker memory is noted on
-WF109/WF110.
+with the category it implies: words in its text only confirm a static finding of that code;
+a new WF106 needs a CUDA runtime error, a new WF104 a handle-holding object on the failing
+path, a new WF113 a shared-memory failure with /dev/shm free below the batches in flight;
+otherwise it is WF122 whose message says "the error suggests <category>"; a hang names
+where each worker was blocked, from its stack dump. Identical random samples across workers
+confirm WF107, different ones refute it; samples yielded by several workers confirm WF117,
+none repeated refute it. Measured sample sizes and pickled size re-judge WF113/WF114 and
+WF120; worker memory is noted on WF109/WF110.
 """
 
 from __future__ import annotations
@@ -314,8 +316,12 @@ def _failure_findings(
                 )
             )
         return [f for f in new if f is not None]
+    message = str(failure.get("message", "")) if failure else said
+    suggests = ""  # "<category> (<what it would be>), but <what is missing>": WF122's hint
     if category == "cuda-in-worker":
-        if not update(("WF105", "WF106"), m, what):
+        if update(("WF105", "WF106"), m, what):
+            return []
+        if _cuda_runtime_error(message):
             new.append(
                 ctx.finding(
                     "WF106",
@@ -330,26 +336,42 @@ def _failure_findings(
                     (m,),
                 )
             )
-        return [f for f in new if f is not None]
-    if category == "fork-shared-handle":
-        if not update(("WF104",), m, what):
+            return [f for f in new if f is not None]
+        suggests = (
+            "cuda-in-worker (CUDA used in worker code), but it is not a CUDA runtime error "
+            "and no static finding says worker code uses CUDA"
+        )
+    elif category == "fork-shared-handle":
+        if update(("WF104",), m, what):
+            return []
+        holder = _handle_on_path(ctx, at)
+        if holder is not None:
+            hpath, kind = holder
             new.append(
                 ctx.finding(
                     "WF104",
                     "error",
-                    at,
+                    hpath,
                     f"A worker's read through a file handle failed under {m} in the live "
-                    f"probe: {what}. A file, archive or connection opened before the workers "
-                    "started is shared by all of them: one descriptor and one file offset.",
+                    f"probe: {what}. {hpath} ({kind}), opened before the workers started, "
+                    "is shared by all of them: one descriptor and one file offset.",
                     "Store the path and open the handle lazily, once per worker:\n"
                     + HANDLE_FIXES["open file"],
-                    f"confirmed live ({m}): {said[:300]}" + _trail(_frames(failure)),
+                    f"confirmed live ({m}): {said[:300]}; {hpath} holds {kind} on the failing "
+                    f"path {at}" + _trail(_frames(failure)),
                     (m,),
                 )
             )
-        return [f for f in new if f is not None]
-    if category == "shared-memory":
-        if not update(("WF113",), m, what):
+            return [f for f in new if f is not None]
+        suggests = (
+            "fork-shared-handle (a file handle shared by forked workers), but no object "
+            f"holding a handle is on the failing path {at}: the file itself may be corrupt"
+        )
+    elif category == "shared-memory":
+        if update(("WF113",), m, what):
+            return []
+        short = _shm_short(ctx, run, message)
+        if short.startswith("/dev/shm"):
             new.append(
                 ctx.finding(
                     "WF113",
@@ -358,11 +380,12 @@ def _failure_findings(
                     f"Workers died under {m} with a shared-memory failure: {what}.",
                     "Lower prefetch_factor, num_workers or batch_size, or give the container "
                     "more shared memory: docker run --shm-size=8g.",
-                    f"confirmed live ({m}): {what}",
+                    f"confirmed live ({m}): {what}; {short}",
                     (m,),
                 )
             )
-        return [f for f in new if f is not None]
+            return [f for f in new if f is not None]
+        suggests = f"shared-memory (/dev/shm exhausted), but {short}"
     suspects = [f.path for f in out if f.severity == "error" and m in f.start_methods]
     first_fix = (
         f"Fix the {failure.get('type') or 'error'} at {loc.frame.place} in {loc.qualname}, "
@@ -382,7 +405,8 @@ def _failure_findings(
             "WF122",
             "error",
             at,
-            f"Workers crashed under {m} in the live probe: {what}.",
+            f"Workers crashed under {m} in the live probe: {what}."
+            + (f" The error suggests {suggests}." if suggests else ""),
             first_fix + ".",
             f"confirmed live ({m}): {run.status} after {run.elapsed_s:.1f} s; "
             + (f"in DataLoader worker process {wid}: " if wid is not None else "")
@@ -569,6 +593,63 @@ def _signal_death(run: ProbeRun) -> dict[str, Any] | None:
         return None
     sig = death.get("signal") or signal_from_exitcode(death.get("exitcode"))
     return {**death, "signal": sig} if sig else None
+
+
+#: How a CUDA runtime error's message begins or what it says (torch's own wording).
+_CUDA_RUNTIME = (
+    "CUDA error",
+    "Cannot re-initialize CUDA in forked subprocess",
+    "CUDA out of memory",
+    "CUDA driver initialization failed",
+    "Found no NVIDIA driver",
+)
+
+#: Wording of a failure to allocate or map shared memory (torch's "unable to write to file
+#: </torch_...>", a bus error), not of any full disk.
+_SHM_FAILURE = ("Bus error", "SIGBUS", "unable to write to file </torch_", "/dev/shm", "shm")
+
+
+def _cuda_runtime_error(message: str) -> bool:
+    """Whether an exception's message is a CUDA runtime error (not a word "cuda" in it)."""
+    text = message.strip()
+    return text.startswith("CUDA error") or any(w in text for w in _CUDA_RUNTIME)
+
+
+def _handle_on_path(ctx: Context, at: str) -> tuple[str, str] | None:
+    """(path, kind) of an object holding an OS handle on the failing path ``at``: under the
+    object whose method failed (``dataset`` for ``type(dataset).__getitem__``,
+    ``dataset.reader`` for ``dataset.reader.read``), as the walk found it; else None."""
+    from wellfed.doctor._classify import handle_kind
+
+    owner = at
+    if owner.startswith("type(") and ")" in owner:
+        owner = owner[len("type(") : owner.index(")")]
+    elif "." in owner:
+        owner = owner.rsplit(".", 1)[0]
+    for node in ctx.worker_nodes():
+        if node.path == owner or node.path.startswith((f"{owner}.", f"{owner}[")):
+            kind = handle_kind(node.obj)
+            if kind is not None:
+                return node.path, kind[0]
+    return None
+
+
+def _shm_short(ctx: Context, run: ProbeRun, message: str) -> str:
+    """ "/dev/shm ..." evidence when the failure is a shared-memory one and the batches in
+    flight exceed free /dev/shm; else what is missing ("the text ...", "... free")."""
+    if not any(w in message for w in _SHM_FAILURE):
+        return "the error does not name shared memory (a full disk says the same)"
+    free = ctx.platform.shm_free_bytes
+    sample = run.observations.get("sample_bytes")
+    if free is None or not sample:
+        return "the free /dev/shm or the sample size is not known"
+    nw = ctx.num_workers or 2
+    batch = int(ctx.settings.get("batch_size") or 1)
+    prefetch = int(ctx.settings.get("prefetch_factor") or 2)
+    in_flight = int(sample) * batch * prefetch * nw
+    if in_flight <= free:
+        return f"batches in flight (~{mb(in_flight)}) fit in the free /dev/shm ({mb(free)})"
+    return f"/dev/shm has {mb(free)} free, below the ~{mb(in_flight)} of batches in flight"
 
 
 def _death_finding(

@@ -34,10 +34,14 @@ until the next epoch; new values throughout: refuted, info.
 from __future__ import annotations
 
 import ast
+import builtins
+import copy
 import dataclasses
 import inspect
 import itertools
+import textwrap
 import time
+import types
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -53,6 +57,7 @@ from wellfed.errors import WorkerCrashedError, WorkerStartError
 from wellfed.measure import close_loader, open_batches
 
 __all__ = [
+    "MIN_REBUILT_S",
     "MIN_SHARE_S",
     "PREFETCH",
     "StaleTarget",
@@ -73,6 +78,9 @@ AFTER_PER_WORKER = 2
 
 #: Fewest seconds a start method's run is given; with less left of the budget it is not run.
 MIN_SHARE_S = 2.0
+
+#: Fewest seconds the check that a factory TARGET rebuilds its loader per call is given.
+MIN_REBUILT_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +110,7 @@ def stale_targets(ctx: Context, findings: list[Finding]) -> list[StaleTarget]:
     for node, cls in user_classes(ctx):
         if not (node.path == "dataset" or node.path.startswith(("dataset.", "dataset["))):
             continue
-        ana = analyze_class(cls)
+        ana = analyze_class(cls, ctx.worker_hooks(node.obj))
         for attr, (method, _line) in sorted(ana.changers.items()):
             path = f"{node.path}.{attr}"
             if path not in paths:
@@ -198,6 +206,211 @@ def _describe(value: Any) -> str:
     return kind
 
 
+#: Builtins a method the probe calls may use: pure computation, no I/O.
+_PURE_BUILTINS = frozenset(
+    [
+        "abs",
+        "all",
+        "any",
+        "bool",
+        "divmod",
+        "enumerate",
+        "float",
+        "int",
+        "isinstance",
+        "len",
+        "list",
+        "max",
+        "min",
+        "pow",
+        "range",
+        "reversed",
+        "round",
+        "set",
+        "sorted",
+        "sum",
+        "tuple",
+        "zip",
+        "dict",
+    ]
+)
+
+#: Modules a method the probe calls may compute with (by the root of the module's name).
+_PURE_MODULES = frozenset({"math", "numpy", "torch", "random"})
+
+#: Names that read or write files, the network or devices, even in the modules above.
+_IO_NAMES = frozenset(
+    [
+        "save",
+        "savez",
+        "savez_compressed",
+        "savetxt",
+        "load",
+        "loadtxt",
+        "fromfile",
+        "tofile",
+        "memmap",
+        "open",
+        "genfromtxt",
+        "from_file",
+        "hub",
+        "distributed",
+        "cuda",
+        "to",
+        "share_memory_",
+        "dump",
+        "dumps",
+        "tolist_file",
+        "print",
+        "input",
+        "system",
+        "popen",
+    ]
+)
+
+#: Statements a method the probe calls may not hold.
+_IMPURE_NODES = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.Global,
+    ast.Nonlocal,
+    ast.With,
+    ast.AsyncWith,
+    ast.Await,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Delete,
+    ast.Raise,
+    ast.Try,
+)
+
+
+def _pure_method(owner: Any, name: str, seen: set[str] | None = None) -> str:
+    """ "" when the probe may call ``owner.name()``: its source (and that of the self-methods it
+    calls) only assigns self attributes, edits them with their own tensor/array/list methods
+    and computes with builtins, math, numpy, torch and random; else why not.
+
+    Anything else (another call, open(), a property, an import, a global) may have effects
+    outside the probe's copy of the dataset (a file written, a socket opened).
+    """
+    import numpy as np
+    import torch
+
+    cls = type(owner)
+    seen = set() if seen is None else seen
+    if name in seen:
+        return ""
+    seen.add(name)
+    fn = inspect.getattr_static(cls, name, None)
+    if isinstance(fn, (staticmethod, classmethod)):
+        return f"{name} is a {type(fn).__name__}"
+    if not isinstance(fn, types.FunctionType):
+        return f"{name} is not plain Python"
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return f"the source of {name} is not readable"
+    (func,) = tree.body
+    if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) or func.decorator_list:
+        return f"{name} is decorated"
+    args = func.args
+    self_name = args.args[0].arg if args.args else ""
+    glb = fn.__globals__
+
+    def rooted(node: ast.AST) -> tuple[str, list[str]]:
+        chain: list[str] = []
+        while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+            if isinstance(node, ast.Attribute):
+                chain.append(node.attr)
+            # torch.Generator().manual_seed(0): the inner call is checked on its own
+            node = node.func if isinstance(node, ast.Call) else node.value
+        return (node.id if isinstance(node, ast.Name) else ""), chain[::-1]
+
+    for node in ast.walk(func):
+        if isinstance(node, _IMPURE_NODES):
+            return f"{name} holds a {type(node).__name__.lower()} statement"
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for tgt in targets:
+                for leaf in ast.walk(tgt):
+                    if isinstance(leaf, (ast.Attribute, ast.Subscript)):
+                        root, _ = rooted(leaf)
+                        if root != self_name:
+                            return f"{name} assigns {ast.unparse(leaf)}, not a self attribute"
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == self_name
+        ):
+            attr = inspect.getattr_static(cls, node.attr, None)
+            if isinstance(attr, property) or (
+                attr is not None
+                and not isinstance(attr, types.FunctionType)
+                and hasattr(type(attr), "__get__")
+            ):
+                return f"{name} reads {self_name}.{node.attr}, a property or descriptor"
+        if not isinstance(node, ast.Call):
+            continue
+        root, chain = rooted(node.func)
+        call = ast.unparse(node.func)
+        if any(c in _IO_NAMES for c in chain) or root in _IO_NAMES:
+            return f"{name} calls {call}()"
+        if isinstance(node.func, ast.Name):
+            if root in _PURE_BUILTINS and root not in glb and getattr(builtins, root, None):
+                continue
+            return f"{name} calls {call}()"
+        if root == self_name and len(chain) == 1:
+            why = _pure_method(owner, chain[0], seen)
+            if why:
+                return why
+            continue
+        if root == self_name and len(chain) >= 2 and isinstance(node.func, ast.Attribute):
+            # self.values.add_(1): the attribute's own method; its class decides below
+            owner_attr = chain[0]
+            kinds = (torch.Tensor, np.ndarray, list, dict, set)
+            value = getattr(owner, "__dict__", {}).get(owner_attr)
+            if isinstance(value, kinds):
+                continue
+            return f"{name} calls {call}()"
+        mod = glb.get(root)
+        if isinstance(mod, types.ModuleType) and mod.__name__.split(".")[0] in _PURE_MODULES:
+            continue
+        return f"{name} calls {call}()"
+    return ""
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    """Whether ``a`` (the copy's value) and ``b`` (the original's) share memory."""
+    import numpy as np
+    import torch
+
+    if a is b:
+        return True
+    if isinstance(a, np.memmap) or isinstance(b, np.memmap):
+        return True
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.device.type != "cpu" or b.device.type != "cpu":
+            return True
+        return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.shares_memory(a, b))
+    return False
+
+
+def _unsafe_to_edit(copy_owner: Any, orig_owner: Any) -> str:
+    """The first attribute of ``copy_owner`` (the probe's copy) whose memory is that of the
+    original's (a memory-mapped array, a shared buffer), or ""."""
+    import numpy as np
+    import torch
+
+    for attr, value in list(getattr(copy_owner, "__dict__", {}).items()):
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            orig = getattr(orig_owner, attr, None)
+            if orig is not None and _shares_memory(value, orig):
+                return str(attr)
+    return ""
+
+
 def _changed_copy(value: Any, inplace: bool) -> tuple[Any, str] | None:
     """(the changed value, how) for a value the probe can change safely, else None.
 
@@ -239,14 +452,23 @@ def _changed_copy(value: Any, inplace: bool) -> tuple[Any, str] | None:
     return None
 
 
-def _change(dataset: Any, t: StaleTarget, before: str, called: list[str]) -> tuple[str, str]:
-    """Change ``t`` in this (the child's main) process: ("changed", how) or ("", why not)."""
+def _change(
+    dataset: Any, original: Any, t: StaleTarget, before: str, called: list[str]
+) -> tuple[str, str]:
+    """Change ``t`` in this (the child's main) process: ("changed", how) or ("", why not).
+
+    ``dataset`` is the probe's deep copy and ``original`` the dataset the child received:
+    only the copy is changed, and nothing whose memory the original shares (a memory-mapped
+    array's file, a tensor's shared storage) is edited in place.
+    """
     if _digest_now(dataset, t) != before and called:
         return "changed", f"{called[-1]} (called for another attribute)"
     try:
         owner = resolve_path(dataset, t.owner_path)
+        orig_owner = resolve_path(original, t.owner_path)
     except Exception as exc:
         return "", f"{t.owner_path} not reachable: {type(exc).__name__}: {exc}"
+    shared = _unsafe_to_edit(owner, orig_owner)
     notes: list[str] = []
     for name in t.methods:
         fn = getattr(owner, name, None)
@@ -255,6 +477,16 @@ def _change(dataset: Any, t: StaleTarget, before: str, called: list[str]) -> tup
             continue
         if not _takes_no_arguments(fn):
             notes.append(f"{name} takes arguments")
+            continue
+        impure = _pure_method(owner, name)
+        if impure:
+            notes.append(f"{name} not called: {impure}")
+            continue
+        if shared:
+            notes.append(
+                f"{name} not called: {t.owner_path}.{shared} shares its memory with the "
+                "caller's dataset"
+            )
             continue
         called.append(call)
         try:
@@ -269,7 +501,13 @@ def _change(dataset: Any, t: StaleTarget, before: str, called: list[str]) -> tup
         value = getattr(owner, t.attr)
     except Exception as exc:
         return "", f"{t.path} not readable: {type(exc).__name__}"
-    changed = _changed_copy(value, t.kind == "inplace")
+    inplace = t.kind == "inplace"
+    if inplace and _shares_memory(value, getattr(orig_owner, t.attr, None)):
+        return "", (
+            f"{t.path} ({_describe(value)}) shares its memory with the caller's dataset (a "
+            "memory-mapped file or a shared buffer): the probe does not edit it in place"
+        )
+    changed = _changed_copy(value, inplace)
     why = f" ({'; '.join(notes)})" if notes else ""
     if changed is None:
         return "", f"no method to call without arguments{why}, and the probe cannot make a " + (
@@ -296,8 +534,13 @@ def probe_stale_one(
     method: str,
     targets: list[StaleTarget],
     loader_timeout_s: float,
+    shared: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the stale-state probe under one start method (in the isolated child).
+
+    The probe changes a deep copy of ``dataset``, never the object it was given: that one
+    may share memory with the caller's (a spawned child receives CPU tensors in shared
+    memory, a forked one shares what was already shared, a np.memmap shares its file).
 
     Args:
         dataset: The dataset (a copy: the child's; it is changed here).
@@ -305,6 +548,9 @@ def probe_stale_one(
         method: The workers' start method.
         targets: The suspects (``stale_targets``).
         loader_timeout_s: DataLoader ``timeout``: seconds to wait for any one batch.
+        shared: Paths of the suspects that were tensors in shared memory in the caller's
+            process; the copy's are moved to shared memory too, so workers share them as
+            they would the caller's.
 
     Returns:
         {"persistent": bool, "targets": {path: result}} where a result is {"status": "ok",
@@ -320,7 +566,25 @@ def probe_stale_one(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _probe_stale(dataset, settings, method, targets, loader_timeout_s)
+            try:
+                work = copy.deepcopy(dataset)
+            except Exception as exc:
+                reason = (
+                    "the dataset cannot be copied safely (copy.deepcopy raised "
+                    f"{type(exc).__name__}: {exc})"[:300]
+                )
+                return {
+                    "persistent": bool(settings.get("persistent_workers")),
+                    "targets": {
+                        t.path: {"status": "not_probed", "reason": reason} for t in targets
+                    },
+                }
+            for t in targets:
+                if t.path in shared:
+                    value = getattr(resolve_path(work, t.owner_path), t.attr, None)
+                    if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+                        value.share_memory_()  # type: ignore[no-untyped-call]
+            return _probe_stale(work, dataset, settings, method, targets, loader_timeout_s)
         except (WorkerStartError, WorkerCrashedError) as exc:
             return {"error": str(exc)[:600]}
         except Exception as exc:
@@ -329,6 +593,7 @@ def probe_stale_one(
 
 def _probe_stale(
     dataset: Any,
+    original: Any,
     settings: dict[str, Any],
     method: str,
     targets: list[StaleTarget],
@@ -377,7 +642,7 @@ def _probe_stale(
         with open_batches(loader, keep_workers=True) as it:
             epoch1 = list(itertools.islice(it, 1))
             for t in usable:
-                changes[t.path] = _change(dataset, t, before[t.path], called)
+                changes[t.path] = _change(dataset, original, t, before[t.path], called)
             after = {t.path: _digest_now(dataset, t) for t in usable}
             epoch1 += list(itertools.islice(it, per_epoch - 1))
         with open_batches(loader) as it:
@@ -414,25 +679,54 @@ def _probe_stale(
     return {"persistent": persistent, "targets": results}
 
 
-def rebuilt_per_call(obj: Any) -> str | None:
-    """The factory's name when ``obj`` (a LoaderSpec of a factory TARGET) builds a new
-    DataLoader at every call; None otherwise or when unknown.
+def rebuilt_per_call(obj: Any, timeout_s: float) -> tuple[str | None, str]:
+    """Whether ``obj`` (a LoaderSpec of a factory TARGET) builds a new DataLoader per call.
 
-    The factory is called twice more: two different DataLoader objects mean each call builds
-    its own loader, whose workers copy the dataset as it is then. Nothing is iterated.
+    The factory is called twice more, in an isolated child (``run_isolated``), never in the
+    caller's process: two different DataLoader objects mean each call builds its own loader,
+    whose workers copy the dataset as it is then. Nothing is iterated; what was built is
+    closed (``close_loader``).
+
+    Args:
+        obj: What ``diagnose`` was given.
+        timeout_s: Seconds the child may take (what is left of the live probe's budget).
+
+    Returns:
+        (the factory's name, "") when it does; (None, "") when it does not or ``obj`` is no
+        factory; (None, "not known: <why>") when the child failed, timed out or had no time.
     """
     factory = getattr(obj, "factory", None)
     if factory is None or getattr(obj, "source", None) != "factory":
-        return None
+        return None, ""
+    name = str(getattr(obj, "target", None) or getattr(factory, "__qualname__", "factory"))
+    if timeout_s < MIN_REBUILT_S:
+        return (
+            None,
+            f"not known: the live probe's budget was spent ({max(timeout_s, 0):.1f} s left)",
+        )
+    res = run_isolated(_builds_two_loaders, factory, timeout_s=timeout_s)
+    if res.status == "ok" and isinstance(res.value, bool):
+        return (name if res.value else None), ""
+    lines = [ln.strip() for ln in (res.error or "").splitlines() if ln.strip()]
+    last = lines[-1][:200] if lines else "no output"
+    what = f"timed out after {timeout_s:.1f} s (killed)" if res.status == "timeout" else res.status
+    return None, f"not known: calling {name} twice in an isolated process {what}: {last}"
+
+
+def _builds_two_loaders(factory: Any) -> bool:
+    """Call ``factory`` twice (in the isolated child): two different DataLoaders?"""
     from torch.utils.data import DataLoader
 
+    built: list[Any] = []
     try:
-        a, b = factory(), factory()
-    except Exception:
-        return None
-    if isinstance(a, DataLoader) and isinstance(b, DataLoader) and a is not b:
-        return str(getattr(obj, "target", None) or getattr(factory, "__qualname__", "factory"))
-    return None
+        built.append(factory())
+        built.append(factory())
+        a, b = built
+        return isinstance(a, DataLoader) and isinstance(b, DataLoader) and a is not b
+    finally:
+        for loader in built:
+            if isinstance(loader, DataLoader):
+                close_loader(loader)
 
 
 def judge_stale_live(
@@ -447,7 +741,7 @@ def judge_stale_live(
     Args:
         ctx: The doctor's context (dataset, settings).
         obj: What ``diagnose`` was given (a LoaderSpec of a factory TARGET is checked with
-            ``rebuilt_per_call``).
+            ``rebuilt_per_call``, in an isolated child, with what is left of the budget).
         findings: The findings so far (static, graded by the main probe).
         probes: The main probe's runs: a start method whose run was not "ok" is not probed.
         budget_s: Seconds left of the live probe's budget, shared by the start methods.
@@ -463,6 +757,7 @@ def judge_stale_live(
     methods = [m for m in ctx.start_methods if m in ok]
     results: dict[str, dict[str, Any]] = {}
     runs = list(probes)
+    shared = _shared_paths(ctx.dataset, targets)  # before a spawn child's pickling shares them
     began = time.perf_counter()
     for i, m in enumerate(methods):
         # What an earlier method left unused goes to the later ones (fork takes < 1 s).
@@ -479,6 +774,7 @@ def judge_stale_live(
                 m,
                 targets,
                 max(0.5, share * 0.8),
+                shared,
                 timeout_s=share,
             )
             if res.status == "ok" and isinstance(res.value, dict):
@@ -495,7 +791,10 @@ def judge_stale_live(
                 runs[j] = dataclasses.replace(
                     r, observations={**r.observations, "stale_state": results[m]}
                 )
-    rebuilt = rebuilt_per_call(obj) if any(_stale(r) for r in results.values()) else None
+    rebuilt: str | None = None
+    unknown = ""
+    if any(_stale(r) for r in results.values()):
+        rebuilt, unknown = rebuilt_per_call(obj, budget_s - (time.perf_counter() - began))
     by_path = {t.path: t for t in targets}
     out: list[Finding] = []
     for f in findings:
@@ -503,8 +802,23 @@ def judge_stale_live(
         if f.code != "WF111" or t is None:
             out.append(f)
             continue
-        out.extend(_grade(f, t, results, rebuilt))
+        out.extend(_grade(f, t, results, rebuilt, unknown))
     return out, runs
+
+
+def _shared_paths(dataset: Any, targets: list[StaleTarget]) -> tuple[str, ...]:
+    """The suspects that are CPU tensors in shared memory in the caller's process."""
+    import torch
+
+    out: list[str] = []
+    for t in targets:
+        try:
+            value = getattr(resolve_path(dataset, t.owner_path), t.attr)
+        except Exception:
+            continue
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.is_shared():  # type: ignore[no-untyped-call]
+            out.append(t.path)
+    return tuple(out)
 
 
 def _stale(result: dict[str, Any]) -> bool:
@@ -562,9 +876,17 @@ def _clauses(word: str, items: list[tuple[str, str]]) -> str:
 
 
 def _grade(
-    f: Finding, t: StaleTarget, results: dict[str, dict[str, Any]], rebuilt: str | None
+    f: Finding,
+    t: StaleTarget,
+    results: dict[str, dict[str, Any]],
+    rebuilt: str | None,
+    unknown: str = "",
 ) -> list[Finding]:
-    """The finding ``f`` split by what the probe saw under each of its start methods."""
+    """The finding ``f`` split by what the probe saw under each of its start methods.
+
+    ``unknown``: why it is not known whether the factory TARGET rebuilds its loader per call
+    ("" when it is known), added to a stale verdict's evidence.
+    """
     groups: dict[str, list[tuple[str, str]]] = {}
     for m in f.start_methods:
         verdict, text = _verdict(results.get(m), t.path)
@@ -617,6 +939,8 @@ def _grade(
                 "and the workers kept reading the old value. [WF111]"
             )
         persistent = any(bool((results.get(m) or {}).get("persistent")) for m in methods)
+        if verdict == "stale" and unknown:
+            notes += f"; whether the TARGET builds a new DataLoader at every call is {unknown}"
         if verdict == "stale" and rebuilt is None:
             severity = "error"
             window = "stale for the workers' life" if persistent else "stale in the next epoch too"
