@@ -59,12 +59,19 @@ def test_tune_measures_both_forms_of_the_builtin_workload(
         assert not split["use_split"]
         assert sentence.startswith("float form kept: the split measured ")
         assert f"{u:.0f} vs {f:.0f} samples/s" in sentence
-    else:
+    elif u >= f:
         assert split["use_split"]
         assert sentence.startswith(
             f"uint8 split: {split['bytes_ratio']:.1f}x fewer bytes per sample, {u / f:.2f}x the "
             "samples/s"
         )
+    else:  # slower, within the noise: the bytes decide, and the sentence says the rates tie
+        assert split["use_split"]
+        assert sentence.startswith(
+            f"uint8 split: {split['bytes_ratio']:.1f}x fewer bytes per sample; its samples/s "
+            f"({u:.0f}) and the float form's ({f:.0f}) differ by less than the noise"
+        )
+    if split["use_split"]:
         assert "builtin_dataset(output='uint8') + wellfed.to_device(loader, device, " in sentence
     # the lines under the table
     flat = " ".join(text.split())
