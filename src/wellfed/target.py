@@ -25,10 +25,29 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "LoaderConfig",
     "LoaderSpec",
+    "callable_without_arguments",
     "resolve_fn",
     "resolve_target",
     "spec_from_object",
 ]
+
+
+def callable_without_arguments(fn: Any) -> bool:
+    """Whether ``fn`` (a function, method or class) can be called with no arguments: every
+    parameter has a default or is ``*args``/``**kwargs``. False when its signature cannot be
+    read."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not inspect.Parameter.empty
+        or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for p in sig.parameters.values()
+    )
+
 
 #: Batch size used for a bare dataset, which carries none. 32 is the default of the most
 #: common training recipes (torchvision's ImageNet reference scripts use 32 per GPU).

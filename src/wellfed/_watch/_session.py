@@ -18,7 +18,6 @@ time (``/proc/diskstats``) are read at the start and the end.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import itertools
 import multiprocessing
 import os
@@ -35,6 +34,7 @@ from typing import Any
 from wellfed._meter import WaitMeter, warmup_for
 from wellfed._watch import _proc, _stale
 from wellfed._watch._wrap import MeteredIterator
+from wellfed.target import callable_without_arguments
 
 __all__ = ["LoaderRecord", "LoaderSession", "find_module"]
 
@@ -450,7 +450,7 @@ class LoaderSession:
                     return f"{self.target_prefix}:{key}"
         cls = type(inner)
         for key, value in list(namespace.items()):
-            if value is cls and _callable_without_arguments(cls):
+            if value is cls and callable_without_arguments(cls):
                 return f"{self.target_prefix}:{key}"
         return None
 
@@ -546,15 +546,3 @@ def _same_file(a: str, b: str) -> bool:
         return str(Path(a).resolve()) == b
     except OSError:
         return False
-
-
-def _callable_without_arguments(cls: type) -> bool:
-    try:
-        sig = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return False
-    return all(
-        p.default is not inspect.Parameter.empty
-        or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        for p in sig.parameters.values()
-    )

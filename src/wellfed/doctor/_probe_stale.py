@@ -55,6 +55,7 @@ from wellfed.doctor._report import Finding, ProbeRun
 from wellfed.doctor._source import analyze_class
 from wellfed.errors import WorkerCrashedError, WorkerStartError
 from wellfed.measure import close_loader, open_batches
+from wellfed.target import callable_without_arguments
 
 __all__ = [
     "MIN_REBUILT_S",
@@ -179,18 +180,6 @@ def _digest_now(dataset: Any, t: StaleTarget) -> str:
         return batch_digest(getattr(resolve_path(dataset, t.owner_path), t.attr))
     except Exception as exc:
         return f"unreadable: {type(exc).__name__}"
-
-
-def _takes_no_arguments(fn: Any) -> bool:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False
-    return all(
-        p.default is not inspect.Parameter.empty
-        or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        for p in sig.parameters.values()
-    )
 
 
 def _describe(value: Any) -> str:
@@ -475,7 +464,7 @@ def _change(
         call = f"{t.owner_path}.{name}()"
         if not callable(fn) or call in called:
             continue
-        if not _takes_no_arguments(fn):
+        if not callable_without_arguments(fn):
             notes.append(f"{name} takes arguments")
             continue
         impure = _pure_method(owner, name)
