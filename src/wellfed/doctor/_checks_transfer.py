@@ -14,6 +14,7 @@ from wellfed.doctor._report import Finding
 
 __all__ = [
     "check_float_images_from_workers",
+    "describe_images",
     "float_images_seen_live",
 ]
 
@@ -40,6 +41,11 @@ _FIX = (
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
+def describe_images(images: list[dict[str, Any]]) -> str:
+    """``_probe.float_images`` in words: "batch['image'] float32 (1, 3, 32, 48), ..."."""
+    return ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+
+
 def float_images_seen_live(
     ctx: Context, images: list[dict[str, Any]], method: str, path: str
 ) -> list[Finding]:
@@ -55,13 +61,9 @@ def float_images_seen_live(
     if ctx.num_workers == 0 or not images:
         return []
     first = images[0]
-    per_sample = first.get("sample_values")
-    if not isinstance(per_sample, int):  # an older observation: one sample of a batch of 1
-        per_sample = 1
-        for d in [int(d) for d in first["shape"]][1:]:
-            per_sample *= d
+    per_sample = int(first["sample_values"])
     itemsize = _ITEMSIZE.get(str(first["dtype"]), 4)
-    seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+    seen = describe_images(images)
     f = ctx.finding(
         "WF125",
         "info",

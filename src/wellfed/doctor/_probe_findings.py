@@ -36,7 +36,7 @@ from wellfed.doctor._attribution import (
 )
 from wellfed.doctor._checks_rng import rng_fix
 from wellfed.doctor._checks_shared_memory import check_shared_memory
-from wellfed.doctor._checks_transfer import float_images_seen_live
+from wellfed.doctor._checks_transfer import describe_images, float_images_seen_live
 from wellfed.doctor._checks_worker_config import check_pickled_size
 from wellfed.doctor._classify import HANDLE_FIXES, is_iterable, mb
 from wellfed.doctor._context import Context
@@ -199,7 +199,7 @@ def apply_probes(ctx: Context, findings: list[Finding], probes: list[ProbeRun]) 
             )
         images = obs.get("float_images")
         if images:
-            seen = ", ".join(f"{i['path']} {i['dtype']} {tuple(i['shape'])}" for i in images)
+            seen = describe_images(images)
             if not update(("WF125",), m, f"the workers' first batch holds {seen}"):
                 out.extend(float_images_seen_live(ctx, images, m, path_code))
         sample_bytes = obs.get("sample_bytes")
