@@ -25,6 +25,22 @@ class SquaresDataset(Dataset):
         return torch.tensor([float(index), float(index * index)]), index
 
 
+class BallastDataset(SquaresDataset):
+    """SquaresDataset whose every loading process (a worker, or the main process) fills
+    ``mib`` MiB of its own memory at its first sample and keeps it: each worker's private
+    memory is known."""
+
+    def __init__(self, n: int = 64, mib: int = 64) -> None:
+        super().__init__(n)
+        self.mib = mib
+        self._ballast: torch.Tensor | None = None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self._ballast is None:
+            self._ballast = torch.ones(self.mib * 2**20, dtype=torch.uint8)  # pages touched
+        return super().__getitem__(index)
+
+
 class FailingDataset(SquaresDataset):
     """Raises a ValueError with a recognisable message at one index."""
 

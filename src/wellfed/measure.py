@@ -21,7 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from wellfed._isolate import GroupMember, IsolatedResult, run_isolated, run_isolated_group
+from wellfed._isolate import (
+    GroupMember,
+    IsolatedResult,
+    note_memory,
+    run_isolated,
+    run_isolated_group,
+)
 from wellfed._meter import WaitMeter, leading_dim
 from wellfed.target import LoaderConfig, LoaderSpec
 
@@ -409,6 +415,7 @@ def _run_trial(
                     break
             cpu_s = time.process_time() - cpu0
             span_end_unix = time.time()
+            note_memory()  # the workers hold their data now; the parent's samples are 1 s apart
             if group is not None:
                 # keep the node loaded while the slower ranks finish their spans
                 group.finish()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import FailingDataset, HangingDataset, KilledWorkerDataset, SquaresDataset
+from tests.helpers import (
+    BallastDataset,
+    FailingDataset,
+    HangingDataset,
+    KilledWorkerDataset,
+    SquaresDataset,
+)
 from wellfed.measure import LoaderConfig, measure
 from wellfed.target import spec_from_object
 
@@ -32,6 +38,26 @@ def test_measure_with_workers(method: str) -> None:
     assert trial.wait_s_p90 is not None
     assert trial.wait_s_p50 is not None
     assert trial.wait_s_p90 >= trial.wait_s_p50
+
+
+def test_a_short_trials_peak_memory_counts_its_workers() -> None:
+    # Each loading process keeps 64 MiB of its own. The parent samples the tree once a second,
+    # so a trial this short was read only at its start, before its workers existed: before
+    # note_memory, 2 fork workers read less than the main process alone.
+    spec = spec_from_object(BallastDataset(64, mib=64))
+    alone = measure(spec, LoaderConfig(batch_size=8), timeout_s=60, **FAST)
+    two = measure(
+        spec,
+        LoaderConfig(num_workers=2, batch_size=8, multiprocessing_context="fork"),
+        timeout_s=60,
+        **FAST,
+    )
+    assert alone.status == "ok", alone.error
+    assert two.status == "ok", two.error
+    assert alone.peak_memory_bytes is not None
+    assert two.peak_memory_bytes is not None
+    # the main process's 64 MiB is gone from the workers' trial; each worker adds its own
+    assert two.peak_memory_bytes - alone.peak_memory_bytes > 50 * 2**20
 
 
 def test_measure_in_main_process() -> None:

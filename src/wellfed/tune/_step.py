@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wellfed._isolate import note_memory
 from wellfed._meter import WaitMeter, leading_dim, warmup_for
 from wellfed.errors import check_option
 from wellfed.measure import close_loader, iterate, run_isolated
@@ -173,6 +174,7 @@ def _trial_child(
                     elif step_s:
                         time.sleep(step_s)
             finally:
+                note_memory()  # its workers (or threads) hold their data now
                 batches.close()  # type: ignore[attr-defined]
             if not delivered:
                 break
