@@ -86,10 +86,17 @@ def test_module_level_patch_is_gone_even_when_the_block_raises() -> None:
 
 
 def _multiscale_run(
-    *, persistent: bool, change_at: int | None, epochs: int = 1, once: bool = False
+    *,
+    persistent: bool,
+    change_at: int | None,
+    epochs: int = 1,
+    once: bool = False,
+    revert_at: int | None = None,
+    interval_s: float = 0.02,
 ) -> tuple[list[list[float]], list[dict[str, object]]]:
     """Iterate a MultiScaleDataset with 2 fork workers; at batch ``change_at`` of each epoch
-    the loop sets img_size (None: between epochs, before iter()); it bumps ``seen`` always."""
+    the loop sets img_size (None: between epochs, before iter()), at ``revert_at`` it puts
+    416 back; it bumps ``seen`` always."""
     from tests.helpers_watch import MultiScaleDataset
 
     dataset = MultiScaleDataset(48)
@@ -102,7 +109,7 @@ def _multiscale_run(
         timeout=60,
     )
     sizes: list[list[float]] = []
-    with LoaderSession(interval_s=0.02) as session:
+    with LoaderSession(interval_s=interval_s) as session:
         for epoch in range(epochs):
             if change_at is None and epoch and not (once and epoch > 1):
                 dataset.img_size = 320 + epoch
@@ -111,6 +118,8 @@ def _multiscale_run(
                 dataset.seen += 1  # never read by workers: not reported
                 if change_at is not None and i == change_at:
                     dataset.img_size = 320 + epoch
+                if revert_at is not None and i == revert_at:
+                    dataset.img_size = 416
                 seen.append(float(batch[0, 0]))
             sizes.append(seen)
         (record,) = session.records
@@ -125,6 +134,17 @@ def test_an_attribute_the_loop_sets_mid_epoch_is_reported_stale_until_the_epoch_
     assert (entry["before"], entry["now"]) == ("416", "320")
     assert entry["persistent"] is False
     assert entry["read_by_workers"] is True
+
+
+def test_a_change_the_loop_reverts_before_the_epoch_ends_is_still_reported() -> None:
+    # 320 from batch 3 to batch 5, then 416 again: the epoch's end sees the workers' value, and
+    # the sampler thread (one look a minute here) never looks; the hand-over check sees it.
+    sizes, stale = _multiscale_run(persistent=False, change_at=3, revert_at=5, interval_s=60.0)
+    assert set(sizes[0]) == {416.0}
+    (entry,) = stale
+    assert entry["path"] == "dataset.img_size"
+    assert (entry["before"], entry["now"]) == ("416", "320")
+    assert entry["step"] == 5  # seen at the hand-over of batch 4, the first after it
 
 
 def test_a_change_between_epochs_is_fine_without_persistent_workers_not_with_them() -> None:

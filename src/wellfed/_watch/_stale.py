@@ -10,9 +10,10 @@ the doctor's static checks cannot see it; ``wellfed watch`` can, because it runs
 
 How: when a loader starts workers, ``snapshot`` takes a fingerprint of the dataset's instance
 attributes (the value of scalars, strings and short tuples of them; the identity and shape of
-anything else, so a reassigned array or list is seen and an in-place edit is not). The sampler
-thread and every epoch's end compare the dataset with it (``changes``). A changed attribute is
-reported when the dataset's worker code reads it (``worker_reads``: the doctor's reading of
+anything else, so a reassigned array or list is seen and an in-place edit is not). Every
+batch's hand-over (in the training thread, a few microseconds: ``_session._on_batch``), the
+sampler thread and every epoch's end compare the dataset with it (``changes``). A changed attribute
+is reported when the dataset's worker code reads it (``worker_reads``: the doctor's reading of
 ``__getitem__`` and the methods it calls, plus a ``collate_fn`` bound to the dataset); when
 that code is not read (a library's class: torchvision, Hugging Face...), every change of a
 public attribute (no leading underscore) is reported, and the report says the reading is

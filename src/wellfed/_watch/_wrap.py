@@ -14,14 +14,15 @@ __all__ = ["MeteredIterator", "Watched", "watch"]
 class MeteredIterator:
     """An iterator handing over what ``inner`` yields, timing each ``next()`` on ``meter``.
 
-    ``on_stop`` is called when ``inner`` is exhausted (the epoch's end); the first ``warmup``
-    hand-overs are warm-up steps (``WaitMeter.new_epoch``).
+    ``on_stop`` is called when ``inner`` is exhausted (the epoch's end), ``on_batch`` after
+    each hand-over is on the books (outside the timed wait); the first ``warmup`` hand-overs
+    are warm-up steps (``WaitMeter.new_epoch``).
 
     Attribute reads and writes it does not own go to ``inner`` (a DataLoader iterator's
     ``_shutdown_workers``, ``_workers``, ``_wf_progress``...), and ``len()`` is ``inner``'s.
     """
 
-    __slots__ = ("_wf_inner", "_wf_meter", "_wf_on_stop")
+    __slots__ = ("_wf_inner", "_wf_meter", "_wf_on_batch", "_wf_on_stop")
 
     def __init__(
         self,
@@ -30,10 +31,12 @@ class MeteredIterator:
         on_stop: Callable[[], None] | None = None,
         *,
         warmup: int = 1,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         object.__setattr__(self, "_wf_inner", inner)
         object.__setattr__(self, "_wf_meter", meter)
         object.__setattr__(self, "_wf_on_stop", on_stop)
+        object.__setattr__(self, "_wf_on_batch", on_batch)
         meter.new_epoch(warmup)
 
     def __iter__(self) -> MeteredIterator:
@@ -53,6 +56,8 @@ class MeteredIterator:
             meter.abandon()
             raise
         meter.end(leading_dim(batch))
+        if self._wf_on_batch is not None:
+            self._wf_on_batch()
         return batch
 
     def __len__(self) -> int:
