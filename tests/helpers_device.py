@@ -25,6 +25,7 @@ from wellfed.device import (
     RandomResizedCrop,
 )
 
+
 class IndexLabelled(Dataset[tuple[Any, int]]):
     """``base[indices[i]]``'s first item with the label ``i``: the sample's own index, so a
     test can rebuild each sample of a batch (the encoded form's bytes, say) by its index."""

@@ -28,6 +28,12 @@ yields ``wellfed.SeededBatch(batch, seeds)``, whose seeds are ``sample_seed(seed
 index)``, so the device transforms give the same result for the same (seed, epoch, index)
 whatever the worker count, and the same result as applying them to each sample alone.
 
+The decode form (issue 17 item 4): workers send each file's bytes (``collate_encoded`` keeps
+a batch of them as ``EncodedImages``, which ``to_device`` leaves on the host), and
+``DecodeImages`` decodes them on the device (nvJPEG through torchvision on a CUDA device
+where available, Pillow otherwise) into a list of images of varying sizes; ``ToFloat``
+converts such a list image by image and ``RandomResizedCrop`` turns it into one batch.
+
 Why plain torch ops and not kornia or torchvision: torchvision's ``transforms.v2`` draws from
 torch's global RNG and cannot be imported on a machine where its CUDA wheel sits beside a CPU
 torch (issue 15); kornia is an extra dependency (kornia + kornia_rs), its augmentations draw
@@ -453,7 +459,8 @@ def to_device(
 
     Batches may be tensors or any nesting of tuples, lists, namedtuples, dicts and dataclasses
     of tensors; other values (ints, strings) pass through unchanged. A seeded loader's
-    ``SeededBatch`` keeps its ``seeds`` (Python ints) on the host.
+    ``SeededBatch`` keeps its ``seeds`` (Python ints) on the host, and an ``EncodedImages``
+    (encoded file bytes, from ``collate_encoded``) stays on the host for ``DecodeImages``.
 
     The main-process fix for a model in ``__getitem__`` (note 001): load the model's inputs
     with worker processes, and give the model (a ``torch.nn.Module`` on ``device``, in eval
@@ -1093,8 +1100,9 @@ class RandomResizedCrop:
     """Crop a random area and aspect ratio of each image, resize it to ``size``: per sample.
 
     Each sample's crop (top, left, height, width) is drawn on the host from its step seed with
-    torchvision's algorithm (``params``). Input: float images (B, C, H, W) (put ToFloat
-    first); output float (B, C, size_h, size_w).
+    torchvision's algorithm (``params``). Input: float images (B, C, H, W), or a list of B
+    float images (C, H, W) of varying sizes (``DecodeImages`` then ``ToFloat``), each cropped
+    from its own size (put ToFloat first); output float (B, C, size_h, size_w).
 
     Two resampling methods:
 
@@ -1324,6 +1332,8 @@ class BatchTransform:
     Give it as ``to_device(..., transform=BatchTransform([...]))``. Steps run in order on the
     image tensor (B, C, H, W) found at ``key`` in the batch; the batch comes back with that
     field replaced (a ``SeededBatch`` is unwrapped: the training loop gets the bare batch).
+    The field may also hold encoded images (``EncodedImages``: ``DecodeImages`` first) or a
+    list of B images (C, H, W) of varying sizes, which ``RandomResizedCrop`` makes one batch.
 
     Steps are wellfed's device steps (``ToFloat``, ``Normalize``, ``RandomHorizontalFlip``,
     ``RandomResizedCrop``), called as ``step(images, step_seeds)``, or any other callable

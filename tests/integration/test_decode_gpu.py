@@ -100,12 +100,14 @@ def test_the_decode_form_through_to_device_on_cuda(hymenoptera: Path) -> None:
     dev = to_device(loader, "cuda", transform=transform)
     first = None
     for n, (images, labels) in enumerate(dev):
-        assert images.device.type == "cuda" and images.dtype == torch.float32
+        assert images.device.type == "cuda"
+        assert images.dtype == torch.float32
         assert images.shape == (labels.shape[0], 3, 224, 224)
         first = images if first is None else first
         if n == 3:
             break
-    assert first is not None and torch.isfinite(first).all()
+    assert first is not None
+    assert torch.isfinite(first).all()
 
 
 @pytest.mark.usefixtures("nvjpeg")
@@ -119,8 +121,10 @@ def test_tune_measures_the_decode_form_on_cuda() -> None:
     assert decode is not None
     assert decode.measured, decode.reason
     assert decode.device == "cuda"
-    assert decode.trial is not None and decode.trial.ok
-    assert decode.samples_per_s is not None and decode.samples_per_s > 0
+    assert decode.trial is not None
+    assert decode.trial.ok
+    assert decode.samples_per_s is not None
+    assert decode.samples_per_s > 0
     assert result.recommended is not None
     assert decode.config == result.recommended.config
     assert decode.encoded_bytes_per_sample is not None

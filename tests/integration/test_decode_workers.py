@@ -29,7 +29,7 @@ from wellfed.workloads import IMAGENET_MEAN, IMAGENET_STD, builtin_dataset
 pytestmark = [pytest.mark.workers, pytest.mark.timeout(180)]
 
 SEED = 11
-METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
 
 
 def _photos(hymenoptera: Path) -> IndexLabelled:
@@ -55,10 +55,12 @@ def _transform() -> BatchTransform:
     )
 
 
-def _run(ds: Any, num_workers: int, transform: BatchTransform) -> list[tuple[Any, Any]]:
+def _run(
+    ds: Any, num_workers: int, method: str, transform: BatchTransform
+) -> list[tuple[Any, Any]]:
     kw: dict[str, Any] = {}
     if num_workers:
-        kw.update(multiprocessing_context=METHOD, persistent_workers=False, timeout=60)
+        kw.update(multiprocessing_context=method, persistent_workers=False, timeout=60)
     loader = wellfed.create_dataloader(
         ds,
         batch_size=8,
@@ -72,17 +74,19 @@ def _run(ds: Any, num_workers: int, transform: BatchTransform) -> list[tuple[Any
     return list(to_device(loader, "cpu", transform=transform))
 
 
+@pytest.mark.parametrize("method", METHODS)
 def test_decode_form_equals_the_per_sample_steps_for_0_and_2_workers(
-    hymenoptera: Path,
+    hymenoptera: Path, method: str
 ) -> None:
     ds = _photos(hymenoptera)
     transform = _transform()
-    runs = {n: _run(ds, n, transform) for n in (0, 2)}
+    runs = {n: _run(ds, n, method, transform) for n in (0, 2)}
     assert [len(r) for r in runs.values()] == [3, 3]
     for (images, index), (images2, index2) in zip(runs[0], runs[2], strict=True):
         assert torch.equal(index, index2)
         assert torch.equal(images, images2)  # reproducible whatever the worker count
-        assert images.shape == (len(index), 3, 48, 48) and images.dtype == torch.float32
+        assert images.shape == (len(index), 3, 48, 48)
+        assert images.dtype == torch.float32
     seen = []
     for images, index in runs[2]:
         for row, i in enumerate(index.tolist()):

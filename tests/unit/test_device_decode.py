@@ -57,10 +57,12 @@ def test_the_encoded_form_returns_each_files_bytes_and_label() -> None:
     ds = builtin_dataset(output="encoded")
     data, label = ds[3]
     path, want = ds.samples[3]
-    assert data.dtype == torch.uint8 and data.dim() == 1
+    assert data.dtype == torch.uint8
+    assert data.dim() == 1
     assert bytes(data.numpy()) == Path(path).read_bytes()
     assert label == want
-    assert ds.encoded and ds.transform is None
+    assert ds.encoded
+    assert ds.transform is None
     assert len(ds) == len(builtin_dataset(output="uint8"))
 
 
@@ -78,7 +80,8 @@ def test_collate_encoded_keeps_a_list_counted_by_the_driver() -> None:
     images, labels = collate_encoded(samples)
     assert isinstance(images, EncodedImages)
     assert [t.numel() for t in images] == [p.stat().st_size for p in PHOTOS[:4]]
-    assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 0, 1]
+    assert labels.dtype == torch.int64
+    assert labels.tolist() == [0, 1, 0, 1]
     total = sum(p.stat().st_size for p in PHOTOS[:4])
     assert batch_nbytes((images, labels)) == total + 4 * 8
     assert leading_dim((images, labels)) == 4
@@ -107,7 +110,8 @@ def test_decode_on_the_cpu_is_pillows_rgb_for_jpeg_and_other_formats() -> None:
     out = step(EncodedImages(items))
     assert [tuple(t.shape) for t in out][1] == (3, 9, 17)
     for got, data in zip(out, items, strict=True):
-        assert got.dtype == torch.uint8 and got.device.type == "cpu"
+        assert got.dtype == torch.uint8
+        assert got.device.type == "cpu"
         assert torch.equal(got, pillow_rgb(data))
 
 
@@ -118,7 +122,9 @@ def test_a_broken_file_names_its_place_in_the_batch() -> None:
     msg = str(e.value)
     assert e.value.code == "WF704"
     assert e.value.value == 1
-    assert msg.startswith("Cannot decode image 1 of the batch (22 B, first bytes ff d8 ff e0 20 6e 6f 74)")
+    assert msg.startswith(
+        "Cannot decode image 1 of the batch (22 B, first bytes ff d8 ff e0 20 6e 6f 74)"
+    )
     assert "Remove or replace the file" in msg
     assert "builtin_dataset(DIR, output='uint8') names the file and sample, WF020" in msg
     assert msg.endswith("[WF704]")
@@ -166,7 +172,8 @@ def test_a_list_of_images_becomes_one_batch_in_random_resized_crop() -> None:
         )
         seeds = [11, 12, 13]
         out = t(SeededBatch(list(images), seeds))
-        assert out.shape == (3, 3, 12, 12) and out.dtype == torch.float32
+        assert out.shape == (3, 3, 12, 12)
+        assert out.dtype == torch.float32
         for i in range(3):
             assert torch.equal(out[i], reference_one(t, images[i], seeds[i]))
 
@@ -186,7 +193,8 @@ def test_list_steps_say_where_the_batch_is_made() -> None:
 def test_the_decode_transform_on_the_cpu_gives_a_normalised_batch() -> None:
     batch = collate_encoded([(_bytes(p), 0) for p in PHOTOS[:2]] + [(_png_bytes(), 1)])
     images, labels = decode_train_transform("cpu", size=32)(SeededBatch(batch, [5, 6, 7]))
-    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.float32
+    assert images.shape == (3, 3, 32, 32)
+    assert images.dtype == torch.float32
     assert labels.tolist() == [0, 0, 1]
 
 
@@ -194,9 +202,12 @@ def test_decode_spec_is_the_builtin_workload_over_the_same_files() -> None:
     spec = builtin_spec(batch_size=4)
     dec = decode_spec(spec, "cpu")
     assert dec is not None
-    assert dec.dataset.samples == spec.dataset.samples and dec.dataset.encoded
+    assert dec.dataset.samples == spec.dataset.samples
+    assert dec.dataset.encoded
     assert dec.collate_fn is collate_encoded
-    assert dec.sample_seeds and dec.seed is not None and dec.device == "cpu"
+    assert dec.sample_seeds
+    assert dec.seed is not None
+    assert dec.device == "cpu"
     assert isinstance(dec.device_transform.steps[0], DecodeImages)
     assert not spec.dataset.encoded  # the float form's dataset is left as it was
     assert decode_spec(builtin_spec(output="uint8"), "cpu") is None

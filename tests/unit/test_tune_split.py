@@ -207,7 +207,8 @@ def test_without_a_gpu_the_decode_form_is_not_measured_and_says_why() -> None:
     data = json.loads(json.dumps(side.decode.to_dict()))
     assert data["measured"] is False
     assert data["reason"] == "GPU decode not measured: no CUDA device"
-    assert data["trial"] is None and data["samples_per_s"] is None
+    assert data["trial"] is None
+    assert data["samples_per_s"] is None
     assert DecodeComparison.from_dict(data) == side.decode
 
 
@@ -253,7 +254,9 @@ def test_the_measured_decode_form_reports_its_figures() -> None:
     c = compare_decode(
         CFG, "cuda", _trial(200.0), _trial(300.0), FLOAT_B, enc, 10.0, uint8_samples_per_s=220.0
     )
-    assert c.measured and c.samples_per_s == 300.0 and c.float_samples_per_s == 200.0
+    assert c.measured
+    assert c.samples_per_s == 300.0
+    assert c.float_samples_per_s == 200.0
     assert c.reason == (
         "decode on cuda (nvJPEG): 99,900 B per sample from the workers (the files' bytes; 6.0x "
         "fewer than float32's 602,120 B); 300 samples/s against the float form's 200, the "
