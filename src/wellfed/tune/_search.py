@@ -836,6 +836,8 @@ def _device_side(
         return _DeviceSide(decode=decode_side)
     timeout = bounded(probe_timeout_s)
     if timeout <= 0:
+        if decode is not None:
+            decode_side = decode_not_measured("no time left in tune's budget")
         return _DeviceSide(decode=decode_side)
     report("measuring bytes per sample" + (" and host-to-device copies" if has_cuda else ""))
     facts = run_isolated(device_facts, specs, has_cuda, timeout_s=timeout)
