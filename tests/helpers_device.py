@@ -6,8 +6,10 @@ sample at a time, from the documented parameter functions, to compare batches ag
 
 from __future__ import annotations
 
+import io
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,7 +17,39 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from wellfed.device import BatchTransform, Normalize, RandomHorizontalFlip, RandomResizedCrop
+from wellfed.device import (
+    BatchTransform,
+    DecodeImages,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+)
+
+
+class IndexLabelled(Dataset[tuple[Any, int]]):
+    """``base[indices[i]]``'s first item with the label ``i``: the sample's own index, so a
+    test can rebuild each sample of a batch (the encoded form's bytes, say) by its index."""
+
+    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.base[self.indices[index]][0], index
+
+
+def pillow_rgb(data: bytes | torch.Tensor) -> torch.Tensor:
+    """A file's bytes decoded by Pillow to RGB: uint8 (3, H, W), written out independently."""
+    import numpy as np
+    from PIL import Image
+
+    raw = data.numpy().tobytes() if isinstance(data, torch.Tensor) else data
+    with Image.open(io.BytesIO(raw)) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 class ImagesDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -62,13 +96,17 @@ class RecordingModel(nn.Module):
 def reference_one(transform: BatchTransform, image: torch.Tensor, seed: int) -> torch.Tensor:
     """``transform``'s steps on one sample (C, H, W), written out with plain torch ops.
 
+    With ``DecodeImages`` first, ``image`` is the file's bytes (N,), decoded with Pillow.
+
     The parameters come from the steps' documented functions (``step_seeds``, ``params``);
     the pixel work is the textbook op on the single image, not the batched code path.
     """
     x = image
     seeds = transform.step_seeds(seed)
     for step, s in zip(transform.steps, seeds, strict=True):
-        if isinstance(step, RandomHorizontalFlip):
+        if isinstance(step, DecodeImages):  # x: the file's bytes (N,), uint8
+            x = pillow_rgb(x).to(step.device)
+        elif isinstance(step, RandomHorizontalFlip):
             assert s is not None
             if step.params(s):
                 x = x.flip(-1)

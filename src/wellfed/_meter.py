@@ -109,9 +109,12 @@ def leading_dim(batch: Any, _depth: int = 0) -> int:
 
     A tensor or array (anything with ``shape``) gives ``shape[0]`` (1 for a 0-d one); a
     mapping, its first value's; a tuple or list of tensors, mappings or sequences, its first
-    item's; a tuple or list of plain items (strings, numbers), its length. Anything else counts
-    as one sample.
+    item's; a tuple or list of plain items (strings, numbers), its length; a sequence whose class
+    sets ``items_are_samples`` (``wellfed.device.EncodedImages``: one file's bytes per sample),
+    its length. Anything else counts as one sample.
     """
+    if getattr(type(batch), "items_are_samples", False):
+        return len(batch)
     shape = getattr(batch, "shape", None)
     if shape is not None:
         try:

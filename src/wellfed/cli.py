@@ -651,6 +651,9 @@ def _render_tune(result: Any) -> None:
     split = getattr(result, "split", None)
     if split is not None:
         out.print(_split_line(split), markup=False, highlight=False, soft_wrap=True)
+    decode = getattr(result, "decode", None)
+    if decode is not None:
+        out.print(f"decode form: {decode.reason}", markup=False, highlight=False, soft_wrap=True)
     for t in result.trials:
         if not t.ok and t.error:
             out.print(f"[red]{escape(t.config.label())} {t.status}[/]:")

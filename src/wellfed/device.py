@@ -28,6 +28,12 @@ yields ``wellfed.SeededBatch(batch, seeds)``, whose seeds are ``sample_seed(seed
 index)``, so the device transforms give the same result for the same (seed, epoch, index)
 whatever the worker count, and the same result as applying them to each sample alone.
 
+The decode form (issue 17 item 4): workers send each file's bytes (``collate_encoded`` keeps
+a batch of them as ``EncodedImages``, which ``to_device`` leaves on the host), and
+``DecodeImages`` decodes them on the device (nvJPEG through torchvision on a CUDA device
+where available, Pillow otherwise) into a list of images of varying sizes; ``ToFloat``
+converts such a list image by image and ``RandomResizedCrop`` turns it into one batch.
+
 Why plain torch ops and not kornia or torchvision: torchvision's ``transforms.v2`` draws from
 torch's global RNG and cannot be imported on a machine where its CUDA wheel sits beside a CPU
 torch (issue 15); kornia is an extra dependency (kornia + kornia_rs), its augmentations draw
@@ -44,6 +50,8 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import inspect
+import io
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
@@ -51,17 +59,21 @@ from typing import Any
 
 import torch
 
-from wellfed.errors import ConfigError, StateError
+from wellfed.errors import BadFileError, ConfigError, DependencyError, StateError
 from wellfed.seeding import _MASK64, _SALT_DEVICE, SeededBatch, _mix
 
 __all__ = [
     "BatchTransform",
+    "DecodeImages",
     "DeviceLoader",
+    "EncodedImages",
     "Normalize",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
     "ToFloat",
     "batch_nbytes",
+    "collate_encoded",
+    "gpu_decode_unavailable",
     "to_device",
     "uniform",
 ]
@@ -75,19 +87,24 @@ _WELLFED_STATE = "wellfed.loader/1"
 # --- nested batches --------------------------------------------------------------------------
 
 
-def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def _map_tensors(
+    obj: Any, fn: Callable[[torch.Tensor], torch.Tensor], *, keep_encoded: bool = False
+) -> Any:
     """Apply ``fn`` to every tensor inside a batch, keeping its structure.
 
     Tuples, lists, namedtuples (``SeededBatch`` included), mappings and dataclass instances are
     rebuilt with their items mapped; anything else (ints, strings, None, arrays) is passed
-    through unchanged.
+    through unchanged. With ``keep_encoded`` an ``EncodedImages`` is passed through too (to_device
+    leaves encoded bytes on the host, where the decoders read them).
     """
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, (str, bytes)):
         return obj
+    if keep_encoded and isinstance(obj, EncodedImages):
+        return obj
     if isinstance(obj, tuple):
-        items = [_map_tensors(x, fn) for x in obj]
+        items = [_map_tensors(x, fn, keep_encoded=keep_encoded) for x in obj]
         if hasattr(obj, "_fields"):  # namedtuple
             return type(obj)(*items)
         try:
@@ -95,9 +112,9 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         except TypeError:
             return tuple(items)
     if isinstance(obj, list):
-        return [_map_tensors(x, fn) for x in obj]
+        return [_map_tensors(x, fn, keep_encoded=keep_encoded) for x in obj]
     if isinstance(obj, Mapping):
-        mapped = {k: _map_tensors(v, fn) for k, v in obj.items()}
+        mapped = {k: _map_tensors(v, fn, keep_encoded=keep_encoded) for k, v in obj.items()}
         try:
             if isinstance(obj, MutableMapping):
                 clone = copy.copy(obj)
@@ -109,7 +126,8 @@ def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         record = copy.copy(obj)
         for field in dataclasses.fields(obj):
-            object.__setattr__(record, field.name, _map_tensors(getattr(obj, field.name), fn))
+            value = _map_tensors(getattr(obj, field.name), fn, keep_encoded=keep_encoded)
+            object.__setattr__(record, field.name, value)
         return record
     return obj
 
@@ -119,7 +137,8 @@ def batch_nbytes(batch: Any) -> int:
 
     What one batch costs to send from a worker to the main process (through shared memory)
     and to copy to the device. Tensors inside tuples, lists, namedtuples, mappings and
-    dataclasses count; other values (ints, strings, a ``SeededBatch``'s seeds) count 0.
+    dataclasses count, and the byte tensors of an ``EncodedImages`` (the encoded form: the
+    files' bytes); other values (ints, strings, a ``SeededBatch``'s seeds) count 0.
     Example: the built-in workload's float form, a batch of 32 float32 (3, 224, 224) images
     and 32 int64 labels: 32 x 602,112 + 32 x 8 = 19,267,840 B.
     """
@@ -333,7 +352,7 @@ class DeviceLoader:
     def _start(self, host: Any, stream: Any) -> _InFlight:
         """Begin moving one host batch: pin it, copy it on the side stream, record an event."""
         if stream is None:
-            moved = _map_tensors(host, lambda t: t.to(self.device))
+            moved = _map_tensors(host, lambda t: t.to(self.device), keep_encoded=True)
             return _InFlight(host, moved, [], None)
         tensors: list[torch.Tensor] = []
         unpinned: list[int] = []
@@ -349,7 +368,7 @@ class DeviceLoader:
             return out
 
         with torch.cuda.stream(stream):
-            moved = _map_tensors(host, copy_one)
+            moved = _map_tensors(host, copy_one, keep_encoded=True)
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             event.record(stream)
         if unpinned and not self._pinned_note:
@@ -370,7 +389,8 @@ class DeviceLoader:
             current.wait_event(item.event)
             for t in item.tensors:
                 t.record_stream(current)  # its memory is not reused before `current` is past
-            batch = _map_tensors(batch, lambda t: t.to(self.device))  # tensors not copied ahead
+            # tensors not copied ahead; encoded bytes stay on the host for the decode step
+            batch = _map_tensors(batch, lambda t: t.to(self.device), keep_encoded=True)
             item.device_batch = item.tensors = None  # type: ignore[assignment]
             self._retired.append(item)  # keeps the host batch until its copy has completed
             while self._retired and self._retired[0].event.query():
@@ -439,7 +459,8 @@ def to_device(
 
     Batches may be tensors or any nesting of tuples, lists, namedtuples, dicts and dataclasses
     of tensors; other values (ints, strings) pass through unchanged. A seeded loader's
-    ``SeededBatch`` keeps its ``seeds`` (Python ints) on the host.
+    ``SeededBatch`` keeps its ``seeds`` (Python ints) on the host, and an ``EncodedImages``
+    (encoded file bytes, from ``collate_encoded``) stays on the host for ``DecodeImages``.
 
     The main-process fix for a model in ``__getitem__`` (note 001): load the model's inputs
     with worker processes, and give the model (a ``torch.nn.Module`` on ``device``, in eval
@@ -552,15 +573,26 @@ def _host_tensor(values: Any, dtype: torch.dtype, device: torch.device) -> torch
     return t.to(device)
 
 
+def _describe(images: Any) -> str:
+    if isinstance(images, torch.Tensor):
+        return f"a tensor of shape {tuple(images.shape)}"
+    if isinstance(images, (list, tuple)):
+        return f"a {type(images).__name__} of {len(images)} image(s)"
+    return type(images).__name__
+
+
 def _check_images(images: Any, step: str) -> torch.Tensor:
+    """The images as one batch tensor (B, C, H, W), or WF703 naming what came instead."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        got = (
-            f"a tensor of shape {tuple(images.shape)}"
-            if isinstance(images, torch.Tensor)
-            else type(images).__name__
+        got = _describe(images)
+        hint = (
+            " A list of images of varying sizes (decoded by DecodeImages) becomes one batch in "
+            "RandomResizedCrop: put it before this step."
+            if isinstance(images, (list, tuple))
+            else ""
         )
         raise ConfigError(
-            f"Cannot apply {step}: it takes images as one tensor (B, C, H, W), got {got}. "
+            f"Cannot apply {step}: it takes images as one tensor (B, C, H, W), got {got}.{hint} "
             "Point BatchTransform's key at the image field of the batch (key=0 for "
             "(images, labels), key='image' for a dict). [WF703]",
             code="WF703",
@@ -570,18 +602,383 @@ def _check_images(images: Any, step: str) -> torch.Tensor:
     return images
 
 
+def _check_image_list(images: Any, step: str) -> list[torch.Tensor] | None:
+    """The images as a list of (C, H, W) tensors when they come as a list or tuple, else None
+    (a batch tensor: checked by ``_check_images``); WF703 for an item that is not (C, H, W)."""
+    if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
+        return None
+    items = list(images)
+    for i, im in enumerate(items):
+        if not isinstance(im, torch.Tensor) or im.dim() != 3:
+            got = _describe(im)
+            raise ConfigError(
+                f"Cannot apply {step}: image {i} of the list is {got}, not one image (C, H, W). "
+                "Put DecodeImages first for encoded bytes (EncodedImages), or pass a batch "
+                "tensor (B, C, H, W). [WF703]",
+                code="WF703",
+                attribute="images",
+                value=got,
+            )
+    return items
+
+
+def _check_batch(images: Any, step: str) -> torch.Tensor | list[torch.Tensor]:
+    """A batch tensor (B, C, H, W) or a list of (C, H, W) images; WF703 otherwise."""
+    items = _check_image_list(images, step)
+    return items if items is not None else _check_images(images, step)
+
+
+# --- encoded images: bytes off the workers, decode on the device ---------------------------
+
+#: The first bytes of a JPEG file (SOI marker, then the first segment's marker).
+#: Source: ITU-T T.81 (JPEG), B.1.1.3 markers: SOI = FFD8, every marker starts with FF.
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class EncodedImages(tuple):  # type: ignore[type-arg]
+    """A batch of encoded images: one 1-D uint8 tensor per sample, the file's bytes.
+
+    What ``collate_encoded`` makes of samples ``(bytes tensor, label)`` (the built-in workload's
+    ``output="encoded"``): the samples' lengths differ, so they stay separate tensors. A tuple:
+    index, iterate and ``len()`` it as one. ``to_device`` leaves it on the host (decoders read
+    host memory; nvJPEG copies only the compressed bytes it needs); ``DecodeImages`` decodes
+    it on its device; ``batch_nbytes`` counts its bytes; the loader driver counts one sample per
+    item. Picklable, and kept (pinned item by item) by a DataLoader's ``pin_memory=True``.
+    """
+
+    __slots__ = ()
+
+    #: The loader driver's sample count (``wellfed._meter.leading_dim``) is ``len()``.
+    items_are_samples = True
+
+    def __repr__(self) -> str:
+        total = sum(int(t.numel()) for t in self if isinstance(t, torch.Tensor))
+        return f"EncodedImages({len(self)} images, {total:,} B)"
+
+
+def collate_encoded(samples: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
+    """Collate samples ``(encoded bytes, label, ...)``: the bytes into ``EncodedImages``.
+
+    The collate function of the encoded form (``builtin_dataset(output="encoded")``): give it
+    as ``create_dataloader(..., collate_fn=collate_encoded)`` or to a DataLoader. Module-level,
+    so it pickles into spawned workers.
+
+    Args:
+        samples: B samples, each a tuple or list whose first item is a 1-D uint8 tensor (the
+            file's bytes, ``torch.frombuffer``); the other items (a label) of any type.
+
+    Returns:
+        ``(EncodedImages of B tensors, *others)``: each other field collated with torch's
+        ``default_collate`` (int labels -> int64 (B,)).
+
+    Raises:
+        ConfigError: ``samples`` is empty, or a sample's first item is not a 1-D uint8
+            tensor (WF703).
+    """
+    from torch.utils.data import default_collate
+
+    first = [s[0] for s in samples]
+    for i, t in enumerate(first):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.uint8:
+            got = _describe(t) + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else "")
+            raise ConfigError(
+                f"Cannot collate encoded images: sample {i} of the batch starts with {got}, "
+                "not a 1-D uint8 tensor of the file's bytes. Return "
+                "(torch.frombuffer(bytearray(data), dtype=torch.uint8), label) from "
+                "__getitem__ (builtin_dataset(output='encoded') does). [WF703]",
+                code="WF703",
+                attribute="samples",
+                value=got,
+            )
+    if not first:
+        raise ConfigError(
+            "Cannot collate encoded images: the batch holds no sample. Pass one or more. [WF703]",
+            code="WF703",
+            attribute="samples",
+            value=0,
+        )
+    width = len(samples[0])
+    rest = [default_collate([s[k] for s in samples]) for k in range(1, width)]
+    return (EncodedImages(first), *rest)
+
+
+def _torchvision_decoder() -> tuple[Any, Any] | str:
+    """(``torchvision.io.decode_jpeg``, ``ImageReadMode``), or why GPU decode is unavailable.
+
+    torchvision is imported here only (never at wellfed's import): its wheels are CUDA builds
+    that can fail to import beside a CPU torch (issue 15).
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except Exception as exc:  # a broken install raises anything at import
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        return f"torchvision not importable ({type(exc).__name__}: {first})"
+    try:
+        takes_device = "device" in inspect.signature(decode_jpeg).parameters
+    except (TypeError, ValueError):
+        takes_device = False
+    if not takes_device:
+        import torchvision
+
+        version = getattr(torchvision, "__version__", "?")
+        return (
+            f"torchvision {version}'s decode_jpeg takes no device argument (GPU decode of a "
+            "list needs torchvision >= 0.19)"
+        )
+    return decode_jpeg, ImageReadMode
+
+
+def gpu_decode_unavailable(device: str | torch.device = "cuda") -> str | None:
+    """Why GPU JPEG decode (nvJPEG through torchvision) cannot run on ``device``, or None.
+
+    One short sentence: "no CUDA device", "torchvision not importable (ImportError: ...)",
+    or that torchvision's ``decode_jpeg`` takes no ``device``. Checks with
+    ``torch.cuda.device_count()`` (NVML), which does not initialise CUDA in this process.
+    Imports torchvision only when a CUDA device is present.
+
+    Args:
+        device: The decode step's device: "cuda", "cuda:1", a ``torch.device``.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return f"device {str(dev)!r} is not a CUDA device"
+    if torch.cuda.device_count() == 0:
+        return "no CUDA device"
+    found = _torchvision_decoder()
+    return found if isinstance(found, str) else None
+
+
+def _pillow_decode(data: torch.Tensor) -> torch.Tensor:
+    """One file's bytes -> uint8 (3, H, W) on the CPU: Pillow (libjpeg-turbo for JPEG), RGB."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        rgb = image.convert("RGB")
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class DecodeImages:
+    """Decode a batch of encoded images to a list of uint8 RGB images (3, H, W) on ``device``.
+
+    The first step of the decode form (``BatchTransform([DecodeImages("cuda"), ToFloat(),
+    RandomResizedCrop(224), ...])``): workers send the files' bytes (``EncodedImages``, from
+    ``collate_encoded``), the main process decodes them on the device. The images keep their
+    own sizes, so the result is a list; ``ToFloat`` converts it image by image and
+    ``RandomResizedCrop`` turns it into one batch (B, 3, size_h, size_w).
+
+    Decoders:
+
+    * on a CUDA device, with torchvision importable and its ``decode_jpeg`` taking
+      ``device=`` (``backend="auto"`` or ``"nvjpeg"``): the JPEGs of the batch (first bytes
+      FF D8 FF) in one batched nvJPEG call, ``decode_jpeg(list, device=device,
+      mode=ImageReadMode.RGB)``; a JPEG that nvJPEG refuses (a CMYK JPEG, say) is decoded by
+      Pillow instead, logged once at INFO;
+    * everything else (other formats, the CPU, ``backend="pillow"``, no torchvision): Pillow,
+      ``PIL.Image.open(io.BytesIO(bytes)).convert("RGB")``, then ``.to(device)``: the same
+      decoder and conversion as the built-in workload's float and uint8 forms.
+
+    Not bit-identical across decoders: nvJPEG's pixels may differ from Pillow's
+    (libjpeg-turbo's) by small amounts (IDCT and chroma upsampling differ); bit-identical for
+    the same decoder, the same bytes and the same seeds. The step draws nothing.
+
+    Args:
+        device: Where the decoded images go: "cpu", "cuda", "cuda:1" or a ``torch.device``.
+        backend: "auto" (nvJPEG on a CUDA device when available, else Pillow), "nvjpeg" (a
+            DependencyError when unavailable), or "pillow".
+
+    Raises:
+        ConfigError: ``device`` does not parse or ``backend`` is not one of the three (WF701);
+            at call time, images that are not a list of 1-D uint8 tensors (WF703).
+        DependencyError: ``backend="nvjpeg"`` and GPU decode is unavailable: the reason from
+            ``gpu_decode_unavailable`` (WF705).
+        BadFileError: at call time, a sample's bytes decode with no decoder: names its index
+            in the batch (WF704).
+
+    Source:
+        Batched GPU decode: torchvision.io.decode_jpeg (lists and ``device=`` since
+        torchvision 0.19), on NVIDIA nvJPEG.
+    """
+
+    random = False
+    BACKENDS = ("auto", "nvjpeg", "pillow")
+
+    def __init__(self, device: str | int | torch.device = "cpu", *, backend: str = "auto") -> None:
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(
+                f"Invalid option: DecodeImages(device={device!r}) is not a device torch knows "
+                f"({exc}). Pass 'cuda', 'cuda:0' or 'cpu'. [WF701]",
+                code="WF701",
+                attribute="device",
+                value=device,
+            ) from exc
+        if backend not in self.BACKENDS:
+            raise ConfigError(
+                f"Invalid option: DecodeImages(backend={backend!r}) is not one of 'auto', "
+                "'nvjpeg', 'pillow'. Pass 'auto' (nvJPEG on a CUDA device when available). "
+                "[WF701]",
+                code="WF701",
+                attribute="backend",
+                value=backend,
+            )
+        self.backend = backend
+        self._refused_note = False
+        self._nvjpeg_ok: bool | None = None  # checked on first use, in the process that decodes
+        if backend == "nvjpeg":
+            why = gpu_decode_unavailable(self.device)
+            if why is not None:
+                raise DependencyError(
+                    f"GPU decode is unavailable: DecodeImages(backend='nvjpeg', "
+                    f"device={str(self.device)!r}): {why}. Install the torchvision build "
+                    f"that matches torch {torch.__version__} (a CUDA build) on a machine "
+                    "with a GPU, or pass backend='auto' to decode with Pillow here. [WF705]",
+                    code="WF705",
+                    attribute="backend",
+                    value=why,
+                )
+
+    @property
+    def uses_nvjpeg(self) -> bool:
+        """True when this step decodes JPEGs with nvJPEG (a CUDA device, torchvision usable)."""
+        if self._nvjpeg_ok is None:
+            self._nvjpeg_ok = (
+                self.backend != "pillow" and gpu_decode_unavailable(self.device) is None
+            )
+        return self._nvjpeg_ok
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_nvjpeg_ok": None, "_refused_note": False}
+
+    def __call__(self, images: Any, seeds: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Decode; ``seeds`` is unused. Returns B uint8 tensors (3, H_i, W_i) on ``device``."""
+        items = _check_encoded(images, "DecodeImages")
+        out: list[torch.Tensor | None] = [None] * len(items)
+        jpegs = [i for i, t in enumerate(items) if _head(t, 3) == JPEG_MAGIC]
+        if jpegs and self.uses_nvjpeg:
+            for i, image in zip(jpegs, self._nvjpeg(items, jpegs), strict=True):
+                out[i] = image
+        for i, t in enumerate(items):
+            if out[i] is None:
+                out[i] = self._pillow(t, i).to(self.device)
+        return [t for t in out if t is not None]
+
+    def _nvjpeg(self, items: list[torch.Tensor], jpegs: list[int]) -> list[torch.Tensor]:
+        """The JPEGs at ``jpegs`` decoded by nvJPEG in one call; one by one if the call fails,
+        with Pillow for any that nvJPEG refuses."""
+        found = _torchvision_decoder()
+        assert not isinstance(found, str)  # uses_nvjpeg checked it
+        decode_jpeg, mode = found
+        try:
+            return list(decode_jpeg([items[i] for i in jpegs], device=self.device, mode=mode.RGB))
+        except Exception:  # one bad file fails the batch: find it
+            logger.debug("batched nvJPEG decode failed; decoding one by one", exc_info=True)
+        out = []
+        for i in jpegs:
+            try:
+                out.append(decode_jpeg(items[i], device=self.device, mode=mode.RGB))
+            except Exception as exc:
+                if not self._refused_note:
+                    self._refused_note = True
+                    logger.info(
+                        "DecodeImages: nvJPEG refused image %d of the batch (%s: %s); decoding "
+                        "it (and any other it refuses) with Pillow",
+                        i,
+                        type(exc).__name__,
+                        str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "",
+                    )
+                out.append(self._pillow(items[i], i).to(self.device))
+        return out
+
+    def _pillow(self, data: torch.Tensor, index: int) -> torch.Tensor:
+        try:
+            return _pillow_decode(data)
+        except Exception as exc:
+            head = _head(data, 8).hex(" ")
+            raise BadFileError(
+                f"Cannot decode image {index} of the batch ({int(data.numel()):,} B, first "
+                f"bytes {head or 'none'}): Pillow raised {type(exc).__name__}: {exc}. Its file "
+                "is not a readable image (no decoder reads it). Remove or replace the file; "
+                "to find its path, read the same files decoded in the workers "
+                "(builtin_dataset(DIR, output='uint8') names the file and sample, WF020). "
+                "[WF704]",
+                code="WF704",
+                attribute="images",
+                value=index,
+                index=None,
+                path=None,
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"DecodeImages(device={str(self.device)!r}, backend={self.backend!r})"
+
+
+def _head(t: torch.Tensor, n: int) -> bytes:
+    return bytes(t[:n].tolist())
+
+
+def _is_encoded(images: Any) -> bool:
+    """An ``EncodedImages``, or a list/tuple of 1-D uint8 tensors (one file's bytes each)."""
+    if isinstance(images, EncodedImages):
+        return True
+    return (
+        isinstance(images, (list, tuple))
+        and bool(images)
+        and all(
+            isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype == torch.uint8 for t in images
+        )
+    )
+
+
+def _check_encoded(images: Any, step: str) -> list[torch.Tensor]:
+    """The batch's encoded images as a list of 1-D uint8 CPU tensors, or WF703."""
+    if not _is_encoded(images):
+        got = _describe(images)
+        raise ConfigError(
+            f"Cannot apply {step}: it takes encoded images (a list of 1-D uint8 tensors, the "
+            f"files' bytes: EncodedImages from collate_encoded), got {got}. Load with "
+            "builtin_dataset(output='encoded') and collate_fn=collate_encoded, or leave "
+            f"{step} out for decoded images. [WF703]",
+            code="WF703",
+            attribute="images",
+            value=got,
+        )
+    items = list(images)
+    for i, t in enumerate(items):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype != torch.uint8:
+            got = _describe(t)
+            raise ConfigError(
+                f"Cannot apply {step}: item {i} of the encoded images is {got}, not a 1-D "
+                "uint8 tensor of a file's bytes. Collate with collate_encoded. [WF703]",
+                code="WF703",
+                attribute="images",
+                value=got,
+            )
+    return [t if t.device.type == "cpu" else t.cpu() for t in items]
+
+
 class ToFloat:
     """uint8 images (B, C, H, W) in [0, 255] -> float32 in [0, 1]: ``x.float() / 255``.
 
     Floating-point images pass through unchanged. The same arithmetic as
     ``PillowTrainTransform`` and torchvision's ``ToTensor`` (a float32 division by 255), so
-    results are bit-identical to them.
+    results are bit-identical to them. A list of images (C, H, W) of varying sizes (what
+    ``DecodeImages`` returns) is converted image by image, the same arithmetic, and comes back
+    as a list.
     """
 
     random = False
 
-    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor | list[torch.Tensor], seeds: Sequence[int] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Convert; ``seeds`` is unused."""
+        items = _check_image_list(images, "ToFloat")
+        if items is not None:
+            return [
+                im if im.is_floating_point() else im.to(torch.float32).div_(255.0) for im in items
+            ]
         images = _check_images(images, "ToFloat")
         if images.is_floating_point():
             return images
@@ -703,8 +1100,9 @@ class RandomResizedCrop:
     """Crop a random area and aspect ratio of each image, resize it to ``size``: per sample.
 
     Each sample's crop (top, left, height, width) is drawn on the host from its step seed with
-    torchvision's algorithm (``params``). Input: float images (B, C, H, W) (put ToFloat
-    first); output float (B, C, size_h, size_w).
+    torchvision's algorithm (``params``). Input: float images (B, C, H, W), or a list of B
+    float images (C, H, W) of varying sizes (``DecodeImages`` then ``ToFloat``), each cropped
+    from its own size (put ToFloat first); output float (B, C, size_h, size_w).
 
     Two resampling methods:
 
@@ -807,10 +1205,20 @@ class RandomResizedCrop:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, images: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Crop and resize each sample; ``seeds`` has one step seed per sample."""
+    def __call__(
+        self, images: torch.Tensor | list[torch.Tensor], seeds: Sequence[int]
+    ) -> torch.Tensor:
+        """Crop and resize each sample; ``seeds`` has one step seed per sample.
+
+        ``images`` is a batch (B, C, H, W) or a list of B images (C, H, W) whose sizes may
+        differ (``DecodeImages``' output, after ``ToFloat``); either way the result is one
+        float batch (B, C, size_h, size_w).
+        """
         import torch.nn.functional as F
 
+        items = _check_image_list(images, "RandomResizedCrop")
+        if items is not None:
+            return self._crop_list(items, seeds)
         images = _check_images(images, "RandomResizedCrop")
         if not images.is_floating_point():
             raise ConfigError(
@@ -835,6 +1243,47 @@ class RandomResizedCrop:
         return F.grid_sample(
             images, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
+
+    def _crop_list(self, items: list[torch.Tensor], seeds: Sequence[int]) -> torch.Tensor:
+        """Each (C, H, W) image of the list cropped from its own size, stacked into a batch."""
+        import torch.nn.functional as F
+
+        if not items:
+            raise ConfigError(
+                "Cannot apply RandomResizedCrop: the list of images is empty. Pass a batch of "
+                "one or more images. [WF703]",
+                code="WF703",
+                attribute="images",
+                value=0,
+            )
+        first = items[0]
+        for i, im in enumerate(items):
+            if not im.is_floating_point() or im.shape[0] != first.shape[0]:
+                raise ConfigError(
+                    f"Cannot apply RandomResizedCrop: image {i} of the list has dtype "
+                    f"{im.dtype} and {im.shape[0]} channel(s), but it resamples float images "
+                    f"with one channel count ({first.shape[0]}, image 0's). Put ToFloat() "
+                    "before it (DecodeImages gives uint8 RGB). [WF703]",
+                    code="WF703",
+                    attribute="images",
+                    value=str(im.dtype),
+                )
+        out_h, out_w = self.size
+        out = first.new_empty((len(items), first.shape[0], out_h, out_w))
+        for i, (im, s) in enumerate(zip(items, seeds, strict=True)):
+            height, width = int(im.shape[-2]), int(im.shape[-1])
+            top, left, h, w = box = self.params(s, height, width)
+            if self.antialias:
+                crop = im[None, :, top : top + h, left : left + w]
+                out[i] = F.interpolate(
+                    crop, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
+                )[0]
+            else:
+                grid = self.grid([box], height, width, im.device, im.dtype)
+                out[i] = F.grid_sample(
+                    im[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+                )[0]
+        return out
 
     def grid(
         self,
@@ -883,6 +1332,8 @@ class BatchTransform:
     Give it as ``to_device(..., transform=BatchTransform([...]))``. Steps run in order on the
     image tensor (B, C, H, W) found at ``key`` in the batch; the batch comes back with that
     field replaced (a ``SeededBatch`` is unwrapped: the training loop gets the bare batch).
+    The field may also hold encoded images (``EncodedImages``: ``DecodeImages`` first) or a
+    list of B images (C, H, W) of varying sizes, which ``RandomResizedCrop`` makes one batch.
 
     Steps are wellfed's device steps (``ToFloat``, ``Normalize``, ``RandomHorizontalFlip``,
     ``RandomResizedCrop``), called as ``step(images, step_seeds)``, or any other callable
@@ -962,8 +1413,10 @@ class BatchTransform:
         seeds: Sequence[int] | None = None
         if isinstance(batch, SeededBatch):
             batch, seeds = batch.batch, batch.seeds
-        images = _check_images(_get(batch, self.key), "BatchTransform")
-        b = images.shape[0]
+        images: Any = _get(batch, self.key)
+        if not _is_encoded(images):
+            images = _check_batch(images, "BatchTransform")
+        b = len(images) if isinstance(images, (list, tuple)) else images.shape[0]
         if seeds is None:
             seeds = (
                 [s & _MASK64 for s in torch.randint(-(2**63), 2**63 - 1, (b,)).tolist()]
@@ -994,7 +1447,7 @@ class BatchTransform:
         return f"BatchTransform({list(self.steps)!r}, key={self.key!r})"
 
 
-_DEVICE_STEPS = (ToFloat, Normalize, RandomHorizontalFlip, RandomResizedCrop)
+_DEVICE_STEPS = (DecodeImages, ToFloat, Normalize, RandomHorizontalFlip, RandomResizedCrop)
 
 
 def _is_device_step(step: Any) -> bool:
@@ -1023,7 +1476,7 @@ def _get(batch: Any, key: int | str | None) -> Any:
         ) from None
 
 
-def _put(batch: Any, key: int | str | None, images: torch.Tensor) -> Any:
+def _put(batch: Any, key: int | str | None, images: Any) -> Any:
     if key is None:
         return images
     if isinstance(batch, Mapping):

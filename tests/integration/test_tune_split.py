@@ -78,6 +78,15 @@ def test_tune_measures_both_forms_of_the_builtin_workload(
     assert "split (measured at " in flat
     assert "bytes per sample from the workers float32 602,120 B, uint8 150,536 B" in flat
     assert " ".join(sentence.split()) in flat
+    # the decode form (GPU decode): without a CUDA device (split["device"] is "cpu") not
+    # measured, and the reason said
+    decode = data["decode"]
+    assert decode["measured"] is False
+    assert decode["reason"] == "GPU decode not measured: no CUDA device"
+    assert decode["trial"] is None
+    assert "decode form: GPU decode not measured: no CUDA device" in flat
+    # nothing more was measured for it: the split's is the only trial beyond the search's
+    assert not any("decode" in n for n in data["notes"])
 
 
 def test_a_user_target_gets_no_split_trial() -> None:
@@ -85,5 +94,7 @@ def test_a_user_target_gets_no_split_trial() -> None:
     result = tune(spec, budget_s=20, max_workers=1, max_threads=0, measure_s=0.3, store=False)
     assert result.recommended is not None
     assert result.split is None
+    assert result.decode is None
     assert result.to_dict()["split"] is None
+    assert result.to_dict()["decode"] is None
     assert not any("split" in n for n in result.notes)

@@ -16,9 +16,17 @@ from wellfed.platform import collect_platform_info
 from wellfed.seeding import SeededBatch
 from wellfed.target import spec_from_object
 from wellfed.tune import TuneResult
-from wellfed.tune._result import Recommendation, SplitComparison
+from wellfed.tune._result import DecodeComparison, Recommendation, SplitComparison
 from wellfed.tune._search import _device_side
-from wellfed.tune._split import SPLIT_CODE, compare_forms, copy_ceiling
+from wellfed.tune._split import (
+    DECODE_CODE,
+    SPLIT_CODE,
+    compare_decode,
+    compare_forms,
+    copy_ceiling,
+    decode_not_measured,
+    device_facts,
+)
 from wellfed.workloads import (
     PillowCropTransform,
     builtin_spec,
@@ -168,3 +176,110 @@ def test_tune_result_round_trips_with_the_split_and_the_copy_facts() -> None:
     assert back.platform.host_to_device == h2d
     assert back.copy_ceiling_samples_per_s == result.copy_ceiling_samples_per_s
     assert SplitComparison.from_dict(c.to_dict()) == c
+
+
+# --- the decode form (issue 17 item 4): measured only with a GPU; otherwise why not --------
+
+
+def test_without_a_gpu_the_decode_form_is_not_measured_and_says_why() -> None:
+    spec = builtin_spec(batch_size=4)
+    rec = Recommendation(config=CFG, samples_per_s=100.0, speedup=None, reason="")
+
+    def never(config: LoaderConfig, on: object = None) -> Trial | None:
+        raise AssertionError("no trial may start")
+
+    side = _device_side(
+        spec,
+        rec,
+        {CFG: _trial(100.0, 110.0)},
+        False,
+        measure_once=never,
+        remaining=lambda: 2.5,
+        bounded=lambda s: s,
+        report=lambda m: None,
+        note=lambda n: None,
+        budget_s=30.0,
+        probe_timeout_s=30.0,
+    )
+    assert side.decode == decode_not_measured("no CUDA device")
+    assert side.decode is not None
+    assert side.decode.reason == "GPU decode not measured: no CUDA device"
+    data = json.loads(json.dumps(side.decode.to_dict()))
+    assert data["measured"] is False
+    assert data["reason"] == "GPU decode not measured: no CUDA device"
+    assert data["trial"] is None
+    assert data["samples_per_s"] is None
+    assert DecodeComparison.from_dict(data) == side.decode
+
+
+def test_a_user_target_has_no_decode_form() -> None:
+    rec = Recommendation(config=CFG, samples_per_s=100.0, speedup=None, reason="")
+    side = _device_side(
+        spec_from_object(SquaresDataset(8)),
+        rec,
+        {CFG: _trial(100.0)},
+        False,
+        measure_once=lambda c, s=None: None,
+        remaining=lambda: 60.0,
+        bounded=lambda s: s,
+        report=lambda m: None,
+        note=lambda n: None,
+        budget_s=30.0,
+        probe_timeout_s=30.0,
+    )
+    assert side.decode is None
+
+
+def test_the_facts_child_says_why_gpu_decode_is_off_without_a_gpu() -> None:
+    facts = device_facts([builtin_spec(batch_size=2)], False)
+    assert facts["gpu_decode_unavailable"] == "no CUDA device"
+    assert facts["host_to_device"] is None
+
+
+def test_a_torchvision_that_fails_to_import_is_named() -> None:
+    from wellfed.device import _torchvision_decoder
+
+    found = _torchvision_decoder()
+    if not isinstance(found, str):
+        pytest.skip("torchvision imports here, with decode_jpeg(device=)")
+    assert found.startswith("torchvision not importable (") or "takes no device" in found
+    assert decode_not_measured(found).reason == f"GPU decode not measured: {found}"
+    if found.startswith("torchvision not importable ("):
+        name = found.removeprefix("torchvision not importable (").split(":")[0]
+        assert name.endswith(("Error", "Exception"))  # the import error's type, named
+
+
+def test_the_measured_decode_form_reports_its_figures() -> None:
+    enc = 99_900.0
+    c = compare_decode(
+        CFG, "cuda", _trial(200.0), _trial(300.0), FLOAT_B, enc, 10.0, uint8_samples_per_s=220.0
+    )
+    assert c.measured
+    assert c.samples_per_s == 300.0
+    assert c.float_samples_per_s == 200.0
+    assert c.reason == (
+        "decode on cuda (nvJPEG): 99,900 B per sample from the workers (the files' bytes; 6.0x "
+        "fewer than float32's 602,120 B); 300 samples/s against the float form's 200, the "
+        f"uint8 split's 220: 1.50x the float form's. The form: {DECODE_CODE}"
+    )
+    tie = compare_decode(CFG, "cuda", _trial(200.0), _trial(195.0), FLOAT_B, enc, 10.0)
+    assert "195 samples/s against the float form's 200: within the noise (+-10)" in tie.reason
+    slow = compare_decode(CFG, "cuda", _trial(200.0), _trial(100.0), FLOAT_B, enc, 10.0)
+    assert "50% below the float form's, beyond the noise" in slow.reason
+    result = TuneResult(
+        platform=collect_platform_info(include_gpus=False),
+        workload={"description": "x"},
+        trials=(),
+        baseline=None,
+        recommended=None,
+        best=None,
+        ceiling_samples_per_s=None,
+        tuning_time_s=1.0,
+        budget_s=10.0,
+        stopped_because="",
+        decode=c,
+    )
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["decode"]["encoded_bytes_per_sample"] == enc
+    assert data["decode"]["trial"]["samples_per_s"] == 300.0
+    assert TuneResult.from_dict(data).decode == c

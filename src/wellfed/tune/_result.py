@@ -13,7 +13,7 @@ from wellfed.measure import Trial
 from wellfed.platform import PlatformInfo
 from wellfed.target import LoaderConfig
 
-__all__ = ["Recommendation", "SplitComparison", "TuneResult"]
+__all__ = ["DecodeComparison", "Recommendation", "SplitComparison", "TuneResult"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,65 @@ class SplitComparison:
 
 
 @dataclass(frozen=True)
+class DecodeComparison:
+    """The built-in workload's decode form (file bytes from the workers, decode on the GPU),
+    measured beside the float and uint8 split forms at the recommended configuration, or why
+    it was not measured.
+
+    Measured only with a CUDA device where GPU decode is available (torchvision importable,
+    its ``decode_jpeg`` taking ``device=``): ``wellfed.workloads.decode_spec`` through the
+    measuring core, one trial, whose samples/s counts the main process's per-batch decode
+    (nvJPEG), crop, flip and normalisation on the device. Without it nothing is measured
+    (tune's time does not grow) and ``reason`` says why in one sentence.
+
+    Attributes:
+        measured: True when the decode form's trial ran and was ok.
+        reason: Not measured: why ("GPU decode not measured: no CUDA device"). Measured: the
+            figures in one sentence.
+        device: Where the decode ran ("cuda"), or None when not measured.
+        config: The configuration it was measured at (the recommended one), or None.
+        encoded_bytes_per_sample: Bytes per sample sent from the workers: the files' bytes
+            (the ``nbytes`` of one real batch's tensors over its samples), or None.
+        float_bytes_per_sample: The float form's, as in ``SplitComparison``, or None.
+        samples_per_s: The decode form's samples/s at ``config``, or None.
+        float_samples_per_s: The float form's samples/s at ``config``, or None.
+        uint8_samples_per_s: The uint8 split form's samples/s at ``config`` (None when it was
+            not measured).
+        noise_samples_per_s: 2 standard errors of the difference of the decode and float
+            forms' medians, samples/s, or None.
+        trial: The decode form's Trial, or None.
+    """
+
+    measured: bool
+    reason: str
+    device: str | None = None
+    config: LoaderConfig | None = None
+    encoded_bytes_per_sample: float | None = None
+    float_bytes_per_sample: float | None = None
+    samples_per_s: float | None = None
+    float_samples_per_s: float | None = None
+    uint8_samples_per_s: float | None = None
+    noise_samples_per_s: float | None = None
+    trial: Trial | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (config and trial nested as dicts, or None)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.to_dict() if self.config is not None else None
+        out["trial"] = self.trial.to_dict() if self.trial is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecodeComparison:
+        """Build from ``to_dict()`` output."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["config"] = LoaderConfig.from_dict(data["config"]) if data.get("config") else None
+        kwargs["trial"] = Trial.from_dict(data["trial"]) if data.get("trial") else None
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
 class TuneResult:
     """What ``tune`` measured and recommends.
 
@@ -159,6 +218,9 @@ class TuneResult:
             recommended configuration (SplitComparison), or None: not the built-in workload
             (a user TARGET is not rewritten), nothing recommended, or skipped for the time
             budget (a "time budget:" note says so).
+        decode: The built-in workload's decode form (DecodeComparison): measured with a
+            CUDA device where GPU decode is available, else why not; None when not the
+            built-in workload or nothing was recommended.
     """
 
     platform: PlatformInfo
@@ -180,6 +242,7 @@ class TuneResult:
     bytes_per_sample: float | None = None
     copy_ceiling_samples_per_s: float | None = None
     split: SplitComparison | None = None
+    decode: DecodeComparison | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON contract: platform, workload, trials, baseline, recommended, ..."""
@@ -203,6 +266,7 @@ class TuneResult:
             "bytes_per_sample": self.bytes_per_sample,
             "copy_ceiling_samples_per_s": self.copy_ceiling_samples_per_s,
             "split": self.split.to_dict() if self.split is not None else None,
+            "decode": self.decode.to_dict() if self.decode is not None else None,
         }
 
     @classmethod
@@ -231,4 +295,5 @@ class TuneResult:
             bytes_per_sample=data.get("bytes_per_sample"),
             copy_ceiling_samples_per_s=data.get("copy_ceiling_samples_per_s"),
             split=SplitComparison.from_dict(data["split"]) if data.get("split") else None,
+            decode=DecodeComparison.from_dict(data["decode"]) if data.get("decode") else None,
         )

@@ -17,7 +17,7 @@ from wellfed.measure import LoaderConfig, Trial, measure
 from wellfed.platform import HostToDevice, PlatformInfo, collect_platform_info
 from wellfed.target import LoaderSpec, spec_from_object
 from wellfed.tune._ranks import budget_scale, stored_note
-from wellfed.tune._result import Recommendation, SplitComparison, TuneResult
+from wellfed.tune._result import DecodeComparison, Recommendation, SplitComparison, TuneResult
 
 logger = logging.getLogger(__name__)
 
@@ -736,6 +736,7 @@ def tune(
         bytes_per_sample=device_side.bytes_per_sample,
         copy_ceiling_samples_per_s=device_side.copy_ceiling_samples_per_s,
         split=device_side.split,
+        decode=device_side.decode,
     )
     if store and recommended is not None and not findings:
         from wellfed.tune._store import save_result
@@ -756,6 +757,7 @@ class _DeviceSide:
     bytes_per_sample: float | None = None
     copy_ceiling_samples_per_s: float | None = None
     split: SplitComparison | None = None
+    decode: DecodeComparison | None = None
 
 
 #: Seconds the bytes-per-sample child is expected to take (two batches loaded in the main
@@ -787,16 +789,36 @@ def _device_side(
     bytes per sample of both forms, and ``compare_forms`` says which to use. The split's
     trial is skipped with a "time budget:" note when the recommended configuration's own
     trial time does not fit in what is left.
+
+    The decode form (issue 17, item 4; ``wellfed.workloads.decode_spec``: file bytes from the
+    workers, nvJPEG decode, crop, flip and normalise per batch on the GPU) is one more trial
+    at that configuration with a CUDA device where the isolated child found GPU decode
+    available (``wellfed.device.gpu_decode_unavailable``, which imports torchvision there,
+    not here); otherwise ``decode`` says why in one sentence. Without a CUDA device nothing
+    more is measured for it.
     """
     from wellfed.measure import run_isolated
-    from wellfed.tune._split import compare_forms, copy_ceiling, device_facts
-    from wellfed.workloads import split_spec
+    from wellfed.tune._split import (
+        compare_decode,
+        compare_forms,
+        copy_ceiling,
+        decode_not_measured,
+        device_facts,
+    )
+    from wellfed.workloads import decode_spec, split_spec
 
     device = "cuda" if has_cuda else "cpu"
     split = split_spec(spec, device) if recommended is not None else None
+    # the decode form: only on the built-in workload, only measured with a CUDA device
+    builtin = split is not None
+    decode = decode_spec(spec, device) if builtin and has_cuda else None
+    decode_side: DecodeComparison | None = (
+        decode_not_measured("no CUDA device") if builtin and not has_cuda else None
+    )
     float_trial = trials.get(recommended.config) if recommended is not None else None
     if split is not None and (float_trial is None or not float_trial.ok):
-        split = None
+        split = decode = None
+        decode_side = None
     if split is not None and float_trial is not None:
         estimate = float_trial.elapsed_s / float_trial.repeats + FACTS_ESTIMATE_S
         if estimate > remaining():
@@ -806,12 +828,17 @@ def _device_side(
                 "(from that configuration's own); skipped"
             )
             split = None
-    specs = [spec] + ([split] if split is not None else [])
+            if decode is not None:
+                decode = None
+                decode_side = decode_not_measured("no time left in tune's budget")
+    specs = [spec] + ([split] if split is not None else []) + ([decode] if decode else [])
     if not has_cuda and split is None:
-        return _DeviceSide()
+        return _DeviceSide(decode=decode_side)
     timeout = bounded(probe_timeout_s)
     if timeout <= 0:
-        return _DeviceSide()
+        if decode is not None:
+            decode_side = decode_not_measured("no time left in tune's budget")
+        return _DeviceSide(decode=decode_side)
     report("measuring bytes per sample" + (" and host-to-device copies" if has_cuda else ""))
     facts = run_isolated(device_facts, specs, has_cuda, timeout_s=timeout)
     if facts.status != "ok":
@@ -821,12 +848,14 @@ def _device_side(
             + (f" ({first[-1][:200]})" if first else "")
             + ("; the uint8 split form was not measured" if split is not None else "")
         )
-        return _DeviceSide()
+        if decode is not None:
+            decode_side = decode_not_measured(f"bytes per sample {facts.status}")
+        return _DeviceSide(decode=decode_side)
     sizes: list[float] = facts.value["bytes_per_sample"]
     h2d_data = facts.value["host_to_device"]
     h2d = HostToDevice(**h2d_data) if h2d_data else None
     ceiling = copy_ceiling(h2d.pinned_gb_s, sizes[0]) if h2d is not None else None
-    side = _DeviceSide(h2d, sizes[0], ceiling)
+    side = _DeviceSide(h2d, sizes[0], ceiling, decode=decode_side)
     if split is None or float_trial is None:
         return side
     config = float_trial.config
@@ -835,11 +864,42 @@ def _device_side(
     if trial is None or not trial.ok:
         why = "skipped" if trial is None else f"{trial.status}: {(trial.error or '').strip()}"
         note(f"the uint8 split form at {config.label()} {why.splitlines()[0][:300]}")
+        split_side = None
+    else:
+        noise = 2.0 * math.hypot(_standard_error(float_trial), _standard_error(trial))
+        split_side = compare_forms(config, device, float_trial, trial, sizes[0], sizes[1], noise)
+    side = dataclasses.replace(side, split=split_side)
+    if decode is None:
         return side
-    noise = 2.0 * math.hypot(_standard_error(float_trial), _standard_error(trial))
+    why_not = facts.value.get("gpu_decode_unavailable")
+    if why_not:
+        return dataclasses.replace(side, decode=decode_not_measured(why_not))
+    if float_trial.elapsed_s / float_trial.repeats > remaining():
+        return dataclasses.replace(
+            side, decode=decode_not_measured("no time left in tune's budget")
+        )
+    report(f"measuring the decode form (nvJPEG) at {config.label()}")
+    decode_trial = measure_once(config, decode)
+    if decode_trial is None or not decode_trial.ok:
+        why = (
+            "its trial was skipped"
+            if decode_trial is None
+            else f"its trial {decode_trial.status}: {(decode_trial.error or '').strip()}"
+        )
+        return dataclasses.replace(side, decode=decode_not_measured(why.splitlines()[0][:300]))
+    noise = 2.0 * math.hypot(_standard_error(float_trial), _standard_error(decode_trial))
     return dataclasses.replace(
         side,
-        split=compare_forms(config, device, float_trial, trial, sizes[0], sizes[1], noise),
+        decode=compare_decode(
+            config,
+            device,
+            float_trial,
+            decode_trial,
+            sizes[0],
+            sizes[-1],
+            noise,
+            uint8_samples_per_s=split_side.uint8_samples_per_s if split_side else None,
+        ),
     )
 
 

@@ -5,7 +5,10 @@ implementation of the same four steps, written to match torchvision's algorithms
 
 The split form (``builtin_dataset(output="uint8")``, issue 17): workers decode and crop to
 uint8 (3, size, size), a quarter of the float32 bytes; flip and normalise run per batch on
-the device (``device_train_transform()`` with ``wellfed.to_device``).
+the device (``device_train_transform()`` with ``wellfed.to_device``). The decode form
+(``output="encoded"``): workers only read each file's bytes; decode, crop, flip and
+normalise run per batch on the device (``decode_train_transform(device)``, batches collated
+by ``wellfed.device.collate_encoded``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = [
     "PillowTrainTransform",
     "builtin_dataset",
     "builtin_spec",
+    "decode_spec",
+    "decode_train_transform",
     "device_train_transform",
     "split_spec",
     "train_transform",
@@ -59,8 +64,9 @@ PHOTOS_DIR = Path(__file__).resolve().parent / "photos"
 BUILTIN_REPEAT = 32
 
 #: What the built-in workload's workers return: "float" (normalised float32, the standard
-#: pipeline) or "uint8" (cropped uint8; flip and normalise on the device).
-OUTPUTS = ("float", "uint8")
+#: pipeline), "uint8" (cropped uint8; flip and normalise on the device) or "encoded" (the
+#: file's bytes; decode, crop, flip and normalise on the device).
+OUTPUTS = ("float", "uint8", "encoded")
 
 
 class PillowTrainTransform:
@@ -241,6 +247,53 @@ def device_train_transform() -> Any:
     )
 
 
+def decode_train_transform(device: Any = "cpu", size: int = 224) -> Any:
+    """The device half of the decode form: decode, crop, flip, to float, normalise, per batch.
+
+    ``wellfed.BatchTransform([DecodeImages(device), ToFloat(), RandomResizedCrop(size),
+    RandomHorizontalFlip(), Normalize(IMAGENET_MEAN, IMAGENET_STD)], key=0)``, for batches
+    ``(EncodedImages, labels (B,))`` from ``builtin_dataset(output="encoded")`` collated by
+    ``wellfed.device.collate_encoded`` (or their ``SeededBatch``); returns ``(float32 images
+    (B, 3, size, size), labels)``. ``DecodeImages`` uses nvJPEG on a CUDA device where
+    torchvision allows it, else Pillow; ``ToFloat`` converts each decoded image (its own
+    size) as the other forms do; ``RandomResizedCrop`` crops each from its seed
+    (torchvision's crop parameters, ``F.interpolate`` with antialias) and makes the batch.
+    Crop and resample differ from the float form's Pillow resize, so its pixels are not the
+    float form's: the same augmentation, not the same numbers.
+
+    Args:
+        device: Where to decode: "cpu", "cuda", a ``torch.device``.
+        size: Output side in pixels.
+
+    Example:
+        >>> ds = builtin_dataset(output="encoded")
+        >>> loader = wellfed.create_dataloader(ds, batch_size=32, seed=0, sample_seeds=True,
+        ...                                    collate_fn=collate_encoded)
+        >>> for images, labels in wellfed.to_device(loader, "cuda",
+        ...                                         transform=decode_train_transform("cuda")):
+        ...     ...
+    """
+    from wellfed.device import (
+        BatchTransform,
+        DecodeImages,
+        Normalize,
+        RandomHorizontalFlip,
+        RandomResizedCrop,
+        ToFloat,
+    )
+
+    return BatchTransform(
+        [
+            DecodeImages(device),
+            ToFloat(),
+            RandomResizedCrop(size),
+            RandomHorizontalFlip(),
+            Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ],
+        key=0,
+    )
+
+
 def train_transform(size: int = 224) -> Callable[[Any], Any]:
     """The standard training transform: torchvision's when installed, else PillowTrainTransform.
 
@@ -284,7 +337,8 @@ class ImageFolderDataset:
 
     Args:
         root: Folder with one sub-folder per class.
-        transform: Callable applied to the PIL image; None returns the PIL image.
+        transform: Callable applied to the PIL image; None returns the PIL image. With
+            ``encoded=True``, applied to the bytes tensor.
         on_bad_file: "fail" raises BadFileError naming the file (an image ending whose
             header does not parse, or a dangling symlink: path and target), and TargetError
             for a class folder with no readable image; "skip" leaves such files out of the
@@ -292,6 +346,11 @@ class ImageFolderDataset:
             class's label (with a warning), and, for a file whose pixels fail to decode
             later, returns the next good sample instead.
         repeat: Each file appears this many times per epoch (index i reads file i % n).
+        encoded: True: ``__getitem__`` reads the file's bytes and does not decode them: it
+            returns (1-D uint8 tensor of the bytes, ``torch.frombuffer``, label), for
+            ``wellfed.device.collate_encoded`` and a decode step on the device. The same
+            files and labels (headers are still read at construction); a file whose pixels
+            fail to decode is then found by the decode step (WF704), not here.
 
     Attributes:
         classes: Class names, sorted.
@@ -314,6 +373,7 @@ class ImageFolderDataset:
         *,
         on_bad_file: str = "fail",
         repeat: int = 1,
+        encoded: bool = False,
     ) -> None:
         if on_bad_file not in ("fail", "skip"):
             raise ConfigError(
@@ -334,6 +394,7 @@ class ImageFolderDataset:
         self.transform = transform
         self.on_bad_file = on_bad_file
         self.repeat = repeat
+        self.encoded = bool(encoded)
         root_path = Path(root)
         if not root_path.is_dir():
             raise TargetError(
@@ -430,13 +491,22 @@ class ImageFolderDataset:
         from PIL import Image
 
         path, label = self.samples[index % len(self.samples)]
+        if self.encoded:
+            import torch
+
+            with open(path, "rb") as f:
+                data = bytearray(f.read())  # writable: frombuffer warns on read-only bytes
+            return torch.frombuffer(data, dtype=torch.uint8), label
         with open(path, "rb") as f:
             image = Image.open(f)
             image.load()
         return image, label
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        """Return (image, label): the transformed image and the class index (int)."""
+        """Return (image, label): the transformed image and the class index (int).
+
+        With ``encoded=True``: (the file's bytes, a 1-D uint8 tensor, label).
+        """
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -474,7 +544,8 @@ class ImageFolderDataset:
     def __repr__(self) -> str:
         return (
             f"ImageFolderDataset(root={self.root!r}, files={len(self.samples)}, "
-            f"classes={len(self.classes)}, repeat={self.repeat}, transform={self.transform!r})"
+            f"classes={len(self.classes)}, repeat={self.repeat}, transform={self.transform!r}"
+            + (", encoded=True)" if self.encoded else ")")
         )
 
 
@@ -529,30 +600,43 @@ def builtin_dataset(
         size: Crop side in pixels.
         output: "float": the whole pipeline in the workers (``PillowTrainTransform``);
             "uint8": the split form, decode and crop only (``PillowCropTransform``), flip and
-            normalise on the device with ``device_train_transform()``.
+            normalise on the device with ``device_train_transform()``; "encoded": the decode
+            form, the file's bytes only (``ImageFolderDataset(..., encoded=True)``), decode,
+            crop, flip and normalise on the device with ``decode_train_transform(device)``;
+            collate its samples with ``wellfed.device.collate_encoded``.
 
     Returns:
-        A map-style dataset of (float32 tensor (3, size, size), int label), or with
-        ``output="uint8"`` of (uint8 tensor (3, size, size), int label).
+        A map-style dataset of (float32 tensor (3, size, size), int label), with
+        ``output="uint8"`` of (uint8 tensor (3, size, size), int label), with
+        ``output="encoded"`` of (uint8 tensor (N,): the file's N bytes, int label). The same
+        files and labels in every form (the .gif placeholder among the Hymenoptera photos is
+        left out by its ending in each).
 
     Raises:
         ConfigError: ``output`` is not one of OUTPUTS (WF010).
     """
     if output not in OUTPUTS:
         raise ConfigError(
-            f"Invalid option: output={output!r} is not one of 'float', 'uint8'. Use 'float' "
-            "(normalised float32 from the workers) or 'uint8' (flip and normalise on the "
-            "device).",
+            f"Invalid option: output={output!r} is not one of 'float', 'uint8', 'encoded'. "
+            "Use 'float' (normalised float32 from the workers), 'uint8' (flip and normalise "
+            "on the device) or 'encoded' (the file's bytes; decode on the device).",
             code="WF010",
             attribute="output",
             value=output,
         )
-    transform: Any = PillowTrainTransform(size) if output == "float" else PillowCropTransform(size)
+    transform: Any = (
+        PillowTrainTransform(size)
+        if output == "float"
+        else PillowCropTransform(size)
+        if output == "uint8"
+        else None
+    )
+    encoded = output == "encoded"
     if data is None:
         return ImageFolderDataset(
-            PHOTOS_DIR, transform, on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT
+            PHOTOS_DIR, transform, on_bad_file=on_bad_file, repeat=BUILTIN_REPEAT, encoded=encoded
         )
-    return ImageFolderDataset(data, transform, on_bad_file=on_bad_file)
+    return ImageFolderDataset(data, transform, on_bad_file=on_bad_file, encoded=encoded)
 
 
 def builtin_spec(
@@ -564,7 +648,9 @@ def builtin_spec(
 ) -> LoaderSpec:
     """The built-in workload as a LoaderSpec: shuffled batches of 32 (3, 224, 224) images.
 
-    ``output="uint8"``: the workers' half of the split form (see ``builtin_dataset``).
+    ``output="uint8"``: the workers' half of the split form (see ``builtin_dataset``);
+    ``output="encoded"``: the workers' half of the decode form, collated by
+    ``wellfed.device.collate_encoded`` (batches ``(EncodedImages, labels)``).
     """
     from wellfed.target import LoaderSpec
 
@@ -572,6 +658,7 @@ def builtin_spec(
     backend = (
         "torchvision"
         if not isinstance(dataset.transform, (PillowTrainTransform, PillowCropTransform))
+        and not dataset.encoded
         else "Pillow"
     )
     if data is None:
@@ -588,6 +675,15 @@ def builtin_spec(
             f"ImageFolder, split form: JPEG decode, RandomResizedCrop(224) to uint8 "
             f"({backend}; flip and normalize on the device) over {where}{skipped}"
         )
+    collate_fn = None
+    if output == "encoded":
+        from wellfed.device import collate_encoded
+
+        collate_fn = collate_encoded
+        description = (
+            f"ImageFolder, decode form: file bytes from the workers (decode, "
+            f"RandomResizedCrop(224), flip and normalize on the device) over {where}{skipped}"
+        )
     return LoaderSpec(
         dataset=dataset,
         description=description,
@@ -596,6 +692,7 @@ def builtin_spec(
         batch_size_given=True,
         shuffle=True,
         samples=len(dataset),
+        collate_fn=collate_fn,
     )
 
 
@@ -648,4 +745,45 @@ def split_spec(spec: LoaderSpec, device: str) -> LoaderSpec | None:
         sample_seeds=True,
         device=device,
         device_transform=device_train_transform(),
+    )
+
+
+def decode_spec(spec: LoaderSpec, device: str) -> LoaderSpec | None:
+    """The decode form of the built-in workload's spec, over the same files, as tune measures it.
+
+    The workers read each file's bytes (``ImageFolderDataset(..., encoded=True)``, collated
+    by ``wellfed.device.collate_encoded``); the loader is seeded with ``sample_seeds=True``
+    (``SPLIT_SEED``), and ``make_loader`` wraps it in ``wellfed.to_device(loader, device,
+    transform=decode_train_transform(device))``: a trial's samples/s counts the decode
+    (nvJPEG on a CUDA device where available), crop, flip and normalisation per batch in the
+    main process. Strip ``device`` for the workers' half alone, as with ``split_spec``.
+
+    Args:
+        spec: A LoaderSpec; only the built-in workload's float form has a decode form.
+        device: Where the device half runs: "cuda", "cuda:1" (or "cpu", for tests).
+
+    Returns:
+        The decode form's LoaderSpec, or None when ``spec`` is not the built-in float form
+        (the same test as ``split_spec``).
+    """
+    from wellfed.device import collate_encoded
+
+    split = split_spec(spec, device)
+    if split is None:
+        return None
+    float_form = spec.dataset.transform
+    encoded = copy.copy(spec.dataset)  # the same files, labels and repeat; no folder scan
+    encoded.transform = None
+    encoded.encoded = True
+    description = spec.description.replace(
+        "JPEG decode, RandomResizedCrop(224), flip, normalize",
+        f"file bytes from the workers; JPEG decode, RandomResizedCrop(224), flip, normalize "
+        f"per batch on {device}",
+    )
+    return dataclasses.replace(
+        split,
+        dataset=encoded,
+        description=description,
+        collate_fn=collate_encoded,
+        device_transform=decode_train_transform(device, float_form.size),
     )
