@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch.utils.data
 from torch.utils.data import DataLoader
@@ -93,10 +95,11 @@ def _multiscale_run(
     once: bool = False,
     revert_at: int | None = None,
     interval_s: float = 0.02,
+    step_s: float = 0.0,
 ) -> tuple[list[list[float]], list[dict[str, object]]]:
     """Iterate a MultiScaleDataset with 2 fork workers; at batch ``change_at`` of each epoch
     the loop sets img_size (None: between epochs, before iter()), at ``revert_at`` it puts
-    416 back; it bumps ``seen`` always."""
+    416 back; it bumps ``seen`` always, and sleeps ``step_s`` per batch (the step)."""
     from tests.helpers_watch import MultiScaleDataset
 
     dataset = MultiScaleDataset(48)
@@ -121,6 +124,7 @@ def _multiscale_run(
                 if revert_at is not None and i == revert_at:
                     dataset.img_size = 416
                 seen.append(float(batch[0, 0]))
+                time.sleep(step_s)
             sizes.append(seen)
         (record,) = session.records
     return sizes, record.stale
@@ -139,7 +143,10 @@ def test_an_attribute_the_loop_sets_mid_epoch_is_reported_stale_until_the_epoch_
 def test_a_change_the_loop_reverts_before_the_epoch_ends_is_still_reported() -> None:
     # 320 from batch 3 to batch 5, then 416 again: the epoch's end sees the workers' value, and
     # the sampler thread (one look a minute here) never looks; the hand-over check sees it.
-    sizes, stale = _multiscale_run(persistent=False, change_at=3, revert_at=5, interval_s=60.0)
+    # A 5 ms step: the check (~6 us of CPU) runs at every hand-over (it waits 100x its cost).
+    sizes, stale = _multiscale_run(
+        persistent=False, change_at=3, revert_at=5, interval_s=60.0, step_s=0.005
+    )
     assert set(sizes[0]) == {416.0}
     (entry,) = stale
     assert entry["path"] == "dataset.img_size"
