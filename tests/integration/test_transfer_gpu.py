@@ -53,6 +53,7 @@ def test_tune_copy_ceiling_and_split_on_the_gpu(capsys: pytest.CaptureFixture[st
     assert split.device == "cuda"
     assert split.trial.ok
     assert split.config.pin_memory
+    assert split.float_through_device, result.notes  # both forms' rates count their copy
     from wellfed.cli import _render_tune
 
     _render_tune(result)

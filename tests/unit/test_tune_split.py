@@ -81,6 +81,20 @@ def test_a_split_slower_beyond_the_noise_keeps_the_float_form() -> None:
     assert "4.5% slower" in c.recommendation
 
 
+def test_on_a_gpu_the_text_says_whether_the_float_trial_copied_too() -> None:
+    # tune measures the float form through to_device with a CUDA device: both rates then
+    # count their copy; when that trial failed, the search's (no copy) is used and said so
+    kept = compare_forms(CFG, "cuda", _trial(200.0), _trial(150.0), FLOAT_B, UINT8_B, 12.0)
+    assert not kept.float_through_device
+    assert "the copy included, which the float form's trial did not" in kept.recommendation
+    both = compare_forms(
+        CFG, "cuda", _trial(200.0), _trial(150.0), FLOAT_B, UINT8_B, 12.0, float_through_device=True
+    )
+    assert both.float_through_device
+    assert "which the float form's trial did not" not in both.recommendation
+    assert SplitComparison.from_dict(both.to_dict()).float_through_device
+
+
 def test_copy_ceiling_is_bandwidth_over_bytes_per_sample() -> None:
     assert copy_ceiling(24.0, 150_000.0) == pytest.approx(160_000.0)
 

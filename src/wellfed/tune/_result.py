@@ -71,8 +71,8 @@ class SplitComparison:
             the ``nbytes`` of one real batch's tensors over its samples (images and labels).
         uint8_bytes_per_sample: The same for the split form.
         bytes_ratio: float_bytes_per_sample / uint8_bytes_per_sample (~4).
-        float_samples_per_s: The float form's samples/s at ``config`` (the search's trial,
-            repeats pooled).
+        float_samples_per_s: The float form's samples/s at ``config``: the search's trial,
+            repeats pooled; with a CUDA device, its trial through ``to_device`` (below).
         uint8_samples_per_s: The split form's samples/s at ``config``.
         noise_samples_per_s: 2 standard errors of the difference of the two medians,
             samples/s: a difference within it is not told apart from noise.
@@ -82,6 +82,10 @@ class SplitComparison:
         recommendation: The sentence: "uint8 split: 4.0x fewer bytes per sample, 1.05x the
             samples/s: use ..." or "float form kept: the split measured 12% slower here ...".
         trial: The split form's Trial.
+        float_through_device: True when ``float_samples_per_s`` is from one more trial of the
+            float form through ``to_device(device)`` (with a CUDA device: both forms then pay
+            their copy to the GPU); False when it is the search's trial (on the CPU, where
+            ``to_device`` moves nothing, or when that trial failed: a note says so).
     """
 
     config: LoaderConfig
@@ -95,6 +99,7 @@ class SplitComparison:
     use_split: bool
     recommendation: str
     trial: Trial
+    float_through_device: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (config and trial nested as dicts)."""

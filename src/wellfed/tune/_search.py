@@ -786,9 +786,11 @@ def _device_side(
     the built-in workload (``wellfed.workloads.split_spec`` is not None), at the recommended
     configuration, the split form is measured once more through ``measure`` (its loader
     wrapped in ``to_device``, the device half on "cuda" with a GPU, else "cpu"), beside the
-    bytes per sample of both forms, and ``compare_forms`` says which to use. The split's
-    trial is skipped with a "time budget:" note when the recommended configuration's own
-    trial time does not fit in what is left.
+    bytes per sample of both forms, and ``compare_forms`` says which to use. With a CUDA
+    device the float form is measured once more at that configuration through ``to_device``
+    (no transform), so that both rates count their copy to the GPU (the search's trials do
+    not copy). The split's trial is skipped with a "time budget:" note when the recommended
+    configuration's own trial time does not fit in what is left.
 
     The decode form (issue 17, item 4; ``wellfed.workloads.decode_spec``: file bytes from the
     workers, nvJPEG decode, crop, flip and normalise per batch on the GPU) is one more trial
@@ -820,7 +822,9 @@ def _device_side(
         split = decode = None
         decode_side = None
     if split is not None and float_trial is not None:
-        estimate = float_trial.elapsed_s / float_trial.repeats + FACTS_ESTIMATE_S
+        # with a GPU the float form is measured once more, through to_device (below)
+        trials_left = 2 if has_cuda else 1
+        estimate = trials_left * float_trial.elapsed_s / float_trial.repeats + FACTS_ESTIMATE_S
         if estimate > remaining():
             note(
                 f"time budget: {max(0.0, remaining()):.1f}s of {budget_s:.0f}s left, the uint8 "
@@ -859,6 +863,22 @@ def _device_side(
     if split is None or float_trial is None:
         return side
     config = float_trial.config
+    float_copied = False
+    if has_cuda:
+        # The split's trial goes through to_device, the copy to the GPU included; the search's
+        # float trial did not copy. Measured once more through to_device (no transform), the
+        # float form pays its own copy, 4x the split's bytes: the two rates then compare.
+        report(f"measuring the float form through to_device({device!r}) at {config.label()}")
+        copied = measure_once(config, dataclasses.replace(spec, device=device))
+        if copied is not None and copied.ok:
+            float_trial, float_copied = copied, True
+        else:
+            why = "skipped" if copied is None else f"{copied.status}: {copied.error or ''}"
+            note(
+                f"the float form through to_device at {config.label()} "
+                f"{why.strip().splitlines()[0][:300]}; the split is compared with the search's "
+                "trial, which did not copy"
+            )
     report(f"measuring the uint8 split form at {config.label()}")
     trial = measure_once(config, split)
     if trial is None or not trial.ok:
@@ -867,7 +887,16 @@ def _device_side(
         split_side = None
     else:
         noise = 2.0 * math.hypot(_standard_error(float_trial), _standard_error(trial))
-        split_side = compare_forms(config, device, float_trial, trial, sizes[0], sizes[1], noise)
+        split_side = compare_forms(
+            config,
+            device,
+            float_trial,
+            trial,
+            sizes[0],
+            sizes[1],
+            noise,
+            float_through_device=float_copied,
+        )
     side = dataclasses.replace(side, split=split_side)
     if decode is None:
         return side

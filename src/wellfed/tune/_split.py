@@ -161,8 +161,14 @@ def compare_forms(
     float_bytes_per_sample: float,
     uint8_bytes_per_sample: float,
     noise_samples_per_s: float,
+    *,
+    float_through_device: bool = False,
 ) -> SplitComparison:
     """The two forms' figures at one configuration, and the recommendation they support.
+
+    ``float_through_device``: the float trial went through ``to_device(device)`` too (tune
+    does so with a CUDA device), so both rates count the copy; else the split's alone does
+    (on the CPU ``to_device`` moves nothing: the same thing).
 
     The split is recommended unless its samples/s is below the float form's by more than
     ``noise_samples_per_s`` (2 standard errors of the difference): it sends ~4x fewer bytes
@@ -194,7 +200,7 @@ def compare_forms(
             f"included the main process's per-batch work through to_device on {device}"
             + (
                 ", the copy included, which the float form's trial did not"
-                if device != "cpu"
+                if device != "cpu" and not float_through_device
                 else ""
             )
             + ")"
@@ -211,4 +217,5 @@ def compare_forms(
         use_split=use_split,
         recommendation=text,
         trial=split_trial,
+        float_through_device=float_through_device,
     )
