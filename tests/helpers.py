@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -145,3 +146,25 @@ lambda_squares = TransformedSquares(32, lambda x: x * 2)
 # Workers die by signal from the 4th sample on (the doctor's probe fetches 0 x16, then 1..8).
 segfaulting = SignalDataset(32, "segfault", at=3)
 sigkilled = SignalDataset(32, "SIGKILL", at=3)
+
+
+def tune_result(**fields: Any) -> Any:
+    """A ``wellfed.tune.TuneResult`` for tests that store or render one: the required fields
+    filled (this machine's platform without GPUs, no trials, a 1 s run of a 10 s budget), any
+    field given by keyword."""
+    from wellfed.platform import collect_platform_info
+    from wellfed.tune import TuneResult
+
+    base: dict[str, Any] = {
+        "platform": collect_platform_info(include_gpus=False),
+        "workload": {"description": "test"},
+        "trials": (),
+        "baseline": None,
+        "recommended": None,
+        "best": None,
+        "ceiling_samples_per_s": None,
+        "tuning_time_s": 1.0,
+        "budget_s": 10.0,
+        "stopped_because": "",
+    }
+    return TuneResult(**{**base, **fields})

@@ -225,25 +225,20 @@ def test_auto_builds_a_stored_thread_and_batched_fetch_pick() -> None:
     """A stored result that chose 3 threads with batched fetch is what 'auto' builds."""
     import dataclasses
 
+    from tests.helpers import tune_result
     from wellfed.measure import LoaderConfig, Trial
-    from wellfed.platform import collect_platform_info
-    from wellfed.tune import Recommendation, TuneResult
+    from wellfed.tune import Recommendation
     from wellfed.tune._store import save_result
 
     data = TensorDataset(torch.arange(400.0).reshape(200, 2), torch.arange(200))
     config = LoaderConfig(num_threads=3, batch_size=16, prefetch_factor=4, batched_fetch=True)
     trial = Trial(config=config, status="ok", samples_per_s=1000.0)
-    result = TuneResult(
-        platform=collect_platform_info(include_gpus=False),
+    result = tune_result(
         workload={"batch_size": 16},
         trials=(trial,),
-        baseline=None,
         recommended=Recommendation(config=config, samples_per_s=1000.0, speedup=None, reason=""),
         best=trial,
-        ceiling_samples_per_s=None,
-        tuning_time_s=1.0,
         budget_s=1.0,
-        stopped_because="",
     )
     assert save_result(data, dataclasses.replace(result)) is not None
     loader = wellfed.create_dataloader(data, batch_size=16, shuffle=True, seed=1)
@@ -327,9 +322,10 @@ def test_auto_above_the_cpus_gives_the_figures_and_keeps_torch_quiet() -> None:
     import dataclasses
     import warnings
 
+    from tests.helpers import tune_result
     from wellfed.measure import LoaderConfig, Trial
-    from wellfed.platform import collect_platform_info, usable_cpu_count
-    from wellfed.tune import Recommendation, TuneResult
+    from wellfed.platform import usable_cpu_count
+    from wellfed.tune import Recommendation
     from wellfed.tune._store import save_result
 
     cpus = usable_cpu_count()
@@ -339,19 +335,14 @@ def test_auto_above_the_cpus_gives_the_figures_and_keeps_torch_quiet() -> None:
     )
     above_config = LoaderConfig(num_workers=cpus + 2, batch_size=8, persistent_workers=True)
     above = Trial(config=above_config, status="ok", samples_per_s=900.0)
-    result = TuneResult(
-        platform=collect_platform_info(include_gpus=False),
+    result = tune_result(
         workload={"batch_size": 8},
         trials=(within, above),
-        baseline=None,
         recommended=Recommendation(
             config=above_config, samples_per_s=900.0, speedup=None, reason=""
         ),
         best=above,
-        ceiling_samples_per_s=None,
-        tuning_time_s=1.0,
         budget_s=1.0,
-        stopped_because="",
     )
     assert save_result(data, dataclasses.replace(result)) is not None
     with warnings.catch_warnings():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SquaresDataset
+from tests.helpers import SquaresDataset, tune_result
 from wellfed.errors import ConfigError, WellfedError
 from wellfed.measure import LoaderConfig, RankTrial, Trial, summarize_windows
 from wellfed.measure import _from_ranks as from_ranks
@@ -67,16 +67,11 @@ def _result(workers: int, nproc: int) -> TuneResult:
     cfg = LoaderConfig(num_workers=workers, batch_size=8, persistent_workers=workers > 0)
     trial = Trial(config=cfg, status="ok", samples_per_s=100.0, nproc=nproc)
     rec = Recommendation(config=cfg, samples_per_s=100.0, speedup=1.0, reason="test")
-    return TuneResult(
-        platform=collect_platform_info(include_gpus=False),
+    return tune_result(
         workload={"description": "squares", "batch_size": 8, "nproc_per_node": nproc},
         trials=(trial,),
-        baseline=None,
         recommended=rec,
         best=trial,
-        ceiling_samples_per_s=None,
-        tuning_time_s=1.0,
-        budget_s=10.0,
         stopped_because="test",
         nproc_per_node=nproc,
     )

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import SquaresDataset
+from tests.helpers import SquaresDataset, tune_result
 from wellfed.device import DeviceLoader, batch_nbytes
 from wellfed.measure import LoaderConfig, Trial, summarize_windows
 from wellfed.platform import collect_platform_info
@@ -167,17 +167,10 @@ def test_tune_result_round_trips_with_the_split_and_the_copy_facts() -> None:
     c = compare_forms(CFG, "cuda", _trial(200.0), _trial(210.0), FLOAT_B, UINT8_B, 5.0)
     h2d = HostToDevice(0, "GPU", 64 * 2**20, 5, 24.0, 9.0)
     platform = dataclasses.replace(collect_platform_info(include_gpus=False), host_to_device=h2d)
-    result = TuneResult(
+    result = tune_result(
         platform=platform,
-        workload={"description": "x"},
         trials=(c.trial,),
-        baseline=None,
-        recommended=None,
         best=c.trial,
-        ceiling_samples_per_s=None,
-        tuning_time_s=1.0,
-        budget_s=10.0,
-        stopped_because="",
         bytes_per_sample=FLOAT_B,
         copy_ceiling_samples_per_s=copy_ceiling(24.0, FLOAT_B),
         split=c,
@@ -280,19 +273,7 @@ def test_the_measured_decode_form_reports_its_figures() -> None:
     assert "195 samples/s against the float form's 200: within the noise (+-10)" in tie.reason
     slow = compare_decode(CFG, "cuda", _trial(200.0), _trial(100.0), FLOAT_B, enc, 10.0)
     assert "50% below the float form's, beyond the noise" in slow.reason
-    result = TuneResult(
-        platform=collect_platform_info(include_gpus=False),
-        workload={"description": "x"},
-        trials=(),
-        baseline=None,
-        recommended=None,
-        best=None,
-        ceiling_samples_per_s=None,
-        tuning_time_s=1.0,
-        budget_s=10.0,
-        stopped_because="",
-        decode=c,
-    )
+    result = tune_result(decode=c)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["decode"]["encoded_bytes_per_sample"] == enc
     assert data["decode"]["trial"]["samples_per_s"] == 300.0
