@@ -174,10 +174,12 @@ def _trial_child(
                     elif step_s:
                         time.sleep(step_s)
             finally:
-                note_memory()  # its workers (or threads) hold their data now
                 batches.close()  # type: ignore[attr-defined]
             if not delivered:
                 break
+        # once, after the last step and outside every step's time; its persistent workers
+        # (the step search's processes) still hold their data
+        note_memory()
     finally:
         close_loader(loader)
     return meter.stats().to_dict()
