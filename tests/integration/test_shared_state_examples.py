@@ -105,7 +105,10 @@ def test_example_dataset_is_never_torn_under_1000_updates() -> None:
     try:
         while not done.is_set():
             batches.append(next(it))
-        batches.extend(next(it) for _ in range(8))
+        # The last version too: 8 batches (4 workers x prefetch_factor 2) were requested
+        # before the final update and may all have been loaded before it; the 9th onwards
+        # were requested after it. 17 reads leave a margin of a second round.
+        batches.extend(next(it) for _ in range(17))
     finally:
         done.wait(TIMEOUT_S)
         t.join(TIMEOUT_S)
