@@ -6,6 +6,7 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,15 @@ HYMENOPTERA = SHARED / "data" / "hymenoptera_data"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="run slow tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started as a background job (``cmd &`` in a non-interactive shell, as POSIX
+    shells start it) has SIGINT ignored, and every process it starts inherits the ignore
+    through exec: the Ctrl-C tests' children would never see their SIGINT. Python's own
+    handler here is reset to the default in each child at exec, as in a terminal's run."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -129,7 +129,7 @@ def test_hung_worker_in_a_dataset_attribute_is_dumped_under_spawn() -> None:
         d.ReaderDataset(d.BlockingReader()),
         loader_kwargs={"num_workers": 2},
         start_methods=["spawn"],
-        timeout_s=10,
+        timeout_s=20,  # the dumps are taken near the end: two spawned workers import torch
     )
     f = _only(report.findings, "WF122")
     line = _line_of(d.BlockingReader, "record = queue.Queue().get()")

@@ -120,7 +120,8 @@ def test_unpicklable_confirmed_live_under_spawn() -> None:
 
 
 def test_hang_is_killed_and_reported() -> None:
-    report = diagnose(d.SleepyDataset(), start_methods=["fork"], timeout_s=3)
+    # timeout_s=5: both workers must be blocked before the dumps near its end, under load too
+    report = diagnose(d.SleepyDataset(), start_methods=["fork"], timeout_s=5)
     (f,) = report.findings
     assert (f.code, f.path, f.severity) == ("WF122", "type(dataset).__getitem__", "error")
     assert report.probes[0].status == "timeout"

@@ -50,10 +50,13 @@ def test_kill_9_then_same_call_resumes_to_identical_store(
     reference = tmp_path / "ref"
     run_slow_precompute(str(reference), delay_s=0.0, **shape)
     out = tmp_path / "killed"
+    # fn in 3 threads runs 3 batches per delay: 0.2 s keeps the rest of the run (~0.6 s after
+    # the second shard) longer than a loaded machine's delay in this poll
+    delay_s = 0.05 if fn_concurrency == 1 else 0.2
     code = (
         "from tests.helpers_cache import run_slow_precompute; "
-        f"run_slow_precompute({str(out)!r}, batches_per_shard={batches_per_shard}, "
-        f"fn_concurrency={fn_concurrency})"
+        f"run_slow_precompute({str(out)!r}, delay_s={delay_s}, "
+        f"batches_per_shard={batches_per_shard}, fn_concurrency={fn_concurrency})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.workers, pytest.mark.timeout(300)]
 
 
 def test_a_loader_far_ahead_of_the_step_needs_no_workers() -> None:
-    result = tune_for_step(SquaresDataset(64), step_s=0.05, steps=8)
+    # a 200 ms step: 8 steps leave 80 ms of wait within 5%, more than a stall under load
+    result = tune_for_step(SquaresDataset(64), step_s=0.2, steps=8)
     assert result.reached
     assert result.recommended is result.trials[0]  # measured cheapest first, stopped there
     assert result.recommended.config.num_workers == 0
@@ -45,10 +46,11 @@ def test_none_within_the_goal_recommends_the_least_data_bound_and_says_so() -> N
 
 
 def test_thread_workers_are_tried_and_win_on_memory_at_the_same_count() -> None:
-    # 5 ms per sample, batch 8: 40 ms per batch per worker against a 10 ms step. One worker
-    # is 75% data-bound, 2 workers 50%, 4 workers stay within 5% (up to the machine's noise):
-    # threads (one process's memory) and processes are both measured at each count.
-    loader = DataLoader(SleepyDataset(960, ms_per_sample=5.0), batch_size=8)  # no epoch end
+    # 4 ms per sample, batch 8: 32 ms per batch per worker against a 10 ms step. One worker
+    # is ~69% data-bound, 2 workers ~38%, 4 workers (8 ms a batch: 20% to spare, so sleep
+    # overshoot and the GIL do not tip them over) stay within 5%: threads (one process's
+    # memory) and processes are both measured at each count.
+    loader = DataLoader(SleepyDataset(960, ms_per_sample=4.0), batch_size=8)  # no epoch end
     result = tune_for_step(loader, step_s=0.01, max_workers=8, steps=12)
     assert result.threads["safe"], result.threads
     labels = [(t.config.num_threads, t.config.num_workers) for t in result.trials]

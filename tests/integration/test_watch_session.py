@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 import wellfed
 from tests.helpers import SquaresDataset
 from tests.helpers_watch import SleepyDataset
-from wellfed._watch import LoaderSession, MeteredIterator
+from wellfed._watch import LoaderSession, MeteredIterator, _session
 from wellfed.seeded_loader import SeededDataLoader
 
 pytestmark = [pytest.mark.workers, pytest.mark.timeout(120)]
@@ -140,10 +140,14 @@ def test_an_attribute_the_loop_sets_mid_epoch_is_reported_stale_until_the_epoch_
     assert entry["read_by_workers"] is True
 
 
-def test_a_change_the_loop_reverts_before_the_epoch_ends_is_still_reported() -> None:
+def test_a_change_the_loop_reverts_before_the_epoch_ends_is_still_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # 320 from batch 3 to batch 5, then 416 again: the epoch's end sees the workers' value, and
     # the sampler thread (one look a minute here) never looks; the hand-over check sees it.
-    # A 5 ms step: the check (~6 us of CPU) runs at every hand-over (it waits 100x its cost).
+    # Every hand-over checks here: the rate limit (tests/unit/test_watch.py) would skip the
+    # one after a check that a GC pass made cost over 50 us (100x that > the 5 ms step).
+    monkeypatch.setattr(_session, "STALE_CHECK_SHARE", float("inf"))
     sizes, stale = _multiscale_run(
         persistent=False, change_at=3, revert_at=5, interval_s=60.0, step_s=0.005
     )

@@ -55,7 +55,10 @@ def _consume(loader: wellfed.SeededDataLoader) -> int:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_segfaulting_worker_is_named_with_signal_samples_cause_and_fix(method: str) -> None:
-    loader = _loader(SignalDataset(32, "segfault", at=8), method)
+    # at=10: index 10 is in batch 5, sent when batch 1 is handed over, so at least one batch
+    # was delivered whenever the death lands (batch 4, sent while batch 0 was handed over,
+    # could kill its worker before the first delivery was counted: a WorkerStartError)
+    loader = _loader(SignalDataset(32, "segfault", at=10), method)
     with pytest.raises(wellfed.WorkerCrashedError) as info:
         _consume(loader)
     err = info.value
@@ -66,9 +69,9 @@ def test_a_segfaulting_worker_is_named_with_signal_samples_cause_and_fix(method:
     assert err.worker_id in (0, 1)
     assert isinstance(err.pid, int)
     assert err.batches_delivered >= 1
-    # the worker died loading one of the batches it had been sent: those hold index >= 8
+    # the worker died loading one of the batches it had been sent: those hold index >= 10
     assert err.indices
-    assert max(err.indices) >= 8
+    assert max(err.indices) >= 10
     text = str(err)
     assert text.startswith(
         f"DataLoader worker {err.worker_id} (pid {err.pid}) was killed by SIGSEGV"
@@ -141,9 +144,8 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     batch = next(it)
     assert batch is not None
     workers = [psutil.Process(w.pid) for w in it._workers]
-    go.touch()
     with pytest.raises(wellfed.WorkerCrashedError) as info:
-        _training_step(me)
+        _training_step(me, go)
     err = info.value
     assert err.signal == "SIGSEGV"
     assert err.indices == [4, 5]
@@ -158,8 +160,10 @@ def test_a_death_landing_in_the_loop_body_is_named_there(method: str, tmp_path: 
     del it
 
 
-def _training_step(me: psutil.Process) -> None:
-    """Stands for the training step between two batches: no next() runs here."""
+def _training_step(me: psutil.Process, go: Path) -> None:
+    """Stands for the training step between two batches: no next() runs here. It creates
+    ``go`` first (inside the caller's pytest.raises: the death may land as soon as it exists)."""
+    go.touch()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # poll for the death; the handler may raise anywhere
         if any(_zombie(c) for c in me.children()):

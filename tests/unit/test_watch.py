@@ -13,7 +13,8 @@ import wellfed
 from tests.helpers import SquaresDataset
 from tests.helpers_watch import WithModel
 from wellfed._meter import WatchStats
-from wellfed._watch._session import find_module
+from wellfed._watch import _session
+from wellfed._watch._session import LoaderSession, find_module
 from wellfed._watch._verdict import judge
 from wellfed.errors import ConfigError
 
@@ -258,3 +259,49 @@ def test_the_docstring_example_runs() -> None:
     result = doctest.testmod(_wrap, extraglobs={"wellfed": wellfed})
     assert result.attempted >= 3
     assert result.failed == 0
+
+
+class _Clocks:
+    """Stands in for the ``time`` module in ``wellfed._watch._session``: wall and CPU time
+    move only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def thread_time(self) -> float:
+        return self.cpu
+
+
+@pytest.mark.parametrize(
+    ("check_us", "step_ms", "checks"),
+    [
+        (6.0, 5.0, 1000),  # a check of 6 us every 5 ms is 0.12%: every hand-over checks
+        (50.0, 1.0, 200),  # 50 us every 1 ms would be 5%: one hand-over in 5 checks
+        (2000.0, 10.0, 50),  # 2 ms every 10 ms would be 20%: one hand-over in 20
+    ],
+)
+def test_the_hand_over_stale_check_takes_at_most_its_share_of_the_loop(
+    monkeypatch: pytest.MonkeyPatch, check_us: float, step_ms: float, checks: int
+) -> None:
+    clocks = _Clocks()
+    monkeypatch.setattr(_session, "time", clocks)
+    session = LoaderSession(interval_s=60.0)
+    ran: list[float] = []
+
+    def check(record: object) -> None:
+        ran.append(clocks.wall)
+        clocks.cpu += check_us * 1e-6
+
+    monkeypatch.setattr(session, "_check_stale", check)
+    on_batch = session._on_batch(record=None)  # type: ignore[arg-type]
+    for i in range(1000):  # 1,000 hand-overs, step_ms apart
+        clocks.wall = i * step_ms * 1e-3
+        on_batch()
+    # at most its share, and not far below it (float rounding of the clocks skips a few)
+    assert 0.95 * checks <= len(ran) <= checks + 1, len(ran)
+    share = clocks.cpu / (1000 * step_ms * 1e-3)
+    assert share <= _session.STALE_CHECK_SHARE * 1.01 + 1e-9, share
