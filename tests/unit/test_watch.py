@@ -201,6 +201,11 @@ def test_verdict_storage_and_small_reads() -> None:
     assert "D state" in evidence
     assert "/proc/pressure/io" in evidence
     assert "vda busy 95%" in evidence
+    # the next step is the storage's, not only tune's (more workers cannot read faster)
+    assert v.next_step.startswith("Storage is the limit: the workers wait on reads")
+    assert "(vda was busy 95% of the run: more readers cannot read faster)" in v.next_step
+    assert "local or faster storage" in v.next_step
+    assert "`wellfed tune " in v.next_step
 
 
 def test_verdict_waits_in_the_dataset() -> None:
