@@ -7,12 +7,12 @@ from pathlib import Path
 
 __all__ = ["git_sha"]
 
-_HERE = Path(__file__).resolve().parent
+_ROOT = Path(__file__).resolve().parents[1]  # the repo root: the dirty check's paths
 
 
 def _git(*args: str) -> str:
     out = subprocess.run(
-        ["git", *args], capture_output=True, text=True, timeout=10, check=False, cwd=_HERE
+        ["git", *args], capture_output=True, text=True, timeout=10, check=False, cwd=_ROOT
     )
     return out.stdout.strip()
 

@@ -201,11 +201,19 @@ def test_verdict_storage_and_small_reads() -> None:
     assert "D state" in evidence
     assert "/proc/pressure/io" in evidence
     assert "vda busy 95%" in evidence
-    # the next step is the storage's, not only tune's (more workers cannot read faster)
-    assert v.next_step.startswith("Storage is the limit: the workers wait on reads")
-    assert "(vda was busy 95% of the run: more readers cannot read faster)" in v.next_step
+    # the next step is the storage's, not only tune's
+    assert v.next_step.startswith("Loading waits on storage: more workers help only while")
+    assert "(vda was busy 95% of the run: near its limit for a device" in v.next_step
     assert "local or faster storage" in v.next_step
     assert "`wellfed tune " in v.next_step
+    # disk wait without a busy device: no saturation claimed
+    calm = judge(_stats(), SETTINGS, {**workers, "states": {"disk": 0.6, "idle": 0.4}}, SYSTEM)
+    assert "storage-wait" in [c.code for c in calm.causes]
+    assert calm.next_step.startswith("Loading waits on storage")
+    assert "was busy" not in calm.next_step
+    # no workers: loading in workers comes first (the reads then overlap the step)
+    alone = judge(_stats(), {**SETTINGS, "num_workers": 0}, workers, system)
+    assert alone.next_step.startswith("Load in workers: "), alone.next_step
 
 
 def test_verdict_waits_in_the_dataset() -> None:

@@ -407,20 +407,21 @@ def judge(
                 "where the CPUs are the job's own; then watch again. "
                 f"{_tune(target, program)} measures what the loader can do here."
             )
-        elif "storage-wait" in codes:
-            saturated = (
-                f" ({busiest[0]} was busy {_pct(busiest[1])} of the run: more readers cannot "
-                "read faster)"
+        elif "storage-wait" in codes and (n_workers or n_threads):
+            # without workers the first fix is to load in them (overlapping the reads with the
+            # step): the branch below says so
+            busy = (
+                f" ({busiest[0]} was busy {_pct(busiest[1])} of the run: near its limit for a "
+                "device that serves one request at a time)"
                 if busiest is not None and busiest[1] >= DEVICE_BUSY
                 else ""
             )
             next_step = (
-                "Storage is the limit: the workers wait on reads, and more workers help only "
-                f"while the device has bandwidth to spare{saturated}. Put the data on local or "
-                "faster storage, or in RAM (the page cache keeps a dataset that fits in "
-                "memory), or in fewer, larger files (shards, or a memory-mapped store such as "
-                f"`wellfed precompute`'s); {_tune(target, program)} measures whether more "
-                "concurrency (thread workers overlap I/O) still raises the rate here."
+                "Loading waits on storage: more workers help only while the device has "
+                f"bandwidth to spare{busy}. Put the data on local or faster storage, or in RAM "
+                "(the page cache keeps a dataset that fits in memory), or in fewer, larger "
+                f"files (shards); {_tune(target, program)} measures whether more concurrency "
+                "(thread workers overlap I/O) still raises the rate here."
             )
         elif "handover-cost" in codes:
             next_step = (
