@@ -35,7 +35,7 @@ to 224 on ``--device``: per-sample ``F.interpolate`` with and without antialias,
 ``F.grid_sample`` (``antialias=False``), and kornia's ``crop_and_resize`` when kornia imports.
 
 Run:
-    python benchmarks/device_split.py                  # ~40 s on 2 CPUs
+    python benchmarks/device_split.py                  # ~1 min on 2 CPUs
     python benchmarks/device_split.py --smoke          # < 30 s
     python benchmarks/device_split.py --device cuda --crop
 Writes one JSON line to benchmarks/results/device_split.jsonl (``--out`` to change).
