@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from wellfed.shared_state import SharedState
 
 N_SAMPLES = 8
 IMAGE_SIZE = 8
+#: Every test loader's timeout, and how long a stress test waits for its writer thread.
+TIMEOUT_S = 60.0
 
 
 def images(n: int = N_SAMPLES, seed: int = 0) -> torch.Tensor:
@@ -464,3 +468,59 @@ class VersionRecorder:
 
     def close(self) -> None:
         self.state.close()
+
+
+# --- loaders and the stress run, shared by test_shared_state_workers and _examples -----------
+
+
+def make_loader(ds: Any, method: str, workers: int, persistent: bool, **kw: Any) -> DataLoader:
+    """A DataLoader over ``ds`` with ``workers`` workers started by ``method``; batch 2 unless
+    ``batch_size`` is given; the loader's timeout is ``TIMEOUT_S``."""
+    return DataLoader(
+        ds,
+        batch_size=kw.pop("batch_size", 2),
+        num_workers=workers,
+        persistent_workers=persistent,
+        multiprocessing_context=method,
+        timeout=TIMEOUT_S,
+        **kw,
+    )
+
+
+def stress_batches(
+    ds: Any, set_version: Callable[[int], Any], updates: int, method: str, **kw: Any
+) -> list[Any]:
+    """Batches from 4 workers while a thread of this (the main) process calls
+    ``set_version(v)`` for v = 2 .. updates + 1, and enough batches after the last call that
+    the final version is among them. ``kw`` goes to ``make_loader`` (batch 8 by default)."""
+    loader = make_loader(ds, method, 4, False, batch_size=kw.pop("batch_size", 8), **kw)
+    it = iter(loader)
+    batches = [next(it)]  # workers are up before the writer starts
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for v in range(2, updates + 2):
+                set_version(v)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failed.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while not done.is_set():
+            batches.append(next(it))
+        # The last versions too: 8 batches (4 workers x prefetch_factor 2) were requested
+        # before the final update and may all have been loaded before it; the 9th onwards
+        # were requested after it. 17 reads leave a margin of a second round.
+        batches.extend(next(it) for _ in range(17))
+    finally:
+        done.wait(TIMEOUT_S)
+        t.join(TIMEOUT_S)
+        it._shutdown_workers()
+        del it
+    assert not failed, f"update() failed: {failed[0]!r}"
+    return batches

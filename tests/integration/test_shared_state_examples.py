@@ -9,14 +9,12 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from tests import helpers_shared_state as h
 
@@ -27,7 +25,6 @@ pytestmark = [
 ]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-TIMEOUT_S = 60.0
 
 
 def _example(name: str) -> ModuleType:
@@ -81,39 +78,17 @@ def test_example_dataset_is_never_torn_under_1000_updates() -> None:
     x = example.make_inputs(1 << 16)  # (N, 16): each set_task computes and copies 256 KiB
     ds = recorded(x)
     ds.state = h.VersionRecorder(ds.state)
-    loader = DataLoader(
-        ds,
-        batch_size=16,
-        sampler=h.RepeatSampler(len(x)),
-        num_workers=4,
-        multiprocessing_context="fork",
-        timeout=TIMEOUT_S,
-    )
-    it = iter(loader)
-    batches = [next(it)]  # workers are up before the writer starts
-    done = threading.Event()
-
-    def writer() -> None:
-        try:
-            for task in range(1, 1001):  # task t is version t + 1
-                ds.set_task(task)
-        finally:
-            done.set()
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
     try:
-        while not done.is_set():
-            batches.append(next(it))
-        # The last version too: 8 batches (4 workers x prefetch_factor 2) were requested
-        # before the final update and may all have been loaded before it; the 9th onwards
-        # were requested after it. 17 reads leave a margin of a second round.
-        batches.extend(next(it) for _ in range(17))
+        # set_task(t) makes version t + 1: the writer's versions 2 .. 1001 are tasks 1 .. 1000
+        batches = h.stress_batches(
+            ds,
+            lambda v: ds.set_task(v - 1),
+            1000,
+            "fork",
+            batch_size=16,
+            sampler=h.RepeatSampler(len(x)),
+        )
     finally:
-        done.wait(TIMEOUT_S)
-        t.join(TIMEOUT_S)
-        it._shutdown_workers()
-        del it
         ds.state.close()
     by_version: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for i, y, version in batches:

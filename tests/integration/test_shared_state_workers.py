@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests import helpers_shared_state as h
+from tests.helpers_shared_state import make_loader, stress_batches
 from wellfed.errors import StateError
 from wellfed.shared_state import SharedState
 
@@ -61,7 +62,7 @@ METHODS = [
     m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()
 ]
 UPDATES = 20
-TIMEOUT_S = 60.0
+TIMEOUT_S = h.TIMEOUT_S
 ROOT = Path(__file__).resolve().parents[2]
 
 # Configurations run by default: every start method, persistent and not, 1 to 4 workers
@@ -83,18 +84,6 @@ def _matrix() -> Iterator[Any]:
                 marks = [pytest.mark.slow, pytest.mark.timeout(900)] if slow else []
                 name = f"{method}-{'persistent' if persistent else 'fresh'}-{workers}w"
                 yield pytest.param(method, persistent, workers, marks=marks, id=name)
-
-
-def make_loader(ds: Any, method: str, workers: int, persistent: bool, **kw: Any) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=kw.pop("batch_size", 2),
-        num_workers=workers,
-        persistent_workers=persistent,
-        multiprocessing_context=method,
-        timeout=TIMEOUT_S,
-        **kw,
-    )
 
 
 def shutdown(loader: DataLoader) -> None:
@@ -301,41 +290,6 @@ def test_checker_sees_torn_reads_without_shared_state() -> None:
 # ----------------------------------------------------------------------- returned views (issue 14)
 
 
-def _stress_batches(ds: Any, set_version: Any, updates: int, method: str, **kw: Any) -> list[Any]:
-    """Batches from 4 workers while a thread of this (the main) process makes ``updates``."""
-    loader = make_loader(ds, method, 4, False, batch_size=kw.pop("batch_size", 8), **kw)
-    it = iter(loader)
-    batches = [next(it)]  # workers are up before the writer starts
-    done = threading.Event()
-    failed: list[BaseException] = []
-
-    def writer() -> None:
-        try:
-            for v in range(2, updates + 2):
-                set_version(v)
-        except BaseException as exc:  # reported by the test, not lost in the thread
-            failed.append(exc)
-        finally:
-            done.set()
-
-    t = threading.Thread(target=writer, daemon=True)
-    t.start()
-    try:
-        while not done.is_set():
-            batches.append(next(it))
-        # The last versions too: 8 batches (4 workers x prefetch_factor 2) were requested
-        # before the final update and may all have been loaded before it; the 9th onwards
-        # were requested after it. 17 reads leave a margin of a second round.
-        batches.extend(next(it) for _ in range(17))
-    finally:
-        done.wait(TIMEOUT_S)
-        t.join(TIMEOUT_S)
-        it._shutdown_workers()
-        del it
-    assert not failed, f"update() failed: {failed[0]!r}"
-    return batches
-
-
 def _torn_views(batches: list[dict[str, torch.Tensor]]) -> tuple[int, int, set[int], set[int]]:
     """(torn samples, samples, versions seen, worker pids) of ReturnedViewDataset batches."""
     torn = samples = 0
@@ -363,7 +317,7 @@ def test_returned_views_are_never_torn_under_1000_updates(method: str) -> None:
     state = SharedState(h.view_fields(1))
     prefix = state._prefix
     try:
-        batches = _stress_batches(
+        batches = stress_batches(
             h.ReturnedViewDataset(state), lambda v: state.update(h.view_fields(v)), 1000, method
         )
         assert state.version == 1001
@@ -381,7 +335,7 @@ def test_returned_views_are_never_torn_under_1000_updates(method: str) -> None:
 def test_checker_sees_torn_views_without_shared_state() -> None:
     """Negative control: views of plain shared tensors edited in place are torn."""
     ds = h.NaiveViewDataset()
-    batches = _stress_batches(ds, ds.set_version, 200, "fork")
+    batches = stress_batches(ds, ds.set_version, 200, "fork")
     torn, _, _, _ = _torn_views(batches)
     assert torn > 0
 
@@ -391,7 +345,7 @@ def test_documented_pattern_is_never_torn_under_1000_updates() -> None:
     n = h.VIEW_K  # 1 MiB: an update takes long enough for workers to see many versions
     state = SharedState(values=h.doc_values(1, n))
     try:
-        batches = _stress_batches(
+        batches = stress_batches(
             h.DocPatternDataset(state, n),
             lambda v: state.update(values=h.doc_values(v, n)),
             1000,
